@@ -1,0 +1,394 @@
+"""Processor benchmark: ours (ImageProcessor) vs a naive Pillow baseline, same images, same variants.
+
+    python bench/processor.py [DIR] [--limit N] [--repeat R] [--alpha white|drop] [--no-synthetic]
+
+DIR defaults to `.corpus` (fetch it with `../shared/corpus/fetch .corpus`). The variants are the
+pipeline's defaults (`settings.DEFAULTS["VARIANTS"]`).
+
+Every (image, implementation) pair runs in its own fresh Python process, so peak RSS (the
+child's own high-water mark, VmHWM, read after the work — see peak_rss_kb for why not ru_maxrss)
+is per image and not polluted by earlier images. It includes the interpreter, Pillow and the
+input bytes, like a Lambda's memory does.
+Wall time is measured inside the child around the processing only (bytes already in memory,
+imports done, outputs written afterwards); with --repeat R the child is run R times and the
+fastest time / smallest peak is kept.
+
+Quality: each encoded output is decoded and compared (SSIM on luminance, bench/ssim.py) against a
+reference made from the full-resolution decode: exif_transpose → RGB → LANCZOS resize straight
+to the output's exact size (cover: ImageOps.fit, centering 0.5). Images with transparency are
+composited onto white in the reference and in every decoded output (`--alpha white`, what a
+viewer sees on a white page, and what the pipeline's JPEG does); `--alpha drop` instead uses
+Pillow's plain convert("RGB"), which drops alpha and keeps whatever colour is under it.
+SSIM of the encoded files includes the codec's loss (JPEG/WebP q85), so the same geometry is
+also run once more with lossless PNG outputs ("pixels" rows, SSIM only, not timed): that isolates
+what the resize path (draft decode, cascade, reducing_gap, crop) costs in quality.
+
+Also measured: one 6028×3391 photo-like JPEG made by upscaling the largest corpus JPEG (LANCZOS,
+quality 92), because the memory/time targets are set for a ~6000×3400 JPEG and the corpus tops out
+at 5640×3172.
+
+Stdout is one markdown table plus the target verdicts; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+IMPLS = ("ours", "baseline")
+PIXEL_IMPLS = ("ours-lossless", "baseline-lossless")  # SSIM only: geometry without codec loss
+EXTS = {".jpg", ".jpeg", ".png", ".webp"}
+SYNTH_SIZE = (6028, 3391)
+
+TARGET_SPEEDUP = 10.0
+TARGET_RSS_MB = 250.0
+TARGET_SSIM = 0.99
+TARGET_BYTES = 1.05
+
+
+# -- child: one image, one implementation, fresh process ---------------------------------------------
+
+
+def _variants():
+    from image_pipeline.settings import DEFAULTS, parse_variants
+
+    return parse_variants(DEFAULTS["VARIANTS"])
+
+
+def _run_ours(data: bytes, variants) -> list[tuple[str, bytes, str]]:
+    from image_pipeline import ImageProcessor
+
+    result = ImageProcessor(variants).process_image(data)
+    return [(v.name, v.data, v.format.value) for v in result.variants]
+
+
+def _run_baseline(data: bytes, variants, lossless: bool = False) -> list[tuple[str, bytes, str]]:
+    """What one would write first with Pillow: full decode per variant, resize the full image."""
+    from PIL import Image, ImageOps
+
+    from image_pipeline import Fit, ImageFormat
+
+    out = []
+    for spec in variants:
+        fmt = spec.format or ImageFormat.JPEG
+        image = Image.open(io.BytesIO(data)).convert("RGB")  # drops alpha; EXIF/XMP simply not written
+        if spec.fit is Fit.COVER:
+            image = ImageOps.fit(image, (spec.max_width, spec.max_height), Image.Resampling.LANCZOS)
+        else:
+            image.thumbnail((spec.max_width, spec.max_height), Image.Resampling.LANCZOS)
+        options = {
+            ImageFormat.WEBP: {"quality": spec.quality, "method": 6},
+            ImageFormat.JPEG: {"quality": spec.quality, "optimize": True},
+            ImageFormat.PNG: {"compress_level": 1} if lossless else {"optimize": True},
+            ImageFormat.AVIF: {"quality": spec.quality},
+        }.get(fmt, {})
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt.pillow_name, **options)
+        out.append((spec.name, buffer.getvalue(), fmt.value))
+        del image
+    return out
+
+
+def peak_rss_kb() -> int:
+    """Peak RSS of this process image in KiB.
+
+    VmHWM (high-water mark of the current address space) rather than ru_maxrss: Linux carries
+    ru_maxrss over fork + exec, so a child of a 300 MB parent reports ≥ 300 MB before doing
+    anything. VmHWM restarts at exec, so it is this image's own peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def child(impl: str, path: str, outdir: str) -> None:
+    data = Path(path).read_bytes()
+    variants = _variants()
+    lossless = impl.endswith("-lossless")
+    if lossless:  # same geometry, PNG out: SSIM then measures resize/draft/crop only, no codec loss
+        import dataclasses
+
+        from image_pipeline import ImageFormat
+
+        variants = tuple(dataclasses.replace(v, format=ImageFormat.PNG) for v in variants)
+    run = _run_ours if impl.startswith("ours") else _run_baseline
+    import PIL.Image  # noqa: F401  (imports done before the clock starts)
+    import image_pipeline  # noqa: F401
+
+    rss_before = peak_rss_kb()
+    started = time.perf_counter()
+    outputs = run(data, variants) if run is _run_ours else run(data, variants, lossless)
+    wall = time.perf_counter() - started
+    rss_peak = peak_rss_kb()
+    files = []
+    for name, blob, fmt in outputs:
+        target = Path(outdir) / f"{impl}-{name}.{fmt}"
+        target.write_bytes(blob)
+        files.append({"name": name, "path": str(target), "bytes": len(blob)})
+    json.dump({"wall": wall, "rss_kb": rss_peak, "rss_before_kb": rss_before, "outputs": files}, sys.stdout)
+
+
+# -- parent --------------------------------------------------------------------------------------------
+
+
+def run_child(impl: str, path: Path, outdir: Path, repeat: int) -> dict:
+    best = None
+    for _ in range(repeat):
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--child", impl, str(path), str(outdir)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{impl} failed on {path.name}:\n{proc.stderr}")
+        result = json.loads(proc.stdout)
+        if best is None:
+            best = result
+        else:
+            best["wall"] = min(best["wall"], result["wall"])
+            best["rss_kb"] = min(best["rss_kb"], result["rss_kb"])
+    return best
+
+
+def _viewable(image, alpha: str):
+    """RGB as displayed: transparency composited on white (alpha='white') or dropped ('drop')."""
+    from PIL import Image
+
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha and alpha == "white":
+        rgba = image.convert("RGBA")
+        base = Image.new("RGB", rgba.size, (255, 255, 255))
+        base.paste(rgba, mask=rgba.getchannel("A"))
+        return base
+    return image.convert("RGB")
+
+
+class Reference:
+    """Full decode → exif_transpose → RGB, resized on demand to exact output sizes."""
+
+    def __init__(self, path: Path, alpha: str):
+        from PIL import Image, ImageOps
+
+        with Image.open(path) as im:
+            self.full = _viewable(ImageOps.exif_transpose(im), alpha)
+        self.alpha = alpha
+        self._cache = {}
+
+    def at(self, size: tuple[int, int], cover: bool):
+        from PIL import Image, ImageOps
+
+        key = (size, cover)
+        if key not in self._cache:
+            if cover:
+                ref = ImageOps.fit(self.full, size, Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+            else:
+                ref = self.full.resize(size, Image.Resampling.LANCZOS)
+            self._cache[key] = ref
+        return self._cache[key]
+
+
+def score(path: Path, results: dict[str, dict], variants, alpha: str) -> dict[str, dict[str, float]]:
+    """SSIM of every output of every implementation against the reference."""
+    from PIL import Image
+
+    from image_pipeline import Fit
+    from ssim import ssim
+
+    ref = Reference(path, alpha)
+    fits = {v.name: v.fit is Fit.COVER for v in variants}
+    scores: dict[str, dict[str, float]] = {}
+    for impl, result in results.items():
+        scores[impl] = {}
+        for out in result["outputs"]:
+            with Image.open(out["path"]) as im:
+                decoded = _viewable(im, alpha)
+            scores[impl][out["name"]] = ssim(decoded, ref.at(decoded.size, fits[out["name"]]))
+    return scores
+
+
+def synthesize(largest: Path, dest: Path) -> Path:
+    from PIL import Image, ImageOps
+
+    with Image.open(largest) as im:
+        big = ImageOps.exif_transpose(im).convert("RGB").resize(SYNTH_SIZE, Image.Resampling.LANCZOS)
+    big.save(dest, "JPEG", quality=92)
+    return dest
+
+
+def _fmt_ssim(values: list[float]) -> str:
+    return f"{min(values):.4f} / {statistics.fmean(values):.4f}" if values else "–"
+
+
+def _mb(kb: float) -> float:
+    return kb / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", nargs="?", default=".corpus")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per (image, impl); keeps the best")
+    parser.add_argument("--alpha", choices=("white", "drop"), default="white")
+    parser.add_argument("--no-synthetic", action="store_true", help="skip the 6028×3391 synthetic JPEG")
+    parser.add_argument("--child", nargs=3, metavar=("IMPL", "PATH", "OUTDIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return 0
+
+    sys.path.insert(0, str(HERE))
+    from PIL import Image
+
+    corpus = Path(args.dir)
+    paths = sorted(p for p in corpus.iterdir() if p.suffix.lower() in EXTS and not p.name.startswith("."))
+    if not paths:
+        print(f"no images in {corpus} (run ../shared/corpus/fetch {corpus})", file=sys.stderr)
+        return 2
+    if args.limit:
+        paths = paths[: args.limit]
+    variants = _variants()
+    names = [v.name for v in variants]
+
+    def pixels(p: Path) -> int:
+        with Image.open(p) as im:
+            return im.width * im.height
+
+    largest = max(paths, key=pixels)
+    with Image.open(largest) as im:
+        largest_size = im.size
+    per_image: dict[Path, dict] = {}
+
+    with tempfile.TemporaryDirectory(prefix="bench-processor-") as tmp:
+        tmpdir = Path(tmp)
+        extra = []
+        if not args.no_synthetic:
+            jpegs = [p for p in paths if p.suffix.lower() in (".jpg", ".jpeg")]
+            source = max(jpegs, key=pixels) if jpegs else largest
+            print(f"synthesizing {SYNTH_SIZE[0]}×{SYNTH_SIZE[1]} from {source.name} …", file=sys.stderr)
+            extra.append(synthesize(source, tmpdir / f"synthetic_{SYNTH_SIZE[0]}x{SYNTH_SIZE[1]}.jpg"))
+        for i, path in enumerate([*paths, *extra], 1):
+            outdir = tmpdir / f"out{i}"
+            outdir.mkdir()
+            results = {impl: run_child(impl, path, outdir, args.repeat) for impl in IMPLS}
+            results.update({impl: run_child(impl, path, outdir, 1) for impl in PIXEL_IMPLS})
+            scores = score(path, results, variants, args.alpha)
+            per_image[path] = {"results": results, "scores": scores}
+            line = "  ".join(
+                f"{impl} {results[impl]['wall'] * 1000:7.0f} ms {_mb(results[impl]['rss_kb']):6.1f} MB "
+                f"ssim min {min(scores[impl].values()):.4f}"
+                for impl in IMPLS
+            )
+            print(f"[{i}/{len(paths) + len(extra)}] {path.name[:36]:36} {line}", file=sys.stderr)
+
+        corpus_rows = [per_image[p] for p in paths]
+        largest_row = per_image[largest]
+        synth_row = per_image[extra[0]] if extra else None
+
+    # -- table ---------------------------------------------------------------------------------------
+    header = (
+        ["set", "impl", "images", "total wall s", "mean ms/img", "peak RSS max MB", "peak RSS median MB", "output bytes"]
+        + [f"{n} SSIM min / mean" for n in names]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    summary: dict[tuple[str, str], dict] = {}
+
+    def add(label: str, rows: list[dict]) -> None:
+        stats = {}
+        for impl in IMPLS:
+            walls = [r["results"][impl]["wall"] for r in rows]
+            rss = [_mb(r["results"][impl]["rss_kb"]) for r in rows]
+            total_bytes = sum(o["bytes"] for r in rows for o in r["results"][impl]["outputs"])
+            per_variant = {n: [r["scores"][impl][n] for r in rows] for n in names}
+            stats[impl] = {
+                "wall": sum(walls),
+                "rss_max": max(rss),
+                "bytes": total_bytes,
+                "ssim_min": min(min(v) for v in per_variant.values()),
+            }
+            lines.append(
+                f"| {label} | {impl} | {len(rows)} | {sum(walls):.2f} | {statistics.fmean(walls) * 1000:.0f} | "
+                f"{max(rss):.1f} | {statistics.median(rss):.1f} | {total_bytes:,} | "
+                + " | ".join(_fmt_ssim(per_variant[n]) for n in names)
+                + " |"
+            )
+        speedup = stats["baseline"]["wall"] / stats["ours"]["wall"]
+        ratio = stats["ours"]["bytes"] / stats["baseline"]["bytes"]
+        rss_ratio = stats["ours"]["rss_max"] / stats["baseline"]["rss_max"]
+        lines.append(
+            f"| {label} | **ours vs baseline** | | **{speedup:.1f}× faster** | | "
+            f"{rss_ratio:.2f}× | | **{ratio:.3f}× bytes** |" + " |" * len(names)
+        )
+        for impl in PIXEL_IMPLS:
+            per_variant = {n: [r["scores"][impl][n] for r in rows] for n in names}
+            stats[impl] = {"ssim_min": min(min(v) for v in per_variant.values())}
+            lines.append(
+                f"| {label} | {impl.replace('-lossless', '')} pixels (PNG out, SSIM only) | {len(rows)} | | | | | | "
+                + " | ".join(_fmt_ssim(per_variant[n]) for n in names)
+                + " |"
+            )
+        summary[label] = {**stats, "speedup": speedup, "bytes_ratio": ratio}
+
+    add(f"corpus ({args.dir})", corpus_rows)
+    add(f"largest corpus {largest_size[0]}×{largest_size[1]}", [largest_row])
+    if synth_row:
+        add(f"synthetic {SYNTH_SIZE[0]}×{SYNTH_SIZE[1]} JPEG", [synth_row])
+    print("\n".join(lines))
+
+    # -- targets -------------------------------------------------------------------------------------
+    corpus_stats = summary[f"corpus ({args.dir})"]
+    big = summary.get(f"synthetic {SYNTH_SIZE[0]}×{SYNTH_SIZE[1]} JPEG") or summary[
+        f"largest corpus {largest_size[0]}×{largest_size[1]}"
+    ]
+    big_label = "synthetic 6028×3391" if synth_row else "largest corpus image"
+    rss_before = max(r["results"]["ours"]["rss_before_kb"] for r in corpus_rows)
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "MISS"
+
+    print()
+    print(f"Targets (SSIM alpha handling: {args.alpha}; child RSS after imports, before work: {_mb(rss_before):.0f} MB):")
+    print(
+        f"- speed ≥ {TARGET_SPEEDUP:.0f}× baseline: corpus {corpus_stats['speedup']:.1f}×, "
+        f"{big_label} {big['speedup']:.1f}× → {verdict(corpus_stats['speedup'] >= TARGET_SPEEDUP)}"
+    )
+    print(
+        f"- peak RSS ≤ {TARGET_RSS_MB:.0f} MB on {big_label}: ours {big['ours']['rss_max']:.1f} MB "
+        f"(baseline {big['baseline']['rss_max']:.1f} MB) → {verdict(big['ours']['rss_max'] <= TARGET_RSS_MB)}"
+    )
+    print(
+        f"- min SSIM ≥ {TARGET_SSIM} (encoded outputs): ours {corpus_stats['ours']['ssim_min']:.4f} "
+        f"(baseline {corpus_stats['baseline']['ssim_min']:.4f}) → {verdict(corpus_stats['ours']['ssim_min'] >= TARGET_SSIM)}"
+    )
+    print(
+        f"- min SSIM ≥ {TARGET_SSIM} (pixels before encoding): ours {corpus_stats['ours-lossless']['ssim_min']:.4f} "
+        f"(baseline {corpus_stats['baseline-lossless']['ssim_min']:.4f}) "
+        f"→ {verdict(corpus_stats['ours-lossless']['ssim_min'] >= TARGET_SSIM)}"
+    )
+    print(
+        f"- bytes ≤ {TARGET_BYTES}× baseline: {corpus_stats['bytes_ratio']:.3f}× "
+        f"→ {verdict(corpus_stats['bytes_ratio'] <= TARGET_BYTES)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

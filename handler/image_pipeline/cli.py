@@ -1,0 +1,176 @@
+"""`image-pipeline invoke events/<file>.json` — run the real handler on a sample event locally.
+
+With no `--endpoint-url` it starts an embedded S3 (moto server on 127.0.0.1), creates the event's
+bucket, uploads the image to the event's key, invokes `lambda_handler`, prints what was written,
+and copies the variants to `--out`. No Docker, no AWS account.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+SAMPLE_IMAGE = "sample.jpg"
+
+
+class LocalContext:
+    """The parts of Lambda's context object the handler reads."""
+
+    def __init__(self, timeout_s: int = 120, memory_mb: int = 1769) -> None:
+        self.function_name = "image-pipeline-local"
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:image-pipeline-local"
+        self.memory_limit_in_mb = memory_mb
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = "/aws/lambda/image-pipeline-local"
+        self.log_stream_name = "local"
+        self._deadline = time.monotonic() + timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="image-pipeline", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    invoke = commands.add_parser("invoke", help="run the handler on an event file against a local S3")
+    invoke.add_argument("event", type=Path, help="an event JSON file, e.g. events/s3-put.json")
+    invoke.add_argument("--image", type=Path, help="image to upload to the event's key (default: events/sample.jpg)")
+    invoke.add_argument("--out", type=Path, help="copy the written variants and manifest here")
+    invoke.add_argument("--endpoint-url", help="an S3 endpoint to use instead of the embedded one")
+    args = parser.parse_args(argv)
+    return _invoke(args)
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    event = json.loads(args.event.read_text())
+    image = args.image or args.event.parent / SAMPLE_IMAGE
+    data = image.read_bytes()
+    server = None
+    endpoint = args.endpoint_url
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ImagePipelineLocal")
+    if endpoint is None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request lines from the embedded S3
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+    os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+    try:
+        return _run(event, data, endpoint, args.out)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    refs = _refs(event)
+    for ref in refs:
+        if ref.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=ref.bucket)
+        put = s3.put_object(Bucket=ref.bucket, Key=ref.key, Body=data)
+        _set_etag(event, ref.key, put["ETag"].strip('"'), len(data))
+
+    from .handler import lambda_handler, runtime  # imported after the endpoint is set: cold start
+
+    started = time.perf_counter()
+    result = lambda_handler(event, LocalContext())
+    elapsed = (time.perf_counter() - started) * 1000
+    print(f"\nhandler returned in {elapsed:.0f} ms: {json.dumps(result)}\n")
+    for ref in refs:
+        prefix = _prefix_of(ref.key, runtime)
+        rows = []
+        if prefix:
+            listing = s3.list_objects_v2(Bucket=ref.bucket, Prefix=prefix).get("Contents", [])
+            for item in listing:
+                head = s3.head_object(Bucket=ref.bucket, Key=item["Key"])
+                meta = head.get("Metadata", {})
+                px = f"{meta['width']}×{meta['height']}" if "width" in meta else ""
+                rows.append((item["Key"], px, str(item["Size"]), head.get("ContentType", "")))
+                if out is not None:
+                    target = out / Path(item["Key"]).relative_to(runtime.settings.processed_prefix)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(s3.get_object(Bucket=ref.bucket, Key=item["Key"])["Body"].read())
+        manifest_ms = ""
+        if prefix and any(r[0].endswith("manifest.json") for r in rows):
+            manifest = json.loads(s3.get_object(Bucket=ref.bucket, Key=prefix + "manifest.json")["Body"].read())
+            manifest_ms = f" processing {manifest['processing_ms']} ms, total {manifest['total_ms']} ms"
+        print(f"s3://{ref.bucket}/{ref.key}{manifest_ms}")
+        _table(["key", "px", "bytes", "content-type"], rows or [("(nothing written)", "", "", "")])
+        try:
+            tags = s3.get_object_tagging(Bucket=ref.bucket, Key=ref.key)["TagSet"]
+            print("raw object tags: " + (", ".join(f"{t['Key']}={t['Value']}" for t in tags) or "(none)"))
+        except s3.exceptions.ClientError:
+            print("raw object: deleted")
+    if out is not None:
+        print(f"\nvariants copied to {out}/")
+    runtime.close()
+    return 0
+
+
+def _refs(event: dict):
+    from . import events
+
+    if events.is_sqs(event):
+        return [ref for record in event["Records"] for ref in events.refs_from_body(record["body"])]
+    return events.object_refs(event)
+
+
+def _set_etag(event: dict, key: str, etag: str, size: int) -> None:
+    """Make the sample event describe the object really uploaded (as S3 would)."""
+    from urllib.parse import unquote_plus
+
+    def fix(obj: dict) -> None:
+        if "eTag" in obj:
+            obj["eTag"], obj["size"] = etag, size
+        if "etag" in obj:
+            obj["etag"], obj["size"] = etag, size
+
+    for record in event.get("Records", []):
+        if "s3" in record and unquote_plus(record["s3"]["object"]["key"]) == key:
+            fix(record["s3"]["object"])
+        if "body" in record:
+            body = json.loads(record["body"])
+            _set_etag(body, key, etag, size)
+            record["body"] = json.dumps(body)
+    if "detail" in event and isinstance(event["detail"], dict) and "object" in event["detail"]:
+        fix(event["detail"]["object"])
+
+
+def _prefix_of(key: str, runtime) -> str | None:
+    from .errors import InvalidKey
+    from .keys import output_prefix
+
+    try:
+        return output_prefix(key, runtime.settings.raw_prefix, runtime.settings.processed_prefix)
+    except InvalidKey:
+        return None
+
+
+def _table(headers: list[str], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

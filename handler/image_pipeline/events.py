@@ -1,0 +1,57 @@
+"""Event shapes → `ObjectRef`s, through Powertools' data classes.
+
+Accepted: S3 notifications (every record; keys are URL-encoded with `+` for space and Powertools
+decodes none of them past the first record's `object_key`, so each is `unquote_plus`-ed here),
+EventBridge "Object Created", and SQS messages whose body is either (or S3's test event).
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.data_classes import S3Event, S3EventBridgeNotificationEvent
+
+from .service import ObjectRef
+
+
+class UnknownEvent(ValueError):
+    """The event is none of the shapes above."""
+
+
+def is_sqs(event: dict) -> bool:
+    records = event.get("Records") if isinstance(event, dict) else None
+    return bool(records) and isinstance(records[0], dict) and records[0].get("eventSource") == "aws:sqs"
+
+
+def object_refs(event: dict) -> list[ObjectRef]:
+    """Every object an S3 notification or EventBridge event names (SQS: see `refs_from_body`)."""
+    if not isinstance(event, dict):
+        raise UnknownEvent(f"event is a {type(event).__name__}, not an object")
+    if event.get("source") == "aws.s3" and "detail" in event:
+        if event.get("detail-type") != "Object Created":
+            return []
+        detail = S3EventBridgeNotificationEvent(event).detail
+        return [ObjectRef(detail.bucket.name, detail.object.key, detail.object.etag or None, detail.object.size)]
+    if isinstance(event.get("Records"), list):
+        refs = []
+        for record in S3Event(event).records:
+            if record.get("eventSource") != "aws:s3" or not record.event_name.startswith("ObjectCreated"):
+                continue
+            obj = record.s3.get_object
+            refs.append(ObjectRef(record.s3.bucket.name, unquote_plus(obj.key), obj.etag or None, obj.get("size")))
+        return refs
+    if event.get("Event") == "s3:TestEvent":
+        return []
+    raise UnknownEvent("not an S3 notification, EventBridge S3 event or SQS message")
+
+
+def refs_from_body(body: str) -> list[ObjectRef]:
+    """The objects named by one SQS message body."""
+    try:
+        payload = json.loads(body)
+    except (TypeError, ValueError) as exc:
+        raise UnknownEvent(f"SQS message body is not JSON: {exc}") from None
+    if isinstance(payload, dict) and payload.get("Type") == "Notification" and "Message" in payload:
+        return refs_from_body(payload["Message"])  # S3 → SNS → SQS
+    return object_refs(payload)

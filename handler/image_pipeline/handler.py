@@ -1,0 +1,118 @@
+"""Lambda entry point: parse the event, run the service per object, log, count, report.
+
+Failures by kind: a bad image is tagged and counted and the invocation still succeeds (a retry
+cannot fix it). A storage failure or lack of time is reported so the object is retried: by
+raising for S3/EventBridge invocations (Lambda retries, then the on-failure destination), or as
+a batch item failure for SQS.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+from . import events
+from .errors import OutOfTime, PipelineError
+from .runtime import Runtime
+from .service import ObjectRef, Outcome
+from .settings import Settings
+
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "image-pipeline")
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ImagePipeline")
+
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+tracer = Tracer(service=SERVICE)
+runtime = Runtime(Settings.from_env())  # cold start: a bad setting fails here, with every problem named
+
+
+class RetryLater(Exception):
+    """Some objects could not be finished now; raising makes Lambda retry the event."""
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict, context: Any) -> dict:
+    if events.is_sqs(event):
+        return process_partial_response(
+            event=event,
+            record_handler=lambda record: _sqs_record(record, context),
+            processor=BatchProcessor(event_type=EventType.SQS),
+            context=context,
+        )
+    outcomes = handle_refs(events.object_refs(event), context)
+    retry = [o.key for o in outcomes if o.status == "retry"]
+    if retry:
+        raise RetryLater(f"{len(retry)} object(s) must be retried: {retry}")
+    return {"results": [{"key": o.key, "status": o.status, "error_code": o.error_code} for o in outcomes]}
+
+
+def _sqs_record(record: SQSRecord, context: Any) -> None:
+    outcomes = handle_refs(events.refs_from_body(record.body), context)
+    retry = [o.key for o in outcomes if o.status == "retry"]
+    if retry:
+        raise RetryLater(f"{len(retry)} object(s) must be retried: {retry}")
+
+
+def handle_refs(refs: list[ObjectRef], context: Any) -> list[Outcome]:
+    """Each object in turn; one failing never stops the next."""
+    outcomes = []
+    for ref in refs:
+        logger.append_keys(bucket=ref.bucket, key=ref.key)
+        try:
+            outcomes.append(_handle(ref, context))
+        finally:
+            logger.remove_keys(["bucket", "key"])
+    return outcomes
+
+
+@tracer.capture_method(capture_response=False)
+def _handle(ref: ObjectRef, context: Any) -> Outcome:
+    remaining = context.get_remaining_time_in_millis() if context is not None else None
+    try:
+        if remaining is not None and remaining < runtime.settings.time_reserve_ms:
+            raise OutOfTime(f"{remaining} ms left, {runtime.settings.time_reserve_ms} ms reserved")
+        outcome = runtime.handle(ref)
+    except PipelineError as exc:  # storage_error, out_of_time: transient
+        logger.error(
+            "object will be retried",
+            extra={"status": "retry", "error_code": exc.code, "error": exc.message},
+            exc_info=not isinstance(exc, OutOfTime),
+        )
+        metrics.add_metric(name="ImagesRetried", unit=MetricUnit.Count, value=1)
+        return Outcome("retry", ref.key, reason=exc.message, error_code=exc.code)
+    _record(outcome)
+    return outcome
+
+
+def _record(outcome: Outcome) -> None:
+    fields = {
+        "status": outcome.status,
+        "bytes_in": outcome.bytes_in,
+        "bytes_out": outcome.bytes_out,
+        "processing_ms": outcome.processing_ms,
+        "total_ms": round(outcome.total_ms, 1),
+    }
+    if outcome.status == "processed":
+        logger.info("image processed", extra={**fields, "outputs": len(outcome.outputs)})
+        metrics.add_metric(name="ImagesProcessed", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="BytesIn", unit=MetricUnit.Bytes, value=outcome.bytes_in)
+        metrics.add_metric(name="BytesOut", unit=MetricUnit.Bytes, value=outcome.bytes_out)
+        metrics.add_metric(name="ProcessingMs", unit=MetricUnit.Milliseconds, value=outcome.processing_ms)
+        metrics.add_metric(name="TotalMs", unit=MetricUnit.Milliseconds, value=round(outcome.total_ms, 1))
+    elif outcome.status == "failed":
+        logger.warning("image rejected", extra={**fields, "error_code": outcome.error_code, "error": outcome.reason})
+        metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=1)
+        with single_metric(
+            name="ImagesFailedByCode", unit=MetricUnit.Count, value=1, namespace=NAMESPACE
+        ) as metric:
+            metric.add_dimension(name="ErrorCode", value=outcome.error_code or "unknown")
+    else:  # skipped, ignored, gone
+        logger.info(f"object {outcome.status}", extra={**fields, "reason": outcome.reason})
+        metrics.add_metric(name="ImagesSkipped", unit=MetricUnit.Count, value=1)

@@ -1,0 +1,29 @@
+"""Pure image processing: bytes + variant specs in, encoded variants out."""
+
+from .pipeline import ImageProcessor
+from .sniff import sniff
+from .specs import (
+    DEFAULT_VARIANTS,
+    Fit,
+    Gravity,
+    ImageFormat,
+    ImageVariant,
+    Limits,
+    ProcessedImage,
+    SourceInfo,
+    VariantConfig,
+)
+
+__all__ = [
+    "DEFAULT_VARIANTS",
+    "Fit",
+    "Gravity",
+    "ImageFormat",
+    "ImageProcessor",
+    "ImageVariant",
+    "Limits",
+    "ProcessedImage",
+    "SourceInfo",
+    "VariantConfig",
+    "sniff",
+]

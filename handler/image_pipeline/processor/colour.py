@@ -1,0 +1,74 @@
+"""Bring any decoded image to 8-bit sRGB (or keep its ICC profile when asked).
+
+Browsers assume untagged images are sRGB, so a Display-P3 or Adobe RGB photo whose profile is
+stripped without converting looks dull, and CMYK looks wrong everywhere. We convert the pixels
+with LittleCMS and then drop the profile, so outputs are small, untagged and correct.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+
+from PIL import Image, ImageCms
+
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+@lru_cache(maxsize=1)
+def _srgb() -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@lru_cache(maxsize=16)
+def _transform(icc: bytes, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A cached LittleCMS transform from `icc` to sRGB, or None if the profile is unusable or sRGB."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = (ImageCms.getProfileDescription(source) or "").lower()
+    except (OSError, ImageCms.PyCMSError, TypeError, ValueError):
+        return None  # garbage ICC: treat the pixels as sRGB rather than fail the upload
+    if "srgb" in description and in_mode == out_mode:
+        return None
+    try:
+        return ImageCms.buildTransform(
+            source, _srgb(), in_mode, out_mode, renderingIntent=ImageCms.Intent.PERCEPTUAL
+        )
+    except (ImageCms.PyCMSError, ValueError, OSError):
+        return None
+
+
+def normalise_mode(image: Image.Image) -> Image.Image:
+    """16-bit, float, 1-bit, palette and exotic modes → L, LA, RGB, RGBA or CMYK."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT:
+        # Pillow clips I;16 → L at 255; scale 0..65535 to 0..255 instead.
+        return image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if mode == "F":
+        return image.convert("L")
+    if mode == "1":
+        return image.convert("L")
+    if mode in ("P", "PA"):
+        return image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+    if mode in ("La", "LA"):
+        return image.convert("LA") if mode == "La" else image
+    if mode == "RGBa":
+        return image.convert("RGBA")
+    if mode in ("L", "RGB", "RGBA", "CMYK"):
+        return image
+    return image.convert("RGBA" if "A" in mode else "RGB")
+
+
+def to_srgb(image: Image.Image, icc: bytes | None, keep_icc: bool) -> Image.Image:
+    """The image in 8-bit sRGB-compatible mode; converted through `icc` unless `keep_icc`."""
+    image = normalise_mode(image)
+    if keep_icc:
+        return image.convert("RGB") if image.mode == "CMYK" and not icc else image
+    if icc and image.mode in ("RGB", "RGBA", "CMYK"):
+        out_mode = "RGBA" if image.mode == "RGBA" else "RGB"
+        transform = _transform(icc, image.mode, out_mode)
+        if transform is not None:
+            return ImageCms.applyTransform(image, transform)
+    if image.mode == "CMYK":
+        return image.convert("RGB")
+    return image

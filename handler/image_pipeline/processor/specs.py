@@ -1,0 +1,183 @@
+"""What the processor is asked for (variant specs, limits) and what it gives back.
+
+Specs are frozen and validated on construction, so a bad spec fails where it is written (at cold
+start, from settings) and never halfway through an image.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class ImageFormat(str, Enum):
+    """Output formats. The value is the name used in settings, keys and manifests."""
+
+    JPEG = "jpeg"
+    PNG = "png"
+    WEBP = "webp"
+    GIF = "gif"
+    AVIF = "avif"
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self is ImageFormat.JPEG else self.value
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+    @property
+    def pillow_name(self) -> str:
+        return self.value.upper()
+
+    @property
+    def has_alpha(self) -> bool:
+        return self is not ImageFormat.JPEG
+
+    @property
+    def can_animate(self) -> bool:
+        return self in (ImageFormat.GIF, ImageFormat.WEBP)
+
+    @classmethod
+    def parse(cls, value: str | ImageFormat) -> ImageFormat:
+        if isinstance(value, ImageFormat):
+            return value
+        name = value.strip().lower()
+        name = {"jpg": "jpeg"}.get(name, name)
+        try:
+            return cls(name)
+        except ValueError:
+            choices = ", ".join(f.value for f in cls)
+            raise ValueError(f"unknown image format {value!r} (choose from {choices})") from None
+
+
+class Fit(str, Enum):
+    """How a variant fills its box (sharp's vocabulary)."""
+
+    CONTAIN = "contain"  # whole image inside the box, aspect kept, never upscaled
+    COVER = "cover"  # fills the box exactly, cropping the overflow (never upscaled past the source)
+
+
+class Gravity(str, Enum):
+    """Which part of the image a `cover` crop keeps."""
+
+    CENTRE = "centre"
+    NORTH = "north"
+    SOUTH = "south"
+    EAST = "east"
+    WEST = "west"
+    NORTHEAST = "northeast"
+    NORTHWEST = "northwest"
+    SOUTHEAST = "southeast"
+    SOUTHWEST = "southwest"
+    ENTROPY = "entropy"  # the window with the most detail (Shannon entropy)
+    ATTENTION = "attention"  # the window with the most edges and saturated colour
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MAX_DIMENSION = 16384
+
+
+def _enum(enum_type, value, what: str):
+    if isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(str(value).strip().lower().replace("center", "centre"))
+    except ValueError:
+        choices = ", ".join(v.value for v in enum_type)
+        raise ValueError(f"unknown {what} {value!r} (choose from {choices})") from None
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One output: a name, a box, how to fit it, and how to encode it.
+
+    `format=None` keeps the source's format when it is a web format (JPEG, PNG, WebP, GIF, AVIF)
+    and falls back to JPEG otherwise (HEIC, TIFF, BMP).
+    """
+
+    name: str
+    max_width: int
+    max_height: int
+    quality: int = 85
+    format: ImageFormat | None = None
+    fit: Fit = Fit.CONTAIN
+    gravity: Gravity = Gravity.CENTRE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(f"variant name {self.name!r} must be lowercase letters, digits, '-' or '_'")
+        for side in ("max_width", "max_height"):
+            value = getattr(self, side)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DIMENSION:
+                raise ValueError(f"variant {self.name!r}: {side} must be an integer from 1 to {MAX_DIMENSION}")
+        if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
+            raise ValueError(f"variant {self.name!r}: quality must be an integer from 1 to 100")
+        if self.format is not None:
+            object.__setattr__(self, "format", ImageFormat.parse(self.format))
+        object.__setattr__(self, "fit", _enum(Fit, self.fit, "fit"))
+        object.__setattr__(self, "gravity", _enum(Gravity, self.gravity, "gravity"))
+
+
+DEFAULT_VARIANTS: tuple[VariantConfig, ...] = (
+    VariantConfig("thumbnail", 150, 150),
+    VariantConfig("medium", 800, 800),
+    VariantConfig("large", 1920, 1920),
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an input may be before any pixel is decoded."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 60_000_000
+    max_frames: int = 300
+    allowed_types: frozenset[str] = frozenset({"jpeg", "png", "webp", "gif", "avif", "heif", "tiff", "bmp"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_pixels", "max_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        object.__setattr__(self, "allowed_types", frozenset(self.allowed_types))
+
+
+@dataclass(frozen=True)
+class ImageVariant:
+    """One encoded output."""
+
+    name: str
+    data: bytes = field(repr=False)
+    width: int
+    height: int
+    format: ImageFormat | None  # None only for a preserved original in a non-web format
+    content_type: str
+
+    @property
+    def extension(self) -> str:
+        return self.format.extension if self.format else self.content_type.split("/")[-1]
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the processor learnt about the input."""
+
+    type: str  # sniffed from the bytes: jpeg, png, webp, gif, avif, heif, tiff, bmp
+    width: int  # after EXIF orientation
+    height: int
+    bytes: int
+    frames: int = 1
+    had_icc_profile: bool = False
+
+
+@dataclass(frozen=True)
+class ProcessedImage:
+    """Everything one `process_image` call produced."""
+
+    source: SourceInfo
+    variants: tuple[ImageVariant, ...]
+    blurhash: str
+    dominant_color: str
+    processing_ms: float

@@ -1,0 +1,163 @@
+"""One image's job, against any `ObjectStore`:
+
+    skip if the manifest already records this upload → read raw (one GET) → process
+    → write every variant concurrently → write manifest LAST → tag `processed` or delete raw
+
+A bad image (any `ImageRejected`) is tagged `failed` with its code and kept; nothing is written
+under the output prefix. A storage failure propagates as `StorageFailure` so the caller reports it
+for a retry; the raw object is then left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from time import perf_counter
+
+from . import keys, manifest
+from .errors import CorruptImage, ImageRejected, PipelineError
+from .processor import ImageProcessor
+from .storage import ObjectNotFound, ObjectStore
+
+STATUS_TAG = "image-pipeline-status"
+ERROR_TAG = "image-pipeline-error"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One uploaded object, as an event names it."""
+
+    bucket: str
+    key: str
+    etag: str | None = None
+    size: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one object; the handler logs and counts it."""
+
+    status: str  # processed | skipped | failed | ignored | gone
+    key: str
+    reason: str = ""
+    error_code: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    processing_ms: float = 0.0
+    total_ms: float = 0.0
+    outputs: list[dict] = field(default_factory=list)
+
+
+class ImageService:
+    def __init__(
+        self,
+        processor: ImageProcessor,
+        *,
+        raw_prefix: str = "raw/",
+        processed_prefix: str = "processed/",
+        disposition: str = "tag",
+    ) -> None:
+        if disposition not in ("tag", "delete"):
+            raise ValueError("disposition must be 'tag' or 'delete'")
+        self.processor = processor
+        self.raw_prefix = raw_prefix
+        self.processed_prefix = processed_prefix
+        self.disposition = disposition
+
+    async def handle(self, store: ObjectStore, ref: ObjectRef) -> Outcome:
+        started = perf_counter()
+        try:
+            prefix = keys.output_prefix(ref.key, self.raw_prefix, self.processed_prefix)
+        except ImageRejected as exc:
+            return await self._reject(store, ref, exc, started)
+        if prefix is None:
+            return Outcome("ignored", ref.key, reason=f"outside {self.raw_prefix!r}")
+        manifest_key = keys.manifest_key(prefix)
+
+        recorded = manifest.source_etag(await store.read_optional(manifest_key))
+        if recorded is not None and recorded == ref.etag:
+            await self._dispose(store, ref.key)  # idempotent: finishes a run that died after the manifest
+            return Outcome("skipped", ref.key, reason="manifest already records this ETag")
+        if ref.size is not None and ref.size > self.processor.limits.max_bytes:
+            return await self._reject(store, ref, _too_large(ref.size, self.processor.limits.max_bytes), started)
+        try:
+            raw = await store.read(ref.key, max_bytes=self.processor.limits.max_bytes)
+        except ObjectNotFound:
+            return Outcome("gone", ref.key, reason="raw object no longer exists")
+        except ImageRejected as exc:
+            return await self._reject(store, ref, exc, started)
+        if recorded is not None and recorded == raw.etag:
+            await self._dispose(store, ref.key)
+            return Outcome("skipped", ref.key, reason="manifest already records this ETag")
+
+        try:
+            processed = self.processor.process_image(raw.data)
+        except ImageRejected as exc:
+            return await self._reject(store, ref, exc, started, bytes_in=raw.size)
+        except PipelineError:
+            raise
+        except Exception as exc:  # a decoder crash on hostile input is still a bad image
+            return await self._reject(store, ref, CorruptImage(f"{type(exc).__name__}: {exc}"), started, raw.size)
+
+        variant_keys = {v.name: keys.variant_key(prefix, v.name, v.extension) for v in processed.variants}
+        await asyncio.gather(
+            *(
+                store.write(
+                    variant_keys[v.name],
+                    v.data,
+                    v.content_type,
+                    {"width": str(v.width), "height": str(v.height), "variant": v.name, "source-etag": raw.etag},
+                )
+                for v in processed.variants
+            )
+        )
+        record = manifest.build(
+            bucket=ref.bucket,
+            key=ref.key,
+            etag=raw.etag,
+            processed=processed,
+            variant_keys=variant_keys,
+            total_ms=(perf_counter() - started) * 1000,
+        )
+        await store.write(manifest_key, manifest.dumps(record), "application/json", {"source-etag": raw.etag})
+        await self._dispose(store, ref.key)
+        return Outcome(
+            "processed",
+            ref.key,
+            bytes_in=raw.size,
+            bytes_out=sum(v["bytes"] for v in record["variants"]),
+            processing_ms=processed.processing_ms,
+            total_ms=(perf_counter() - started) * 1000,
+            outputs=record["variants"] + [{"name": "manifest", "key": manifest_key}],
+        )
+
+    async def _dispose(self, store: ObjectStore, key: str) -> None:
+        try:
+            if self.disposition == "delete":
+                await store.delete(key)
+            else:
+                await store.set_tags(key, {STATUS_TAG: "processed"})
+        except ObjectNotFound:
+            pass  # already deleted (delete mode, or by its owner): nothing left to mark
+
+    async def _reject(
+        self, store: ObjectStore, ref: ObjectRef, error: PipelineError, started: float, bytes_in: int = 0
+    ) -> Outcome:
+        try:
+            await store.set_tags(ref.key, {STATUS_TAG: "failed", ERROR_TAG: error.code})
+        except ObjectNotFound:
+            pass
+        return Outcome(
+            "failed",
+            ref.key,
+            reason=error.message,
+            error_code=error.code,
+            bytes_in=bytes_in,
+            total_ms=(perf_counter() - started) * 1000,
+        )
+
+
+def _too_large(size: int, limit: int) -> ImageRejected:
+    from .errors import TooLarge
+
+    return TooLarge(f"{size} bytes is over the {limit}-byte limit")

@@ -1,0 +1,177 @@
+"""Environment variables → one validated `Settings`, parsed once per cold start.
+
+Every problem is collected and reported together in one `ConfigError`, so a bad deploy fails on
+its first invocation with a message that names each variable, instead of on some later image.
+The names and defaults here are the ones `template.yaml` sets (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+from .processor.specs import Fit, Gravity, ImageFormat, Limits, VariantConfig
+
+# name -> default; the template's Environment block must list the same names with the same defaults.
+DEFAULTS: dict[str, str] = {
+    "RAW_PREFIX": "raw/",
+    "PROCESSED_PREFIX": "processed/",
+    "VARIANTS": "thumbnail:150x150:cover:webp;medium:800x800:webp;large:1920x1920:jpeg",
+    "RAW_DISPOSITION": "tag",
+    "MAX_INPUT_BYTES": str(50 * 1024 * 1024),
+    "MAX_PIXELS": "60000000",
+    "MAX_FRAMES": "300",
+    "ALLOWED_TYPES": "jpeg,png,webp,gif,avif,heif,tiff,bmp",
+    "CACHE_CONTROL": "public, max-age=31536000, immutable",
+    "KEEP_ICC_PROFILE": "false",
+    "S3_MAX_ATTEMPTS": "5",
+    "TIME_RESERVE_MS": "10000",
+}
+DISPOSITIONS = ("tag", "delete")
+KNOWN_TYPES = frozenset(Limits().allowed_types)
+
+
+@dataclass(frozen=True)
+class Settings:
+    raw_prefix: str = DEFAULTS["RAW_PREFIX"]
+    processed_prefix: str = DEFAULTS["PROCESSED_PREFIX"]
+    variants: tuple[VariantConfig, ...] = ()
+    raw_disposition: str = "tag"
+    limits: Limits = field(default_factory=Limits)
+    cache_control: str = DEFAULTS["CACHE_CONTROL"]
+    keep_icc_profile: bool = False
+    s3_endpoint_url: str | None = None
+    s3_max_attempts: int = 5
+    time_reserve_ms: int = 10000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+
+        def get(name: str) -> str:
+            return env.get(name, DEFAULTS[name]).strip()
+
+        def integer(name: str, low: int = 1) -> int:
+            raw = get(name)
+            try:
+                value = int(raw.replace("_", ""))
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not an integer")
+                return int(DEFAULTS[name])
+            if value < low:
+                problems.append(f"{name}={value} must be at least {low}")
+            return value
+
+        def boolean(name: str) -> bool:
+            raw = get(name).lower()
+            if raw in ("1", "true", "yes", "on"):
+                return True
+            if raw in ("0", "false", "no", "off", ""):
+                return False
+            problems.append(f"{name}={raw!r} must be true or false")
+            return False
+
+        raw_prefix = _prefix(get("RAW_PREFIX"), "RAW_PREFIX", problems)
+        processed_prefix = _prefix(get("PROCESSED_PREFIX"), "PROCESSED_PREFIX", problems)
+        if raw_prefix and processed_prefix and (
+            raw_prefix.startswith(processed_prefix) or processed_prefix.startswith(raw_prefix)
+        ):
+            problems.append(
+                f"RAW_PREFIX={raw_prefix!r} and PROCESSED_PREFIX={processed_prefix!r} overlap: "
+                "outputs would trigger the pipeline again"
+            )
+
+        variants: tuple[VariantConfig, ...] = ()
+        try:
+            variants = parse_variants(get("VARIANTS"))
+        except ValueError as exc:
+            problems.append(f"VARIANTS: {exc}")
+
+        disposition = get("RAW_DISPOSITION").lower()
+        if disposition not in DISPOSITIONS:
+            problems.append(f"RAW_DISPOSITION={disposition!r} must be one of {', '.join(DISPOSITIONS)}")
+
+        allowed = frozenset(t.strip().lower() for t in get("ALLOWED_TYPES").split(",") if t.strip())
+        unknown = sorted(allowed - KNOWN_TYPES)
+        if unknown or not allowed:
+            problems.append(
+                f"ALLOWED_TYPES has unknown types {unknown or '(none given)'}; known: {', '.join(sorted(KNOWN_TYPES))}"
+            )
+        limits = Limits(
+            max_bytes=max(integer("MAX_INPUT_BYTES"), 1),
+            max_pixels=max(integer("MAX_PIXELS"), 1),
+            max_frames=max(integer("MAX_FRAMES"), 1),
+            allowed_types=(allowed & KNOWN_TYPES) or KNOWN_TYPES,
+        )
+
+        settings = cls(
+            raw_prefix=raw_prefix,
+            processed_prefix=processed_prefix,
+            variants=variants,
+            raw_disposition=disposition,
+            limits=limits,
+            cache_control=get("CACHE_CONTROL"),
+            keep_icc_profile=boolean("KEEP_ICC_PROFILE"),
+            s3_endpoint_url=(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None),
+            s3_max_attempts=integer("S3_MAX_ATTEMPTS"),
+            time_reserve_ms=integer("TIME_RESERVE_MS", low=0),
+        )
+        if problems:
+            raise ConfigError("invalid image-pipeline settings:\n  - " + "\n  - ".join(problems))
+        return settings
+
+
+def _prefix(value: str, name: str, problems: list[str]) -> str:
+    value = value.lstrip("/")
+    if not value:
+        problems.append(f"{name} must not be empty")
+        return value
+    return value if value.endswith("/") else value + "/"
+
+
+def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
+    """Parse `name:WxH[:fit][:gravity][:format][:qNN]` entries separated by `;`.
+
+    Example: `thumbnail:150x150:cover:attention:webp:q80;large:1920x1920:jpeg`. Tokens after the
+    size may come in any order; each is recognised by its value.
+    """
+    variants: list[VariantConfig] = []
+    for entry in filter(None, (e.strip() for e in spec.split(";"))):
+        name, _, rest = entry.partition(":")
+        tokens = [t.strip().lower() for t in rest.split(":")] if rest else []
+        if not tokens or "x" not in tokens[0]:
+            raise ValueError(f"{entry!r}: expected name:WIDTHxHEIGHT[:fit][:gravity][:format][:qNN]")
+        width, _, height = tokens[0].partition("x")
+        if not (width.isdigit() and height.isdigit()):
+            raise ValueError(f"{entry!r}: size {tokens[0]!r} must be WIDTHxHEIGHT in pixels")
+        options: dict[str, object] = {}
+        for token in tokens[1:]:
+            if token in Fit._value2member_map_:
+                options["fit"] = token
+            elif token.replace("center", "centre") in Gravity._value2member_map_:
+                options["gravity"] = token
+            elif token in ("original", "auto"):
+                options["format"] = None
+            elif token.startswith("q") and token[1:].isdigit():
+                options["quality"] = int(token[1:])
+            else:
+                try:
+                    options["format"] = ImageFormat.parse(token)
+                except ValueError:
+                    raise ValueError(
+                        f"{entry!r}: unknown option {token!r} (a fit, a gravity, a format or qNN)"
+                    ) from None
+        try:
+            variants.append(VariantConfig(name.strip(), int(width), int(height), **options))
+        except ValueError as exc:
+            raise ValueError(f"{entry!r}: {exc}") from None
+    if not variants:
+        raise ValueError("at least one variant is required")
+    names = [v.name for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"variant names must be unique: {', '.join(duplicates)}")
+    return tuple(variants)

@@ -1,0 +1,47 @@
+"""The small store contract the service needs, whatever holds the objects.
+
+Every backend (S3, filesystem, memory) passes the same contract tests (tests/contract). Errors:
+`ObjectNotFound` for a missing key, `StorageFailure` for anything the store could not do after
+its own retries; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import StorageFailure
+
+
+class ObjectNotFound(StorageFailure):
+    """The key does not exist (any more)."""
+
+    code = "not_found"
+    permanent = True
+
+
+@dataclass(frozen=True)
+class RawObject:
+    data: bytes
+    etag: str
+    size: int
+
+
+class ObjectStore(Protocol):
+    async def read(self, key: str, max_bytes: int | None = None) -> RawObject:
+        """The object's bytes and ETag in one request; `TooLarge` before reading an oversize body."""
+
+    async def read_optional(self, key: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+
+    async def write(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        """Store `data`; S3 adds the configured Cache-Control."""
+
+    async def get_tags(self, key: str) -> dict[str, str]: ...
+
+    async def set_tags(self, key: str, tags: dict[str, str]) -> None:
+        """Merge `tags` into the object's tags (other tags are kept)."""
+
+    async def delete(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...

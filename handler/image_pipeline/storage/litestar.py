@@ -1,0 +1,75 @@
+"""Any litestar-storages backend (MemoryStorage, FileSystemStorage) as an `ObjectStore`.
+
+litestar-storages has no object tags, so tags live beside the object under `.tags/<key>.json`
+in the same storage. Used for local runs, the upload API on a disk, and the contract tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from litestar_storages import BaseStorage, StorageError, StorageFileNotFoundError
+
+from ..errors import StorageFailure, TooLarge
+from .base import ObjectNotFound, RawObject
+
+TAGS_PREFIX = ".tags/"
+
+
+class LitestarStore:
+    def __init__(self, storage: BaseStorage) -> None:
+        self.storage = storage
+
+    async def read(self, key: str, max_bytes: int | None = None) -> RawObject:
+        data = await self._get(key)
+        if data is None:
+            raise ObjectNotFound(f"{key} does not exist")
+        if max_bytes is not None and len(data) > max_bytes:
+            raise TooLarge(f"{len(data)} bytes is over the {max_bytes}-byte limit")
+        return RawObject(data, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data))
+
+    async def read_optional(self, key: str) -> bytes | None:
+        return await self._get(key)
+
+    async def write(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        try:
+            await self.storage.put(key, data, content_type=content_type, metadata=metadata)
+        except StorageError as exc:
+            raise StorageFailure(f"could not write {key}: {exc}") from exc
+
+    async def get_tags(self, key: str) -> dict[str, str]:
+        raw = await self._get(TAGS_PREFIX + key + ".json")
+        return json.loads(raw) if raw else {}
+
+    async def set_tags(self, key: str, tags: dict[str, str]) -> None:
+        if not await self._exists(key):
+            raise ObjectNotFound(f"{key} does not exist")
+        merged = {**await self.get_tags(key), **tags}
+        await self.write(TAGS_PREFIX + key + ".json", json.dumps(merged).encode(), "application/json", {})
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.storage.delete(key)
+            await self.storage.delete(TAGS_PREFIX + key + ".json")
+        except StorageFileNotFoundError:
+            pass
+        except StorageError as exc:
+            raise StorageFailure(f"could not delete {key}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self.storage.close()
+
+    async def _get(self, key: str) -> bytes | None:
+        try:
+            return await self.storage.get_bytes(key)
+        except StorageFileNotFoundError:
+            return None
+        except StorageError as exc:
+            raise StorageFailure(f"could not read {key}: {exc}") from exc
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            return await self.storage.exists(key)
+        except StorageError as exc:
+            raise StorageFailure(f"could not check {key}: {exc}") from exc

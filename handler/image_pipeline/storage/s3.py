@@ -1,0 +1,169 @@
+"""S3 as an `ObjectStore`: litestar-storages' `S3Storage` for writes and manifest reads, the same
+aioboto3 client directly for what S3Storage has no API for (tags, a GET that returns the ETag).
+
+S3Storage opens a new aioboto3 client per call (60-80 ms each); here one client is opened per
+container and lent to S3Storage, so every request reuses its connection pool. Retries are
+botocore's own (`standard` mode with backoff), configured once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from litestar_storages import S3Config, S3Storage, StorageError, StorageFileNotFoundError
+
+from ..errors import StorageFailure, TooLarge
+from .base import ObjectNotFound, RawObject
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+
+
+class _LentClient:
+    """Makes a long-lived client look like the one-shot context manager S3Storage expects."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def __aenter__(self) -> Any:
+        return self._client
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _SharedClientS3Storage(S3Storage):
+    def __init__(self, config: S3Config, client: Any) -> None:
+        super().__init__(config)
+        self._shared = client
+
+    async def _get_client(self) -> Any:
+        return _LentClient(self._shared)
+
+
+class S3Connection:
+    """One aioboto3 client for the container's life, lent to a store per bucket."""
+
+    def __init__(self, client: Any, stack: contextlib.AsyncExitStack, endpoint_url: str | None) -> None:
+        self.client = client
+        self.endpoint_url = endpoint_url
+        self._stack = stack
+        self._stores: dict[str, S3Store] = {}
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        cache_control: str | None = None,
+        max_attempts: int = 5,
+        session: Any = None,
+    ) -> S3Connection:
+        import aioboto3
+        from aiobotocore.config import AioConfig
+
+        session = session or aioboto3.Session()
+        config = AioConfig(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=5,
+            read_timeout=30,
+            max_pool_connections=32,
+            tcp_keepalive=True,
+        )
+        stack = contextlib.AsyncExitStack()
+        client = await stack.enter_async_context(
+            session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        )
+        if cache_control:
+            # S3Storage.put has no Cache-Control argument: add it to every PutObject this client
+            # sends. Images get the long lifetime; the manifest changes when a raw key is
+            # overwritten, so caches must revalidate it.
+            def add_cache_control(params: dict, **_: Any) -> None:
+                is_image = str(params.get("ContentType", "")).startswith("image/")
+                params.setdefault("CacheControl", cache_control if is_image else "no-cache")
+
+            client.meta.events.register("before-parameter-build.s3.PutObject", add_cache_control)
+        return cls(client, stack, endpoint_url)
+
+    def store(self, bucket: str) -> S3Store:
+        if bucket not in self._stores:
+            self._stores[bucket] = S3Store(bucket, self.client, self.endpoint_url)
+        return self._stores[bucket]
+
+    async def close(self) -> None:
+        self._stores.clear()
+        await self._stack.aclose()
+
+
+class S3Store:
+    """One bucket, through a shared client; see `S3Connection`."""
+
+    def __init__(self, bucket: str, client: Any, endpoint_url: str | None = None) -> None:
+        self.bucket = bucket
+        self.client = client
+        self.storage = _SharedClientS3Storage(S3Config(bucket=bucket, endpoint_url=endpoint_url), client)
+
+    async def read(self, key: str, max_bytes: int | None = None) -> RawObject:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = await self.client.get_object(Bucket=self.bucket, Key=key)
+            async with response["Body"] as body:
+                size = response["ContentLength"]
+                if max_bytes is not None and size > max_bytes:
+                    raise TooLarge(f"{size} bytes is over the {max_bytes}-byte limit")
+                data = await body.read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                raise ObjectNotFound(f"s3://{self.bucket}/{key} does not exist") from exc
+            raise StorageFailure(f"could not read s3://{self.bucket}/{key}: {exc}") from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StorageFailure(f"could not read s3://{self.bucket}/{key}: {exc}") from exc
+        if len(data) != size:
+            raise StorageFailure(f"short read of s3://{self.bucket}/{key}: {len(data)} of {size} bytes")
+        return RawObject(data, response["ETag"].strip('"'), size)
+
+    async def read_optional(self, key: str) -> bytes | None:
+        try:
+            return await self.storage.get_bytes(key)
+        except StorageFileNotFoundError:
+            return None
+        except StorageError as exc:
+            raise StorageFailure(f"could not read s3://{self.bucket}/{key}: {exc}") from exc
+
+    async def write(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
+        try:
+            await self.storage.put(key, data, content_type=content_type, metadata=metadata)
+        except StorageError as exc:
+            raise StorageFailure(f"could not write s3://{self.bucket}/{key}: {exc.__cause__ or exc}") from exc
+
+    async def get_tags(self, key: str) -> dict[str, str]:
+        response = await self._call("get_object_tagging", key)
+        return {t["Key"]: t["Value"] for t in response.get("TagSet", [])}
+
+    async def set_tags(self, key: str, tags: dict[str, str]) -> None:
+        merged = {**await self.get_tags(key), **tags}
+        tag_set = [{"Key": k, "Value": v} for k, v in merged.items()]
+        await self._call("put_object_tagging", key, Tagging={"TagSet": tag_set})
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self.storage.delete(key)
+        except StorageError as exc:
+            raise StorageFailure(f"could not delete s3://{self.bucket}/{key}: {exc}") from exc
+
+    async def close(self) -> None:
+        """The client belongs to the `S3Connection`; closing it is the connection's job."""
+
+    async def _call(self, operation: str, key: str, **params: Any) -> dict:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await getattr(self.client, operation)(Bucket=self.bucket, Key=key, **params)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                raise ObjectNotFound(f"s3://{self.bucket}/{key} does not exist") from exc
+            raise StorageFailure(f"{operation} s3://{self.bucket}/{key} failed: {exc}") from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StorageFailure(f"{operation} s3://{self.bucket}/{key} failed: {exc}") from exc
