@@ -300,6 +300,13 @@ def test_object_actions_are_confined_to_their_prefix(template: dict[str, Any], b
     assert granted.get("s3:PutObjectTagging") == {"raw/"}
 
 
+def test_missing_keys_read_as_404_not_403(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -> None:
+    """Without s3:ListBucket, S3 answers AccessDenied for a missing key: the handler's "no manifest
+    yet" (every new image) and "raw object gone" cases would become storage errors and retries."""
+    bucket_name, _ = bucket
+    assert ("s3:ListBucket", "${" + bucket_name + ".Arn}") in s3_grants(template)
+
+
 def test_s3_policy_is_attached_to_the_function_role(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
     name, props = function
     policies = resources_of_type(template, "AWS::IAM::Policy")

@@ -1,0 +1,143 @@
+"""One contract, every backend: S3 (moto server), filesystem and memory behave the same to the
+service, and the service gives the same result on each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from litestar_storages import FileSystemConfig, FileSystemStorage, MemoryStorage
+
+from image_pipeline.errors import StorageFailure, TooLarge
+from image_pipeline.processor import ImageProcessor, VariantConfig
+from image_pipeline.service import ImageService, ObjectRef
+from image_pipeline.storage import LitestarStore, ObjectNotFound
+from image_pipeline.storage.s3 import S3Connection
+from tests.images import decode, photo
+
+BACKENDS = ["s3", "filesystem", "memory"]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _open(kind: str, tmp_path, endpoint: str):
+    if kind == "memory":
+        return LitestarStore(MemoryStorage()), None
+    if kind == "filesystem":
+        return LitestarStore(FileSystemStorage(FileSystemConfig(path=tmp_path))), None
+    import boto3
+
+    bucket = f"contract-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    connection = await S3Connection.open(endpoint_url=endpoint, cache_control="public, max-age=60")
+    return connection.store(bucket), connection
+
+
+@pytest.fixture(params=BACKENDS)
+def with_store(request, tmp_path, moto_server):
+    """Run an async test body against a fresh store of each kind."""
+
+    def call(body):
+        async def main():
+            store, connection = await _open(request.param, tmp_path, moto_server)
+            try:
+                return await body(store)
+            finally:
+                await store.close()
+                if connection is not None:
+                    await connection.close()
+
+        return run(main())
+
+    return call
+
+
+def test_write_then_read_returns_the_bytes_and_a_stable_etag(with_store):
+    async def body(store):
+        await store.write("a/b.bin", b"hello", "application/octet-stream", {"k": "v"})
+        first = await store.read("a/b.bin")
+        second = await store.read("a/b.bin")
+        assert first.data == b"hello" and first.size == 5 and first.etag and first.etag == second.etag
+        await store.write("a/b.bin", b"changed", "application/octet-stream", {})
+        assert (await store.read("a/b.bin")).etag != first.etag
+
+    with_store(body)
+
+
+def test_missing_keys(with_store):
+    async def body(store):
+        assert await store.read_optional("nope") is None
+        with pytest.raises(ObjectNotFound):
+            await store.read("nope")
+        with pytest.raises(ObjectNotFound):
+            await store.set_tags("nope", {"a": "b"})
+        await store.delete("nope")  # deleting what is not there is not an error
+
+    with_store(body)
+
+
+def test_read_refuses_an_oversize_object(with_store):
+    async def body(store):
+        await store.write("big", b"x" * 100, "application/octet-stream", {})
+        with pytest.raises(TooLarge):
+            await store.read("big", max_bytes=99)
+
+    with_store(body)
+
+
+def test_tags_merge_and_survive_until_delete(with_store):
+    async def body(store):
+        await store.write("t.jpg", b"data", "image/jpeg", {})
+        await store.set_tags("t.jpg", {"owner": "alice"})
+        await store.set_tags("t.jpg", {"image-pipeline-status": "processed"})
+        assert await store.get_tags("t.jpg") == {"owner": "alice", "image-pipeline-status": "processed"}
+        await store.delete("t.jpg")
+        assert await store.read_optional("t.jpg") is None
+
+    with_store(body)
+
+
+def test_the_service_gives_the_same_result_on_every_backend(with_store):
+    service = ImageService(ImageProcessor([VariantConfig("small", 64, 64, format="webp")]))
+
+    async def body(store):
+        await store.write("raw/p/photo.jpg", photo(256, 128), "image/jpeg", {})
+        outcome = await service.handle(store, ObjectRef("bucket", "raw/p/photo.jpg"))
+        assert outcome.status == "processed"
+        small = decode(await store.read_optional("processed/p/photo/small.webp"))
+        assert small.format == "WEBP" and small.size == (64, 32)
+        manifest = json.loads(await store.read_optional("processed/p/photo/manifest.json"))
+        assert manifest["variants"][0]["key"] == "processed/p/photo/small.webp"
+        assert await store.get_tags("raw/p/photo.jpg") == {"image-pipeline-status": "processed"}
+        again = await service.handle(store, ObjectRef("bucket", "raw/p/photo.jpg", etag=manifest["source"]["etag"]))
+        assert again.status == "skipped"
+
+    with_store(body)
+
+
+def test_keys_that_could_escape_the_output_prefix_are_refused(with_store):
+    service = ImageService(ImageProcessor())
+
+    async def body(store):
+        for key in ("raw/../etc/passwd.jpg", "raw//x.jpg", "raw/./x.jpg", "raw/a\x00b.jpg", "raw/a\nb.jpg"):
+            outcome = await service.handle(store, ObjectRef("bucket", key))
+            assert (outcome.status, outcome.error_code) == ("failed", "invalid_key"), key
+
+    with_store(body)
+
+
+def test_storage_failures_are_typed():
+    async def body():
+        connection = await S3Connection.open(endpoint_url="http://127.0.0.1:9", max_attempts=1)
+        try:
+            with pytest.raises(StorageFailure) as caught:
+                await connection.store("b").write("k", b"x", "text/plain", {})
+            assert caught.value.code == "storage_error" and not caught.value.permanent
+        finally:
+            await connection.close()
+
+    run(body())
