@@ -28,6 +28,8 @@ def object_refs(event: dict) -> list[ObjectRef]:
     """Every object an S3 notification or EventBridge event names (SQS: see `refs_from_body`)."""
     if not isinstance(event, dict):
         raise UnknownEvent(f"event is a {type(event).__name__}, not an object")
+    if isinstance(event.get("requestPayload"), dict):
+        return object_refs(event["requestPayload"])  # a Lambda on-failure destination record (redrive)
     if event.get("source") == "aws.s3" and "detail" in event:
         if event.get("detail-type") != "Object Created":
             return []

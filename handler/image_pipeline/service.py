@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from . import keys, manifest
-from .errors import CorruptImage, ImageRejected, PipelineError
+from .errors import CorruptImage, ImageRejected, PipelineError, TooLarge
 from .processor import ImageProcessor
 from .storage import ObjectNotFound, ObjectStore
 
@@ -79,7 +79,7 @@ class ImageService:
             await self._dispose(store, ref.key)  # idempotent: finishes a run that died after the manifest
             return Outcome("skipped", ref.key, reason="manifest already records this ETag")
         if ref.size is not None and ref.size > self.processor.limits.max_bytes:
-            return await self._reject(store, ref, _too_large(ref.size, self.processor.limits.max_bytes), started)
+            return await self._reject(store, ref, TooLarge(f"{ref.size} bytes is over the {self.processor.limits.max_bytes}-byte limit"), started)
         try:
             raw = await store.read(ref.key, max_bytes=self.processor.limits.max_bytes)
         except ObjectNotFound:
@@ -136,7 +136,7 @@ class ImageService:
             if self.disposition == "delete":
                 await store.delete(key)
             else:
-                await store.set_tags(key, {STATUS_TAG: "processed"})
+                await store.set_tags(key, {STATUS_TAG: "processed"}, remove=(ERROR_TAG,))
         except ObjectNotFound:
             pass  # already deleted (delete mode, or by its owner): nothing left to mark
 
@@ -156,8 +156,3 @@ class ImageService:
             total_ms=(perf_counter() - started) * 1000,
         )
 
-
-def _too_large(size: int, limit: int) -> ImageRejected:
-    from .errors import TooLarge
-
-    return TooLarge(f"{size} bytes is over the {limit}-byte limit")

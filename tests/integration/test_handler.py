@@ -232,3 +232,30 @@ def test_cold_start_with_bad_configuration_names_every_problem():
     done = subprocess.run([sys.executable, "-c", "import image_pipeline.handler"], env=env, capture_output=True, text=True)
     assert done.returncode != 0
     assert "RAW_DISPOSITION='archive'" in done.stderr and "MAX_PIXELS=-1 must be at least 1" in done.stderr
+
+
+def test_a_fixed_upload_loses_its_old_error_tag(s3, bucket, handler, context):
+    key = "raw/fix/photo.jpg"
+    upload(s3, bucket, key, b"not yet an image")
+    handler.lambda_handler(load_event("s3-put.json", bucket=bucket, keys=[key]), context)
+    assert tags(s3, bucket, key)["image-pipeline-error"] == "unsupported_type"
+    etag = upload(s3, bucket, key, photo(300, 200))
+    s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": [
+        {"Key": "image-pipeline-status", "Value": "failed"}, {"Key": "image-pipeline-error", "Value": "unsupported_type"}]})
+    handler.lambda_handler(load_event("s3-put.json", bucket=bucket, keys=[key], etag=etag), context)
+    assert tags(s3, bucket, key) == {"image-pipeline-status": "processed"}
+
+
+def test_a_record_from_the_failure_destination_can_be_replayed(s3, bucket, handler, context):
+    key = "raw/dlq/photo.jpg"
+    upload(s3, bucket, key, photo(300, 200))
+    original = load_event("s3-put.json", bucket=bucket, keys=[key])
+    destination_record = {
+        "version": "1.0",
+        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
+        "requestPayload": original,
+        "responseContext": {"statusCode": 200, "functionError": "Unhandled"},
+        "responsePayload": {"errorType": "RetryLater"},
+    }
+    result = handler.lambda_handler(destination_record, context)
+    assert result["results"][0]["status"] == "processed"

@@ -39,8 +39,8 @@ class ObjectStore(Protocol):
 
     async def get_tags(self, key: str) -> dict[str, str]: ...
 
-    async def set_tags(self, key: str, tags: dict[str, str]) -> None:
-        """Merge `tags` into the object's tags (other tags are kept)."""
+    async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
+        """Merge `tags` into the object's tags, dropping the `remove` keys (other tags are kept)."""
 
     async def delete(self, key: str) -> None: ...
 

@@ -42,10 +42,10 @@ class LitestarStore:
         raw = await self._get(TAGS_PREFIX + key + ".json")
         return json.loads(raw) if raw else {}
 
-    async def set_tags(self, key: str, tags: dict[str, str]) -> None:
+    async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
         if not await self._exists(key):
             raise ObjectNotFound(f"{key} does not exist")
-        merged = {**await self.get_tags(key), **tags}
+        merged = {k: v for k, v in (await self.get_tags(key)).items() if k not in remove} | tags
         await self.write(TAGS_PREFIX + key + ".json", json.dumps(merged).encode(), "application/json", {})
 
     async def delete(self, key: str) -> None:

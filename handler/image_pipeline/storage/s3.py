@@ -142,8 +142,8 @@ class S3Store:
         response = await self._call("get_object_tagging", key)
         return {t["Key"]: t["Value"] for t in response.get("TagSet", [])}
 
-    async def set_tags(self, key: str, tags: dict[str, str]) -> None:
-        merged = {**await self.get_tags(key), **tags}
+    async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
+        merged = {k: v for k, v in (await self.get_tags(key)).items() if k not in remove} | tags
         tag_set = [{"Key": k, "Value": v} for k, v in merged.items()]
         await self._call("put_object_tagging", key, Tagging={"TagSet": tag_set})
 
