@@ -6,7 +6,7 @@ import io
 import math
 
 import pytest
-from PIL import Image, ImageCms, ImageDraw
+from PIL import Image, ImageCms, ImageDraw, ImageOps
 
 from image_pipeline import ImageFormat, ImageProcessor, VariantConfig
 from image_pipeline.errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
@@ -181,6 +181,7 @@ def test_metadata_is_kept_when_stripping_is_off_but_orientation_is_reset():
     exif[0x0112] = 6
     data = encode(image, "JPEG", exif=exif.tobytes())
     (v,) = only(VariantConfig("m", 200, 200, format="jpeg"), strip_metadata=False).process(data)
+    assert decode(v.data).size == (150, 200)  # still rotated upright
     out_exif = decode(v.data).getexif()
     assert out_exif.get(0x010F) == "TestCam" and out_exif.get(0x0112) == 1
 
@@ -340,3 +341,29 @@ def test_specs_are_validated_where_they_are_written():
         VariantConfig("x", 10, 10, fit="stretch")
     with pytest.raises(ValueError, match="name"):
         VariantConfig("Bad Name", 10, 10)
+
+
+def _mean_difference(a: Image.Image, b: Image.Image) -> float:
+    from PIL import ImageChops, ImageStat
+
+    return sum(ImageStat.Stat(ImageChops.difference(a.convert("RGB"), b.convert("RGB"))).mean) / 3
+
+
+def _detailed(width: int, height: int) -> Image.Image:
+    """Fine texture: any sub-pixel shift or stretch shows up as a large difference."""
+    return Image.effect_mandelbrot((width, height), (-2.2, -1.2, 1.0, 1.2), 200).convert("RGB")
+
+
+def test_cover_matches_an_exact_centre_crop():
+    source = _detailed(1601, 899)
+    (v,) = only(VariantConfig("sq", 150, 150, fit="cover", format="png")).process(encode(source, "PNG"))
+    reference = ImageOps.fit(source, (150, 150), Image.Resampling.LANCZOS)
+    assert _mean_difference(decode(v.data), reference) < 1.0
+
+
+def test_draft_decode_of_an_odd_sized_jpeg_is_not_stretched():
+    source = _detailed(3017, 1697)
+    data = encode(source, "JPEG", quality=95, subsampling=0)
+    (v,) = only(VariantConfig("m", 1000, 1000, format="png")).process(data)
+    reference = decode(data).resize((v.width, v.height), Image.Resampling.LANCZOS)
+    assert _mean_difference(decode(v.data), reference) < 0.2  # 0.29 when the draft box is ignored

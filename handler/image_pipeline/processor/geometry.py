@@ -46,6 +46,53 @@ def draft_size(specs: tuple[VariantConfig, ...], width: int, height: int) -> tup
     return math.ceil(width * scale), math.ceil(height * scale)
 
 
+# EXIF orientation → (sides swapped, x flipped, y flipped) in the upright frame.
+_ORIENTATIONS = {
+    1: (False, False, False),
+    2: (False, True, False),
+    3: (False, True, True),
+    4: (False, False, True),
+    5: (True, False, False),
+    6: (True, True, False),
+    7: (True, True, True),
+    8: (True, False, True),
+}
+
+Box = tuple[float, float, float, float]
+
+
+def content_box(size: tuple[int, int], extent: tuple[float, float], orientation: int) -> Box:
+    """Where the whole frame lies in a draft-decoded, then oriented, image.
+
+    A JPEG decoded at 1/s covers `extent` = (W/s, H/s) pixels, but Pillow rounds the image up to
+    whole pixels; resizing from the full rounded image would stretch it by up to a pixel. The
+    spare fraction sits at the far edge, which orientation may have moved to the near edge.
+    """
+    swapped, flip_x, flip_y = _ORIENTATIONS.get(orientation, _ORIENTATIONS[1])
+    ex, ey = (extent[1], extent[0]) if swapped else extent
+    x0 = size[0] - ex if flip_x else 0.0
+    y0 = size[1] - ey if flip_y else 0.0
+    return (x0, y0, x0 + ex, y0 + ey)
+
+
+def cover_region(spec: VariantConfig, width: int, height: int) -> Box:
+    """The part of the upright frame a `cover` variant shows, in frame pixels (exact, fractional).
+
+    Cropping this region and resizing it in one step is what `ImageOps.fit` does; resizing first
+    and cropping whole pixels after would shift the result by a fraction of a pixel.
+    """
+    out_w, out_h = output_size(spec, width, height)
+    if width * out_h >= height * out_w:
+        crop_w, crop_h = height * out_w / out_h, float(height)
+    else:
+        crop_w, crop_h = float(width), width * out_h / out_w
+    name = spec.gravity.value
+    fx = 0.0 if "west" in name else 1.0 if "east" in name else 0.5
+    fy = 0.0 if "north" in name else 1.0 if "south" in name else 0.5
+    x0, y0 = (width - crop_w) * fx, (height - crop_h) * fy
+    return (x0, y0, x0 + crop_w, y0 + crop_h)
+
+
 def crop_box(image: Image.Image, size: tuple[int, int], gravity: Gravity) -> tuple[int, int, int, int]:
     """Where to cut a `size` window out of `image` so the part `gravity` names survives."""
     width, height = image.size

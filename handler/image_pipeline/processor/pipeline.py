@@ -25,7 +25,7 @@ from .colour import to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color
 from .sniff import DECODABLE, sniff
-from .specs import DEFAULT_VARIANTS, Fit, ImageFormat, ImageVariant, Limits, ProcessedImage, SourceInfo, VariantConfig
+from .specs import DEFAULT_VARIANTS, Fit, Gravity, ImageFormat, ImageVariant, Limits, ProcessedImage, SourceInfo, VariantConfig
 
 _WEB_FORMATS = {f.value for f in ImageFormat}
 _SWAPS_SIDES = {5, 6, 7, 8}
@@ -120,20 +120,26 @@ class ImageProcessor:
         swapped = orientation in _SWAPS_SIDES
         width, height = (stored_h, stored_w) if swapped else (stored_w, stored_h)
         icc = image.info.get("icc_profile")
-        keep_exif = None
-        if not self.strip_metadata:
-            exif[_ORIENTATION] = 1
-            keep_exif = exif.tobytes()
         keep_icc = icc if self.keep_icc_profile and icc else None
 
+        extent = (float(stored_w), float(stored_h))
         if kind == "jpeg":
             target = geometry.draft_size(self.variants, width, height)
             if target:
-                image.draft(image.mode, target[::-1] if swapped else target)
+                drafted = image.draft(image.mode, target[::-1] if swapped else target)
+                if drafted is not None:
+                    extent = drafted[1][2:]
         image.load()
-        working = to_srgb(ImageOps.exif_transpose(image), icc, self.keep_icc_profile)
+        oriented = ImageOps.exif_transpose(image)
+        keep_exif = None
+        if not self.strip_metadata:
+            upright_exif = oriented.getexif()
+            upright_exif[_ORIENTATION] = 1  # the pixels are upright now
+            keep_exif = upright_exif.tobytes()
+        working = to_srgb(oriented, icc, self.keep_icc_profile)
+        frame = geometry.content_box(working.size, extent, orientation)
 
-        stills = self._resize_all(working, width, height)
+        stills = self._resize_all(working, frame, width, height)
         variants = []
         for spec in self.variants:
             fmt = formats[spec.name]
@@ -166,28 +172,23 @@ class ImageProcessor:
             processing_ms=round((perf_counter() - started) * 1000, 1),
         )
 
-    def _resize_all(self, working: Image.Image, width: int, height: int) -> dict[str, Image.Image]:
+    def _resize_all(self, working: Image.Image, frame: geometry.Box, width: int, height: int) -> dict[str, Image.Image]:
         """Every variant's still image; each resize starts from the smallest image already made
         that is still at least as large as what it needs (cascade), never from the full decode
         when a smaller result will do."""
-        bases = [working]
+        bases = [(working, frame)]
         out: dict[str, Image.Image] = {}
         specs = sorted(self.variants, key=lambda s: geometry.resized_size(s, width, height), reverse=True)
         for spec in specs:
-            size = geometry.resized_size(spec, width, height)
-            resized = _resize_from(bases, size)
-            if resized not in bases:
-                bases.append(resized)
-            out[spec.name] = _crop(resized, spec, width, height)
+            out[spec.name] = _render(bases, spec, width, height)
         return out
 
     def _animation(self, image: Image.Image, spec: VariantConfig, width: int, height: int):
         """Every frame resized (and cropped) like the first; durations kept."""
-        size = geometry.resized_size(spec, width, height)
         frames, durations = [], []
         for frame in ImageSequence.Iterator(image):
             rgba = to_srgb(frame.convert("RGBA"), None, True)
-            frames.append(_crop(rgba.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0), spec, width, height))
+            frames.append(_render([(rgba, (0.0, 0.0, *rgba.size))], spec, width, height))
             durations.append(frame.info.get("duration", 100))
         image.seek(0)
         return frames, durations
@@ -212,19 +213,27 @@ def _open(data: bytes, kind: str) -> Image.Image:
         raise CorruptImage(f"not a readable {kind} file: {exc}") from None
 
 
-def _resize_from(bases: list[Image.Image], size: tuple[int, int]) -> Image.Image:
-    fitting = [b for b in bases if b.width >= size[0] and b.height >= size[1]]
-    base = min(fitting, key=lambda b: b.width * b.height) if fitting else bases[0]
-    if base.size == size:
-        return base
+def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, width: int, height: int) -> Image.Image:
+    """One variant from the smallest base that still has enough pixels. `bases` holds full-frame
+    images with the box where the frame lies in each; a full-frame result is added to them."""
+    full = geometry.resized_size(spec, width, height)
+    fitting = [(im, box) for im, box in bases if box[2] - box[0] >= full[0] - 0.01 and box[3] - box[1] >= full[1] - 0.01]
+    base, box = min(fitting, key=lambda b: b[0].width * b[0].height) if fitting else bases[0]
     # reducing_gap: integer box-reduce first (fast), then Lanczos over the last ≥ 3× (quality).
-    return base.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
-def _crop(image: Image.Image, spec: VariantConfig, width: int, height: int) -> Image.Image:
+    if spec.fit is Fit.COVER and spec.gravity not in (Gravity.ENTROPY, Gravity.ATTENTION):
+        x0, y0, x1, y1 = geometry.cover_region(spec, width, height)
+        sx, sy = (box[2] - box[0]) / width, (box[3] - box[1]) / height
+        region = (box[0] + x0 * sx, box[1] + y0 * sy, box[0] + x1 * sx, box[1] + y1 * sy)
+        out = geometry.output_size(spec, width, height)
+        if region == (0.0, 0.0, *base.size) and base.size == out:
+            return base
+        return base.resize(out, Image.Resampling.LANCZOS, box=region, reducing_gap=3.0)
+    if base.size == full and box == (0.0, 0.0, *full):
+        resized = base
+    else:
+        resized = base.resize(full, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+        bases.append((resized, (0.0, 0.0, *resized.size)))
     if spec.fit is not Fit.COVER:
-        return image
+        return resized
     out = geometry.output_size(spec, width, height)
-    if image.size == out:
-        return image
-    return image.crop(geometry.crop_box(image, out, spec.gravity))
+    return resized if resized.size == out else resized.crop(geometry.crop_box(resized, out, spec.gravity))
