@@ -21,7 +21,7 @@ SAMPLE_IMAGE = "sample.jpg"
 class LocalContext:
     """The parts of Lambda's context object the handler reads."""
 
-    def __init__(self, timeout_s: int = 120, memory_mb: int = 1769) -> None:
+    def __init__(self, timeout_s: int = 120, memory_mb: int = 1024) -> None:
         self.function_name = "image-pipeline-local"
         self.function_version = "$LATEST"
         self.invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:image-pipeline-local"

@@ -171,7 +171,7 @@ def test_handler_points_at_the_lambda_entry_point(function: tuple[str, dict[str,
 def test_sizing(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
     _, props = function
     assert props["MemorySize"] == {"Ref": "MemorySize"}
-    assert resolve(template, props["MemorySize"]) == "1769"
+    assert resolve(template, props["MemorySize"]) == "1024"
     assert props["Timeout"] == 120
     assert props["Tracing"] == "Active"
     # Reserved concurrency is a parameter (possibly behind an "unset" condition).
