@@ -27,7 +27,10 @@ NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "ImagePipeline")
 
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-tracer = Tracer(service=SERVICE)
+# auto_patch=False: X-Ray's aiobotocore patch keeps one subsegment stack per thread, so the
+# concurrent variant PUTs end each other's subsegments (AlreadyEndedException) and every image
+# fails. Each record is still traced as a subsegment (`_handle`); it also saves ~150 ms of import.
+tracer = Tracer(service=SERVICE, auto_patch=False)
 runtime = Runtime(Settings.from_env())  # cold start: a bad setting fails here, with every problem named
 
 
