@@ -63,11 +63,13 @@ class ImageService:
         self.raw_prefix = raw_prefix
         self.processed_prefix = processed_prefix
         self.disposition = disposition
+        names = [v.name for v in processor.variants] + (["original"] if processor.preserve_original else [])
+        self._longest_leaf = keys.longest_leaf(names)
 
     async def handle(self, store: ObjectStore, ref: ObjectRef) -> Outcome:
         started = perf_counter()
         try:
-            prefix = keys.output_prefix(ref.key, self.raw_prefix, self.processed_prefix)
+            prefix = keys.output_prefix(ref.key, self.raw_prefix, self.processed_prefix, self._longest_leaf)
         except ImageRejected as exc:
             return await self._reject(store, ref, exc, started)
         if prefix is None:
