@@ -65,7 +65,7 @@ class S3Connection:
 
         session = session or aioboto3.Session()
         config = AioConfig(
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},  # incl. the first
             connect_timeout=5,
             read_timeout=30,
             max_pool_connections=32,

@@ -1,0 +1,130 @@
+"""At-least-once delivery: the same event twice, two invocations for one key at the same time,
+and an upload overwritten with a different picture. Whatever the order, the bucket ends with one
+manifest that matches the variants next to it and the latest upload."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from image_pipeline.runtime import Runtime
+from image_pipeline.service import ObjectRef
+from image_pipeline.settings import Settings
+from tests.images import decode, photo
+from tests.reliability.faultproxy import Fault
+from tests.reliability.support import (
+    STATUS,
+    VARIANT_FILES,
+    all_keys,
+    check_manifests,
+    manifest,
+    s3_event,
+    sqs_event,
+    tags,
+    upload,
+)
+
+
+def test_the_same_event_twice_and_the_same_message_twice_in_a_batch_do_the_work_once(
+    s3, bucket, handler, context, proxy, settings_env
+):
+    settings_env(AWS_ENDPOINT_URL_S3=proxy.url)
+    obj = upload(s3, bucket, "raw/dup/photo.jpg", photo(640, 480))
+    batch = sqs_event(bucket, [obj, obj])  # SQS may deliver a message twice, even in one batch
+
+    assert handler.lambda_handler(batch, context) == {"batchItemFailures": []}
+    again = handler.lambda_handler(s3_event(bucket, [obj]), context)
+
+    assert again["results"] == [{"key": obj.key, "status": "skipped", "error_code": None}]
+    assert len(proxy.requests("PUT", "/processed/")) == len(VARIANT_FILES) + 1  # one set of outputs, ever
+    assert len(proxy.requests("GET", "/raw/dup/photo.jpg$")) == 1  # the duplicates did not even read the image
+    assert tags(s3, bucket, obj.key) == {STATUS: "processed"}
+    (record,) = check_manifests(s3, bucket)
+    assert record["source"]["etag"] == obj.etag
+
+
+def run_concurrently(endpoint: str, refs: list[ObjectRef]) -> list[str]:
+    """Each ref handled by its own Runtime (its own loop and S3 client: like separate Lambda
+    containers), all released at the same moment."""
+    runtimes = [Runtime(Settings.from_env({**os.environ, "AWS_ENDPOINT_URL_S3": endpoint})) for _ in refs]
+    start = threading.Barrier(len(refs))
+    statuses: list[str] = [""] * len(refs)
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            statuses[i] = runtimes[i].handle(refs[i]).status
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(refs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for runtime in runtimes:
+        runtime.close()
+    assert not errors, errors
+    return statuses
+
+
+def test_two_invocations_for_the_same_key_at_once_end_consistent(s3, bucket, proxy):
+    obj = upload(s3, bucket, "raw/race/photo.jpg", photo(1600, 1200))
+    # Slow every output write, so both invocations pass the "already done?" check before either
+    # has written anything: the race really happens, every time.
+    proxy.add(Fault.delay(0.3), method="PUT", path="/processed/", times=None)
+    ref = ObjectRef(bucket, obj.key, obj.etag, obj.size)
+
+    statuses = run_concurrently(proxy.url, [ref, ref])
+
+    assert statuses == ["processed", "processed"]  # both did the work (the race happened) ...
+    assert len(proxy.requests("PUT", "/processed/")) == 2 * (len(VARIANT_FILES) + 1)
+    (record,) = check_manifests(s3, bucket)  # ... and the result is still one consistent set
+    assert record["source"]["etag"] == obj.etag
+    assert all_keys(s3, bucket, "processed/") == sorted(
+        ["processed/race/photo/manifest.json"] + [f"processed/race/photo/{f}" for f in VARIANT_FILES]
+    )
+    assert tags(s3, bucket, obj.key) == {STATUS: "processed"}
+
+
+def test_an_overwrite_is_reprocessed_and_replaces_every_variant(s3, bucket, handler, context):
+    key = "raw/over/photo.jpg"
+    first = upload(s3, bucket, key, photo(1200, 800))
+    handler.lambda_handler(s3_event(bucket, [first]), context)
+    before = manifest(s3, bucket, "processed/over/photo/")
+
+    second = upload(s3, bucket, key, photo(500, 900, "PNG"))  # same key, new picture, new ETag
+    assert second.etag != first.etag
+    result = handler.lambda_handler(s3_event(bucket, [second]), context)
+
+    assert result["results"][0]["status"] == "processed"
+    (after,) = check_manifests(s3, bucket)  # every listed variant exists with the new bytes and ETag
+    assert after["source"]["etag"] == second.etag and after["source"]["type"] == "png"
+    assert (after["source"]["width"], after["source"]["height"]) == (500, 900)
+    assert {v["key"] for v in after["variants"]} == {v["key"] for v in before["variants"]}
+    large = decode(s3.get_object(Bucket=bucket, Key="processed/over/photo/large.jpg")["Body"].read())
+    assert large.size == (500, 900)
+    assert all(v["bytes"] != w["bytes"] for v, w in zip(after["variants"], before["variants"]))
+
+
+def test_a_late_event_for_the_previous_upload_does_no_work(s3, bucket, handler, context, proxy, settings_env):
+    key = "raw/late/photo.jpg"
+    old = upload(s3, bucket, key, photo(800, 600))
+    new = upload(s3, bucket, key, photo(600, 800))
+    handler.lambda_handler(s3_event(bucket, [new]), context)
+    settings_env(AWS_ENDPOINT_URL_S3=proxy.url)
+
+    result = handler.lambda_handler(s3_event(bucket, [old]), context)  # delivered out of order
+
+    assert result["results"][0]["status"] == "skipped"  # the object it names is already done
+    assert proxy.requests("PUT", "/processed/") == []
+    assert manifest(s3, bucket, "processed/late/photo/")["source"]["etag"] == new.etag
+
+
+def test_concurrent_invocations_for_different_keys_all_complete(s3, bucket, proxy):
+    objs = [upload(s3, bucket, f"raw/many/{i}.jpg", photo(400 + 10 * i, 300)) for i in range(4)]
+    refs = [ObjectRef(bucket, o.key, o.etag, o.size) for o in objs]
+    assert run_concurrently(proxy.url, refs) == ["processed"] * 4
+    assert len(check_manifests(s3, bucket)) == 4
+    assert all(tags(s3, bucket, o.key) == {STATUS: "processed"} for o in objs)
