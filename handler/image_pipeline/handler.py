@@ -116,6 +116,7 @@ def _record(outcome: Outcome) -> None:
             name="ImagesFailedByCode", unit=MetricUnit.Count, value=1, namespace=NAMESPACE
         ) as metric:
             metric.add_dimension(name="ErrorCode", value=outcome.error_code or "unknown")
-    else:  # skipped, ignored, gone
-        logger.info(f"object {outcome.status}", extra={**fields, "reason": outcome.reason})
+    else:  # skipped, ignored, gone (a key that vanished, or an event naming a key that never existed)
+        log = logger.warning if outcome.status == "gone" else logger.info
+        log(f"object {outcome.status}", extra={**fields, "reason": outcome.reason})
         metrics.add_metric(name="ImagesSkipped", unit=MetricUnit.Count, value=1)
