@@ -76,6 +76,7 @@ class ImageProcessor:
         kind = self._check_input(data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            warnings.filterwarnings("ignore", "(?i).*corrupt EXIF", UserWarning)  # EXIF is dropped anyway
             image = _open(data, kind)
             try:
                 return self._run(image, data, kind, started)
