@@ -367,3 +367,9 @@ def test_draft_decode_of_an_odd_sized_jpeg_is_not_stretched():
     (v,) = only(VariantConfig("m", 1000, 1000, format="png")).process(data)
     reference = decode(data).resize((v.width, v.height), Image.Resampling.LANCZOS)
     assert _mean_difference(decode(v.data), reference) < 0.2  # 0.29 when the draft box is ignored
+
+
+def test_an_alpha_channel_that_is_opaque_everywhere_is_dropped():
+    data = encode(Image.new("RGBA", (64, 64), (10, 200, 30, 255)), "PNG")
+    (v,) = only(VariantConfig("w", 32, 32, format="webp")).process(data)
+    assert decode(v.data).mode == "RGB" and near(decode(v.data).getpixel((16, 16)), (10, 200, 30), 4)

@@ -59,9 +59,17 @@ def normalise_mode(image: Image.Image) -> Image.Image:
     return image.convert("RGBA" if "A" in mode else "RGB")
 
 
+def drop_opaque_alpha(image: Image.Image) -> Image.Image:
+    """RGBA/LA whose alpha is 255 everywhere → RGB/L: same pixels, and encoders (WebP above all)
+    spend a large share of their time compressing an alpha plane that carries nothing."""
+    if image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema()[0] == 255:
+        return image.convert(image.mode[:-1])
+    return image
+
+
 def to_srgb(image: Image.Image, icc: bytes | None, keep_icc: bool) -> Image.Image:
     """The image in 8-bit sRGB-compatible mode; converted through `icc` unless `keep_icc`."""
-    image = normalise_mode(image)
+    image = drop_opaque_alpha(normalise_mode(image))
     if keep_icc:
         return image.convert("RGB") if image.mode == "CMYK" and not icc else image
     if icc and image.mode in ("RGB", "RGBA", "CMYK"):
