@@ -44,20 +44,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 
-# template.yaml → ImagePipelineFunction.Environment.Variables (defaults of its parameters)
+# template.yaml → ImagePipelineFunction.Environment.Variables: the settings' defaults (a unit test
+# keeps the template's defaults equal to them) plus Powertools' names.
+sys.path.insert(0, str(ROOT / "handler"))
+from image_pipeline.settings import DEFAULTS  # noqa: E402
+
 TEMPLATE_ENV = {
-    "RAW_PREFIX": "raw/",
-    "PROCESSED_PREFIX": "processed/",
-    "VARIANTS": "thumbnail:150x150:cover:webp;medium:800x800:webp;large:1920x1920:jpeg",
-    "RAW_DISPOSITION": "tag",
-    "MAX_INPUT_BYTES": "52428800",
-    "MAX_PIXELS": "60000000",
-    "MAX_FRAMES": "300",
-    "ALLOWED_TYPES": "jpeg,png,webp,gif,avif,heif,tiff,bmp",
-    "CACHE_CONTROL": "public, max-age=31536000, immutable",
-    "KEEP_ICC_PROFILE": "false",
-    "S3_MAX_ATTEMPTS": "5",
-    "TIME_RESERVE_MS": "10000",
+    **DEFAULTS,
     "POWERTOOLS_SERVICE_NAME": "image-pipeline",
     "POWERTOOLS_METRICS_NAMESPACE": "ImagePipeline",
     "POWERTOOLS_LOG_LEVEL": "INFO",
@@ -105,24 +98,16 @@ def lambda_env(*, hide: bool = True, extra: dict[str, str] | None = None) -> dic
     return env
 
 
-NO_AUTO_PATCH_PRELUDE = """
-from aws_lambda_powertools.tracing.tracer import Tracer
-Tracer._config["auto_patch"] = False  # as if handler.py said Tracer(service=SERVICE, auto_patch=False)
-"""
-
-
-def prelude(hide: bool, auto_patch: bool = True) -> str:
-    code = HIDE_PRELUDE.format(names=list(NOT_IN_ARTEFACT)) if hide else ""
-    return code + ("" if auto_patch else NO_AUTO_PATCH_PRELUDE)
+def prelude(hide: bool) -> str:
+    return HIDE_PRELUDE.format(names=list(NOT_IN_ARTEFACT)) if hide else ""
 
 
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
-def import_once(hide: bool, auto_patch: bool = True) -> tuple[float, list[tuple[str, int, int]]]:
-    """ms to import the handler (plus, when simulating auto_patch=False, the Powertools tracer
-    module the prelude imports first: the handler would have imported it itself)."""
-    code = prelude(hide, auto_patch) + "import image_pipeline.handler\n"
+def import_once(hide: bool) -> tuple[float, list[tuple[str, int, int]]]:
+    """ms to import the handler in a fresh process, and its import-time lines."""
+    code = prelude(hide) + "import image_pipeline.handler\n"
     proc = subprocess.run(
         [PYTHON, "-X", "importtime", "-c", code],
         env=lambda_env(hide=hide),
@@ -178,7 +163,7 @@ for i, event in enumerate(events):
     s = time.perf_counter()
     result = h.lambda_handler(event, LocalContext())
     times.append((time.perf_counter() - s) * 1000)
-    assert result["results"][0]["status"] == "processed", result  # as shipped (X-Ray patches aiobotocore) this fails often
+    assert result["results"][0]["status"] == "processed", result
 # client creation alone, on a loop of its own (a second, independent connection)
 import asyncio
 async def open_close():
@@ -193,7 +178,7 @@ print("RESULT " + json.dumps({"import_ms": (t1 - t0) * 1000, "events_ms": times,
 """
 
 
-def first_event_runs(runs: int, hide: bool, auto_patch: bool) -> list[dict]:
+def first_event_runs(runs: int, hide: bool) -> list[dict]:
     import boto3
 
     bench = load_bench_handler()
@@ -214,7 +199,7 @@ def first_event_runs(runs: int, hide: bool, auto_patch: bool) -> list[dict]:
                 events.append(make_event(bucket, key, etag, len(data)))
             env = lambda_env(hide=hide, extra={"AWS_ENDPOINT_URL_S3": endpoint})
             proc = subprocess.run(
-                [PYTHON, "-c", prelude(hide, auto_patch) + FIRST_EVENT_CHILD, json.dumps(events)],
+                [PYTHON, "-c", prelude(hide) + FIRST_EVENT_CHILD, json.dumps(events)],
                 env=env, capture_output=True, text=True, cwd=tempfile.gettempdir(),
             )
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -248,41 +233,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--venv-as-is", action="store_true", help="do not hide packages the artefact lacks")
     parser.add_argument("--no-first-event", action="store_true")
-    parser.add_argument("--as-shipped-only", action="store_true", help="skip the simulated auto_patch=False import run")
     args = parser.parse_args(argv)
     hide = not args.venv_as_is
     print(f"load average before: {loadavg()}  (cores: {os.cpu_count()})", file=sys.stderr)
 
-    configs = [("as shipped (Tracer auto-patches)", True), ("Tracer(auto_patch=False), simulated", False)]
-    if args.as_shipped_only:
-        configs = configs[:1]
-    for label, auto_patch in configs:
-        import_once(hide, auto_patch)  # warm the page cache / .pyc files; not counted
-        runs = [import_once(hide, auto_patch) for _ in range(max(args.runs, 5))]
-        totals = [t for t, _ in runs]
-        median = statistics.median(totals)
-        median_run = min(runs, key=lambda r: abs(r[0] - median))
-        print(f"### Cold start: `import image_pipeline.handler`, {label} ({len(runs)} fresh processes, "
-              f"{'SAM-artefact packages' if hide else 'venv as is'}, tracing on)\n")
-        print("| median ms | min ms | max ms | target |")
-        print("|---:|---:|---:|---|")
-        print(f"| {median:.0f} | {min(totals):.0f} | {max(totals):.0f} | ≤ 400 ms: {'met' if median <= 400 else 'NOT met'} |")
-        print(f"\nTop {args.top} cumulative imports (run closest to the median, {median_run[0]:.0f} ms):\n")
-        print("| module | cumulative ms | depth |")
-        print("|---|---:|---:|")
-        for name, cum, indent in top_imports(median_run[1], args.top):
-            print(f"| `{name}` | {cum / 1000:.1f} | {indent // 2} |")
-        print()
+    import_once(hide)  # warm the page cache / .pyc files; not counted
+    runs = [import_once(hide) for _ in range(max(args.runs, 5))]
+    totals = [t for t, _ in runs]
+    median = statistics.median(totals)
+    median_run = min(runs, key=lambda r: abs(r[0] - median))
+    print(f"### Cold start: `import image_pipeline.handler` ({len(runs)} fresh processes, "
+          f"{'SAM-artefact packages' if hide else 'venv as is'}, tracing on)\n")
+    print("| median ms | min ms | max ms | target |")
+    print("|---:|---:|---:|---|")
+    print(f"| {median:.0f} | {min(totals):.0f} | {max(totals):.0f} | ≤ 400 ms: {'met' if median <= 400 else 'NOT met'} |")
+    print(f"\nTop {args.top} cumulative imports (run closest to the median, {median_run[0]:.0f} ms):\n")
+    print("| module | cumulative ms | depth |")
+    print("|---|---:|---:|")
+    for name, cum, indent in top_imports(median_run[1], args.top):
+        print(f"| `{name}` | {cum / 1000:.1f} | {indent // 2} |")
+    print()
 
     if not args.no_first_event:
-        res = first_event_runs(max(args.runs, 5), hide, auto_patch=False)
+        res = first_event_runs(max(args.runs, 5), hide)
         imp = statistics.median(r["import_ms"] for r in res)
         first = statistics.median(r["events_ms"][0] for r in res)
         second = statistics.median(r["events_ms"][1] for r in res)
         extra = statistics.median(r["events_ms"][0] - r["events_ms"][1] for r in res)
         client = statistics.median(r["second_client_ms"] for r in res)
         print(f"### First invocation ({len(res)} fresh processes, 1200×850 JPEG, moto server in its own process, "
-              "tracing on with Tracer(auto_patch=False) simulated — as shipped, concurrent PUTs fail under X-Ray)\n")
+              "tracing on)\n")
         print("| import ms | 1st event ms | 2nd event ms | 1st − 2nd (first-invocation extra) ms | import + 1st event ms | S3Connection.open ms (warm imports) |")
         print("|---:|---:|---:|---:|---:|---:|")
         print(f"| {imp:.0f} | {first:.0f} | {second:.0f} | {extra:.0f} | {imp + first:.0f} | {client:.0f} |")

@@ -1,7 +1,7 @@
 """Handler benchmark: N S3 events through the real `lambda_handler` against a moto S3 server.
 
     python bench/handler.py [--events 50] [--image PATH | --corpus DIR] [--size 4000x3000]
-                            [--no-tracing] [--no-auto-patch] [--json OUT]
+                            [--no-tracing] [--json OUT]
 
 What runs: the parent starts moto's ThreadedMotoServer in a process of its own (so S3's request
 handling does not share the handler's GIL, as it would not in AWS), creates a bucket, uploads
@@ -183,12 +183,6 @@ def worker(spec_path: str) -> None:
                 return None
 
         sys.meta_path.insert(0, _Hide())
-    if os.environ.get("BENCH_TRACER_AUTO_PATCH") == "0":
-        # Simulates `Tracer(service=SERVICE, auto_patch=False)` in handler.py (the recommended fix
-        # for X-Ray + concurrent aiobotocore calls) without editing it: the class-level default.
-        from aws_lambda_powertools.tracing.tracer import Tracer
-
-        Tracer._config["auto_patch"] = False
     devnull = os.open(os.devnull, os.O_WRONLY)
     if not os.environ.get("BENCH_SHOW_LOGS"):
         os.dup2(devnull, 1)  # Powertools log + EMF lines
@@ -254,8 +248,7 @@ def worker(spec_path: str) -> None:
             return (max(c[3] for c in cs) - min(c[2] for c in cs)) * 1000 if cs else 0.0
 
         steps = {
-            "manifest GET": dur([c for c in calls if c[0] == "read_optional"]),
-            "raw GET": dur([c for c in calls if c[0] == "read"]),
+            "manifest GET + raw GET (concurrent)": dur([c for c in calls if c[0] in ("read_optional", "read")]),
             "variant PUTs (concurrent)": dur(variant_writes),
             "manifest PUT": dur(manifest_writes),
             "tagging GET+PUT": dur([c for c in calls if c[0] in ("set_tags", "delete")]),
@@ -293,15 +286,13 @@ def worker(spec_path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- parent
-def worker_env(endpoint: str, tracing: bool, memory_mb: int = 1769, auto_patch: bool = True) -> dict[str, str]:
+def worker_env(endpoint: str, tracing: bool, memory_mb: int = 1024) -> dict[str, str]:
     sys.path.insert(0, str(HERE))
     from coldstart import lambda_env  # bench/coldstart.py: template + Lambda runtime env
 
     extra = {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(memory_mb)}
     if not tracing:
         extra["POWERTOOLS_TRACE_DISABLED"] = "true"
-    if not auto_patch:
-        extra["BENCH_TRACER_AUTO_PATCH"] = "0"
     return lambda_env(hide=True, extra=extra)
 
 
@@ -419,8 +410,6 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--corpus", type=Path)
     parser.add_argument("--size", default="4000x3000", help="generated image size (default 12 MP)")
     parser.add_argument("--no-tracing", action="store_true", help="POWERTOOLS_TRACE_DISABLED=true")
-    parser.add_argument("--no-auto-patch", action="store_true",
-                        help="simulate Tracer(auto_patch=False) in handler.py (X-Ray does not patch aiobotocore)")
     parser.add_argument("--json", type=Path, help="also write the raw per-event results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -432,9 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {loadavg()} (cores: {os.cpu_count()})", file=sys.stderr)
     with MotoProcess() as endpoint:
         spec = prepare(endpoint, images, args.events, bucket="bench-handler")
-        result = run_worker(spec, worker_env(endpoint, tracing=not args.no_tracing, auto_patch=not args.no_auto_patch))
+        result = run_worker(spec, worker_env(endpoint, tracing=not args.no_tracing))
     print(f"load average after: {loadavg()}", file=sys.stderr)
-    tracing = "off" if args.no_tracing else ("on, Tracer auto_patch=False (simulated)" if args.no_auto_patch else "on")
+    tracing = "off" if args.no_tracing else "on"
     print_tables(result, label, tracing=tracing)
     if args.json:
         args.json.write_text(json.dumps(result))

@@ -7,8 +7,7 @@
 Lambda gives a function CPU in proportion to its memory: 1769 MB = 1 vCPU, below that a
 fraction (512 MB ≈ 0.29 vCPU), 3008 MB ≈ 1.7 vCPU. Each memory size here runs ONE fresh worker
 process (a container: bench/handler.py's worker, the real lambda_handler, template env, tracing
-on with Tracer(auto_patch=False) simulated — as shipped the concurrent PUTs fail under X-Ray, see
-docs/performance.md) under a CPU cap of memory/1769 CPUs:
+on) under a CPU cap of memory/1769 CPUs:
 
   * cgroup (used when possible): a child cgroup with a CFS quota — cgroup v2 `cpu.max` if a v2
     hierarchy with the cpu controller is mounted, else cgroup v1 `cpu.cfs_quota_us` /
@@ -36,7 +35,6 @@ whose peak RSS ≤ (1 − --headroom) × memory.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import os
 import statistics
@@ -51,14 +49,6 @@ GB_S_ARM64 = 0.0000133334
 PER_REQUEST = 0.20 / 1e6
 PUT_PRICE = 0.005 / 1000
 GET_PRICE = 0.0004 / 1000
-
-
-def load_bench_handler():
-    spec = importlib.util.spec_from_file_location("bench_handler", HERE / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_handler"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------------------- CPU limiting
@@ -177,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants-count", type=int, default=3, help="PUTs per image besides manifest + tagging")
     args = parser.parse_args(argv)
 
+    sys.path.insert(0, str(HERE))
+    from coldstart import load_bench_handler  # bench/handler.py as a module
+
     bench = load_bench_handler()
     files = sorted(p for p in args.corpus.iterdir() if p.suffix.lower() in bench.EXTS)
     if not files:
@@ -196,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 for memory in memories:
                     # event i names images[i] (prepare() cycles through the list from index 0)
                     spec = bench.prepare(endpoint, images, len(images) - 1, bucket=f"sweep-{memory}-{rep}")
-                    env = bench.worker_env(endpoint, tracing=True, memory_mb=memory, auto_patch=False)
+                    env = bench.worker_env(endpoint, tracing=True, memory_mb=memory)
                     print(f"  rep {rep + 1}/{args.repeat}, {memory} MB: {len(images)} events …", file=sys.stderr)
                     results.setdefault(memory, []).append(bench.run_worker(spec, env, prefix=cap.prefix(memory)))
                     print(f"  done; load average {bench.loadavg()}", file=sys.stderr)

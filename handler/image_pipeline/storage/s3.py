@@ -9,6 +9,7 @@ botocore's own (`standard` mode with backoff), configured once.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from litestar_storages import S3Config, S3Storage, StorageError, StorageFileNotFoundError
@@ -105,21 +106,13 @@ class S3Store:
         self.storage = _SharedClientS3Storage(S3Config(bucket=bucket, endpoint_url=endpoint_url), client)
 
     async def read(self, key: str, max_bytes: int | None = None) -> RawObject:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with _typed_errors("GetObject", f"s3://{self.bucket}/{key}"):
             response = await self.client.get_object(Bucket=self.bucket, Key=key)
             async with response["Body"] as body:
                 size = response["ContentLength"]
                 if max_bytes is not None and size > max_bytes:
                     raise TooLarge(f"{size} bytes is over the {max_bytes}-byte limit")
                 data = await body.read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
-                raise ObjectNotFound(f"s3://{self.bucket}/{key} does not exist") from exc
-            raise StorageFailure(f"could not read s3://{self.bucket}/{key}: {exc}") from exc
-        except (BotoCoreError, OSError) as exc:
-            raise StorageFailure(f"could not read s3://{self.bucket}/{key}: {exc}") from exc
         if len(data) != size:
             raise StorageFailure(f"short read of s3://{self.bucket}/{key}: {len(data)} of {size} bytes")
         return RawObject(data, response["ETag"].strip('"'), size)
@@ -157,13 +150,21 @@ class S3Store:
         """The client belongs to the `S3Connection`; closing it is the connection's job."""
 
     async def _call(self, operation: str, key: str, **params: Any) -> dict:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with _typed_errors(operation, f"s3://{self.bucket}/{key}"):
             return await getattr(self.client, operation)(Bucket=self.bucket, Key=key, **params)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
-                raise ObjectNotFound(f"s3://{self.bucket}/{key} does not exist") from exc
-            raise StorageFailure(f"{operation} s3://{self.bucket}/{key} failed: {exc}") from exc
-        except (BotoCoreError, OSError) as exc:
-            raise StorageFailure(f"{operation} s3://{self.bucket}/{key} failed: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _typed_errors(operation: str, url: str) -> Iterator[None]:
+    """What botocore/aiohttp raise (after botocore's retries) → `ObjectNotFound` / `StorageFailure`."""
+    from aiohttp import ClientError as HttpError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+            raise ObjectNotFound(f"{url} does not exist") from exc
+        raise StorageFailure(f"{operation} {url} failed: {exc}") from exc
+    except (BotoCoreError, HttpError, OSError) as exc:
+        raise StorageFailure(f"{operation} {url} failed: {exc}") from exc
