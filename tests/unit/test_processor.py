@@ -373,3 +373,21 @@ def test_an_alpha_channel_that_is_opaque_everywhere_is_dropped():
     data = encode(Image.new("RGBA", (64, 64), (10, 200, 30, 255)), "PNG")
     (v,) = only(VariantConfig("w", 32, 32, format="webp")).process(data)
     assert decode(v.data).mode == "RGB" and near(decode(v.data).getpixel((16, 16)), (10, 200, 30), 4)
+
+
+@pytest.mark.parametrize("source_fmt", ["GIF", "JPEG", "PNG"])
+def test_comments_and_text_chunks_never_reach_an_output(source_fmt):
+    from PIL.PngImagePlugin import PngInfo
+
+    secret = "owner: alice, 48.8582 N 2.2945 E"
+    image = Image.new("RGB", (200, 100), (200, 0, 0))
+    if source_fmt == "PNG":
+        text = PngInfo()
+        text.add_text("Comment", secret)
+        data = encode(image, "PNG", pnginfo=text)
+    else:
+        data = encode(image, source_fmt, comment=secret.encode())
+    assert secret.encode() in data
+    for fmt in ImageFormat:
+        (v,) = only(VariantConfig("m", 100, 100, format=fmt)).process(data)
+        assert secret.encode() not in v.data, fmt

@@ -69,6 +69,8 @@ def encode(
     if fmt is not ImageFormat.GIF:
         # Explicit, so no plugin falls back to what it finds in `image.info` (ICC, EXIF, XMP).
         options.update(icc_profile=icc_profile or None, exif=exif or b"", xmp=b"")
+    for frame in frames:
+        frame.info = {}  # comments, text chunks, XMP… ride along in `info`; Pillow writes some back
     first = frames[0]
     if len(frames) > 1:
         options.update(save_all=True, append_images=list(frames[1:]), loop=loop)
