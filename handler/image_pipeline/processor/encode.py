@@ -4,8 +4,8 @@ fitted to 1920 px):
 - JPEG: progressive — 4 % smaller than optimised baseline JPEG with identical pixels, ~14 ms more.
 - WebP: method 4. Method 6 costs ~13× the time for ~4 % fewer bytes.
 - PNG: zlib level 6, no `optimize` (5× the time for 2 % fewer bytes).
-- AVIF: speed 7. libavif's default 6 takes 1.45× as long for 3 % fewer bytes; speed 8 is faster
-  still but 12 % larger and visibly worse (min SSIM 0.958 vs 0.984) at the same quality.
+- AVIF: speed 7. libavif's default 6 takes 1.66× as long for 3 % fewer bytes; speed 8 is faster
+  still but 11 % larger and visibly worse (min SSIM 0.958 vs 0.984) at the same quality.
 - GIF: Pillow's adaptive palette, transparency kept as one palette entry.
 Metadata is written only when asked: no EXIF (GPS!), no XMP, no ICC unless it is kept."""
 
