@@ -141,13 +141,12 @@ class ImageProcessor:
         frame = geometry.content_box(working.size, extent, orientation)
 
         stills = self._resize_all(working, frame, width, height)
+        moving = [spec for spec in self.variants if animated and formats[spec.name].can_animate]
+        animations = self._animations(image, moving, width, height) if moving else {}
         variants = []
         for spec in self.variants:
             fmt = formats[spec.name]
-            if animated and fmt.can_animate:
-                frame_images, durations = self._animation(image, spec, width, height)
-            else:
-                frame_images, durations = [stills[spec.name]], None
+            frame_images, durations = animations.get(spec.name, ([stills[spec.name]], None))
             prepared = [prepare(f, fmt, self.background_color) for f in frame_images]
             encoded = encode(
                 prepared,
@@ -184,15 +183,20 @@ class ImageProcessor:
             out[spec.name] = _render(bases, spec, width, height)
         return out
 
-    def _animation(self, image: Image.Image, spec: VariantConfig, width: int, height: int):
-        """Every frame resized (and cropped) like the first; durations kept."""
-        frames, durations = [], []
+    def _animations(self, image: Image.Image, specs: list[VariantConfig], width: int, height: int):
+        """Every frame decoded once and resized (and cropped) for each animated variant, like the
+        first frame; durations kept. {variant name: (frames, durations)}"""
+        specs = sorted(specs, key=lambda s: geometry.resized_size(s, width, height), reverse=True)
+        frames: dict[str, list[Image.Image]] = {spec.name: [] for spec in specs}
+        durations = []
         for frame in ImageSequence.Iterator(image):
             rgba = to_srgb(frame.convert("RGBA"), None, True)
-            frames.append(_render([(rgba, (0.0, 0.0, *rgba.size))], spec, width, height))
+            bases = [(rgba, (0.0, 0.0, *rgba.size))]
+            for spec in specs:
+                frames[spec.name].append(_render(bases, spec, width, height))
             durations.append(frame.info.get("duration", 100))
         image.seek(0)
-        return frames, durations
+        return {name: (images, durations) for name, images in frames.items()}
 
     def _format_for(self, spec: VariantConfig, kind: str) -> ImageFormat:
         if spec.format is not None:
