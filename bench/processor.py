@@ -1,9 +1,10 @@
 """Processor benchmark: ours (ImageProcessor) vs a naive Pillow baseline, same images, same variants.
 
     python bench/processor.py [DIR] [--limit N] [--repeat R] [--alpha white|drop] [--no-synthetic]
+                              [--variants SPEC]
 
 DIR defaults to `.corpus` (fetch it with `../shared/corpus/fetch .corpus`). The variants are the
-pipeline's defaults (`settings.DEFAULTS["VARIANTS"]`).
+pipeline's defaults (`settings.DEFAULTS["VARIANTS"]`) unless `--variants` gives another set.
 
 Every (image, implementation) pair runs in its own fresh Python process, so peak RSS (the
 child's own high-water mark, VmHWM, read after the work — see peak_rss_kb for why not ru_maxrss)
@@ -71,7 +72,7 @@ TARGET_BYTES = 1.05
 def _variants():
     from image_pipeline.settings import DEFAULTS, parse_variants
 
-    return parse_variants(DEFAULTS["VARIANTS"])
+    return parse_variants(os.environ.get("BENCH_VARIANTS") or DEFAULTS["VARIANTS"])
 
 
 def _run_ours(data: bytes, variants) -> list[tuple[str, bytes, str]]:
@@ -261,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per (image, impl); keeps the best")
     parser.add_argument("--alpha", choices=("white", "drop"), default="white")
     parser.add_argument("--no-synthetic", action="store_true", help="skip the 6028×3391 synthetic JPEG")
+    parser.add_argument("--variants", help="a VARIANTS spec instead of the pipeline's default (same syntax)")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "PATH", "OUTDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.variants:
+        os.environ["BENCH_VARIANTS"] = args.variants  # children inherit it
     if args.child:
         child(*args.child)
         return 0

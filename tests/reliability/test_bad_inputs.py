@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.corpus import bad_cases, decode, good_cases
+from tests.reliability.generated_inputs import bad_cases, decode, good_cases
 from tests.reliability.support import (
     ERROR,
     REJECTION_CODES,

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.reliability.corpus import HTML, PDF, SVG, TEXT, png_bomb, raw_png, truncated
+from tests.reliability.generated_inputs import HTML, PDF, SVG, TEXT, png_bomb, raw_png, truncated
 from tests.reliability.support import ERROR, STATUS, Uploaded, sqs_event
 
 RECORDS, BATCH, BAD_EVERY = 1000, 10, 7  # every 7th upload is bad: 142 bad, 858 valid

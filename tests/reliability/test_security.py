@@ -88,7 +88,7 @@ _PROBE = textwrap.dedent(
     from image_pipeline.processor import ImageProcessor, Limits
     from image_pipeline.settings import Settings
     from tests.images import photo
-    from tests.reliability.corpus import many_frames_gif, png_bomb, raw_png
+    from tests.reliability.generated_inputs import many_frames_gif, png_bomb, raw_png
 
     def peak_mb():  # this process's peak RSS (VmHWM; ru_maxrss would include the forking parent's)
         with open("/proc/self/status") as status:
