@@ -17,7 +17,7 @@ from time import perf_counter
 
 from . import keys, manifest
 from .errors import CorruptImage, ImageRejected, PipelineError, TooLarge
-from .processor import ImageProcessor
+from .processor import ImageProcessor, ProcessedImage
 from .storage import ObjectNotFound, ObjectStore
 
 STATUS_TAG = "image-pipeline-status"
@@ -107,27 +107,7 @@ class ImageService:
         except Exception as exc:  # a decoder crash on hostile input is still a bad image
             return await self._reject(store, ref, CorruptImage(f"{type(exc).__name__}: {exc}"), started, raw.size)
 
-        variant_keys = {v.name: keys.variant_key(prefix, v.name, v.extension) for v in processed.variants}
-        await asyncio.gather(
-            *(
-                store.write(
-                    variant_keys[v.name],
-                    v.data,
-                    v.content_type,
-                    {"width": str(v.width), "height": str(v.height), "variant": v.name, "source-etag": raw.etag},
-                )
-                for v in processed.variants
-            )
-        )
-        record = manifest.build(
-            bucket=ref.bucket,
-            key=ref.key,
-            etag=raw.etag,
-            processed=processed,
-            variant_keys=variant_keys,
-            total_ms=(perf_counter() - started) * 1000,
-        )
-        await store.write(manifest_key, manifest.dumps(record), "application/json", {"source-etag": raw.etag})
+        record = await self._write_outputs(store, ref, prefix, raw.etag, processed, started)
         await self._dispose(store, ref.key)
         return Outcome(
             "processed",
@@ -136,8 +116,35 @@ class ImageService:
             bytes_out=sum(v["bytes"] for v in record["variants"]),
             processing_ms=processed.processing_ms,
             total_ms=(perf_counter() - started) * 1000,
-            outputs=record["variants"] + [{"name": "manifest", "key": manifest_key}],
+            outputs=record["variants"] + [{"name": "manifest", "key": keys.manifest_key(prefix)}],
         )
+
+    async def _write_outputs(
+        self, store: ObjectStore, ref: ObjectRef, prefix: str, etag: str, processed: ProcessedImage, started: float
+    ) -> dict:
+        """Every variant at once, then the manifest: its presence means all of them are there."""
+        variant_keys = {v.name: keys.variant_key(prefix, v.name, v.extension) for v in processed.variants}
+        await asyncio.gather(
+            *(
+                store.write(
+                    variant_keys[v.name],
+                    v.data,
+                    v.content_type,
+                    {"width": str(v.width), "height": str(v.height), "variant": v.name, "source-etag": etag},
+                )
+                for v in processed.variants
+            )
+        )
+        record = manifest.build(
+            bucket=ref.bucket,
+            key=ref.key,
+            etag=etag,
+            processed=processed,
+            variant_keys=variant_keys,
+            total_ms=(perf_counter() - started) * 1000,
+        )
+        await store.write(keys.manifest_key(prefix), manifest.dumps(record), "application/json", {"source-etag": etag})
+        return record
 
     async def _dispose(self, store: ObjectStore, key: str) -> None:
         try:
