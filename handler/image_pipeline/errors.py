@@ -54,6 +54,12 @@ class InvalidKey(ImageRejected):
     code = "invalid_key"
 
 
+class NameConflict(ImageRejected):
+    """Another upload with the same name but another extension already owns the output prefix."""
+
+    code = "name_conflict"
+
+
 class StorageFailure(PipelineError):
     """S3 (or another store) failed after its own retries; the job must be retried later."""
 
@@ -82,6 +88,7 @@ ERROR_CODES = tuple(
         TooManyFrames,
         CorruptImage,
         InvalidKey,
+        NameConflict,
         StorageFailure,
         OutOfTime,
     )

@@ -55,11 +55,12 @@ def dumps(manifest: dict) -> bytes:
     return json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
 
 
-def source_etag(raw: bytes | None) -> str | None:
-    """The ETag a stored manifest records, or None when there is no readable manifest."""
+def recorded_source(raw: bytes | None) -> tuple[str, str] | None:
+    """(source key, source ETag) a stored manifest records, or None when there is none readable."""
     if not raw:
         return None
     try:
-        return json.loads(raw)["source"]["etag"]
+        source = json.loads(raw)["source"]
+        return str(source["key"]), str(source["etag"])
     except (ValueError, KeyError, TypeError):
         return None

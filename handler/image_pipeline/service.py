@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from . import keys, manifest
-from .errors import CorruptImage, ImageRejected, PipelineError, TooLarge
+from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, TooLarge
 from .processor import ImageProcessor, ProcessedImage
 from .storage import ObjectNotFound, ObjectStore
 
@@ -87,16 +87,23 @@ class ImageService:
         )
         if isinstance(stored_manifest, BaseException):
             raise stored_manifest
-        recorded = manifest.source_etag(stored_manifest)
-        if recorded is not None and recorded in (ref.etag, getattr(raw, "etag", None)):
-            await self._dispose(store, ref.key)  # idempotent: finishes a run that died after the manifest
-            return Outcome("skipped", ref.key, reason="manifest already records this ETag")
+        owner, recorded = manifest.recorded_source(stored_manifest) or (ref.key, None)
         if isinstance(raw, ObjectNotFound):
+            if owner == ref.key and recorded == ref.etag:  # processed, then deleted: a duplicate
+                return Outcome("skipped", ref.key, reason="manifest already records this ETag")
             return Outcome("gone", ref.key, reason="raw object no longer exists")
         if isinstance(raw, ImageRejected):
             return await self._reject(store, ref, raw, started)
         if isinstance(raw, BaseException):
             raise raw
+        if owner != ref.key and await store.exists(owner):
+            conflict = NameConflict(f"{owner!r} already owns {prefix!r}; rename this upload")
+            return await self._reject(store, ref, conflict, started, bytes_in=raw.size)
+        # Compare with the object as it is now, not with the event: a late event for an older
+        # upload must neither skip nor delete/tag the newer one (which is processed instead).
+        if owner == ref.key and recorded == raw.etag:
+            await self._dispose(store, ref.key)  # idempotent: finishes a run that died after the manifest
+            return Outcome("skipped", ref.key, reason="manifest already records this ETag")
 
         try:
             processed = self.processor.process_image(raw.data)

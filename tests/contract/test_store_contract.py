@@ -71,6 +71,9 @@ def test_write_then_read_returns_the_bytes_and_a_stable_etag(with_store):
 def test_missing_keys(with_store):
     async def body(store):
         assert await store.read_optional("nope") is None
+        assert await store.exists("nope") is False
+        await store.write("here", b"x", "text/plain", {})
+        assert await store.exists("here") is True
         with pytest.raises(ObjectNotFound):
             await store.read("nope")
         with pytest.raises(ObjectNotFound):

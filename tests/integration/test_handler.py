@@ -259,3 +259,46 @@ def test_a_record_from_the_failure_destination_can_be_replayed(s3, bucket, handl
     }
     result = handler.lambda_handler(destination_record, context)
     assert result["results"][0]["status"] == "processed"
+
+
+@pytest.mark.parametrize("disposition", ["delete", "tag"])
+def test_a_late_duplicate_of_an_older_upload_never_disposes_of_the_newer_one(
+    s3, bucket, handler, settings_env, context, disposition
+):
+    settings_env(RAW_DISPOSITION=disposition)
+    key = "raw/late/avatar.jpg"
+    old_etag = upload(s3, bucket, key, photo(300, 200))
+    old_event = load_event("s3-put.json", bucket=bucket, keys=[key], etag=old_etag)
+    handler.lambda_handler(old_event, context)
+    new_etag = upload(s3, bucket, key, photo(200, 300))  # replaced before its own event arrives
+
+    result = handler.lambda_handler(old_event, context)  # S3 redelivers the old event
+
+    assert result["results"][0]["status"] == "processed"  # the object as it is now is processed
+    assert manifest(s3, bucket, "processed/late/avatar/")["source"]["etag"] == new_etag
+    assert decode(s3.get_object(Bucket=bucket, Key="processed/late/avatar/large.jpg")["Body"].read()).size == (200, 300)
+    new_event = load_event("s3-put.json", bucket=bucket, keys=[key], etag=new_etag)
+    assert handler.lambda_handler(new_event, context)["results"][0]["status"] == "skipped"
+
+
+def test_same_name_with_another_extension_does_not_overwrite_the_first_upload(s3, bucket, handler, context):
+    upload(s3, bucket, "raw/trip/IMG_0001.jpg", photo(300, 200))
+    upload(s3, bucket, "raw/trip/IMG_0001.png", photo(200, 300, "PNG"))
+    event = load_event("s3-put.json", bucket=bucket, keys=["raw/trip/IMG_0001.jpg", "raw/trip/IMG_0001.png"])
+    statuses = [r["status"] for r in handler.lambda_handler(event, context)["results"]]
+
+    assert statuses == ["processed", "failed"]
+    assert manifest(s3, bucket, "processed/trip/IMG_0001/")["source"]["key"] == "raw/trip/IMG_0001.jpg"
+    assert tags(s3, bucket, "raw/trip/IMG_0001.png") == {
+        "image-pipeline-status": "failed", "image-pipeline-error": "name_conflict"}
+
+
+def test_a_replacement_with_another_extension_takes_over_once_the_first_is_gone(
+    s3, bucket, handler, settings_env, context
+):
+    settings_env(RAW_DISPOSITION="delete")
+    upload(s3, bucket, "raw/swap/photo.jpg", photo(300, 200))
+    handler.lambda_handler(load_event("s3-put.json", bucket=bucket, keys=["raw/swap/photo.jpg"]), context)
+    upload(s3, bucket, "raw/swap/photo.png", photo(200, 300, "PNG"))
+    handler.lambda_handler(load_event("s3-put.json", bucket=bucket, keys=["raw/swap/photo.png"]), context)
+    assert manifest(s3, bucket, "processed/swap/photo/")["source"]["key"] == "raw/swap/photo.png"

@@ -34,6 +34,8 @@ class ObjectStore(Protocol):
     async def read_optional(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
 
+    async def exists(self, key: str) -> bool: ...
+
     async def write(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         """Store `data`; S3 adds the configured Cache-Control."""
 

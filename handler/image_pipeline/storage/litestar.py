@@ -43,7 +43,7 @@ class LitestarStore:
         return json.loads(raw) if raw else {}
 
     async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
-        if not await self._exists(key):
+        if not await self.exists(key):
             raise ObjectNotFound(f"{key} does not exist")
         merged = {k: v for k, v in (await self.get_tags(key)).items() if k not in remove} | tags
         await self.write(TAGS_PREFIX + key + ".json", json.dumps(merged).encode(), "application/json", {})
@@ -68,7 +68,7 @@ class LitestarStore:
         except StorageError as exc:
             raise StorageFailure(f"could not read {key}: {exc}") from exc
 
-    async def _exists(self, key: str) -> bool:
+    async def exists(self, key: str) -> bool:
         try:
             return await self.storage.exists(key)
         except StorageError as exc:

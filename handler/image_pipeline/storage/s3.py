@@ -125,6 +125,13 @@ class S3Store:
         except StorageError as exc:
             raise StorageFailure(f"could not read s3://{self.bucket}/{key}: {exc}") from exc
 
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._call("head_object", key)
+        except ObjectNotFound:
+            return False
+        return True
+
     async def write(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         try:
             await self.storage.put(key, data, content_type=content_type, metadata=metadata)
