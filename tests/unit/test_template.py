@@ -1,11 +1,18 @@
-"""Static checks of template.yaml: the promises its header makes are kept.
+"""Static checks of template.yaml and template-buffered.yaml: the promises their headers make are kept.
 
-The template is read with cfn-lint's CloudFormation-aware YAML loader, so short-form intrinsics
+Checks that apply to both templates (settings, sizing, bucket, least privilege, logs) run on both;
+the direct S3 -> Lambda trigger and its on-failure destination are checked on template.yaml, the
+S3 -> SQS -> Lambda wiring (queue, queue policy, dead-letter redrive, event source mapping) on
+template-buffered.yaml, and a drift check keeps the buffered function and bucket equal to the
+direct ones.
+
+Templates are read with cfn-lint's CloudFormation-aware YAML loader, so short-form intrinsics
 (!Ref, !Sub, !GetAtt, !If, ...) come back as their long form ({"Ref": ...}, {"Fn::Sub": ...}).
 """
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +27,8 @@ from image_pipeline.settings import DEFAULTS
 cfn_yaml = pytest.importorskip("cfnlint.decode.cfn_yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE_PATH = ROOT / "template.yaml"
+DIRECT = "template.yaml"  # S3 notification -> Lambda (async), on-failure destination -> SQS
+BUFFERED = "template-buffered.yaml"  # S3 notification -> SQS -> Lambda event source mapping
 POWERTOOLS = {
     "POWERTOOLS_SERVICE_NAME": "image-pipeline",
     "POWERTOOLS_METRICS_NAMESPACE": "ImagePipeline",
@@ -39,9 +47,25 @@ S3_OBJECT_ACTIONS_ALLOWED = {
 # ---------------------------------------------------------------- helpers
 
 
+@functools.cache
+def load(name: str) -> dict[str, Any]:
+    return cfn_yaml.load(str(ROOT / name))
+
+
+@pytest.fixture(scope="module", params=[DIRECT, BUFFERED])
+def template(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each template in turn: every test that uses it (or `function`, `bucket`) runs on both."""
+    return load(request.param)
+
+
 @pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
-    return cfn_yaml.load(str(TEMPLATE_PATH))
+def direct() -> dict[str, Any]:
+    return load(DIRECT)
+
+
+@pytest.fixture(scope="module")
+def buffered() -> dict[str, Any]:
+    return load(BUFFERED)
 
 
 def resources_of_type(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
@@ -53,16 +77,24 @@ def only(mapping: dict[str, Any], what: str) -> tuple[str, Any]:
     return next(iter(mapping.items()))
 
 
-@pytest.fixture(scope="module")
-def function(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def function_of(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     name, res = only(resources_of_type(template, "AWS::Serverless::Function"), "AWS::Serverless::Function")
     return name, res["Properties"]
 
 
-@pytest.fixture(scope="module")
-def bucket(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def bucket_of(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     name, res = only(resources_of_type(template, "AWS::S3::Bucket"), "AWS::S3::Bucket")
     return name, res["Properties"]
+
+
+@pytest.fixture(scope="module")
+def function(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return function_of(template)
+
+
+@pytest.fixture(scope="module")
+def bucket(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return bucket_of(template)
 
 
 def resolve(template: dict[str, Any], value: Any) -> str:
@@ -110,8 +142,8 @@ def arn_text(resource: Any) -> str:
     raise AssertionError(f"unrecognised IAM Resource {resource!r}")
 
 
-def iam_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every Allow/Deny statement the template grants to a principal of its own (all branches)."""
+def iam_documents(template: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every identity policy document the template gives a principal of its own."""
     documents: list[Any] = []
     for res in template["Resources"].values():
         props = res.get("Properties", {})
@@ -128,24 +160,33 @@ def iam_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
                         # SAM policy templates (S3CrudPolicy ...) and managed policy names grant
                         # more than this test can see: do not allow them for S3 at all.
                         assert "S3" not in str(p), f"SAM policy {p!r} grants S3 access outside the checked statements"
+    return documents
+
+
+def iam_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every Allow/Deny statement the template grants to a principal of its own (all branches)."""
     statements = []
-    for doc in documents:
+    for doc in iam_documents(template):
         for item in as_list(doc["Statement"]):
             statements.extend(branches(item))
     return statements
 
 
-def s3_grants(template: dict[str, Any]) -> list[tuple[str, str]]:
-    """(action, resource text) for every S3 action allowed by the template's own IAM policies."""
-    grants = []
+def grants(template: dict[str, Any], service: str) -> list[tuple[str, str]]:
+    """(action, resource text) for every `service:` action allowed by the template's own IAM policies."""
+    found = []
     for st in iam_statements(template):
         if st.get("Effect") != "Allow":
             continue
         for action in as_list(st["Action"]):
-            if action == "*" or action.lower().startswith("s3:"):
+            if action == "*" or action.lower().startswith(f"{service}:"):
                 for resource in as_list(st["Resource"]):
-                    grants.append((action, arn_text(resource)))
-    return grants
+                    found.append((action, arn_text(resource)))
+    return found
+
+
+def s3_grants(template: dict[str, Any]) -> list[tuple[str, str]]:
+    return grants(template, "s3")
 
 
 # ---------------------------------------------------------------- function
@@ -231,9 +272,9 @@ def test_bucket_policy_denies_plain_http(template: dict[str, Any], bucket: tuple
     assert denies, "no statement denies requests without TLS"
 
 
-def test_only_raw_prefix_triggers_the_function(bucket: tuple[str, dict[str, Any]], function: tuple[str, dict[str, Any]]) -> None:
-    bucket_name, _ = bucket
-    _, props = function
+def test_only_raw_prefix_triggers_the_function(direct: dict[str, Any]) -> None:
+    bucket_name, _ = bucket_of(direct)
+    _, props = function_of(direct)
     s3_events = [e["Properties"] for e in props["Events"].values() if e["Type"] == "S3"]
     assert len(s3_events) == 1
     (event,) = s3_events
@@ -300,6 +341,22 @@ def test_object_actions_are_confined_to_their_prefix(template: dict[str, Any], b
     assert granted.get("s3:PutObjectTagging") == {"raw/"}
 
 
+def test_delete_object_only_in_delete_mode(template: dict[str, Any]) -> None:
+    """s3:DeleteObject exists only in the true branch of an !If on RawDisposition == delete."""
+    conditional = 0
+    for document in iam_documents(template):
+        for item in as_list(document["Statement"]):
+            if isinstance(item, dict) and set(item) == {"Fn::If"}:
+                condition, if_true, if_false = item["Fn::If"]
+                assert "s3:DeleteObject" not in str(if_false), f"DeleteObject when {condition} is false"
+                if "s3:DeleteObject" in str(if_true):
+                    assert template["Conditions"][condition] == {"Fn::Equals": [{"Ref": "RawDisposition"}, "delete"]}
+                    conditional += 1
+            else:
+                assert "s3:DeleteObject" not in str(item), "DeleteObject granted whatever RawDisposition says"
+    assert conditional == 1
+
+
 def test_missing_keys_read_as_404_not_403(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -> None:
     """Without s3:ListBucket, S3 answers AccessDenied for a missing key: the handler's "no manifest
     yet" (every new image) and "raw object gone" cases would become storage errors and retries."""
@@ -308,19 +365,44 @@ def test_missing_keys_read_as_404_not_403(template: dict[str, Any], bucket: tupl
 
 
 def test_s3_policy_is_attached_to_the_function_role(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
+    """template.yaml: a standalone AWS::IAM::Policy on the SAM-generated role (it breaks a dependency
+    cycle); template-buffered.yaml: inline statements in the function's Policies (no cycle there)."""
     name, props = function
-    policies = resources_of_type(template, "AWS::IAM::Policy")
-    assert policies
-    for policy in policies.values():
-        role = props.get("Role") or {"Ref": f"{name}Role"}  # SAM names the generated role <Function>Role
+    role = props.get("Role") or {"Ref": f"{name}Role"}  # SAM names the generated role <Function>Role
+    standalone = resources_of_type(template, "AWS::IAM::Policy")
+    for policy in standalone.values():
         assert policy["Properties"]["Roles"] == [role]
+    policies = [p for item in as_list(props.get("Policies", [])) for p in branches(item)]
+    inline = [p for p in policies if isinstance(p, dict) and "Statement" in p]
+    assert not ("Role" in props and inline), "SAM ignores Policies when the function names its own Role"
+    documents = [p["Properties"]["PolicyDocument"] for p in standalone.values()] + inline
+    assert any(_grants_s3(doc) for doc in documents), "no S3 statements on the function's role"
+    assert not resources_of_type(template, "AWS::IAM::Role"), "S3 access must go to the function's role only"
+
+
+def _grants_s3(document: dict[str, Any]) -> bool:
+    statements = [st for item in as_list(document["Statement"]) for st in branches(item)]
+    return any(str(action).startswith("s3:") for st in statements for action in as_list(st["Action"]))
+
+
+def test_own_policies_grant_no_wildcard_resource(template: dict[str, Any]) -> None:
+    """Whatever service: the template's own identity policies never say Resource "*" (SAM's managed
+    policies for logs and X-Ray are the only ones that do)."""
+    statements = iam_statements(template)
+    assert statements
+    for st in statements:
+        for resource in as_list(st.get("Resource", [])):
+            assert arn_text(resource) != "*", f"{st.get('Sid') or st['Action']} on Resource '*'"
+        for action in as_list(st["Action"]):
+            assert "*" not in action, f"wildcard action {action}"
 
 
 # ---------------------------------------------------------------- failure path and logs
 
 
-def test_failures_go_to_an_encrypted_sqs_dead_letter_queue(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
-    _, props = function
+def test_failures_go_to_an_encrypted_sqs_dead_letter_queue(direct: dict[str, Any]) -> None:
+    template = direct
+    _, props = function_of(direct)
     config = props["EventInvokeConfig"]
     assert config["MaximumRetryAttempts"] == 2
     on_failure = config["DestinationConfig"]["OnFailure"]
@@ -348,6 +430,189 @@ def test_outputs(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -
     assert {"BucketName", "FunctionArn", "UploadPrefix", "DeadLetterQueueUrl"} <= set(outputs)
     assert outputs["BucketName"]["Value"] == {"Ref": bucket_name}
     assert outputs["UploadPrefix"]["Value"] == {"Fn::Sub": "s3://${" + bucket_name + "}/raw/"}
+    function_name, _ = function_of(template)
+    assert outputs["FunctionArn"]["Value"] == {"Fn::GetAtt": [function_name, "Arn"]}
+    dlq = outputs["DeadLetterQueueUrl"]["Value"]["Ref"]
+    assert template["Resources"][dlq]["Type"] == "AWS::SQS::Queue"
+
+
+# ---------------------------------------------------------------- buffered mode (S3 -> SQS -> Lambda)
+
+
+def _queue(template: dict[str, Any], ref: Any) -> tuple[str, dict[str, Any]]:
+    """The AWS::SQS::Queue a !GetAtt X.Arn or !Ref X points at: (logical id, Properties)."""
+    if isinstance(ref, dict) and "Fn::GetAtt" in ref:
+        target = ref["Fn::GetAtt"]
+        name, attribute = target.split(".") if isinstance(target, str) else target
+        assert attribute == "Arn", ref
+    else:
+        assert isinstance(ref, dict) and set(ref) == {"Ref"}, ref
+        name = ref["Ref"]
+    resource = template["Resources"][name]
+    assert resource["Type"] == "AWS::SQS::Queue", f"{name} is a {resource['Type']}"
+    return name, resource.get("Properties", {})
+
+
+def _event_source(template: dict[str, Any]) -> dict[str, Any]:
+    _, esm = only(resources_of_type(template, "AWS::Lambda::EventSourceMapping"), "AWS::Lambda::EventSourceMapping")
+    return esm["Properties"]
+
+
+def _param(template: dict[str, Any], value: Any) -> dict[str, Any]:
+    assert isinstance(value, dict) and set(value) == {"Ref"}, f"{value!r} should be a template parameter"
+    return template["Parameters"][value["Ref"]]
+
+
+def test_buffered_function_is_fed_by_the_queue_only(buffered: dict[str, Any]) -> None:
+    function_name, props = function_of(buffered)
+    # A direct S3 trigger as well would process every upload twice; an async config would be dead.
+    assert not props.get("Events"), "buffered mode: the queue is the function's only trigger"
+    assert "EventInvokeConfig" not in props, "nothing invokes the buffered function asynchronously"
+    esm = _event_source(buffered)
+    assert esm["FunctionName"] == {"Ref": function_name}
+    queue_name, _ = _queue(buffered, esm["EventSourceArn"])
+    assert queue_name != "DeadLetterQueue"
+    # Enabled unless the operator pauses it; the default consumes.
+    condition, if_true, if_false = esm["Enabled"]["Fn::If"]
+    assert (if_true, if_false) == (True, False)
+    left, right = buffered["Conditions"][condition]["Fn::Equals"]
+    assert resolve(buffered, left) == right, "the event source mapping is disabled by default"
+
+
+def test_buffered_batches_report_item_failures(buffered: dict[str, Any]) -> None:
+    """The handler returns Powertools' {"batchItemFailures": [...]}: without ReportBatchItemFailures
+    Lambda ignores it and deletes the whole batch, failures included."""
+    esm = _event_source(buffered)
+    assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert esm["BatchSize"] == 10
+    window = _param(buffered, esm["MaximumBatchingWindowInSeconds"])
+    assert window["Default"] == 5
+    assert 0 <= window["MinValue"] <= window["MaxValue"] <= 300
+
+
+def test_buffered_concurrency_is_capped_by_a_parameter(buffered: dict[str, Any]) -> None:
+    esm = _event_source(buffered)
+    param = _param(buffered, esm["ScalingConfig"]["MaximumConcurrency"])
+    assert param["Type"] == "Number"
+    assert param["MinValue"] >= 2 and param["MaxValue"] <= 1000  # Lambda's own limits
+    assert param["MinValue"] <= param["Default"] <= param["MaxValue"]
+
+
+def test_buffered_visibility_timeout_covers_six_function_timeouts(buffered: dict[str, Any]) -> None:
+    """AWS: visibility timeout >= 6 x function timeout (+ the batching window), or a message still
+    being processed becomes visible again and is processed twice."""
+    _, props = function_of(buffered)
+    esm = _event_source(buffered)
+    _, queue = _queue(buffered, esm["EventSourceArn"])
+    largest_window = _param(buffered, esm["MaximumBatchingWindowInSeconds"])["MaxValue"]
+    assert queue["VisibilityTimeout"] >= 6 * props["Timeout"] + largest_window
+
+
+def test_buffered_redrive_to_an_encrypted_dead_letter_queue(buffered: dict[str, Any]) -> None:
+    esm = _event_source(buffered)
+    queue_name, queue = _queue(buffered, esm["EventSourceArn"])
+    assert queue.get("SqsManagedSseEnabled") is True, "SSE-SQS (S3 cannot use the aws/sqs KMS key)"
+    redrive = queue["RedrivePolicy"]
+    assert redrive["maxReceiveCount"] == 5
+    dlq_name, dlq = _queue(buffered, redrive["deadLetterTargetArn"])
+    assert dlq_name != queue_name
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert dlq.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in dlq
+    assert "RedrivePolicy" not in dlq
+    # A standard queue keeps the original enqueue time in the DLQ: the DLQ must keep messages longer.
+    assert queue.get("MessageRetentionPeriod", 4 * 24 * 3600) < dlq["MessageRetentionPeriod"]
+    assert buffered["Outputs"]["DeadLetterQueueUrl"]["Value"] == {"Ref": dlq_name}
+    assert buffered["Outputs"]["QueueUrl"]["Value"] == {"Ref": queue_name}
+
+
+def test_buffered_notification_sends_only_raw_uploads_to_the_queue(buffered: dict[str, Any]) -> None:
+    _, bucket = bucket_of(buffered)
+    notification = bucket["NotificationConfiguration"]
+    assert set(notification) == {"QueueConfigurations"}, "no Lambda/SNS/EventBridge notification as well"
+    (config,) = notification["QueueConfigurations"]
+    assert config["Event"] == "s3:ObjectCreated:*"
+    queue_name, _ = _queue(buffered, config["Queue"])
+    esm_queue, _ = _queue(buffered, _event_source(buffered)["EventSourceArn"])
+    assert queue_name == esm_queue, "S3 notifies a queue the function does not consume"
+    rules = config["Filter"]["S3Key"]["Rules"]
+    assert [(r["Name"].lower(), r["Value"]) for r in rules] == [("prefix", DEFAULTS["RAW_PREFIX"])]
+    assert not DEFAULTS["PROCESSED_PREFIX"].startswith(DEFAULTS["RAW_PREFIX"])
+
+
+def test_buffered_queue_policy_admits_only_this_bucket(buffered: dict[str, Any]) -> None:
+    bucket_name, bucket = bucket_of(buffered)
+    queue_name, _ = _queue(buffered, _event_source(buffered)["EventSourceArn"])
+    policy_name, policy = only(resources_of_type(buffered, "AWS::SQS::QueuePolicy"), "AWS::SQS::QueuePolicy")
+    props = policy["Properties"]
+    assert props["Queues"] == [{"Ref": queue_name}]
+    (statement,) = props["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert as_list(statement["Action"]) == ["sqs:SendMessage"]
+    assert statement["Resource"] == {"Fn::GetAtt": [queue_name, "Arn"]}
+    condition = statement["Condition"]
+    assert condition["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+    (arn_operator,) = [op for op in condition if "aws:SourceArn" in condition[op]]
+    assert arn_operator in ("ArnEquals", "ArnLike")
+    source_arn = condition[arn_operator]["aws:SourceArn"]
+    # The bucket cannot be named by !Ref/!GetAtt here (cycle: bucket -> queue policy -> bucket), so
+    # its name is a deterministic expression and the SourceArn must be built from the same one.
+    template_text, variables = source_arn["Fn::Sub"]
+    assert template_text == "arn:${AWS::Partition}:s3:::${Name}"
+    assert variables == {"Name": bucket["BucketName"]}
+    assert "*" not in str(bucket["BucketName"]), "SourceArn must name one bucket"
+    # S3 validates the destination when the notification is set: the policy must exist first.
+    assert policy_name in as_list(buffered["Resources"][bucket_name].get("DependsOn", []))
+
+
+def test_buffered_default_bucket_name_is_deterministic_and_overridable(buffered: dict[str, Any]) -> None:
+    _, bucket = bucket_of(buffered)
+    condition, explicit, generated = bucket["BucketName"]["Fn::If"]
+    assert buffered["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "BucketName"}, ""]}]}
+    assert explicit == {"Ref": "BucketName"}
+    assert generated == {"Fn::Sub": "${AWS::StackName}-${AWS::AccountId}-images"}
+
+
+def test_buffered_sqs_permissions_are_on_its_queue_only(buffered: dict[str, Any]) -> None:
+    """SAM's `Type: SQS` event would attach AWSLambdaSQSQueueExecutionRole (every queue in the
+    account); the buffered template grants the three polling actions on its own queue instead."""
+    function_name, props = function_of(buffered)
+    assert all(e.get("Type") != "SQS" for e in (props.get("Events") or {}).values())
+    sam_policies = [p for p in as_list(props.get("Policies", [])) if not (isinstance(p, dict) and "Statement" in p)]
+    assert all("SQS" not in str(p) for p in sam_policies), "SAM policy templates / managed policies for SQS"
+    queue_name, _ = _queue(buffered, _event_source(buffered)["EventSourceArn"])
+    sqs = grants(buffered, "sqs")
+    assert {action for action, _ in sqs} == {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
+    assert {resource for _, resource in sqs} == {"${" + queue_name + ".Arn}"}
+
+
+def _without(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k not in keys}
+
+
+def test_buffered_function_and_bucket_match_the_direct_template(
+    direct: dict[str, Any], buffered: dict[str, Any]
+) -> None:
+    """"Same function, same settings": only the trigger, the failure path and where the (same) S3
+    statements live may differ."""
+    (d_name, d_fn), (b_name, b_fn) = function_of(direct), function_of(buffered)
+    assert d_name == b_name
+    differ = ("Events", "EventInvokeConfig", "Policies")
+    assert _without(b_fn, *differ) == _without(d_fn, *differ)
+    assert sorted(s3_grants(buffered)) == sorted(s3_grants(direct))
+    for name, param in direct["Parameters"].items():
+        assert name in buffered["Parameters"], f"parameter {name} missing from {BUFFERED}"
+        assert _without(buffered["Parameters"][name], "Description") == _without(param, "Description"), name
+    for condition in ("HasBucketName", "ExpireProcessedRaw", "HasReservedConcurrency", "DeletesRaw"):
+        assert buffered["Conditions"][condition] == direct["Conditions"][condition], condition
+    (d_bucket_name, d_bucket), (b_bucket_name, b_bucket) = bucket_of(direct), bucket_of(buffered)
+    differ = ("BucketName", "NotificationConfiguration")
+    assert _without(b_bucket, *differ) == _without(d_bucket, *differ)
+    for attribute in ("DeletionPolicy", "UpdateReplacePolicy"):
+        d_value = direct["Resources"][d_bucket_name].get(attribute)
+        assert buffered["Resources"][b_bucket_name].get(attribute) == d_value, attribute
+    for type_ in ("AWS::S3::BucketPolicy", "AWS::Logs::LogGroup"):
+        assert resources_of_type(buffered, type_) == resources_of_type(direct, type_), type_
 
 
 # ---------------------------------------------------------------- dependencies
