@@ -391,3 +391,70 @@ def test_comments_and_text_chunks_never_reach_an_output(source_fmt):
     for fmt in ImageFormat:
         (v,) = only(VariantConfig("m", 100, 100, format=fmt)).process(data)
         assert secret.encode() not in v.data, fmt
+
+
+def test_a_phone_mpo_is_one_upright_picture_not_an_animation():
+    upright = Image.new("RGB", (600, 400), BLUE)
+    upright.paste(RED, (0, 0, 150, 100))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    second = Image.new("RGB", (600, 400), GREEN)  # the depth map / second camera picture
+    data = encode(upright.transpose(Image.Transpose.ROTATE_90), "MPO", save_all=True,
+                  append_images=[second.transpose(Image.Transpose.ROTATE_90)], exif=exif.tobytes())
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    for v in only(VariantConfig("w", 300, 300, format="webp", quality=95)).process(data):
+        out = Image.open(io.BytesIO(v.data))
+        assert getattr(out, "n_frames", 1) == 1 and out.size == (300, 200)
+        assert near(out.convert("RGB").getpixel((10, 10)), RED, 40)
+
+
+def test_a_multi_page_tiff_gives_its_first_page():
+    pages = [Image.new("RGB", (400, 300), (250, 250, 250)), Image.new("RGB", (100, 50), (0, 0, 0))]
+    data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    (v,) = only(VariantConfig("w", 200, 200, format="webp")).process(data)
+    out = Image.open(io.BytesIO(v.data))
+    assert getattr(out, "n_frames", 1) == 1 and near(out.convert("RGB").getpixel((100, 75)), (250, 250, 250))
+
+
+def test_animation_frames_are_colour_converted_like_stills():
+    frames = [Image.new("RGB", (64, 64), (0, 0, 0)), Image.new("RGB", (64, 64), (200, 100, 50))]
+    data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], icc_profile=DISPLAY_P3, lossless=True)
+    (v,) = only(VariantConfig("w", 32, 32, format="webp", quality=100)).process(data)
+    out = Image.open(io.BytesIO(v.data))
+    assert out.n_frames == 2
+    out.seek(1)
+    assert near(out.convert("RGB").getpixel((16, 16)), (216, 93, 24), 6)  # P3 (200, 100, 50) in sRGB
+
+
+def test_a_non_rgb_profile_is_never_embedded_in_rgb_outputs():
+    cmyk_header = DISPLAY_P3[:16] + b"CMYK" + DISPLAY_P3[20:]
+    data = encode(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG", icc_profile=cmyk_header)
+    for fmt in ("jpeg", "webp", "png"):
+        (v,) = only(VariantConfig("m", 32, 32, format=fmt), keep_icc_profile=True).process(data)
+        out = decode(v.data)
+        assert out.mode == "RGB" and not out.info.get("icc_profile"), fmt
+
+
+@pytest.mark.parametrize("loop,expected_gif,expected_webp", [(None, None, 1), (0, 0, 0), (3, 3, 3)])
+def test_animation_loop_count_is_kept(loop, expected_gif, expected_webp):
+    frames = [Image.new("RGB", (40, 40), c) for c in (RED, GREEN, BLUE)]
+    options = {} if loop is None else {"loop": loop}
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, **options)
+    gif, webp = ImageProcessor(
+        [VariantConfig("g", 20, 20, format="gif"), VariantConfig("w", 20, 20, format="webp")]
+    ).process(data)
+    assert Image.open(io.BytesIO(gif.data)).info.get("loop") == expected_gif
+    assert Image.open(io.BytesIO(webp.data)).info.get("loop") == expected_webp
+
+
+def test_float_tiff_is_scaled_not_blacked_out():
+    data = encode(Image.new("F", (64, 64), 0.5), "TIFF")
+    (v,) = only(VariantConfig("m", 32, 32, format="png")).process(data)
+    assert abs(decode(v.data).convert("L").getpixel((16, 16)) - 128) <= 1
+
+
+def test_bigtiff_is_recognised():
+    from image_pipeline.processor import sniff
+
+    assert sniff(b"II+\x00\x08\x00\x00\x00" + b"\0" * 32) == "tiff"
+    assert sniff(b"MM\x00+\x00\x08\x00\x00" + b"\0" * 32) == "tiff"

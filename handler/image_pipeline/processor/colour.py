@@ -41,11 +41,16 @@ def _transform(icc: bytes, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTran
 def normalise_mode(image: Image.Image) -> Image.Image:
     """16-bit, float, 1-bit, palette and exotic modes → L, LA, RGB, RGBA or CMYK."""
     mode = image.mode
-    if mode in _SIXTEEN_BIT:
-        # Pillow clips I;16 → L at 255; scale 0..65535 to 0..255 instead.
-        return image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-    if mode == "F":
-        return image.convert("L")
+    if mode in _SIXTEEN_BIT or mode == "F":
+        # Scale to 0..255 rather than clip: 16-bit data by 1/256; 32-bit integers and floats by
+        # their own range (floats in 0..1 are the common case).
+        wide = image if mode in ("I", "F") else image.convert("I")
+        high = wide.getextrema()[1] or 1
+        if mode == "F":
+            scale = 255 if high <= 1 else 255 / high
+        else:
+            scale = 1 / 256 if high <= 65535 else 255 / high
+        return wide.point(lambda v: v * scale).convert("L")
     if mode == "1":
         return image.convert("L")
     if mode in ("P", "PA"):
@@ -67,11 +72,18 @@ def drop_opaque_alpha(image: Image.Image) -> Image.Image:
     return image
 
 
+def is_rgb_profile(icc: bytes | None) -> bool:
+    """An ICC profile for RGB data (its header names the colour space at bytes 16-20)."""
+    return bool(icc) and len(icc) >= 20 and icc[16:20] == b"RGB "
+
+
 def to_srgb(image: Image.Image, icc: bytes | None, keep_icc: bool) -> Image.Image:
-    """The image in 8-bit sRGB-compatible mode; converted through `icc` unless `keep_icc`."""
+    """The image in 8-bit sRGB-compatible mode, converted through `icc`; with `keep_icc`, an RGB
+    image keeps its RGB profile instead (the encoder embeds it). Any other profile (CMYK, grey)
+    cannot describe the RGB output, so those pixels are always converted."""
     image = drop_opaque_alpha(normalise_mode(image))
-    if keep_icc:
-        return image.convert("RGB") if image.mode == "CMYK" and not icc else image
+    if keep_icc and is_rgb_profile(icc) and image.mode in ("RGB", "RGBA"):
+        return image
     if icc and image.mode in ("RGB", "RGBA", "CMYK"):
         out_mode = "RGBA" if image.mode == "RGBA" else "RGB"
         transform = _transform(icc, image.mode, out_mode)

@@ -62,9 +62,11 @@ def encode(
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
     durations: Sequence[int] | None = None,
-    loop: int = 0,
+    loop: int | None = None,
 ) -> bytes:
-    """Encode one image, or an animation when `frames` has several (GIF/WebP only)."""
+    """Encode one image, or an animation when `frames` has several (GIF/WebP only).
+
+    `loop` is the source's loop count; None (a GIF without one) plays once."""
     options = _options(fmt, quality)
     if fmt is not ImageFormat.GIF:
         # Explicit, so no plugin falls back to what it finds in `image.info` (ICC, EXIF, XMP).
@@ -73,7 +75,11 @@ def encode(
         frame.info = {}  # comments, text chunks, XMP… ride along in `info`; Pillow writes some back
     first = frames[0]
     if len(frames) > 1:
-        options.update(save_all=True, append_images=list(frames[1:]), loop=loop)
+        options.update(save_all=True, append_images=list(frames[1:]))
+        if loop is not None:
+            options["loop"] = loop
+        elif fmt is ImageFormat.WEBP:
+            options["loop"] = 1  # WebP counts plays (0 = forever); a GIF without a count plays once
         if durations:
             options["duration"] = list(durations)
         if fmt is ImageFormat.GIF:

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, ImageSequence
 
 from ..errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
 from . import geometry
-from .colour import to_srgb
+from .colour import is_rgb_profile, to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color
 from .sniff import DECODABLE, sniff
@@ -29,6 +29,7 @@ from .specs import DEFAULT_VARIANTS, Fit, Gravity, ImageFormat, ImageVariant, Li
 
 _WEB_FORMATS = {f.value for f in ImageFormat}
 _SWAPS_SIDES = {5, 6, 7, 8}
+_ANIMATED_TYPES = {"gif", "webp", "png", "avif"}  # containers whose frames are an animation
 _ORIENTATION = 0x0112
 # Errors Pillow and its plugins raise for files that are not what they claim to be.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, Image.UnidentifiedImageError)
@@ -109,7 +110,13 @@ class ImageProcessor:
             raise TooManyPixels(f"{stored_w}×{stored_h} is over the {self.limits.max_pixels}-pixel limit")
         frames = getattr(image, "n_frames", 1)
         formats = {spec.name: self._format_for(spec, kind) for spec in self.variants}
-        animated = frames > 1 and any(f.can_animate for f in formats.values())
+        # Only real animations: the extra frames of an MPO (phone) JPEG or a multi-page TIFF are
+        # other pictures, not frames to play.
+        animated = (
+            kind in _ANIMATED_TYPES
+            and getattr(image, "is_animated", False)
+            and any(f.can_animate for f in formats.values())
+        )
         if animated:
             if frames > self.limits.max_frames:
                 raise TooManyFrames(f"{frames} frames is over the {self.limits.max_frames}-frame limit")
@@ -121,7 +128,6 @@ class ImageProcessor:
         swapped = orientation in _SWAPS_SIDES
         width, height = (stored_h, stored_w) if swapped else (stored_w, stored_h)
         icc = image.info.get("icc_profile")
-        keep_icc = icc if self.keep_icc_profile and icc else None
 
         extent = (float(stored_w), float(stored_h))
         if kind == "jpeg":
@@ -138,11 +144,12 @@ class ImageProcessor:
             upright_exif[_ORIENTATION] = 1  # the pixels are upright now
             keep_exif = upright_exif.tobytes()
         working = to_srgb(oriented, icc, self.keep_icc_profile)
+        keep_icc = icc if self.keep_icc_profile and is_rgb_profile(icc) and working.mode in ("RGB", "RGBA") else None
         frame = geometry.content_box(working.size, extent, orientation)
 
         stills = self._resize_all(working, frame, width, height)
         moving = [spec for spec in self.variants if animated and formats[spec.name].can_animate]
-        animations = self._animations(image, moving, width, height) if moving else {}
+        animations = self._animations(image, moving, icc, width, height) if moving else {}
         variants = []
         for spec in self.variants:
             fmt = formats[spec.name]
@@ -155,7 +162,7 @@ class ImageProcessor:
                 icc_profile=keep_icc,
                 exif=keep_exif,
                 durations=durations,
-                loop=image.info.get("loop", 0),
+                loop=image.info.get("loop"),
             )
             variants.append(
                 ImageVariant(spec.name, encoded, prepared[0].width, prepared[0].height, fmt, fmt.content_type)
@@ -183,14 +190,14 @@ class ImageProcessor:
             out[spec.name] = _render(bases, spec, width, height)
         return out
 
-    def _animations(self, image: Image.Image, specs: list[VariantConfig], width: int, height: int):
+    def _animations(self, image: Image.Image, specs: list[VariantConfig], icc: bytes | None, width: int, height: int):
         """Every frame decoded once and resized (and cropped) for each animated variant, like the
         first frame; durations kept. {variant name: (frames, durations)}"""
         specs = sorted(specs, key=lambda s: geometry.resized_size(s, width, height), reverse=True)
         frames: dict[str, list[Image.Image]] = {spec.name: [] for spec in specs}
         durations = []
         for frame in ImageSequence.Iterator(image):
-            rgba = to_srgb(frame.convert("RGBA"), None, True)
+            rgba = to_srgb(frame.convert("RGBA"), icc, self.keep_icc_profile)
             bases = [(rgba, (0.0, 0.0, *rgba.size))]
             for spec in specs:
                 frames[spec.name].append(_render(bases, spec, width, height))

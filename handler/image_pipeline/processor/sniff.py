@@ -35,7 +35,7 @@ def sniff(data: bytes) -> str | None:
         return "webp"
     if head[4:8] == b"ftyp":
         return _iso_brand(head)
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):  # TIFF, BigTIFF
         return "tiff"
     if head[:2] == b"BM" and len(data) > 26:
         return "bmp"
