@@ -83,6 +83,20 @@ def test_missing_keys(with_store):
     with_store(body)
 
 
+@pytest.mark.parametrize("user_tags", [9, 10])
+def test_the_uploaders_tags_always_stay_within_the_ten_tag_limit(with_store, user_tags):
+    own = {f"user-{i}": str(i) for i in range(user_tags)}
+
+    async def body(store):
+        await store.write("t.jpg", b"data", "image/jpeg", {})
+        await store.set_tags("t.jpg", own)
+        await store.set_tags("t.jpg", {"image-pipeline-status": "failed", "image-pipeline-error": "corrupt_image"})
+        expected = own | ({"image-pipeline-status": "failed"} if user_tags == 9 else {})
+        assert await store.get_tags("t.jpg") == expected
+
+    with_store(body)
+
+
 def test_read_refuses_an_oversize_object(with_store):
     async def body(store):
         await store.write("big", b"x" * 100, "application/octet-stream", {})

@@ -20,6 +20,22 @@ class ObjectNotFound(StorageFailure):
     permanent = True
 
 
+S3_MAX_TAGS = 10
+
+
+def merge_tags(existing: dict[str, str], tags: dict[str, str], remove: tuple[str, ...] = ()) -> dict[str, str]:
+    """The object's tags with `tags` merged in and `remove` dropped, within S3's 10-tag limit.
+
+    The uploader's own tags always stay; ours are added in order (the status first) while there
+    is room, so an object that already carries 9 or 10 tags gets fewer of ours, never an error.
+    """
+    merged = {k: v for k, v in existing.items() if k not in remove}
+    for key, value in tags.items():
+        if key in merged or len(merged) < S3_MAX_TAGS:
+            merged[key] = value
+    return merged
+
+
 @dataclass(frozen=True)
 class RawObject:
     data: bytes

@@ -12,7 +12,7 @@ import json
 from litestar_storages import BaseStorage, StorageError, StorageFileNotFoundError
 
 from ..errors import StorageFailure, TooLarge
-from .base import ObjectNotFound, RawObject
+from .base import ObjectNotFound, RawObject, merge_tags
 
 TAGS_PREFIX = ".tags/"
 
@@ -45,7 +45,7 @@ class LitestarStore:
     async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
         if not await self.exists(key):
             raise ObjectNotFound(f"{key} does not exist")
-        merged = {k: v for k, v in (await self.get_tags(key)).items() if k not in remove} | tags
+        merged = merge_tags(await self.get_tags(key), tags, remove)
         await self.write(TAGS_PREFIX + key + ".json", json.dumps(merged).encode(), "application/json", {})
 
     async def delete(self, key: str) -> None:

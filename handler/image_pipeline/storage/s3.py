@@ -15,7 +15,7 @@ from typing import Any
 from litestar_storages import S3Config, S3Storage, StorageError, StorageFileNotFoundError
 
 from ..errors import StorageFailure, TooLarge
-from .base import ObjectNotFound, RawObject
+from .base import ObjectNotFound, RawObject, merge_tags
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 
@@ -76,15 +76,16 @@ class S3Connection:
         client = await stack.enter_async_context(
             session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         )
-        if cache_control:
-            # S3Storage.put has no Cache-Control argument: add it to every PutObject this client
-            # sends. Images get the long lifetime; the manifest changes when a raw key is
-            # overwritten, so caches must revalidate it.
-            def add_cache_control(params: dict, **_: Any) -> None:
-                is_image = str(params.get("ContentType", "")).startswith("image/")
-                params.setdefault("CacheControl", cache_control if is_image else "no-cache")
+        # S3Storage.put has no Cache-Control argument: add it to every PutObject this client
+        # sends. Images get the long lifetime; the manifest changes when a raw key is
+        # overwritten, so caches must always revalidate it.
+        def add_cache_control(params: dict, **_: Any) -> None:
+            if not str(params.get("ContentType", "")).startswith("image/"):
+                params.setdefault("CacheControl", "no-cache")
+            elif cache_control:
+                params.setdefault("CacheControl", cache_control)
 
-            client.meta.events.register("before-parameter-build.s3.PutObject", add_cache_control)
+        client.meta.events.register("before-parameter-build.s3.PutObject", add_cache_control)
         return cls(client, stack, endpoint_url)
 
     def store(self, bucket: str) -> S3Store:
@@ -143,7 +144,10 @@ class S3Store:
         return {t["Key"]: t["Value"] for t in response.get("TagSet", [])}
 
     async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
-        merged = {k: v for k, v in (await self.get_tags(key)).items() if k not in remove} | tags
+        existing = await self.get_tags(key)
+        merged = merge_tags(existing, tags, remove)
+        if merged == existing:
+            return  # already so, or no room left beside the uploader's own tags
         tag_set = [{"Key": k, "Value": v} for k, v in merged.items()]
         await self._call("put_object_tagging", key, Tagging={"TagSet": tag_set})
 
