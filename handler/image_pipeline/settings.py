@@ -24,7 +24,7 @@ DEFAULTS: dict[str, str] = {
     "MAX_PIXELS": "60000000",
     "MAX_FRAMES": "300",
     "ALLOWED_TYPES": "jpeg,png,webp,gif,avif,heif,tiff,bmp",
-    "CACHE_CONTROL": "public, max-age=31536000, immutable",
+    "CACHE_CONTROL": "public, max-age=31536000",
     "KEEP_ICC_PROFILE": "false",
     "S3_MAX_ATTEMPTS": "5",
     "TIME_RESERVE_MS": "10000",
@@ -107,13 +107,17 @@ class Settings:
             allowed_types=(allowed & KNOWN_TYPES) or KNOWN_TYPES,
         )
 
+        cache_control = get("CACHE_CONTROL")
+        if not cache_control or not all(32 <= ord(c) < 127 for c in cache_control):
+            problems.append(f"CACHE_CONTROL={cache_control!r} must be a non-empty printable ASCII header value")
+
         settings = cls(
             raw_prefix=raw_prefix,
             processed_prefix=processed_prefix,
             variants=variants,
             raw_disposition=disposition,
             limits=limits,
-            cache_control=get("CACHE_CONTROL"),
+            cache_control=cache_control,
             keep_icc_profile=boolean("KEEP_ICC_PROFILE"),
             s3_endpoint_url=(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None),
             s3_max_attempts=integer("S3_MAX_ATTEMPTS"),

@@ -45,7 +45,7 @@ def test_s3_put_writes_every_variant_then_the_manifest_then_tags_the_raw_object(
         ext = "jpg" if fmt == "jpeg" else fmt
         obj = s3.get_object(Bucket=bucket, Key=f"{prefix}{name}.{ext}")
         assert obj["ContentType"] == f"image/{fmt}"
-        assert obj["CacheControl"] == "public, max-age=31536000, immutable"
+        assert obj["CacheControl"] == "public, max-age=31536000"
         assert obj["Metadata"] == {"width": str(width), "height": str(height), "variant": name, "source-etag": etag}
         image = decode(obj["Body"].read())
         assert image.format == fmt.upper() and image.size == (width, height)
@@ -216,6 +216,8 @@ def test_logs_are_structured_json_with_the_key_and_error_code(s3, bucket, handle
         ({"MAX_PIXELS": "lots"}, "MAX_PIXELS='lots' is not an integer"),
         ({"RAW_PREFIX": "processed/", "PROCESSED_PREFIX": "processed/"}, "overlap"),
         ({"ALLOWED_TYPES": "jpeg,svg"}, "ALLOWED_TYPES"),
+        ({"CACHE_CONTROL": ""}, "CACHE_CONTROL"),
+        ({"CACHE_CONTROL": "max-age=60 \u2014 immutable"}, "printable ASCII"),
     ],
 )
 def test_bad_configuration_fails_at_cold_start_with_a_clear_message(env, message):
@@ -302,3 +304,13 @@ def test_a_replacement_with_another_extension_takes_over_once_the_first_is_gone(
     upload(s3, bucket, "raw/swap/photo.png", photo(200, 300, "PNG"))
     handler.lambda_handler(load_event("s3-put.json", bucket=bucket, keys=["raw/swap/photo.png"]), context)
     assert manifest(s3, bucket, "processed/swap/photo/")["source"]["key"] == "raw/swap/photo.png"
+
+
+def test_an_upload_with_ten_tags_of_its_own_is_still_processed_and_keeps_them(s3, bucket, handler, context):
+    own = "&".join(f"user-{i}={i}" for i in range(10))
+    for key, data in (("raw/tagged/good.jpg", photo(200, 200)), ("raw/tagged/bad.jpg", b"not an image")):
+        s3.put_object(Bucket=bucket, Key=key, Body=data, Tagging=own)
+    event = load_event("s3-put.json", bucket=bucket, keys=["raw/tagged/good.jpg", "raw/tagged/bad.jpg"])
+    result = handler.lambda_handler(event, context)  # no RetryLater: S3's tag limit is not a storage failure
+    assert [r["status"] for r in result["results"]] == ["processed", "failed"]
+    assert len(tags(s3, bucket, "raw/tagged/good.jpg")) == 10 and "processed/tagged/good/manifest.json" in keys_under(s3, bucket)
