@@ -127,7 +127,12 @@ def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
 
 def _refs(event: dict):
     from . import events
+    from .service import ObjectRef
 
+    if events.is_batch_operation(event):
+        from aws_lambda_powertools.utilities.data_classes import S3BatchOperationEvent
+
+        return [ObjectRef(t.s3_bucket, t.s3_key) for t in S3BatchOperationEvent(event).tasks]
     if events.is_sqs(event):
         return [ref for record in event["Records"] for ref in events.refs_from_body(record["body"])]
     return events.object_refs(event)

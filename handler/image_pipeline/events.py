@@ -2,7 +2,8 @@
 
 Accepted: S3 notifications (every record; keys are URL-encoded with `+` for space and Powertools
 decodes none of them past the first record's `object_key`, so each is `unquote_plus`-ed here),
-EventBridge "Object Created", and SQS messages whose body is either (or S3's test event).
+EventBridge "Object Created", SQS messages whose body is either (or S3's test event), Lambda
+on-failure destination records (for replays), and S3 Batch Operations tasks (see `handler`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from .service import ObjectRef
 
 class UnknownEvent(ValueError):
     """The event is none of the shapes above."""
+
+
+def is_batch_operation(event: dict) -> bool:
+    """An S3 Batch Operations task (a backfill job over existing objects)."""
+    return isinstance(event, dict) and "invocationSchemaVersion" in event and "tasks" in event
 
 
 def is_sqs(event: dict) -> bool:

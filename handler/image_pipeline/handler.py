@@ -2,8 +2,8 @@
 
 Failures by kind: a bad image is tagged and counted and the invocation still succeeds (a retry
 cannot fix it). A storage failure or lack of time is reported so the object is retried: by
-raising for S3/EventBridge invocations (Lambda retries, then the on-failure destination), or as
-a batch item failure for SQS.
+raising for S3/EventBridge invocations (Lambda retries, then the on-failure destination), as a
+batch item failure for SQS, or as a `TemporaryFailure` result for S3 Batch Operations.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes import S3BatchOperationEvent, S3BatchOperationResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from . import events
@@ -42,6 +43,8 @@ class RetryLater(Exception):
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict, context: Any) -> dict:
+    if events.is_batch_operation(event):
+        return _batch_operation(event, context)
     if events.is_sqs(event):
         return process_partial_response(
             event=event,
@@ -54,6 +57,21 @@ def lambda_handler(event: dict, context: Any) -> dict:
     if retry:
         raise RetryLater(f"{len(retry)} object(s) must be retried: {retry}")
     return {"results": [{"key": o.key, "status": o.status, "error_code": o.error_code} for o in outcomes]}
+
+
+# Outcome → S3 Batch Operations result: a bad image is final, a storage failure is retried.
+_BATCH_RESULT = {"retry": "TemporaryFailure", "failed": "PermanentFailure", "gone": "PermanentFailure"}
+
+
+def _batch_operation(event: dict, context: Any) -> dict:
+    """One S3 Batch Operations task (a backfill of objects already in the bucket)."""
+    job = S3BatchOperationEvent(event)
+    task = job.task
+    (outcome,) = handle_refs([ObjectRef(task.s3_bucket, task.s3_key)], context)
+    response = S3BatchOperationResponse(job.invocation_schema_version, job.invocation_id, "PermanentFailure")
+    result = _BATCH_RESULT.get(outcome.status, "Succeeded")
+    response.add_result(task.build_task_batch_response(result, outcome.error_code or outcome.status))
+    return response.asdict()
 
 
 def _sqs_record(record: SQSRecord, context: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from image_pipeline.errors import ConfigError
 from image_pipeline.settings import Settings
-from tests.conftest import load_event
+from tests.conftest import EVENTS, load_event
 from tests.images import decode, photo
 
 EXPECTED = {"thumbnail": ("webp", 150, 150), "medium": ("webp", 800, 533), "large": ("jpeg", 1920, 1280)}
@@ -314,3 +314,34 @@ def test_an_upload_with_ten_tags_of_its_own_is_still_processed_and_keeps_them(s3
     result = handler.lambda_handler(event, context)  # no RetryLater: S3's tag limit is not a storage failure
     assert [r["status"] for r in result["results"]] == ["processed", "failed"]
     assert len(tags(s3, bucket, "raw/tagged/good.jpg")) == 10 and "processed/tagged/good/manifest.json" in keys_under(s3, bucket)
+
+
+def _batch_operation_event(bucket: str, key: str) -> dict:
+    from urllib.parse import quote_plus
+
+    event = json.loads((EVENTS / "s3-batch-operation.json").read_text())
+    event["tasks"][0].update(s3Key=quote_plus(key, safe="/"), s3BucketArn=f"arn:aws:s3:::{bucket}")
+    return event
+
+
+@pytest.mark.parametrize(
+    "data,result_code,result_string",
+    [(photo(400, 300), "Succeeded", "processed"), (b"not an image", "PermanentFailure", "unsupported_type")],
+)
+def test_s3_batch_operations_backfill_reports_a_result_per_task(
+    s3, bucket, handler, context, data, result_code, result_string
+):
+    key = "raw/backfill/old photo.jpg"
+    upload(s3, bucket, key, data)
+    response = handler.lambda_handler(_batch_operation_event(bucket, key), context)
+    assert response["invocationSchemaVersion"] == "1.0" and response["treatMissingKeysAs"] == "PermanentFailure"
+    assert response["results"] == [
+        {"taskId": "dGFza2lkZ29lc2hlcmUK", "resultCode": result_code, "resultString": result_string}
+    ]
+    assert tags(s3, bucket, key)["image-pipeline-status"] == ("processed" if result_code == "Succeeded" else "failed")
+
+
+def test_s3_batch_operations_storage_failure_is_a_temporary_failure(s3, handler, context):
+    response = handler.lambda_handler(_batch_operation_event("no-such-bucket-anywhere", "raw/x.jpg"), context)
+    assert response["results"][0]["resultCode"] == "TemporaryFailure"
+    assert response["results"][0]["resultString"] == "storage_error"
