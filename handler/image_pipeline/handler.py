@@ -52,10 +52,7 @@ def lambda_handler(event: dict, context: Any) -> dict:
             processor=BatchProcessor(event_type=EventType.SQS),
             context=context,
         )
-    outcomes = handle_refs(events.object_refs(event), context)
-    retry = [o.key for o in outcomes if o.status == "retry"]
-    if retry:
-        raise RetryLater(f"{len(retry)} object(s) must be retried: {retry}")
+    outcomes = _raise_for_retries(handle_refs(events.object_refs(event), context))
     return {"results": [{"key": o.key, "status": o.status, "error_code": o.error_code} for o in outcomes]}
 
 
@@ -75,10 +72,14 @@ def _batch_operation(event: dict, context: Any) -> dict:
 
 
 def _sqs_record(record: SQSRecord, context: Any) -> None:
-    outcomes = handle_refs(events.refs_from_body(record.body), context)
+    _raise_for_retries(handle_refs(events.refs_from_body(record.body), context))
+
+
+def _raise_for_retries(outcomes: list[Outcome]) -> list[Outcome]:
     retry = [o.key for o in outcomes if o.status == "retry"]
     if retry:
         raise RetryLater(f"{len(retry)} object(s) must be retried: {retry}")
+    return outcomes
 
 
 def handle_refs(refs: list[ObjectRef], context: Any) -> list[Outcome]:
