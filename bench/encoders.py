@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = [Path(args.dir) / name for name in args.images.split(",") if name]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        print(f"missing: {', '.join(missing)} (run ../shared/corpus/fetch {args.dir})", file=sys.stderr)
+        print(f"missing: {', '.join(missing)} (run bench/fetch-corpus {args.dir})", file=sys.stderr)
         return 2
     images = [(p.name, load(p)) for p in paths]
     references = {name: viewable(im) for name, im in images}

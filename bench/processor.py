@@ -3,7 +3,7 @@
     python bench/processor.py [DIR] [--limit N] [--repeat R] [--alpha white|drop] [--no-synthetic]
                               [--variants SPEC]
 
-DIR defaults to `.corpus` (fetch it with `../shared/corpus/fetch .corpus`). The variants are the
+DIR defaults to `.corpus` (fetch it with `bench/fetch-corpus .corpus`). The variants are the
 pipeline's defaults (`settings.DEFAULTS["VARIANTS"]`) unless `--variants` gives another set.
 
 Every (image, implementation) pair runs in its own fresh Python process, so peak RSS (the
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = Path(args.dir)
     paths = sorted(p for p in corpus.iterdir() if p.suffix.lower() in EXTS and not p.name.startswith("."))
     if not paths:
-        print(f"no images in {corpus} (run ../shared/corpus/fetch {corpus})", file=sys.stderr)
+        print(f"no images in {corpus} (run bench/fetch-corpus {corpus})", file=sys.stderr)
         return 2
     all_paths = paths
     if args.limit:

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = load_bench_handler()
     files = sorted(p for p in args.corpus.iterdir() if p.suffix.lower() in bench.EXTS)
     if not files:
-        raise SystemExit(f"no corpus in {args.corpus} (fetch: ../shared/corpus/fetch {args.corpus})")
+        raise SystemExit(f"no corpus in {args.corpus} (fetch: bench/fetch-corpus {args.corpus})")
     corpus = [(p.name, p.read_bytes()) for p in files]
     photo = photo_12mp(args.corpus)
     memories = [int(m) for m in args.memory.split(",")]

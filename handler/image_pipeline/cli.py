@@ -44,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     invoke.add_argument("--out", type=Path, help="copy the written variants and manifest here")
     invoke.add_argument("--endpoint-url", help="an S3 endpoint to use instead of the embedded one")
     args = parser.parse_args(argv)
-    return _invoke(args)
+    from .errors import ConfigError
+
+    try:
+        return _invoke(args)
+    except (ConfigError, FileNotFoundError, json.JSONDecodeError) as exc:
+        print(f"image-pipeline: {exc}", file=sys.stderr)
+        return 2
 
 
 def _invoke(args: argparse.Namespace) -> int:
@@ -119,7 +125,7 @@ def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
             print("raw object tags: " + (", ".join(f"{t['Key']}={t['Value']}" for t in tags) or "(none)"))
         except s3.exceptions.ClientError:
             print("raw object: deleted")
-    if out is not None:
+    if out is not None and out.exists():
         print(f"\nvariants copied to {out}/")
     runtime.close()
     return 0

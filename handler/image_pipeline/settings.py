@@ -30,6 +30,7 @@ DEFAULTS: dict[str, str] = {
     "TIME_RESERVE_MS": "10000",
 }
 DISPOSITIONS = ("tag", "delete")
+_TYPE_ALIASES = {"jpg": "jpeg", "heic": "heif", "tif": "tiff"}
 KNOWN_TYPES = frozenset(Limits().allowed_types)
 
 
@@ -94,7 +95,9 @@ class Settings:
         if disposition not in DISPOSITIONS:
             problems.append(f"RAW_DISPOSITION={disposition!r} must be one of {', '.join(DISPOSITIONS)}")
 
-        allowed = frozenset(t.strip().lower() for t in get("ALLOWED_TYPES").split(",") if t.strip())
+        allowed = frozenset(
+            _TYPE_ALIASES.get(t, t) for t in (t.strip().lower() for t in get("ALLOWED_TYPES").split(",")) if t
+        )
         unknown = sorted(allowed - KNOWN_TYPES)
         if unknown or not allowed:
             problems.append(
@@ -126,6 +129,10 @@ class Settings:
         if problems:
             raise ConfigError("invalid image-pipeline settings:\n  - " + "\n  - ".join(problems))
         return settings
+
+
+def _names(enum_type) -> str:
+    return ", ".join(member.value for member in enum_type)
 
 
 def _prefix(value: str, name: str, problems: list[str]) -> str:
@@ -166,7 +173,8 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
                     options["format"] = ImageFormat.parse(token)
                 except ValueError:
                     raise ValueError(
-                        f"{entry!r}: unknown option {token!r} (a fit, a gravity, a format or qNN)"
+                        f"{entry!r}: unknown option {token!r}; expected a fit ({_names(Fit)}), a gravity "
+                        f"({_names(Gravity)}), a format ({_names(ImageFormat)}, original) or qNN"
                     ) from None
         try:
             variants.append(VariantConfig(name.strip(), int(width), int(height), **options))
