@@ -50,3 +50,16 @@ def test_invoke_with_a_bad_image_reports_the_error_tag(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "image-pipeline-status=failed, image-pipeline-error=unsupported_type" in done.stdout
     assert "(nothing written)" in done.stdout
+
+
+def test_a_bad_setting_is_one_clear_message_not_a_traceback():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+    env.update(RAW_DISPOSITION="move", VARIANTS="thumb:150x150:top-left")
+    done = subprocess.run(
+        [sys.executable, "-m", "image_pipeline.cli", "invoke", "events/s3-put.json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "RAW_DISPOSITION='move' must be one of tag, delete" in done.stderr
+    assert "gravity (centre, north," in done.stderr

@@ -345,3 +345,7 @@ def test_s3_batch_operations_storage_failure_is_a_temporary_failure(s3, handler,
     response = handler.lambda_handler(_batch_operation_event("no-such-bucket-anywhere", "raw/x.jpg"), context)
     assert response["results"][0]["resultCode"] == "TemporaryFailure"
     assert response["results"][0]["resultString"] == "storage_error"
+
+
+def test_allowed_types_accept_common_aliases():
+    assert Settings.from_env({"ALLOWED_TYPES": "jpg, heic,tif"}).limits.allowed_types == {"jpeg", "heif", "tiff"}
