@@ -49,7 +49,9 @@ def lambda_handler(event: dict, context: Any) -> dict:
         return process_partial_response(
             event=event,
             record_handler=lambda record: _sqs_record(record, context),
-            processor=BatchProcessor(event_type=EventType.SQS),
+            # Every failed message is listed, even when all failed (Powertools would otherwise
+            # raise and turn a normal retry into an invocation error).
+            processor=BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False),
             context=context,
         )
     outcomes = _raise_for_retries(handle_refs(events.object_refs(event), context))

@@ -149,17 +149,13 @@ def test_a_denied_read_of_the_upload_is_retried_later_not_tagged_failed(s3, buck
     assert complete(s3, bucket, obj)
 
 
-def test_when_every_message_fails_the_whole_batch_is_failed_so_sqs_redelivers_it(
-    s3, bucket, handler, context, via_proxy
-):
-    """Powertools' BatchProcessor raises when *all* records failed (instead of listing each one);
-    for SQS that means the same thing: every message becomes visible again."""
-    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
-
+def test_when_every_message_fails_each_one_is_reported_for_redelivery(s3, bucket, handler, context, via_proxy):
+    """Even when *all* records fail, the response lists each one (no invocation error)."""
     obj = upload(s3, bucket, "raw/allfail/photo.jpg", photo(320, 240))
     via_proxy.add(Fault.access_denied(), method="GET", path=f"^/{bucket}/raw/allfail/", times=None)
-    with pytest.raises(BatchProcessingError):
-        handler.lambda_handler(sqs_event(bucket, [obj]), context)
+    event = sqs_event(bucket, [obj])
+    result = handler.lambda_handler(event, context)
+    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
     assert tags(s3, bucket, obj.key) == {}
 
 
