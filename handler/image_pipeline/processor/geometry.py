@@ -93,20 +93,17 @@ def cover_region(spec: VariantConfig, width: int, height: int) -> Box:
     return (x0, y0, x0 + crop_w, y0 + crop_h)
 
 
+# Gravities that look at the pixels; the compass ones are plain arithmetic (`cover_region`).
+CONTENT_AWARE = (Gravity.ENTROPY, Gravity.ATTENTION)
+
+
 def crop_box(image: Image.Image, size: tuple[int, int], gravity: Gravity) -> tuple[int, int, int, int]:
-    """Where to cut a `size` window out of `image` so the part `gravity` names survives."""
+    """Where to cut a `size` window out of `image` for a content-aware `gravity`."""
     width, height = image.size
-    cw, ch = size
-    free_x, free_y = width - cw, height - ch
-    if free_x <= 0 and free_y <= 0:
+    if width <= size[0] and height <= size[1]:
         return (0, 0, width, height)
-    if gravity in (Gravity.ENTROPY, Gravity.ATTENTION):
-        x, y = _best_window(image, size, gravity)
-    else:
-        name = gravity.value
-        x = 0 if "west" in name else free_x if "east" in name else free_x // 2
-        y = 0 if "north" in name else free_y if "south" in name else free_y // 2
-    return (x, y, x + cw, y + ch)
+    x, y = _best_window(image, size, gravity)
+    return (x, y, x + size[0], y + size[1])
 
 
 def _best_window(image: Image.Image, size: tuple[int, int], gravity: Gravity) -> tuple[int, int]:

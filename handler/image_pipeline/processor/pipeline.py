@@ -25,7 +25,7 @@ from .colour import is_rgb_profile, to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color
 from .sniff import DECODABLE, sniff
-from .specs import DEFAULT_VARIANTS, Fit, Gravity, ImageFormat, ImageVariant, Limits, ProcessedImage, SourceInfo, VariantConfig
+from .specs import DEFAULT_VARIANTS, Fit, ImageFormat, ImageVariant, Limits, ProcessedImage, SourceInfo, VariantConfig
 
 _WEB_FORMATS = {f.value for f in ImageFormat}
 _SWAPS_SIDES = {5, 6, 7, 8}
@@ -185,15 +185,14 @@ class ImageProcessor:
         when a smaller result will do."""
         bases = [(working, frame)]
         out: dict[str, Image.Image] = {}
-        specs = sorted(self.variants, key=lambda s: geometry.resized_size(s, width, height), reverse=True)
-        for spec in specs:
+        for spec in _largest_first(self.variants, width, height):
             out[spec.name] = _render(bases, spec, width, height)
         return out
 
     def _animations(self, image: Image.Image, specs: list[VariantConfig], icc: bytes | None, width: int, height: int):
         """Every frame decoded once and resized (and cropped) for each animated variant, like the
         first frame; durations kept. {variant name: (frames, durations)}"""
-        specs = sorted(specs, key=lambda s: geometry.resized_size(s, width, height), reverse=True)
+        specs = _largest_first(specs, width, height)
         frames: dict[str, list[Image.Image]] = {spec.name: [] for spec in specs}
         durations = []
         for frame in ImageSequence.Iterator(image):
@@ -225,6 +224,11 @@ def _open(data: bytes, kind: str) -> Image.Image:
         raise CorruptImage(f"not a readable {kind} file: {exc}") from None
 
 
+def _largest_first(specs: Iterable[VariantConfig], width: int, height: int) -> list[VariantConfig]:
+    """Resize order for the cascade: each variant can start from the one before it."""
+    return sorted(specs, key=lambda s: geometry.resized_size(s, width, height), reverse=True)
+
+
 def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, width: int, height: int) -> Image.Image:
     """One variant from the smallest base that still has enough pixels. `bases` holds full-frame
     images with the box where the frame lies in each; a full-frame result is added to them."""
@@ -232,7 +236,7 @@ def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, 
     fitting = [(im, box) for im, box in bases if box[2] - box[0] >= full[0] - 0.01 and box[3] - box[1] >= full[1] - 0.01]
     base, box = min(fitting, key=lambda b: b[0].width * b[0].height) if fitting else bases[0]
     # reducing_gap: integer box-reduce first (fast), then Lanczos over the last ≥ 3× (quality).
-    if spec.fit is Fit.COVER and spec.gravity not in (Gravity.ENTROPY, Gravity.ATTENTION):
+    if spec.fit is Fit.COVER and spec.gravity not in geometry.CONTENT_AWARE:
         x0, y0, x1, y1 = geometry.cover_region(spec, width, height)
         sx, sy = (box[2] - box[0]) / width, (box[3] - box[1]) / height
         region = (box[0] + x0 * sx, box[1] + y0 * sy, box[0] + x1 * sx, box[1] + y1 * sy)
