@@ -86,8 +86,10 @@ def _invoke(args: argparse.Namespace) -> int:
 def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
     import boto3
 
+    from . import events
+
     s3 = boto3.client("s3", endpoint_url=endpoint)
-    refs = _refs(event)
+    refs = events.every_ref(event)
     for ref in refs:
         if ref.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
             s3.create_bucket(Bucket=ref.bucket)
@@ -129,19 +131,6 @@ def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
         print(f"\nvariants copied to {out}/")
     runtime.close()
     return 0
-
-
-def _refs(event: dict):
-    from . import events
-    from .service import ObjectRef
-
-    if events.is_batch_operation(event):
-        from aws_lambda_powertools.utilities.data_classes import S3BatchOperationEvent
-
-        return [ObjectRef(t.s3_bucket, t.s3_key) for t in S3BatchOperationEvent(event).tasks]
-    if events.is_sqs(event):
-        return [ref for record in event["Records"] for ref in events.refs_from_body(record["body"])]
-    return events.object_refs(event)
 
 
 def _set_etag(event: dict, key: str, etag: str, size: int) -> None:

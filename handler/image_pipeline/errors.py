@@ -37,6 +37,10 @@ class UnsupportedType(ImageRejected):
 class TooLarge(ImageRejected):
     code = "too_large"
 
+    @classmethod
+    def over(cls, size: int, limit: int) -> TooLarge:
+        return cls(f"{size} bytes is over the {limit}-byte limit")
+
 
 class TooManyPixels(ImageRejected):
     code = "too_many_pixels"

@@ -63,3 +63,15 @@ def refs_from_body(body: str) -> list[ObjectRef]:
     if isinstance(payload, dict) and payload.get("Type") == "Notification" and "Message" in payload:
         return refs_from_body(payload["Message"])  # S3 → SNS → SQS
     return object_refs(payload)
+
+
+def every_ref(event: dict) -> list[ObjectRef]:
+    """Every object any accepted event names, flattened (for local tools; the handler keeps the
+    per-shape replies: batch item failures, Batch Operations results)."""
+    if is_batch_operation(event):
+        from aws_lambda_powertools.utilities.data_classes import S3BatchOperationEvent
+
+        return [ObjectRef(task.s3_bucket, task.s3_key) for task in S3BatchOperationEvent(event).tasks]
+    if is_sqs(event):
+        return [ref for record in event["Records"] for ref in refs_from_body(record["body"])]
+    return object_refs(event)

@@ -79,7 +79,7 @@ class ImageService:
 
         limit = self.processor.limits.max_bytes
         if ref.size is not None and ref.size > limit:
-            return await self._reject(store, ref, TooLarge(f"{ref.size} bytes is over the {limit}-byte limit"), started)
+            return await self._reject(store, ref, TooLarge.over(ref.size, limit), started)
         # Both reads at once: one round trip instead of two for every new image; a duplicate
         # delivery (rare) wastes the raw GET but still does no image work.
         stored_manifest, raw = await asyncio.gather(
@@ -123,7 +123,7 @@ class ImageService:
             bytes_out=sum(v["bytes"] for v in record["variants"]),
             processing_ms=processed.processing_ms,
             total_ms=(perf_counter() - started) * 1000,
-            outputs=record["variants"] + [{"name": "manifest", "key": keys.manifest_key(prefix)}],
+            outputs=record["variants"] + [{"name": "manifest", "key": manifest_key}],
         )
 
     async def _write_outputs(

@@ -94,7 +94,7 @@ class ImageProcessor:
         if not data:
             raise EmptyFile("the upload is empty (0 bytes)")
         if len(data) > self.limits.max_bytes:
-            raise TooLarge(f"{len(data)} bytes is over the {self.limits.max_bytes}-byte limit")
+            raise TooLarge.over(len(data), self.limits.max_bytes)
         kind = sniff(data)
         if kind is None:
             raise UnsupportedType("not a recognised image (checked the file's bytes, not its name)")

@@ -26,7 +26,7 @@ class LitestarStore:
         if data is None:
             raise ObjectNotFound(f"{key} does not exist")
         if max_bytes is not None and len(data) > max_bytes:
-            raise TooLarge(f"{len(data)} bytes is over the {max_bytes}-byte limit")
+            raise TooLarge.over(len(data), max_bytes)
         return RawObject(data, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data))
 
     async def read_optional(self, key: str) -> bytes | None:

@@ -112,7 +112,7 @@ class S3Store:
             async with response["Body"] as body:
                 size = response["ContentLength"]
                 if max_bytes is not None and size > max_bytes:
-                    raise TooLarge(f"{size} bytes is over the {max_bytes}-byte limit")
+                    raise TooLarge.over(size, max_bytes)
                 data = await body.read()
         if len(data) != size:
             raise StorageFailure(f"short read of s3://{self.bucket}/{key}: {len(data)} of {size} bytes")
