@@ -24,3 +24,24 @@ def test_importing_the_handler_defers_heavy_and_optional_modules(tmp_path):
     assert "image_pipeline" in loaded
     assert loaded.isdisjoint(DEFERRED), sorted(loaded & set(DEFERRED))
     assert "PIL.AvifImagePlugin" not in loaded  # image plugins load when an image of that type arrives
+
+
+def test_first_image_loads_only_the_plugins_it_uses():
+    """Pillow imports all ~40 plugins on the first open/save of a format it has not registered;
+    the processor imports just the ones a JPEG → WebP + JPEG job needs."""
+    code = (
+        "import io, json, sys\n"
+        "from PIL import Image\n"
+        "from image_pipeline import ImageProcessor\n"
+        "from image_pipeline.settings import DEFAULTS, parse_variants\n"
+        "b = io.BytesIO(); Image.new('RGB', (640, 480), 'red').save(b, 'JPEG')\n"
+        "out = ImageProcessor(parse_variants(DEFAULTS['VARIANTS'])).process(b.getvalue())\n"
+        "print(json.dumps({'formats': [v.format.value for v in out],"
+        " 'plugins': sorted(m for m in sys.modules if m.startswith('PIL.') and m.endswith('ImagePlugin'))}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["formats"] == ["webp", "webp", "jpeg"]
+    assert "PIL.WebPImagePlugin" in result["plugins"]
+    assert not {"PIL.AvifImagePlugin", "PIL.TiffImagePlugin", "PIL.PsdImagePlugin"} & set(result["plugins"])

@@ -20,7 +20,7 @@ from time import perf_counter
 from PIL import Image, ImageOps, ImageSequence
 
 from ..errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
-from . import geometry
+from . import geometry, plugins
 from .colour import is_rgb_profile, to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color
@@ -212,10 +212,7 @@ class ImageProcessor:
 
 def _open(data: bytes, kind: str) -> Image.Image:
     """Read the header only; the decoder is restricted to the sniffed format."""
-    if kind == "heif":
-        from .heif import register_heif
-
-        register_heif()
+    plugins.load(DECODABLE[kind][0])
     try:
         return Image.open(io.BytesIO(data), formats=[DECODABLE[kind][0]])
     except Image.DecompressionBombError as exc:
