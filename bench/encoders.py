@@ -40,6 +40,8 @@ WHITE = (255, 255, 255)
 
 def settings(q: int) -> list[tuple[ImageFormat, str, dict]]:
     return [
+        (ImageFormat.WEBP, "method 2", {"quality": q, "method": 2}),
+        (ImageFormat.WEBP, "method 3", {"quality": q, "method": 3}),
         (ImageFormat.WEBP, "method 4", {"quality": q, "method": 4}),
         (ImageFormat.WEBP, "method 6", {"quality": q, "method": 6}),
         (ImageFormat.AVIF, "speed 8", {"quality": q, "speed": 8}),
