@@ -18,7 +18,7 @@ from time import perf_counter
 from . import keys, manifest
 from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, TooLarge
 from .processor import ImageProcessor, ProcessedImage
-from .storage import ObjectNotFound, ObjectStore
+from .storage import ObjectChanged, ObjectNotFound, ObjectStore
 
 STATUS_TAG = "image-pipeline-status"
 ERROR_TAG = "image-pipeline-error"
@@ -102,7 +102,7 @@ class ImageService:
         # Compare with the object as it is now, not with the event: a late event for an older
         # upload must neither skip nor delete/tag the newer one (which is processed instead).
         if owner == ref.key and recorded == raw.etag:
-            await self._dispose(store, ref.key)  # idempotent: finishes a run that died after the manifest
+            await self._dispose(store, ref.key, raw.etag)  # idempotent: finishes a run that died after the manifest
             return Outcome("skipped", ref.key, reason="manifest already records this ETag")
 
         try:
@@ -115,10 +115,11 @@ class ImageService:
             return await self._reject(store, ref, CorruptImage(f"{type(exc).__name__}: {exc}"), started, raw.size)
 
         record = await self._write_outputs(store, ref, prefix, raw.etag, processed, started)
-        await self._dispose(store, ref.key)
+        disposed = await self._dispose(store, ref.key, raw.etag)
         return Outcome(
             "processed",
             ref.key,
+            reason="" if disposed else "a newer upload replaced the raw object meanwhile; it is left for its own event",
             bytes_in=raw.size,
             bytes_out=sum(v["bytes"] for v in record["variants"]),
             processing_ms=processed.processing_ms,
@@ -153,14 +154,19 @@ class ImageService:
         await store.write(keys.manifest_key(prefix), manifest.dumps(record), "application/json", {"source-etag": etag})
         return record
 
-    async def _dispose(self, store: ObjectStore, key: str) -> None:
+    async def _dispose(self, store: ObjectStore, key: str, etag: str) -> bool:
+        """Tag the raw object `processed` or delete it. A delete removes only the version that was
+        processed: a newer upload under the same key (False) stays for its own event."""
         try:
             if self.disposition == "delete":
-                await store.delete(key)
+                await store.delete(key, etag=etag)
             else:
                 await store.set_tags(key, {STATUS_TAG: "processed"}, remove=(ERROR_TAG,))
         except ObjectNotFound:
             pass  # already deleted (delete mode, or by its owner): nothing left to mark
+        except ObjectChanged:
+            return False
+        return True
 
     async def _reject(
         self, store: ObjectStore, ref: ObjectRef, error: PipelineError, started: float, bytes_in: int = 0

@@ -13,7 +13,7 @@ from litestar_storages import FileSystemConfig, FileSystemStorage, MemoryStorage
 from image_pipeline.errors import StorageFailure, TooLarge
 from image_pipeline.processor import ImageProcessor, VariantConfig
 from image_pipeline.service import ImageService, ObjectRef
-from image_pipeline.storage import LitestarStore, ObjectNotFound
+from image_pipeline.storage import LitestarStore, ObjectChanged, ObjectNotFound
 from image_pipeline.storage.s3 import S3Connection
 from tests.images import decode, photo
 
@@ -114,6 +114,22 @@ def test_tags_merge_and_survive_until_delete(with_store):
         assert await store.get_tags("t.jpg") == {"owner": "alice", "image-pipeline-status": "processed"}
         await store.delete("t.jpg")
         assert await store.read_optional("t.jpg") is None
+
+    with_store(body)
+
+
+def test_a_delete_for_one_version_never_removes_a_newer_upload(with_store):
+    async def body(store):
+        await store.write("raw/v.jpg", b"first", "image/jpeg", {})
+        first = await store.read("raw/v.jpg")
+        await store.write("raw/v.jpg", b"second", "image/jpeg", {})  # replaced after it was read
+        with pytest.raises(ObjectChanged):
+            await store.delete("raw/v.jpg", etag=first.etag)
+        assert (await store.read("raw/v.jpg")).data == b"second"
+        await store.delete("raw/v.jpg", etag=(await store.read("raw/v.jpg")).etag)
+        assert await store.exists("raw/v.jpg") is False
+        with pytest.raises(ObjectNotFound):
+            await store.delete("raw/v.jpg", etag=first.etag)
 
     with_store(body)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from image_pipeline.runtime import Runtime
 from image_pipeline.service import ObjectRef
@@ -130,3 +131,27 @@ def test_concurrent_invocations_for_different_keys_all_complete(s3, bucket, prox
     assert run_concurrently(proxy.url, refs) == ["processed"] * 4
     assert len(check_manifests(s3, bucket)) == 4
     assert all(tags(s3, bucket, o.key) == {STATUS: "processed"} for o in objs)
+
+
+def test_delete_mode_never_deletes_an_upload_that_replaced_the_one_processed(s3, bucket, proxy):
+    key = "raw/swap/photo.jpg"
+    first = upload(s3, bucket, key, photo(1200, 800))
+    proxy.add(Fault.delay(0.5), method="PUT", path="/processed/", times=None)  # a window to overwrite in
+    settings = Settings.from_env({**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url, "RAW_DISPOSITION": "delete"})
+    runtime = Runtime(settings)
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(runtime.handle(ObjectRef(bucket, key, first.etag))))
+    worker.start()
+    deadline = time.monotonic() + 20
+    while not proxy.requests("PUT", "/processed/") and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    second = upload(s3, bucket, key, photo(600, 900, "PNG"))  # the user uploads again meanwhile
+    worker.join(timeout=60)
+    runtime.close()
+
+    assert outcome and outcome[0].status == "processed"
+    remaining = s3.list_objects_v2(Bucket=bucket, Prefix=key).get("Contents", [])
+    assert [o["ETag"].strip('"') for o in remaining] == [second.etag]  # still there, for its own event
+    assert "newer upload" in outcome[0].reason
+    assert manifest(s3, bucket, "processed/swap/photo/")["source"]["etag"] == first.etag

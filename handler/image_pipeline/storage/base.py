@@ -1,8 +1,9 @@
 """The small store contract the service needs, whatever holds the objects.
 
 Every backend (S3, filesystem, memory) passes the same contract tests (tests/contract). Errors:
-`ObjectNotFound` for a missing key, `StorageFailure` for anything the store could not do after
-its own retries; nothing else escapes.
+`ObjectNotFound` for a missing key, `ObjectChanged` when a conditional delete finds a newer
+version, `StorageFailure` for anything the store could not do after its own retries; nothing
+else escapes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ class ObjectNotFound(StorageFailure):
     """The key does not exist (any more)."""
 
     code = "not_found"
+    permanent = True
+
+
+class ObjectChanged(StorageFailure):
+    """The key now holds another version than the one the caller read (a newer upload)."""
+
+    code = "changed"
     permanent = True
 
 
@@ -60,6 +68,8 @@ class ObjectStore(Protocol):
     async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
         """Merge `tags` into the object's tags, dropping the `remove` keys (other tags are kept)."""
 
-    async def delete(self, key: str) -> None: ...
+    async def delete(self, key: str, etag: str | None = None) -> None:
+        """Delete `key`. With `etag`, only while the key still holds that version: a newer upload
+        under the same key raises `ObjectChanged` and stays (S3 conditional delete, If-Match)."""
 
     async def close(self) -> None: ...

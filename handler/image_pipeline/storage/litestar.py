@@ -12,7 +12,7 @@ import json
 from litestar_storages import BaseStorage, StorageError, StorageFileNotFoundError
 
 from ..errors import StorageFailure, TooLarge
-from .base import ObjectNotFound, RawObject, merge_tags
+from .base import ObjectChanged, ObjectNotFound, RawObject, merge_tags
 
 TAGS_PREFIX = ".tags/"
 
@@ -27,7 +27,7 @@ class LitestarStore:
             raise ObjectNotFound(f"{key} does not exist")
         if max_bytes is not None and len(data) > max_bytes:
             raise TooLarge.over(len(data), max_bytes)
-        return RawObject(data, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data))
+        return RawObject(data, _etag(data), len(data))
 
     async def read_optional(self, key: str) -> bytes | None:
         return await self._get(key)
@@ -48,7 +48,13 @@ class LitestarStore:
         merged = merge_tags(await self.get_tags(key), tags, remove)
         await self.write(TAGS_PREFIX + key + ".json", json.dumps(merged).encode(), "application/json", {})
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, etag: str | None = None) -> None:
+        if etag is not None:  # not atomic here: these backends serve one process at a time
+            current = await self._get(key)
+            if current is None:
+                raise ObjectNotFound(f"{key} does not exist")
+            if _etag(current) != etag:
+                raise ObjectChanged(f"{key} is no longer the version read")
         try:
             await self.storage.delete(key)
             await self.storage.delete(TAGS_PREFIX + key + ".json")
@@ -73,3 +79,8 @@ class LitestarStore:
             return await self.storage.exists(key)
         except StorageError as exc:
             raise StorageFailure(f"could not check {key}: {exc}") from exc
+
+
+def _etag(data: bytes) -> str:
+    """What S3 reports for a single-part upload: the hex MD5 of the bytes."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()

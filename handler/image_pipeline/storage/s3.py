@@ -15,9 +15,10 @@ from typing import Any
 from litestar_storages import S3Config, S3Storage, StorageError, StorageFileNotFoundError
 
 from ..errors import StorageFailure, TooLarge
-from .base import ObjectNotFound, RawObject, merge_tags
+from .base import ObjectChanged, ObjectNotFound, RawObject, merge_tags
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_CHANGED = {"PreconditionFailed", "412"}
 
 
 class _LentClient:
@@ -151,7 +152,10 @@ class S3Store:
         tag_set = [{"Key": k, "Value": v} for k, v in merged.items()]
         await self._call("put_object_tagging", key, Tagging={"TagSet": tag_set})
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, etag: str | None = None) -> None:
+        if etag is not None:  # S3 conditional delete (If-Match): 412 when a newer upload replaced it
+            await self._call("delete_object", key, IfMatch=f'"{etag}"')
+            return
         try:
             await self.storage.delete(key)
         except StorageError as exc:
@@ -174,8 +178,11 @@ def _typed_errors(operation: str, url: str) -> Iterator[None]:
     try:
         yield
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in _NOT_FOUND:
             raise ObjectNotFound(f"{url} does not exist") from exc
+        if code in _CHANGED:
+            raise ObjectChanged(f"{url} is no longer the version read ({operation} precondition failed)") from exc
         raise StorageFailure(f"{operation} {url} failed: {exc}") from exc
     except (BotoCoreError, HttpError, OSError) as exc:
         raise StorageFailure(f"{operation} {url} failed: {exc}") from exc
