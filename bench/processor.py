@@ -112,7 +112,7 @@ def _run_naive(data: bytes, variants, lossless: bool = False) -> list[tuple[str,
     optimize. No EXIF orientation, no colour management."""
     from PIL import Image, ImageOps
 
-    from image_pipeline import Fit, ImageFormat
+    from image_pipeline import Fit
     from image_pipeline.processor.encode import prepare
 
     source = Image.open(io.BytesIO(data))
@@ -128,15 +128,7 @@ def _run_naive(data: bytes, variants, lossless: bool = False) -> list[tuple[str,
             size = (max(1, int(clean.width * scale)), max(1, int(clean.height * scale)))
             image = clean if scale >= 1 else clean.resize(size, Image.Resampling.LANCZOS)
         image = prepare(image if image.mode != "P" else image.convert("RGBA"), fmt, (255, 255, 255))
-        options = {
-            ImageFormat.JPEG: {"quality": spec.quality, "optimize": True, "progressive": True},
-            ImageFormat.WEBP: {"quality": spec.quality, "method": 6},
-            ImageFormat.PNG: {"compress_level": 1} if lossless else {"optimize": True},
-            ImageFormat.AVIF: {"quality": spec.quality},
-        }.get(fmt, {})
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt.pillow_name, **options)
-        out.append((spec.name, buffer.getvalue(), fmt.value))
+        out.append((spec.name, _save_best(image, fmt, spec.quality, lossless, progressive=True), fmt.value))
     return out
 
 
@@ -146,7 +138,7 @@ def _run_plain(data: bytes, variants, lossless: bool = False) -> list[tuple[str,
     pixel copy, WebP method 6 and optimised JPEG."""
     from PIL import Image, ImageOps
 
-    from image_pipeline import Fit, ImageFormat
+    from image_pipeline import Fit
 
     out = []
     for spec in variants:
@@ -157,17 +149,25 @@ def _run_plain(data: bytes, variants, lossless: bool = False) -> list[tuple[str,
             image = ImageOps.fit(image, (spec.max_width, spec.max_height), Image.Resampling.LANCZOS)
         else:
             image.thumbnail((spec.max_width, spec.max_height), Image.Resampling.LANCZOS)
-        options = {
-            ImageFormat.WEBP: {"quality": spec.quality, "method": 6},
-            ImageFormat.JPEG: {"quality": spec.quality, "optimize": True},
-            ImageFormat.PNG: {"compress_level": 1} if lossless else {"optimize": True},
-            ImageFormat.AVIF: {"quality": spec.quality},
-        }.get(fmt, {})
-        buffer = io.BytesIO()
-        image.save(buffer, format=fmt.pillow_name, **options)
-        out.append((spec.name, buffer.getvalue(), fmt.value))
+        out.append((spec.name, _save_best(image, fmt, spec.quality, lossless, progressive=False), fmt.value))
         del image
     return out
+
+
+def _save_best(image, fmt, quality: int, lossless: bool, progressive: bool) -> bytes:
+    """The baselines' "best compression" settings: optimised JPEG, WebP method 6, PNG optimize
+    (the lossless geometry rows: PNG level 1, SSIM only)."""
+    from image_pipeline import ImageFormat
+
+    options = {
+        ImageFormat.JPEG: {"quality": quality, "optimize": True, "progressive": progressive},
+        ImageFormat.WEBP: {"quality": quality, "method": 6},
+        ImageFormat.PNG: {"compress_level": 1} if lossless else {"optimize": True},
+        ImageFormat.AVIF: {"quality": quality},
+    }.get(fmt, {})
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt.pillow_name, **options)
+    return buffer.getvalue()
 
 
 RUNNERS = {"naive": _run_naive, "plain": _run_plain}
