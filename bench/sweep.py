@@ -27,7 +27,7 @@ to 1 ms). Peak RSS = the worker's VmHWM after all events (interpreter + librarie
 Cost per million images (arm64, us-east-1 list prices):
   Lambda = mean seconds × memory GB × $0.0000133334 × 1e6 + $0.20 (requests)
   S3     = PUT $0.005/1000 × (variants + manifest + PutObjectTagging)
-           + GET $0.0004/1000 × (manifest GET + raw GET + GetObjectTagging)
+           + GET $0.0004/1000 × (manifest GET + raw GET + HEAD + GetObjectTagging)
 Choice: the cheapest memory (Lambda cost of the 12 MP photo) whose 12 MP p95 ≤ --goal-p95-ms and
 whose peak RSS ≤ (1 − --headroom) × memory.
 """
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     n_corpus = len(corpus)
     puts = args.variants_count + 2  # variants + manifest + PutObjectTagging
-    gets = 3  # manifest GET (404 on first processing) + raw GET + GetObjectTagging
+    gets = 4  # manifest GET (404 on first processing) + raw GET + HEAD (still that upload?) + GetObjectTagging
     s3_cost = (puts * PUT_PRICE + gets * GET_PRICE) * 1e6
     rows = []
     for memory in memories:

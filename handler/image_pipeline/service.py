@@ -2,7 +2,10 @@
 
     read the manifest and the raw object together (one round trip) → skip if the manifest
     already records this upload → process
-    → write every variant concurrently → write manifest LAST → tag `processed` or delete raw
+    → write every variant concurrently → write manifest LAST
+    → tag `processed` or delete raw, if it is still the version processed; if a newer upload
+      replaced it meanwhile, go again with that one: our writes may have interleaved with its
+      own invocation's, and the last writer must leave outputs that match the raw object
 
 A bad image (any `ImageRejected`) is tagged `failed` with its code and kept; nothing is written
 under the output prefix. A storage failure propagates as `StorageFailure` so the caller reports it
@@ -16,11 +19,12 @@ from dataclasses import dataclass, field
 from time import perf_counter
 
 from . import keys, manifest
-from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, TooLarge
+from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, StorageFailure, TooLarge
 from .processor import ImageProcessor, ProcessedImage
 from .storage import ObjectChanged, ObjectNotFound, ObjectStore
 
 STATUS_TAG = "image-pipeline-status"
+MAX_ROUNDS = 3  # passes over one object when it keeps being replaced while being processed
 ERROR_TAG = "image-pipeline-error"
 
 
@@ -75,11 +79,26 @@ class ImageService:
             return await self._reject(store, ref, exc, started)
         if prefix is None:
             return Outcome("ignored", ref.key, reason=f"outside {self.raw_prefix!r}")
-        manifest_key = keys.manifest_key(prefix)
 
         limit = self.processor.limits.max_bytes
         if ref.size is not None and ref.size > limit:
             return await self._reject(store, ref, TooLarge.over(ref.size, limit), started)
+        for round_ in range(MAX_ROUNDS):
+            outcome = await self._handle_current(store, ref, prefix, started, redo=round_ > 0)
+            if outcome is not None:
+                if round_:
+                    outcome.reason = outcome.reason or f"processed again ({round_}×): the upload was replaced meanwhile"
+                return outcome
+        raise StorageFailure(f"{ref.key} was replaced {MAX_ROUNDS} times while its outputs were written; retry later")
+
+    async def _handle_current(
+        self, store: ObjectStore, ref: ObjectRef, prefix: str, started: float, redo: bool
+    ) -> Outcome | None:
+        """One pass over the object as it is now. None: it was replaced while its outputs were being
+        written, so they may be stale (another invocation's writes can interleave with ours) and
+        the caller must go again, without the "already done" shortcut."""
+        manifest_key = keys.manifest_key(prefix)
+        limit = self.processor.limits.max_bytes
         # Both reads at once: one round trip instead of two for every new image; a duplicate
         # delivery (rare) wastes the raw GET but still does no image work.
         stored_manifest, raw = await asyncio.gather(
@@ -101,8 +120,10 @@ class ImageService:
             return await self._reject(store, ref, conflict, started, bytes_in=raw.size)
         # Compare with the object as it is now, not with the event: a late event for an older
         # upload must neither skip nor delete/tag the newer one (which is processed instead).
-        if owner == ref.key and recorded == raw.etag:
-            await self._dispose(store, ref.key, raw.etag)  # idempotent: finishes a run that died after the manifest
+        if not redo and owner == ref.key and recorded == raw.etag:
+            # idempotent: finishes a run that died after the manifest
+            if not await self._dispose(store, ref.key, raw.etag):
+                return None
             return Outcome("skipped", ref.key, reason="manifest already records this ETag")
 
         try:
@@ -115,11 +136,11 @@ class ImageService:
             return await self._reject(store, ref, CorruptImage(f"{type(exc).__name__}: {exc}"), started, raw.size)
 
         record = await self._write_outputs(store, ref, prefix, raw.etag, processed, started)
-        disposed = await self._dispose(store, ref.key, raw.etag)
+        if not await self._dispose(store, ref.key, raw.etag):
+            return None
         return Outcome(
             "processed",
             ref.key,
-            reason="" if disposed else "a newer upload replaced the raw object meanwhile; it is left for its own event",
             bytes_in=raw.size,
             bytes_out=sum(v["bytes"] for v in record["variants"]),
             processing_ms=processed.processing_ms,
@@ -155,12 +176,18 @@ class ImageService:
         return record
 
     async def _dispose(self, store: ObjectStore, key: str, etag: str) -> bool:
-        """Tag the raw object `processed` or delete it. A delete removes only the version that was
-        processed: a newer upload under the same key (False) stays for its own event."""
+        """Tag the raw object `processed` or delete it, if it is still the version processed.
+
+        False when a newer upload has replaced it: its outputs may then have been overwritten by
+        ours, so the caller processes it again. The check is a HEAD before tagging (S3 tagging has
+        no condition) and S3's conditional delete (If-Match) when deleting."""
         try:
             if self.disposition == "delete":
                 await store.delete(key, etag=etag)
             else:
+                current = await store.etag(key)
+                if current is not None and current != etag:
+                    return False
                 await store.set_tags(key, {STATUS_TAG: "processed"}, remove=(ERROR_TAG,))
         except ObjectNotFound:
             pass  # already deleted (delete mode, or by its owner): nothing left to mark

@@ -62,6 +62,7 @@ def test_write_then_read_returns_the_bytes_and_a_stable_etag(with_store):
         first = await store.read("a/b.bin")
         second = await store.read("a/b.bin")
         assert first.data == b"hello" and first.size == 5 and first.etag and first.etag == second.etag
+        assert await store.etag("a/b.bin") == first.etag  # a HEAD agrees with the GET
         await store.write("a/b.bin", b"changed", "application/octet-stream", {})
         assert (await store.read("a/b.bin")).etag != first.etag
 
@@ -72,6 +73,7 @@ def test_missing_keys(with_store):
     async def body(store):
         assert await store.read_optional("nope") is None
         assert await store.exists("nope") is False
+        assert await store.etag("nope") is None
         await store.write("here", b"x", "text/plain", {})
         assert await store.exists("here") is True
         with pytest.raises(ObjectNotFound):

@@ -133,25 +133,51 @@ def test_concurrent_invocations_for_different_keys_all_complete(s3, bucket, prox
     assert all(tags(s3, bucket, o.key) == {STATUS: "processed"} for o in objs)
 
 
-def test_delete_mode_never_deletes_an_upload_that_replaced_the_one_processed(s3, bucket, proxy):
+def _overwrite_while_outputs_are_written(s3, bucket, proxy, disposition, finish_new_first):
+    """An upload is processed through a proxy that holds every output PUT for 0.5 s; while the
+    first PUT is held the key is uploaded again, and (optionally) the new upload is processed
+    to completion by another invocation straight against S3, before the held writes land."""
     key = "raw/swap/photo.jpg"
     first = upload(s3, bucket, key, photo(1200, 800))
-    proxy.add(Fault.delay(0.5), method="PUT", path="/processed/", times=None)  # a window to overwrite in
-    settings = Settings.from_env({**os.environ, "AWS_ENDPOINT_URL_S3": proxy.url, "RAW_DISPOSITION": "delete"})
-    runtime = Runtime(settings)
+    proxy.add(Fault.delay(0.5), method="PUT", path="/processed/", times=None)
+    env = {**os.environ, "RAW_DISPOSITION": disposition}
+    slow = Runtime(Settings.from_env({**env, "AWS_ENDPOINT_URL_S3": proxy.url}))
     outcome = []
-    worker = threading.Thread(target=lambda: outcome.append(runtime.handle(ObjectRef(bucket, key, first.etag))))
+    worker = threading.Thread(target=lambda: outcome.append(slow.handle(ObjectRef(bucket, key, first.etag))))
     worker.start()
     deadline = time.monotonic() + 20
     while not proxy.requests("PUT", "/processed/") and time.monotonic() < deadline:
         time.sleep(0.01)
-
     second = upload(s3, bucket, key, photo(600, 900, "PNG"))  # the user uploads again meanwhile
+    if finish_new_first:
+        fast = Runtime(Settings.from_env(env))
+        assert fast.handle(ObjectRef(bucket, key, second.etag)).status == "processed"
+        fast.close()
     worker.join(timeout=60)
-    runtime.close()
+    slow.close()
+    return key, second, outcome[0]
 
-    assert outcome and outcome[0].status == "processed"
-    remaining = s3.list_objects_v2(Bucket=bucket, Prefix=key).get("Contents", [])
-    assert [o["ETag"].strip('"') for o in remaining] == [second.etag]  # still there, for its own event
-    assert "newer upload" in outcome[0].reason
-    assert manifest(s3, bucket, "processed/swap/photo/")["source"]["etag"] == first.etag
+
+def _outputs_match(s3, bucket, upload_) -> None:
+    (record,) = check_manifests(s3, bucket)
+    assert record["source"]["etag"] == upload_.etag
+    large = decode(s3.get_object(Bucket=bucket, Key="processed/swap/photo/large.jpg")["Body"].read())
+    assert large.size == (600, 900)  # the new picture's pixels, not the old one's
+    thumb = s3.get_object(Bucket=bucket, Key="processed/swap/photo/thumbnail.webp")
+    assert thumb["Metadata"]["source-etag"] == upload_.etag
+
+
+def test_delete_mode_never_deletes_an_upload_that_replaced_the_one_processed(s3, bucket, proxy):
+    key, second, outcome = _overwrite_while_outputs_are_written(s3, bucket, proxy, "delete", False)
+
+    _outputs_match(s3, bucket, second)  # the new upload was processed before it was deleted
+    assert outcome.status == "processed" and "replaced" in outcome.reason
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=key).get("KeyCount") == 0
+
+
+def test_stale_writes_landing_after_the_newer_upload_was_processed_are_redone(s3, bucket, proxy):
+    key, second, outcome = _overwrite_while_outputs_are_written(s3, bucket, proxy, "tag", True)
+
+    _outputs_match(s3, bucket, second)  # not the older picture, whose writes landed last
+    assert outcome.status == "processed" and "replaced" in outcome.reason
+    assert tags(s3, bucket, key) == {STATUS: "processed"}

@@ -60,6 +60,9 @@ class ObjectStore(Protocol):
 
     async def exists(self, key: str) -> bool: ...
 
+    async def etag(self, key: str) -> str | None:
+        """The key's current ETag (one HEAD), or None when it does not exist."""
+
     async def write(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         """Store `data`; S3 adds the configured Cache-Control."""
 

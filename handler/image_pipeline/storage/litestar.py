@@ -74,6 +74,10 @@ class LitestarStore:
         except StorageError as exc:
             raise StorageFailure(f"could not read {key}: {exc}") from exc
 
+    async def etag(self, key: str) -> str | None:
+        data = await self._get(key)
+        return None if data is None else _etag(data)
+
     async def exists(self, key: str) -> bool:
         try:
             return await self.storage.exists(key)

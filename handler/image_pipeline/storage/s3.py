@@ -128,11 +128,14 @@ class S3Store:
             raise StorageFailure(f"could not read s3://{self.bucket}/{key}: {exc}") from exc
 
     async def exists(self, key: str) -> bool:
+        return await self.etag(key) is not None
+
+    async def etag(self, key: str) -> str | None:
         try:
-            await self._call("head_object", key)
+            response = await self._call("head_object", key)
         except ObjectNotFound:
-            return False
-        return True
+            return None
+        return response["ETag"].strip('"')
 
     async def write(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         try:
