@@ -83,11 +83,11 @@ class ImageService:
         limit = self.processor.limits.max_bytes
         if ref.size is not None and ref.size > limit:
             return await self._reject(store, ref, TooLarge.over(ref.size, limit), started)
-        for round_ in range(MAX_ROUNDS):
-            outcome = await self._handle_current(store, ref, prefix, started, redo=round_ > 0)
+        for attempt in range(MAX_ROUNDS):
+            outcome = await self._handle_current(store, ref, prefix, started, redo=attempt > 0)
             if outcome is not None:
-                if round_:
-                    outcome.reason = outcome.reason or f"processed again ({round_}×): the upload was replaced meanwhile"
+                if attempt:
+                    outcome.reason = outcome.reason or f"processed again ({attempt}×): the upload was replaced meanwhile"
                 return outcome
         raise StorageFailure(f"{ref.key} was replaced {MAX_ROUNDS} times while its outputs were written; retry later")
 
