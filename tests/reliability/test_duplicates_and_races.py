@@ -75,8 +75,9 @@ def run_concurrently(endpoint: str, refs: list[ObjectRef]) -> list[str]:
 def test_two_invocations_for_the_same_key_at_once_end_consistent(s3, bucket, proxy):
     obj = upload(s3, bucket, "raw/race/photo.jpg", photo(1600, 1200))
     # Slow every output write, so both invocations pass the "already done?" check before either
-    # has written anything: the race really happens, every time.
-    proxy.add(Fault.delay(0.3), method="PUT", path="/processed/", times=None)
+    # has written anything: the race really happens, every time (1 s: a runtime that starts late
+    # on a loaded machine still reads before the other's manifest lands).
+    proxy.add(Fault.delay(1.0), method="PUT", path="/processed/", times=None)
     ref = ObjectRef(bucket, obj.key, obj.etag, obj.size)
 
     statuses = run_concurrently(proxy.url, [ref, ref])
