@@ -4,12 +4,19 @@ manifest that matches the variants next to it and the latest upload."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
 
+import pytest
+from litestar_storages import MemoryStorage
+
+from image_pipeline.errors import StorageFailure
+from image_pipeline.processor import ImageProcessor, VariantConfig
 from image_pipeline.runtime import Runtime
-from image_pipeline.service import ObjectRef
+from image_pipeline.service import MAX_ROUNDS, ImageService, ObjectRef
+from image_pipeline.storage import LitestarStore
 from image_pipeline.settings import Settings
 from tests.images import decode, photo
 from tests.reliability.faultproxy import Fault
@@ -182,3 +189,37 @@ def test_stale_writes_landing_after_the_newer_upload_was_processed_are_redone(s3
     _outputs_match(s3, bucket, second)  # not the older picture, whose writes landed last
     assert outcome.status == "processed" and "replaced" in outcome.reason
     assert tags(s3, bucket, key) == {STATUS: "processed"}
+
+
+class _ReplacedAfterEveryManifest(LitestarStore):
+    """A real in-memory store in which the user uploads the raw key again right after each
+    manifest is written: the pipeline can never finish a pass on the version it read."""
+
+    RAW = "raw/busy/photo.jpg"
+
+    def __init__(self) -> None:
+        super().__init__(MemoryStorage())
+        self.uploads = 0
+
+    async def write(self, key, data, content_type, metadata):
+        await super().write(key, data, content_type, metadata)
+        if key.endswith("manifest.json"):
+            self.uploads += 1
+            await super().write(self.RAW, photo(300 + self.uploads, 200), "image/jpeg", {})
+
+
+def test_an_upload_replaced_on_every_pass_is_reported_for_a_retry_not_tagged():
+    store = _ReplacedAfterEveryManifest()
+    service = ImageService(ImageProcessor([VariantConfig("small", 64, 64, format="webp")]))
+
+    async def run():
+        await store.write(store.RAW, photo(300, 200), "image/jpeg", {})
+        store.uploads = 0
+        return await service.handle(store, ObjectRef("bucket", store.RAW))
+
+    with pytest.raises(StorageFailure) as failure:
+        asyncio.run(run())
+
+    assert failure.value.permanent is False  # reported, so Lambda / SQS deliver it again
+    assert store.uploads == MAX_ROUNDS  # bounded: one pass per version it saw
+    assert asyncio.run(store.get_tags(store.RAW)) == {}  # the newest upload is not marked processed
