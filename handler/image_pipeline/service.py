@@ -24,8 +24,8 @@ from .processor import ImageProcessor, ProcessedImage
 from .storage import ObjectChanged, ObjectNotFound, ObjectStore
 
 STATUS_TAG = "image-pipeline-status"
-MAX_ROUNDS = 3  # passes over one object when it keeps being replaced while being processed
 ERROR_TAG = "image-pipeline-error"
+MAX_ROUNDS = 3  # passes over one object when it keeps being replaced while being processed
 
 
 @dataclass(frozen=True)
