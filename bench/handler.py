@@ -207,7 +207,7 @@ def worker(spec_path: str) -> None:
 
         return wrapper
 
-    for op in ("read_optional", "read", "write", "etag", "set_tags", "delete"):
+    for op in ("read_optional", "read", "write", "etag", "get_tags", "set_tags", "delete"):
         setattr(S3Store, op, timed(op, getattr(S3Store, op)))
 
     outcomes = []
@@ -251,8 +251,8 @@ def worker(spec_path: str) -> None:
             "manifest GET + raw GET (concurrent)": dur([c for c in calls if c[0] in ("read_optional", "read")]),
             "variant PUTs (concurrent)": dur(variant_writes),
             "manifest PUT": dur(manifest_writes),
-            "still the same upload? (HEAD)": dur([c for c in calls if c[0] == "etag"]),
-            "tagging GET+PUT": dur([c for c in calls if c[0] in ("set_tags", "delete")]),
+            "HEAD (still that upload?) + tagging GET (concurrent)": dur([c for c in calls if c[0] in ("etag", "get_tags")]),
+            "tagging PUT (or conditional DELETE)": dur([c for c in calls if c[0] in ("set_tags", "delete")]),
         }
         rows.append({
             "event": i,

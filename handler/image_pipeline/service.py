@@ -185,10 +185,11 @@ class ImageService:
             if self.disposition == "delete":
                 await store.delete(key, etag=etag)
             else:
-                current = await store.etag(key)
+                # Both reads in one round trip; the tags are only used if the version matches.
+                current, existing = await asyncio.gather(store.etag(key), store.get_tags(key))
                 if current is not None and current != etag:
                     return False
-                await store.set_tags(key, {STATUS_TAG: "processed"}, remove=(ERROR_TAG,))
+                await store.set_tags(key, {STATUS_TAG: "processed"}, remove=(ERROR_TAG,), existing=existing)
         except ObjectNotFound:
             pass  # already deleted (delete mode, or by its owner): nothing left to mark
         except ObjectChanged:

@@ -68,8 +68,11 @@ class ObjectStore(Protocol):
 
     async def get_tags(self, key: str) -> dict[str, str]: ...
 
-    async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
-        """Merge `tags` into the object's tags, dropping the `remove` keys (other tags are kept)."""
+    async def set_tags(
+        self, key: str, tags: dict[str, str], remove: tuple[str, ...] = (), existing: dict[str, str] | None = None
+    ) -> None:
+        """Merge `tags` into the object's tags, dropping the `remove` keys (other tags are kept).
+        `existing`: the tags the caller has just read, which saves reading them again."""
 
     async def delete(self, key: str, etag: str | None = None) -> None:
         """Delete `key`. With `etag`, only while the key still holds that version: a newer upload

@@ -42,10 +42,12 @@ class LitestarStore:
         raw = await self._get(TAGS_PREFIX + key + ".json")
         return json.loads(raw) if raw else {}
 
-    async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
+    async def set_tags(
+        self, key: str, tags: dict[str, str], remove: tuple[str, ...] = (), existing: dict[str, str] | None = None
+    ) -> None:
         if not await self.exists(key):
             raise ObjectNotFound(f"{key} does not exist")
-        merged = merge_tags(await self.get_tags(key), tags, remove)
+        merged = merge_tags(await self.get_tags(key) if existing is None else existing, tags, remove)
         await self.write(TAGS_PREFIX + key + ".json", json.dumps(merged).encode(), "application/json", {})
 
     async def delete(self, key: str, etag: str | None = None) -> None:

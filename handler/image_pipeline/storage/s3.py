@@ -147,8 +147,11 @@ class S3Store:
         response = await self._call("get_object_tagging", key)
         return {t["Key"]: t["Value"] for t in response.get("TagSet", [])}
 
-    async def set_tags(self, key: str, tags: dict[str, str], remove: tuple[str, ...] = ()) -> None:
-        existing = await self.get_tags(key)
+    async def set_tags(
+        self, key: str, tags: dict[str, str], remove: tuple[str, ...] = (), existing: dict[str, str] | None = None
+    ) -> None:
+        if existing is None:
+            existing = await self.get_tags(key)
         merged = merge_tags(existing, tags, remove)
         if merged == existing:
             return  # already so, or no room left beside the uploader's own tags
