@@ -52,10 +52,10 @@ class LitestarStore:
 
     async def delete(self, key: str, etag: str | None = None) -> None:
         if etag is not None:  # not atomic here: these backends serve one process at a time
-            current = await self._get(key)
+            current = await self.etag(key)
             if current is None:
                 raise ObjectNotFound(f"{key} does not exist")
-            if _etag(current) != etag:
+            if current != etag:
                 raise ObjectChanged(f"{key} is no longer the version read")
         try:
             await self.storage.delete(key)
