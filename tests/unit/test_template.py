@@ -266,7 +266,8 @@ def test_bucket_policy_denies_plain_http(template: dict[str, Any], bucket: tuple
     assert policy["Properties"]["Bucket"] == {"Ref": bucket_name}
     denies = [
         st
-        for st in policy["Properties"]["PolicyDocument"]["Statement"]
+        for item in policy["Properties"]["PolicyDocument"]["Statement"]
+        for st in branches(item)
         if st["Effect"] == "Deny" and st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
     ]
     assert denies, "no statement denies requests without TLS"
