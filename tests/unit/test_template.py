@@ -649,3 +649,393 @@ def test_requirements_txt_is_in_step_with_pyproject() -> None:
 def test_every_pyproject_dependency_is_shipped_to_lambda() -> None:
     missing = set(_pyproject_dependencies()) - set(_requirements_txt())
     assert not missing, f"in pyproject.toml but not handler/requirements.txt (would be missing on Lambda): {missing}"
+
+
+# ---------------------------------------------------------------- serving: CloudFront (Cdn=true)
+
+EXISTING = "template-existing-bucket.yaml"  # an existing bucket -> EventBridge rule -> Lambda (async)
+ONE_YEAR = 365 * 24 * 3600
+
+
+def _conditional(template: dict[str, Any], name: str) -> str:
+    """The condition a resource or output is created under (asserts it has one)."""
+    section = "Outputs" if name in template.get("Outputs", {}) and name not in template["Resources"] else "Resources"
+    condition = template[section][name].get("Condition")
+    assert condition, f"{name} is created whatever the parameters say"
+    return condition
+
+
+def _cdn_condition_is_cdn_true(template: dict[str, Any], condition: str) -> None:
+    assert template["Conditions"][condition] == {"Fn::Equals": [{"Ref": "Cdn"}, "true"]}
+
+
+def _policy_statements(template: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """(condition or None, statement) for every statement of the bucket policy, every branch."""
+    _, policy = only(resources_of_type(template, "AWS::S3::BucketPolicy"), "AWS::S3::BucketPolicy")
+    found = []
+    for item in policy["Properties"]["PolicyDocument"]["Statement"]:
+        if isinstance(item, dict) and set(item) == {"Fn::If"}:
+            condition, if_true, if_false = item["Fn::If"]
+            assert if_false == {"Ref": "AWS::NoValue"}, "a bucket policy statement only in the false branch"
+            found.append((condition, if_true))
+        else:
+            found.append((None, item))
+    return found
+
+
+def test_cdn_is_optional_and_off_by_default(template: dict[str, Any]) -> None:
+    param = template["Parameters"]["Cdn"]
+    assert param["Default"] == "false" and set(param["AllowedValues"]) == {"true", "false"}
+    cloudfront = {n: r for n, r in template["Resources"].items() if r["Type"].startswith("AWS::CloudFront::")}
+    assert set(r["Type"] for r in cloudfront.values()) >= {
+        "AWS::CloudFront::Distribution",
+        "AWS::CloudFront::OriginAccessControl",
+        "AWS::CloudFront::CachePolicy",
+    }
+    for name in cloudfront:
+        _cdn_condition_is_cdn_true(template, _conditional(template, name))
+    for output in ("CdnDomain", "CdnDistributionId", "PublicBaseUrl"):
+        _cdn_condition_is_cdn_true(template, template["Outputs"][output]["Condition"])
+
+
+def test_cdn_reaches_only_processed_through_origin_access_control(template: dict[str, Any]) -> None:
+    bucket_name, _ = bucket_of(template)
+    dist_name, dist = only(resources_of_type(template, "AWS::CloudFront::Distribution"), "distribution")
+    oac_name, oac = only(resources_of_type(template, "AWS::CloudFront::OriginAccessControl"), "OAC")
+    config = dist["Properties"]["DistributionConfig"]
+    (origin,) = config["Origins"]  # one origin: the bucket, nothing else
+    assert origin["DomainName"] == {"Fn::GetAtt": [bucket_name, "RegionalDomainName"]}
+    assert origin["OriginAccessControlId"] == {"Fn::GetAtt": [oac_name, "Id"]}
+    assert origin["S3OriginConfig"] == {"OriginAccessIdentity": ""}, "OAC, not a legacy origin access identity"
+    assert "CustomOriginConfig" not in origin, "an S3 website endpoint would need a public bucket"
+    assert "CacheBehaviors" not in config, "one behaviour; what it may read is the bucket policy's business"
+    oac_config = oac["Properties"]["OriginAccessControlConfig"]
+    assert oac_config["OriginAccessControlOriginType"] == "s3"
+    assert (oac_config["SigningBehavior"], oac_config["SigningProtocol"]) == ("always", "sigv4")
+
+    allows = [(cond, st) for cond, st in _policy_statements(template) if st["Effect"] == "Allow"]
+    (condition, statement), = allows  # the bucket policy allows this and nothing else
+    _cdn_condition_is_cdn_true(template, condition)
+    assert statement["Principal"] == {"Service": "cloudfront.amazonaws.com"}
+    assert as_list(statement["Action"]) == ["s3:GetObject"]
+    assert as_list(statement["Resource"]) == [{"Fn::Sub": "${" + bucket_name + ".Arn}/processed/*"}]
+    (operator, values), = statement["Condition"].items()
+    assert operator in ("StringEquals", "ArnEquals")
+    (key, source_arn), = values.items()
+    assert key == "aws:SourceArn"
+    assert source_arn == {
+        "Fn::Sub": "arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/${" + dist_name + "}"
+    }, "only this distribution"
+
+
+def test_no_bucket_policy_statement_is_public(template: dict[str, Any]) -> None:
+    _, props = bucket_of(template)
+    assert all(props["PublicAccessBlockConfiguration"][k] is True for k in (
+        "BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    for _, statement in _policy_statements(template):
+        if statement["Effect"] == "Allow":
+            assert statement["Principal"] not in ("*", {"AWS": "*"}), f"public Allow: {statement}"
+            assert "Condition" in statement, f"an Allow without a condition: {statement}"
+
+
+def test_cdn_serves_https_get_head_uncompressed_and_honours_cache_control(template: dict[str, Any]) -> None:
+    _, dist = only(resources_of_type(template, "AWS::CloudFront::Distribution"), "distribution")
+    behaviour = dist["Properties"]["DistributionConfig"]["DefaultCacheBehavior"]
+    assert behaviour["ViewerProtocolPolicy"] in ("redirect-to-https", "https-only")
+    assert behaviour["AllowedMethods"] == ["GET", "HEAD"]
+    assert behaviour["CachedMethods"] == ["GET", "HEAD"]
+    assert behaviour["Compress"] is False, "images are compressed already"
+    assert "ForwardedValues" not in behaviour, "legacy cache settings would override the cache policy"
+    policy_name = behaviour["CachePolicyId"]["Ref"]
+    policy = template["Resources"][policy_name]
+    assert policy["Type"] == "AWS::CloudFront::CachePolicy"
+    config = policy["Properties"]["CachePolicyConfig"]
+    # The origin's Cache-Control decides: manifest.json's no-cache passes (MinTTL 0) and the variants'
+    # default max-age (CacheControl parameter) is not cut short.
+    assert config["MinTTL"] == 0
+    max_age = int(template["Parameters"]["CacheControl"]["Default"].split("max-age=")[1].split(",")[0])
+    assert config["MaxTTL"] >= max_age == ONE_YEAR
+    key = config["ParametersInCacheKeyAndForwardedToOrigin"]
+    assert key["QueryStringsConfig"] == {"QueryStringBehavior": "none"}, "random query strings = origin requests"
+    assert key["CookiesConfig"] == {"CookieBehavior": "none"}
+    assert key["HeadersConfig"] == {"HeaderBehavior": "none"}
+
+
+def test_public_base_url_output_is_the_cdn_root(template: dict[str, Any]) -> None:
+    dist_name, _ = only(resources_of_type(template, "AWS::CloudFront::Distribution"), "distribution")
+    outputs = template["Outputs"]
+    assert outputs["CdnDomain"]["Value"] == {"Fn::GetAtt": [dist_name, "DomainName"]}
+    # Variant URL = PUBLIC_BASE_URL + the key in manifest.json (processed/...), so a trailing slash
+    # and no OriginPath (the viewer path is the object key).
+    assert outputs["PublicBaseUrl"]["Value"] == {"Fn::Sub": "https://${" + dist_name + ".DomainName}/"}
+    _, dist = only(resources_of_type(template, "AWS::CloudFront::Distribution"), "distribution")
+    assert all("OriginPath" not in o for o in dist["Properties"]["DistributionConfig"]["Origins"])
+
+
+# ---------------------------------------------------------------- alarms and dashboard (all three templates)
+
+
+@pytest.fixture(scope="module", params=[DIRECT, BUFFERED, EXISTING])
+def any_template(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return load(request.param)
+
+
+@pytest.fixture(scope="module")
+def existing() -> dict[str, Any]:
+    return load(EXISTING)
+
+
+def _alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: res["Properties"] for name, res in resources_of_type(template, "AWS::CloudWatch::Alarm").items()}
+
+
+def _alarm_on(template: dict[str, Any], namespace: str, metric: str) -> dict[str, Any]:
+    (alarm,) = [a for a in _alarms(template).values() if (a["Namespace"], a["MetricName"]) == (namespace, metric)]
+    return alarm
+
+
+def _dimensions(alarm: dict[str, Any]) -> dict[str, Any]:
+    return {d["Name"]: d["Value"] for d in alarm["Dimensions"]}
+
+
+def _fires_on_first(alarm: dict[str, Any], template: dict[str, Any]) -> None:
+    """The alarm fires on the first occurrence in one period (count >= 1, or > 0)."""
+    threshold = alarm["Threshold"]
+    if isinstance(threshold, dict):
+        threshold = resolve(template, threshold)
+    operator = alarm["ComparisonOperator"]
+    assert (operator, float(threshold)) in (("GreaterThanThreshold", 0.0), ("GreaterThanOrEqualToThreshold", 1.0)), (
+        operator, threshold)
+
+
+def _dead_letter_queues(template: dict[str, Any]) -> set[str]:
+    """Every queue a failed event finally lands in."""
+    queues = set()
+    _, props = function_of(template)
+    if "EventInvokeConfig" in props:
+        queues.add(props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]["Fn::GetAtt"][0])
+    for queue in resources_of_type(template, "AWS::SQS::Queue").values():
+        if "RedrivePolicy" in queue["Properties"]:
+            queues.add(queue["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0])
+    for rule in resources_of_type(template, "AWS::Events::Rule").values():
+        for target in rule["Properties"]["Targets"]:
+            queues.add(target["DeadLetterConfig"]["Arn"]["Fn::GetAtt"][0])
+    assert queues
+    return queues
+
+
+def test_every_alarm_notifies_the_topic_and_email_is_optional(any_template: dict[str, Any]) -> None:
+    template = any_template
+    topic, _ = only(resources_of_type(template, "AWS::SNS::Topic"), "AWS::SNS::Topic")
+    alarms = _alarms(template)
+    assert len(alarms) >= 5
+    for name, alarm in alarms.items():
+        assert alarm["AlarmActions"] == [{"Ref": topic}], name
+        assert alarm["TreatMissingData"] == "notBreaching", f"{name}: no data means nothing happened"
+    sub_name, sub = only(resources_of_type(template, "AWS::SNS::Subscription"), "AWS::SNS::Subscription")
+    assert sub["Properties"] == {"TopicArn": {"Ref": topic}, "Protocol": "email", "Endpoint": {"Ref": "AlarmEmail"}}
+    assert template["Conditions"][_conditional(template, sub_name)] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]
+    }
+    assert template["Parameters"]["AlarmEmail"]["Default"] == ""
+    assert template["Outputs"]["AlarmTopicArn"]["Value"] == {"Ref": topic}
+
+
+def test_alarm_on_messages_in_the_dead_letter_queue(any_template: dict[str, Any]) -> None:
+    template = any_template
+    alarm = _alarm_on(template, "AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    (queue_name, attribute) = _dimensions(alarm)["QueueName"]["Fn::GetAtt"]
+    assert attribute == "QueueName"
+    assert {queue_name} == _dead_letter_queues(template), "the alarm watches another queue"
+    assert alarm["Statistic"] == "Maximum" and alarm["EvaluationPeriods"] == 1
+    _fires_on_first(alarm, template)
+
+
+@pytest.mark.parametrize("metric", ["Errors", "Throttles"])
+def test_alarms_on_function_errors_and_throttles(any_template: dict[str, Any], metric: str) -> None:
+    function_name, _ = function_of(any_template)
+    alarm = _alarm_on(any_template, "AWS/Lambda", metric)
+    assert _dimensions(alarm) == {"FunctionName": {"Ref": function_name}}
+    assert alarm["Statistic"] == "Sum"
+    assert float(alarm["Threshold"]) == 1.0 and alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+@pytest.mark.parametrize("metric", ["ImagesFailed", "StoragePermanentFailures"])
+def test_alarms_on_the_pipelines_own_metrics(any_template: dict[str, Any], metric: str) -> None:
+    """Namespace and `service` dimension are those the handler's Powertools Metrics emit with (its
+    environment), so the alarm watches the metric the function writes, not a look-alike."""
+    _, props = function_of(any_template)
+    env = props["Environment"]["Variables"]
+    alarm = _alarm_on(any_template, env["POWERTOOLS_METRICS_NAMESPACE"], metric)
+    assert _dimensions(alarm) == {"service": env["POWERTOOLS_SERVICE_NAME"]}
+    assert alarm["Statistic"] == "Sum" and alarm["EvaluationPeriods"] == 1
+    if metric == "ImagesFailed":
+        assert alarm["Threshold"] == {"Ref": "FailedImagesAlarmThreshold"}
+    _fires_on_first(alarm, any_template)
+
+
+def test_metric_names_alarmed_on_are_emitted_by_the_handler() -> None:
+    source = (ROOT / "handler" / "image_pipeline" / "handler.py").read_text(encoding="utf-8")
+    for name in ("ImagesProcessed", "ImagesFailed", "ImagesFailedByCode", "TotalMs", "capture_cold_start_metric=True"):
+        assert name in source, name
+
+
+def _dashboard(template: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The dashboard body as JSON (each ${X} replaced by a placeholder) and the names it substitutes."""
+    import json
+    import re
+
+    _, dashboard = only(resources_of_type(template, "AWS::CloudWatch::Dashboard"), "AWS::CloudWatch::Dashboard")
+    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert isinstance(body, str)
+    names = re.findall(r"\$\{([^}]+)\}", body)
+    return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: "<" + m.group(1) + ">", body)), names
+
+
+def test_dashboard_shows_outcomes_codes_latency_cold_starts_and_dlq_depth(any_template: dict[str, Any]) -> None:
+    template = any_template
+    body, names = _dashboard(template)
+    for name in names:  # every ${...} names a resource (or its attribute) or a pseudo parameter
+        assert name.startswith("AWS::") or name.split(".")[0] in template["Resources"], name
+    function_name, props = function_of(template)
+    env = props["Environment"]["Variables"]
+    namespace, service = env["POWERTOOLS_METRICS_NAMESPACE"], env["POWERTOOLS_SERVICE_NAME"]
+    lines = [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
+    plain = [tuple(x for x in line if isinstance(x, str)) for line in lines if isinstance(line[0], str)]
+    stats = {(line[1], line[-1].get("stat")) for line in lines if isinstance(line[0], str) and isinstance(line[-1], dict)}
+    for metric in ("ImagesProcessed", "ImagesFailed"):
+        assert (namespace, metric, "service", service) in plain, metric
+    assert {("TotalMs", "p50"), ("TotalMs", "p95")} <= stats
+    assert (namespace, "ColdStart", "function_name", f"<{function_name}>", "service", service) in plain
+    (dlq,) = _dead_letter_queues(template)
+    assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", f"<{dlq}.QueueName>") in plain
+    searches = [line[0]["expression"] for line in lines if isinstance(line[0], dict)]
+    assert any(
+        f"{{{namespace},ErrorCode,service}}" in s and 'MetricName="ImagesFailedByCode"' in s for s in searches
+    ), "rejected images per error code"
+    alarm_widget = [w for w in body["widgets"] if w["type"] == "alarm"]
+    assert {f"<{name}.Arn>" for name in _alarms(template)} == set(alarm_widget[0]["properties"]["alarms"])
+
+
+def test_alarm_parameters_are_the_same_in_every_template(direct: dict[str, Any], any_template: dict[str, Any]) -> None:
+    for name in ("AlarmEmail", "FailedImagesAlarmThreshold"):
+        assert any_template["Parameters"][name] == direct["Parameters"][name], name
+
+
+# ---------------------------------------------------------------- existing bucket (S3 -> EventBridge -> Lambda)
+
+EXISTING_ARN = "arn:${AWS::Partition}:s3:::${ExistingBucketName}"
+
+
+def _rule(existing: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    name, rule = only(resources_of_type(existing, "AWS::Events::Rule"), "AWS::Events::Rule")
+    return name, rule["Properties"]
+
+
+def test_existing_bucket_template_touches_no_bucket(existing: dict[str, Any]) -> None:
+    """No bucket, bucket policy or notification of its own: a stack must not overwrite the
+    configuration of a bucket it does not own (and deleting the stack must not touch it)."""
+    types = {res["Type"] for res in existing["Resources"].values()}
+    assert not {t for t in types if t.startswith("AWS::S3::")}, types
+    _, props = function_of(existing)
+    assert not props.get("Events"), "the EventBridge rule is the only trigger"
+    param = existing["Parameters"]["ExistingBucketName"]
+    assert "Default" not in param, "the bucket must be named"
+    assert "cloudfront" not in str(existing).lower()
+
+
+def test_existing_bucket_rule_filters_on_the_bucket_and_raw_prefix(existing: dict[str, Any]) -> None:
+    _, rule = _rule(existing)
+    assert rule["State"] == "ENABLED"
+    pattern = rule["EventPattern"]
+    assert pattern["source"] == ["aws.s3"]
+    assert set(pattern["detail-type"]) == {"Object Created", "Object Deleted"}
+    assert pattern["detail"]["bucket"] == {"name": [{"Ref": "ExistingBucketName"}]}
+    assert pattern["detail"]["object"] == {"key": [{"prefix": DEFAULTS["RAW_PREFIX"]}]}
+    assert set(pattern) == {"source", "detail-type", "detail"}
+    assert not DEFAULTS["PROCESSED_PREFIX"].startswith(DEFAULTS["RAW_PREFIX"]), "outputs would re-trigger"
+
+
+def test_existing_bucket_rule_invokes_the_function_with_retries_and_a_dead_letter_queue(existing: dict[str, Any]) -> None:
+    rule_name, rule = _rule(existing)
+    function_name, props = function_of(existing)
+    (target,) = rule["Targets"]
+    assert target["Arn"] == {"Fn::GetAtt": [function_name, "Arn"]}
+    assert 0 < target["RetryPolicy"]["MaximumRetryAttempts"] <= 185
+    assert 60 <= target["RetryPolicy"]["MaximumEventAgeInSeconds"] <= 86400
+    dlq, _ = _queue(existing, target["DeadLetterConfig"]["Arn"])
+    # Failed invocations (Lambda's async retries) end in the same queue.
+    on_failure = props["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]
+    assert on_failure["Type"] == "SQS" and _queue(existing, on_failure["Destination"])[0] == dlq
+    assert props["EventInvokeConfig"]["MaximumRetryAttempts"] == 2
+    # Only this rule may invoke the function, and only this rule may use the queue.
+    _, permission = only(resources_of_type(existing, "AWS::Lambda::Permission"), "AWS::Lambda::Permission")
+    assert permission["Properties"] == {
+        "Action": "lambda:InvokeFunction",
+        "FunctionName": {"Ref": function_name},
+        "Principal": "events.amazonaws.com",
+        "SourceArn": {"Fn::GetAtt": [rule_name, "Arn"]},
+    }
+    _, policy = only(resources_of_type(existing, "AWS::SQS::QueuePolicy"), "AWS::SQS::QueuePolicy")
+    assert policy["Properties"]["Queues"] == [{"Ref": dlq}]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert as_list(statement["Action"]) == ["sqs:SendMessage"]
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [rule_name, "Arn"]}}}
+    _, queue = _queue(existing, {"Ref": dlq})
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600 and queue.get("SqsManagedSseEnabled") is True
+
+
+def test_existing_bucket_iam_is_scoped_to_that_buckets_prefixes(existing: dict[str, Any]) -> None:
+    allowed = {**S3_OBJECT_ACTIONS_ALLOWED, "s3:DeleteObject": {"raw/", "processed/"}}
+    granted: dict[str, set[str]] = {}
+    for action, resource in s3_grants(existing):
+        assert "*" not in action
+        if action == "s3:ListBucket":
+            assert resource == EXISTING_ARN
+            continue
+        prefix = resource.removeprefix(EXISTING_ARN + "/")
+        assert prefix != resource, f"{action} on {resource}, outside the existing bucket"
+        assert prefix.endswith("/*"), f"{action} on {resource}"
+        granted.setdefault(action, set()).add(prefix.removesuffix("*"))
+    for action, prefixes in granted.items():
+        assert prefixes <= allowed.get(action, set()), f"{action} granted on {prefixes}"
+    assert granted["s3:PutObject"] == {"processed/"}
+    assert granted["s3:GetObject"] == {"raw/", "processed/"}
+    assert granted["s3:PutObjectTagging"] == {"raw/"}
+    # DeleteObject on raw/ only in delete mode; KMS only for a named key, only through S3.
+    raw_delete = kms = 0
+    for document in iam_documents(existing):
+        for item in as_list(document["Statement"]):
+            if isinstance(item, dict) and set(item) == {"Fn::If"}:
+                condition, if_true, if_false = item["Fn::If"]
+                assert if_false == {"Ref": "AWS::NoValue"}
+                if "s3:DeleteObject" in str(if_true):
+                    assert existing["Conditions"][condition] == {"Fn::Equals": [{"Ref": "RawDisposition"}, "delete"]}
+                    assert arn_text(if_true["Resource"]) == EXISTING_ARN + "/raw/*"
+                    raw_delete += 1
+                if "kms:" in str(if_true):
+                    assert existing["Conditions"][condition] == {
+                        "Fn::Not": [{"Fn::Equals": [{"Ref": "ExistingBucketKmsKeyArn"}, ""]}]
+                    }
+                    assert if_true["Resource"] == {"Ref": "ExistingBucketKmsKeyArn"}
+                    assert set(if_true["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey"}
+                    assert if_true["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}}
+                    kms += 1
+            else:
+                assert "kms:" not in str(item)
+                if "s3:DeleteObject" in str(item):
+                    assert arn_text(item["Resource"]) == EXISTING_ARN + "/processed/*"
+    assert (raw_delete, kms) == (1, 1)
+
+
+def test_existing_bucket_function_matches_the_direct_template(direct: dict[str, Any], existing: dict[str, Any]) -> None:
+    (d_name, d_fn), (e_name, e_fn) = function_of(direct), function_of(existing)
+    assert d_name == e_name
+    assert _without(e_fn, "Events", "Policies") == _without(d_fn, "Events", "Policies")
+    for name, param in existing["Parameters"].items():
+        if name in direct["Parameters"]:
+            assert _without(param, "Description") == _without(direct["Parameters"][name], "Description"), name
+    for name in ("Variants", "RawDisposition", "MaxPixels", "MemorySize", "ReservedConcurrency", "LogRetentionDays"):
+        assert name in existing["Parameters"], name
+    assert resources_of_type(existing, "AWS::Logs::LogGroup") == resources_of_type(direct, "AWS::Logs::LogGroup")
