@@ -1,14 +1,16 @@
 """One image's job, against any `ObjectStore`:
 
     read the manifest and the raw object together (one round trip) → skip if the manifest
-    already records this upload → process
-    → write every variant concurrently → write manifest LAST
+    already records this upload and this configuration's fingerprint → process
+    → write every variant concurrently → write manifest LAST → delete the outputs the previous
+      manifest listed that the new one does not (variants no longer configured)
     → tag `processed` or delete raw, if it is still the version processed; if a newer upload
       replaced it meanwhile, go again with that one: our writes may have interleaved with its
       own invocation's, and the last writer must leave outputs that match the raw object
 
 A bad image (any `ImageRejected`) is tagged `failed` with its code and kept; nothing is written
-under the output prefix. A storage failure propagates as `StorageFailure` so the caller reports it
+under the output prefix. `remove` is the one call for "this upload is gone": it deletes the
+outputs (manifest last) while the manifest still belongs to that raw key. A storage failure propagates as `StorageFailure` so the caller reports it
 for a retry; the raw object is then left exactly as it was.
 """
 
@@ -20,7 +22,8 @@ from time import perf_counter
 
 from . import keys, manifest
 from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, StorageFailure, TooLarge
-from .processor import ImageProcessor, ProcessedImage
+from .processor import ImageFormat, ImageProcessor, ProcessedImage
+from .processor.fingerprint import fingerprint
 from .storage import ObjectChanged, ObjectNotFound, ObjectStore
 
 STATUS_TAG = "image-pipeline-status"
@@ -42,7 +45,7 @@ class ObjectRef:
 class Outcome:
     """What happened to one object; the handler logs and counts it."""
 
-    status: str  # processed | skipped | failed | ignored | gone
+    status: str  # processed | skipped | failed | ignored | gone | removed
     key: str
     reason: str = ""
     error_code: str | None = None
@@ -70,6 +73,90 @@ class ImageService:
         self.disposition = disposition
         names = [v.name for v in processor.variants] + (["original"] if processor.preserve_original else [])
         self._longest_leaf = keys.longest_leaf(names)
+        self.fingerprint = fingerprint(processor)
+
+    def _prefix(self, raw_key: str) -> str | None:
+        """The output prefix of a raw key, or None for a key outside raw/ or one that is refused."""
+        try:
+            return keys.output_prefix(raw_key, self.raw_prefix, self.processed_prefix, self._longest_leaf)
+        except ImageRejected:
+            return None
+
+    async def state(self, store: ObjectStore, raw_key: str, etag: str) -> str:
+        """`missing` (no manifest for this key, or the prefix's manifest is another key's), `stale`
+        (the manifest records another ETag or another configuration's fingerprint) or `current`."""
+        prefix = self._prefix(raw_key)
+        if prefix is None:
+            return "missing"
+        record = manifest.recorded(await store.read_optional(keys.manifest_key(prefix)))
+        if record is None or record.key != raw_key:
+            return "missing"
+        if record.etag != etag.strip('"') or record.fingerprint != self.fingerprint:
+            return "stale"
+        return "current"
+
+    async def remove(self, store: ObjectStore, raw_key: str, *, delete_raw: bool = False) -> Outcome:
+        """This upload is gone (an `ObjectRemoved` event) or is to be deleted (`delete_raw`).
+
+        With `delete_raw` the raw object is deleted first. Then, only if the manifest under its
+        output prefix still belongs to `raw_key`, every output it lists and every key a configured
+        variant can have there are deleted, the manifest last (its presence keeps meaning "all
+        listed variants exist"). "removed", or "ignored" when nothing there belonged to it.
+
+        Without `delete_raw` (an event: someone else deleted the raw object):
+        - in delete mode the pipeline deletes raw objects itself once their outputs are written,
+          so a raw object disappearing is the normal end of its life and never removes outputs
+          (the event carries no ETag to tell our own delete from anyone else's);
+        - a raw key that exists again (a new upload under the same name) keeps its outputs; if it
+          reappears while the outputs are being deleted, it is processed again here, since its
+          own invocation may have finished before the deletes.
+        """
+        started = perf_counter()
+        prefix = self._prefix(raw_key)
+        if prefix is None:
+            return Outcome("ignored", raw_key, reason=f"no outputs: outside {self.raw_prefix!r} or an invalid key")
+        if delete_raw:
+            await store.delete(raw_key)
+        elif self.disposition == "delete":
+            return Outcome("ignored", raw_key, reason="delete mode: raw objects are removed once processed; outputs stay")
+        manifest_key = keys.manifest_key(prefix)
+        if delete_raw:
+            stored, current = await store.read_optional(manifest_key), None
+        else:
+            stored, current = await asyncio.gather(store.read_optional(manifest_key), store.etag(raw_key))
+        if current is not None:
+            return Outcome("ignored", raw_key, reason="the raw key holds a new upload; its outputs stay")
+        record = manifest.recorded(stored)
+        if record is None or record.key != raw_key:
+            reason = "no manifest" if record is None else f"the outputs belong to {record.key!r}"
+            return Outcome("ignored", raw_key, reason=reason)
+        targets = {k for k in (*record.output_keys, *self._possible_outputs(prefix)) if k.startswith(prefix)}
+        targets.discard(manifest_key)
+        await asyncio.gather(*(store.delete(k) for k in sorted(targets)))
+        await store.delete(manifest_key)
+        if not delete_raw and await store.etag(raw_key) is not None:
+            # Re-uploaded while we deleted: its own run may have ended before our deletes.
+            return await self.handle(store, ObjectRef(record.bucket, raw_key))
+        return Outcome(
+            "removed",
+            raw_key,
+            reason=f"{len(targets)} output key(s) and the manifest deleted",
+            total_ms=(perf_counter() - started) * 1000,
+            outputs=[{"key": k} for k in sorted(targets)] + [{"name": "manifest", "key": manifest_key}],
+        )
+
+    def _possible_outputs(self, prefix: str) -> set[str]:
+        """Every key a configured variant can have under `prefix` (a variant without a fixed format
+        takes the source's, so each extension it can have)."""
+        extensions = sorted({f.extension for f in ImageFormat} | {"heif", "tiff", "bmp"})
+        names = [(v.name, v.format) for v in self.processor.variants]
+        if self.processor.preserve_original:
+            names.append(("original", None))
+        return {
+            keys.variant_key(prefix, name, ext)
+            for name, fmt in names
+            for ext in ([fmt.extension] if fmt is not None else extensions)
+        }
 
     async def handle(self, store: ObjectStore, ref: ObjectRef) -> Outcome:
         started = perf_counter()
@@ -106,7 +193,8 @@ class ImageService:
         )
         if isinstance(stored_manifest, BaseException):
             raise stored_manifest
-        owner, recorded = manifest.recorded_source(stored_manifest) or (ref.key, None)
+        previous = manifest.recorded(stored_manifest)
+        owner, recorded = (previous.key, previous.etag) if previous else (ref.key, None)
         if isinstance(raw, ObjectNotFound):
             if owner == ref.key and recorded == ref.etag:  # processed, then deleted: a duplicate
                 return Outcome("skipped", ref.key, reason="manifest already records this ETag")
@@ -120,11 +208,11 @@ class ImageService:
             return await self._reject(store, ref, conflict, started, bytes_in=raw.size)
         # Compare with the object as it is now, not with the event: a late event for an older
         # upload must neither skip nor delete/tag the newer one (which is processed instead).
-        if not redo and owner == ref.key and recorded == raw.etag:
+        if not redo and owner == ref.key and recorded == raw.etag and previous.fingerprint == self.fingerprint:
             # idempotent: finishes a run that died after the manifest
             if not await self._dispose(store, ref.key, raw.etag):
                 return None
-            return Outcome("skipped", ref.key, reason="manifest already records this ETag")
+            return Outcome("skipped", ref.key, reason="manifest already records this ETag and configuration")
 
         try:
             processed = self.processor.process_image(raw.data)
@@ -136,6 +224,10 @@ class ImageService:
             return await self._reject(store, ref, CorruptImage(f"{type(exc).__name__}: {exc}"), started, raw.size)
 
         record = await self._write_outputs(store, ref, prefix, raw.etag, processed, started)
+        if previous is not None:  # variants no longer configured (or now of another format)
+            written = {v["key"] for v in record["variants"]}
+            leftovers = sorted(k for k in previous.output_keys if k.startswith(prefix) and k not in written)
+            await asyncio.gather(*(store.delete(k) for k in leftovers))
         if not await self._dispose(store, ref.key, raw.etag):
             return None
         return Outcome(
@@ -171,6 +263,7 @@ class ImageService:
             processed=processed,
             variant_keys=variant_keys,
             total_ms=(perf_counter() - started) * 1000,
+            fingerprint=self.fingerprint,
         )
         await store.write(keys.manifest_key(prefix), manifest.dumps(record), "application/json", {"source-etag": etag})
         return record
