@@ -63,9 +63,14 @@ _BATCH_RESULT = {"retry": "TemporaryFailure", "failed": "PermanentFailure", "gon
 
 
 def _batch_operation(event: dict, context: Any) -> dict:
-    """One S3 Batch Operations task (a backfill of objects already in the bucket)."""
+    """One S3 Batch Operations task (a backfill of objects already in the bucket).
+
+    Invocation schema 1.0 names the bucket by ARN (`s3BucketArn`), 2.0 by name (`s3Bucket`) and adds
+    the job's `userArguments`; both send the key URL-encoded, as written in the job's CSV manifest
+    (Powertools' `s3_key` decodes it). The reply echoes the schema version and the invocation id."""
     job = S3BatchOperationEvent(event)
     task = job.task
+    logger.append_keys(batch_job_id=job.job.get_id, invocation_schema_version=job.invocation_schema_version)
     (outcome,) = handle_refs([ObjectRef(task.s3_bucket, task.s3_key)], context)
     response = S3BatchOperationResponse(job.invocation_schema_version, job.invocation_id, "PermanentFailure")
     result = _BATCH_RESULT.get(outcome.status, "Succeeded")
@@ -137,6 +142,9 @@ def _record(outcome: Outcome) -> None:
             name="ImagesFailedByCode", unit=MetricUnit.Count, value=1, namespace=NAMESPACE
         ) as metric:
             metric.add_dimension(name="ErrorCode", value=outcome.error_code or "unknown")
+    elif outcome.status == "removed":  # the raw object was deleted: so are its outputs
+        logger.info("outputs removed", extra={**fields, "reason": outcome.reason, "outputs": len(outcome.outputs)})
+        metrics.add_metric(name="ImagesRemoved", unit=MetricUnit.Count, value=1)
     else:  # skipped, ignored, gone (a key that vanished, or an event naming a key that never existed)
         log = logger.warning if outcome.status == "gone" else logger.info
         log(f"object {outcome.status}", extra={**fields, "reason": outcome.reason})
