@@ -37,7 +37,10 @@ class Runtime:
                 cache_control=self.settings.cache_control,
                 max_attempts=self.settings.s3_max_attempts,
             )
-        return await self.service.handle(self._connection.store(ref.bucket), ref)
+        store = self._connection.store(ref.bucket)
+        if ref.kind == "removed":
+            return await self.service.remove(store, ref.key)
+        return await self.service.handle(store, ref)
 
     def close(self) -> None:
         if self._connection is not None:

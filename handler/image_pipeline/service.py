@@ -33,12 +33,14 @@ MAX_ROUNDS = 3  # passes over one object when it keeps being replaced while bein
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """One uploaded object, as an event names it."""
+    """One uploaded object, as an event names it. `kind`: "created" (an upload, or a task to
+    process an object already there) or "removed" (the raw object was deleted)."""
 
     bucket: str
     key: str
     etag: str | None = None
-    size: int | None = None
+    size: int | None = None  # a hint only: the object itself is measured again
+    kind: str = "created"
 
 
 @dataclass

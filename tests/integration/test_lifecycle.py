@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from image_pipeline.processor import ImageProcessor
 from image_pipeline.service import ImageService, ObjectRef
 from image_pipeline.settings import parse_variants
 from image_pipeline.storage.s3 import S3Connection
+from tests.conftest import load_event
 from tests.images import photo
 
 BASE = "thumbnail:150x150:cover:webp;medium:800x800:webp;large:1920x1920:jpeg"
@@ -197,3 +200,70 @@ def test_a_changed_configuration_processes_again_and_drops_variants_no_longer_co
     assert record["producer"]["fingerprint"] == after.fingerprint
     assert [(v["name"], v["width"]) for v in record["variants"]] == [("thumbnail", 150), ("large", 2560), ("avif", 600)]
     assert s3.head_object(Bucket=bucket, Key="processed/c/a/manifest.json")["LastModified"] >= written
+
+
+# -- ObjectRemoved events through the handler ----------------------------------------------------
+
+
+def _process(handler, context, s3, bucket, key: str, width: int = 320) -> str:
+    etag = upload(s3, bucket, key, photo(width, 240))
+    result = handler.lambda_handler(load_event("s3-put.json", bucket=bucket, keys=[key], etag=etag), context)
+    assert result["results"][0]["status"] == "processed"
+    return etag
+
+
+@pytest.mark.parametrize("event_file", ["s3-delete.json", "eventbridge-object-deleted.json"])
+def test_deleting_a_raw_upload_deletes_its_outputs(s3, bucket, handler, context, event_file):
+    _process(handler, context, s3, bucket, "raw/gone/a b.jpg")
+    _process(handler, context, s3, bucket, "raw/gone/other.jpg")
+    s3.delete_object(Bucket=bucket, Key="raw/gone/a b.jpg")
+
+    result = handler.lambda_handler(load_event(event_file, bucket=bucket, keys=["raw/gone/a b.jpg"]), context)
+
+    assert result["results"] == [{"key": "raw/gone/a b.jpg", "status": "removed", "error_code": None}]
+    assert keys_under(s3, bucket, "processed/gone/a b/") == []
+    assert len(keys_under(s3, bucket, "processed/gone/other/")) == 4  # nothing else touched
+
+
+def test_a_removal_through_sqs_deletes_the_outputs(s3, bucket, handler, context):
+    _process(handler, context, s3, bucket, "raw/q/a.jpg")
+    s3.delete_object(Bucket=bucket, Key="raw/q/a.jpg")
+    event = load_event("sqs-s3.json", bucket=bucket, keys=["raw/q/a.jpg"])
+    body = json.loads(event["Records"][0]["body"])
+    body["Records"][0]["eventName"] = "ObjectRemoved:DeleteMarkerCreated"
+    event["Records"][0]["body"] = json.dumps(body)
+    assert handler.lambda_handler(event, context) == {"batchItemFailures": []}
+    assert keys_under(s3, bucket, "processed/q/") == []
+
+
+def test_a_lifecycle_expiration_keeps_the_outputs(s3, bucket, handler, context):
+    """RawRetentionDays expires processed raw objects on purpose: their outputs are the product."""
+    _process(handler, context, s3, bucket, "raw/old/a.jpg")
+    s3.delete_object(Bucket=bucket, Key="raw/old/a.jpg")
+    event = load_event("eventbridge-object-deleted.json", bucket=bucket, keys=["raw/old/a.jpg"])
+    event["detail"]["reason"] = "Lifecycle Expiration"
+    assert handler.lambda_handler(event, context) == {"results": []}
+    assert len(keys_under(s3, bucket, "processed/old/a/")) == 4
+
+
+def test_in_delete_mode_the_pipelines_own_delete_keeps_the_outputs(s3, bucket, handler, context, settings_env):
+    settings_env(RAW_DISPOSITION="delete")
+    etag = _process(handler, context, s3, bucket, "raw/own/a.jpg")
+    assert keys_under(s3, bucket, "raw/") == []  # deleted by the pipeline (If-Match on that ETag)
+
+    # ... which S3 announces as an ObjectRemoved event for the same key
+    result = handler.lambda_handler(load_event("s3-delete.json", bucket=bucket, keys=["raw/own/a.jpg"]), context)
+
+    assert result["results"][0]["status"] == "ignored"
+    assert len(keys_under(s3, bucket, "processed/own/a/")) == 4
+    assert manifest(s3, bucket, "processed/own/a/")["source"]["etag"] == etag
+
+
+def test_a_removal_event_for_a_key_uploaded_again_keeps_the_new_outputs(s3, bucket, handler, context):
+    _process(handler, context, s3, bucket, "raw/again/a.jpg")
+    s3.delete_object(Bucket=bucket, Key="raw/again/a.jpg")
+    etag = _process(handler, context, s3, bucket, "raw/again/a.jpg", 330)  # re-uploaded, processed first
+    result = handler.lambda_handler(load_event("s3-delete.json", bucket=bucket, keys=["raw/again/a.jpg"]), context)
+    assert result["results"][0]["status"] == "ignored"
+    assert manifest(s3, bucket, "processed/again/a/")["source"]["etag"] == etag
+    assert len(keys_under(s3, bucket, "processed/again/a/")) == 4
