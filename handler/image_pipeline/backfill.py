@@ -233,6 +233,7 @@ class Summary:
     states: Counter = field(default_factory=Counter)
     statuses: Counter = field(default_factory=Counter)
     failed: Counter = field(default_factory=Counter)  # error code → count
+    skipped: Counter = field(default_factory=Counter)  # state → count, for the objects not processed
     retried: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
@@ -247,6 +248,8 @@ class Summary:
         self.statuses[result.status] += 1
         if result.status == "failed":
             self.failed[result.error_code or "unknown"] += 1
+        elif result.status == "skipped":
+            self.skipped[result.state] += 1
         self.retried += result.retried
         self.bytes_in += result.bytes_in
         self.bytes_out += result.bytes_out
@@ -440,8 +443,9 @@ def format_summary(summary: Summary, process: bool) -> str:
     if process:
         rows.append(("processed", str(s.processed)))
         skipped = s.statuses["skipped"] + s.statuses["gone"] + s.statuses["ignored"]
-        detail = ", ".join(f"{n} {k}" for k, n in (("current", s.statuses["skipped"]), ("gone", s.statuses["gone"]),
-                                                   ("outside the raw prefix", s.statuses["ignored"])) if n)
+        reasons = [(state, s.skipped[state]) for state in STATES]
+        reasons += [("gone", s.statuses["gone"]), ("outside the raw prefix", s.statuses["ignored"])]
+        detail = ", ".join(f"{n} {reason}" for reason, n in reasons if n)
         rows.append(("skipped", f"{skipped}" + (f" ({detail})" if detail else "")))
         rows.append(("failed", str(s.failures)))
         rows += [(f"  {code}", str(n)) for code, n in sorted(s.failed.items())]

@@ -30,6 +30,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         ("eventbridge-object-created.json", "photos/2026/eventbridge"),
         ("sqs-s3.json", "photos/2026/queued"),
         ("s3-batch-operation.json", "photos/2025/backfill"),
+        ("s3-batch-operation-v2.json", "photos/2025/old scan + notes"),
     ],
 )
 def test_invoke_runs_the_handler_on_an_embedded_s3_and_copies_the_variants(tmp_path, event, prefix):
