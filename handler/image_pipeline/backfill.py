@@ -606,7 +606,8 @@ def command(args: Any) -> int:
     decide_only = args.dry_run or args.batch_operations
     summary = Summary(target.url, mode, workers)
     stop = threading.Event()
-    previous = _install_signals(stop)
+    received: list[int] = []
+    previous = _install_signals(stop, received)
     failures = FailureLog(Path(args.failed_keys))  # rewritten by every run: it lists this run's failures
     failures.path.unlink(missing_ok=True)
     manifest = _ManifestWriter(target.bucket) if args.batch_operations and not args.dry_run else None
@@ -647,7 +648,7 @@ def command(args: Any) -> int:
               "resume (images already current are skipped)", file=sys.stderr)
         if manifest is not None:
             manifest.discard()
-        return 130
+        return 128 + (received[0] if received else signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     if manifest is not None:
         code = _batch_operations(args, settings, s3, target, mode, summary, manifest)
         if code:
@@ -668,10 +669,11 @@ def _print_samples(summary: Summary, chosen: frozenset[str]) -> None:
                 print(f"  {key}")
 
 
-def _install_signals(stop: threading.Event) -> dict:
+def _install_signals(stop: threading.Event, received: list[int]) -> dict:
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
+        received.append(signum)
         stop.set()
         print(f"\nbackfill: {signal.Signals(signum).name}: finishing the images in progress "
               "(again to stop at once)", file=sys.stderr, flush=True)

@@ -118,7 +118,14 @@ def test_only_missing_and_stale_pick_exactly_the_right_objects_after_a_variants_
     assert manifest_etags(s3, bucket) == final
 
 
-def test_an_interrupted_run_resumes_and_every_image_is_processed_exactly_once(s3, bucket, tmp_path):
+@pytest.mark.parametrize(
+    "signum,group,status",
+    [(signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)],
+    ids=["ctrl-c-to-the-process-group", "sigterm-to-the-command"],
+)
+def test_an_interrupted_run_resumes_and_every_image_is_processed_exactly_once(
+    s3, bucket, tmp_path, signum, group, status
+):
     keys = [f"raw/many/{i:02d}.jpg" for i in range(24)]
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=photo(900, 600))
@@ -132,12 +139,15 @@ def test_an_interrupted_run_resumes_and_every_image_is_processed_exactly_once(s3
         while len(manifest_etags(s3, bucket)) < 3:  # mid-run: some images done, most not
             assert proc.poll() is None and time.monotonic() < deadline, "backfill ended before it was interrupted"
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+        if group:
+            os.killpg(proc.pid, signum)  # what Ctrl-C does: every process of the group gets it
+        else:
+            os.kill(proc.pid, signum)  # a service manager stopping the command
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == status, stderr
     assert "run the same command again to resume" in stderr
     done = manifest_etags(s3, bucket)
     rows = summary(stdout)
@@ -178,6 +188,30 @@ def test_failures_are_counted_listed_in_the_file_and_make_the_exit_status_non_ze
     }
     tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key="raw/mixed/notes.jpg")["TagSet"]}
     assert tags == {"image-pipeline-status": "failed", "image-pipeline-error": "unsupported_type"}
+
+
+def test_transient_failures_are_retried_and_counted_and_a_lasting_one_is_listed(s3, bucket, moto_server, tmp_path):
+    from tests.reliability.faultproxy import Fault, FaultProxy
+
+    s3.put_object(Bucket=bucket, Key="raw/flaky/a.jpg", Body=photo(400, 300))
+    s3.put_object(Bucket=bucket, Key="raw/flaky/b.jpg", Body=photo(400, 300))
+    proxy = FaultProxy(upstream=moto_server).start()
+    try:
+        # S3_MAX_ATTEMPTS=2 (tests/conftest.py): two 503s exhaust botocore's retries for one pass.
+        proxy.add(Fault.slow_down(), method="PUT", path=r"/processed/flaky/a/manifest\.json", times=2)
+        proxy.add(Fault.slow_down(), method="GET", path=r"/raw/flaky/b\.jpg$", times=None)
+        done = run_backfill(tmp_path, f"s3://{bucket}/raw/flaky/", "--workers", "1", "--endpoint-url", proxy.url)
+    finally:
+        proxy.stop()
+    assert done.returncode == 1, done.stderr
+    rows = summary(done.stdout)
+    # a: one more pass after its failed one; b: two more, then reported
+    assert (rows["processed"], rows["failed"], rows["storage_error"], rows["retried"]) == ("1", "1", "1", "3")
+    assert proxy.injected("slow_down") == 2 + 3 * 2
+    with (tmp_path / "failed.csv").open(newline="") as fh:
+        assert [(r["key"], r["error_code"]) for r in csv.DictReader(fh)] == [("raw/flaky/b.jpg", "storage_error")]
+    assert sorted(manifest_etags(s3, bucket)) == ["raw/flaky/a.jpg"]
+    assert s3.get_object_tagging(Bucket=bucket, Key="raw/flaky/b.jpg")["TagSet"] == []  # left as it was
 
 
 def test_a_target_outside_the_raw_prefix_is_refused_before_anything_is_read(bucket, tmp_path):
