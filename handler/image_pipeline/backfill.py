@@ -107,7 +107,8 @@ class Result:
     bytes_in: int = 0
     bytes_out: int = 0
     retried: int = 0
-    cpu_s: float = 0.0
+    cpu_s: float = 0.0  # the worker's CPU time for this object (processing + S3 client work)
+    total_ms: float = 0.0  # the service's wall time for the pass that counted (Outcome.total_ms)
 
 
 # ---------------------------------------------------------------- worker processes
@@ -195,6 +196,7 @@ class Worker:
                 bytes_out=outcome.bytes_out,
                 retried=attempt,
                 cpu_s=time.process_time() - started,
+                total_ms=outcome.total_ms,
             )
         raise AssertionError("unreachable")
 
