@@ -28,6 +28,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -571,7 +572,7 @@ def cli_command(request: dict, region: str) -> str:
 
 
 def console_link(job_id: str, region: str) -> str:
-    return f"https://{region}.console.aws.amazon.com/s3/jobs/{job_id}?region={region}"
+    return f"https://console.aws.amazon.com/s3/jobs/{job_id}?region={region}"
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -593,11 +594,12 @@ def command(args: Any) -> int:
     settings = Settings.from_env()  # a bad setting stops here, with every problem named
     target = parse_target(args.target, settings.raw_prefix)
     mode = args.mode
-    workers = args.workers or os.cpu_count() or 1
-    if workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise BackfillError("--workers must be at least 1")
+    workers = args.workers or os.cpu_count() or 1
 
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
     try:
@@ -638,6 +640,11 @@ def command(args: Any) -> int:
             child.terminate()
         summary.interrupted = True
         print("\nbackfill: stopped at once (second interrupt)", file=sys.stderr)
+    except BrokenProcessPool as exc:  # a worker was killed (out of memory?): what it held has no manifest
+        print(format_summary(summary, process=not decide_only))
+        raise BackfillError(f"a worker process died ({exc}); run the same command again to resume") from None
+    except (BotoCoreError, ClientError) as exc:  # listing the bucket failed after botocore's retries
+        raise BackfillError(f"listing {target.url} failed: {exc}") from None
     finally:
         _restore_signals(previous)
         failures.close()
@@ -763,8 +770,9 @@ def _batch_operations(
             return 0
         s3control = session.client("s3control", region_name=region)
         job_id = s3control.create_job(**request)["JobId"]
-        print(f"\nS3 Batch Operations job {job_id} created; report of failed tasks: "
-              f"s3://{report_bucket}/{spec.report_prefix}/\n{console_link(job_id, region)}")
+        print(f"\nS3 Batch Operations job {job_id} created (report of failed tasks: "
+              f"s3://{report_bucket}/{spec.report_prefix}/)\n  console: {console_link(job_id, region)}\n"
+              f"  status:  aws s3control describe-job --region {region} --account-id {account_id} --job-id {job_id}")
         return 0
     finally:
         manifest.path.unlink(missing_ok=True)
