@@ -76,8 +76,8 @@ def parse_target(url: str, raw_prefix: str) -> Target:
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     if not bucket:
         raise BackfillError(f"{url!r}: no bucket name")
-    if not prefix or raw_prefix.startswith(prefix) and prefix.endswith("/"):
-        prefix = raw_prefix  # s3://bucket or s3://bucket/ means the whole raw prefix
+    if raw_prefix.startswith(prefix):
+        prefix = raw_prefix  # s3://bucket, s3://bucket/ and s3://bucket/raw mean the whole raw prefix
     if not prefix.startswith(raw_prefix):
         raise BackfillError(f"{url!r} is outside RAW_PREFIX={raw_prefix!r}: only raw uploads are processed")
     return Target(bucket, prefix)

@@ -342,3 +342,25 @@ def test_schema_2_tasks_from_the_csv_manifest_round_trip_through_the_real_handle
 def test_csv_line_decodes_back_to_the_key_as_the_handler_reads_it(key):
     bucket, encoded = backfill.csv_line("my-bucket", key).rstrip("\n").split(",")
     assert bucket == "my-bucket" and unquote_plus(encoded) == key and "," not in encoded and " " not in encoded
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("s3://photos", ("photos", "raw/")),
+        ("s3://photos/", ("photos", "raw/")),
+        ("s3://photos/raw", ("photos", "raw/")),
+        ("s3://photos/raw/2024/", ("photos", "raw/2024/")),
+        ("s3://photos/raw/2024/beach.jpg", ("photos", "raw/2024/beach.jpg")),
+        ("s3://photos/processed/", None),
+        ("s3://photos/rawish/", None),
+        ("photos/raw/", None),
+        ("s3:///raw/", None),
+    ],
+)
+def test_the_target_must_be_under_the_raw_prefix(url, expected):
+    if expected is None:
+        with pytest.raises(backfill.BackfillError):
+            backfill.parse_target(url, "raw/")
+    else:
+        assert backfill.parse_target(url, "raw/") == backfill.Target(*expected)
