@@ -104,11 +104,22 @@ def handle_refs(refs: list[ObjectRef], context: Any) -> list[Outcome]:
 @tracer.capture_method(capture_response=False)
 def _handle(ref: ObjectRef, context: Any) -> Outcome:
     remaining = context.get_remaining_time_in_millis() if context is not None else None
+    reserve = runtime.settings.time_reserve_ms
     try:
-        if remaining is not None and remaining < runtime.settings.time_reserve_ms:
-            raise OutOfTime(f"{remaining} ms left, {runtime.settings.time_reserve_ms} ms reserved")
-        outcome = runtime.handle(ref)
-    except PipelineError as exc:  # storage_error, out_of_time: transient
+        if remaining is not None and remaining < reserve:
+            raise OutOfTime(f"{remaining} ms left, {reserve} ms reserved")
+        # Every S3 call of this object ends by then (a stalled one is cut off: out_of_time).
+        outcome = runtime.handle(ref, timeout_s=None if remaining is None else (remaining - reserve) / 1000)
+    except PipelineError as exc:
+        if exc.permanent:  # storage_denied: a retry cannot help; an operator must fix the cause
+            logger.error(
+                "object failed permanently; not retried",
+                extra={"status": "failed", "error_code": exc.code, "error": exc.message},
+                exc_info=True,
+            )
+            metrics.add_metric(name="StoragePermanentFailures", unit=MetricUnit.Count, value=1)
+            return Outcome("failed", ref.key, reason=exc.message, error_code=exc.code)
+        # storage_error, out_of_time: transient
         logger.error(
             "object will be retried",
             extra={"status": "retry", "error_code": exc.code, "error": exc.message},
@@ -121,6 +132,12 @@ def _handle(ref: ObjectRef, context: Any) -> Outcome:
 
 
 def _record(outcome: Outcome) -> None:
+    if outcome.tags_dropped:  # the uploader's own tags fill S3's 10: the status could not be set
+        logger.warning(
+            "no room for the pipeline's tags on the raw object",
+            extra={"status": outcome.status, "tags_dropped": outcome.tags_dropped},
+        )
+        metrics.add_metric(name="TagsFull", unit=MetricUnit.Count, value=1)
     fields = {
         "status": outcome.status,
         "bytes_in": outcome.bytes_in,

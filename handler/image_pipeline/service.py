@@ -17,14 +17,16 @@ for a retry; the raw object is then left exactly as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from time import perf_counter
 
 from . import keys, manifest
-from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, StorageFailure, TooLarge
+from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, StorageDenied, StorageFailure
 from .processor import ImageFormat, ImageProcessor, ProcessedImage
 from .processor.fingerprint import fingerprint
-from .storage import ObjectChanged, ObjectNotFound, ObjectStore
+from .storage import ObjectChanged, ObjectNotFound, ObjectStore, RawObject
+from .storage.base import merge_tags
 
 STATUS_TAG = "image-pipeline-status"
 ERROR_TAG = "image-pipeline-error"
@@ -56,6 +58,7 @@ class Outcome:
     processing_ms: float = 0.0
     total_ms: float = 0.0
     outputs: list[dict] = field(default_factory=list)
+    tags_dropped: list[str] = field(default_factory=list)  # ours, no room beside the uploader's 10
 
 
 class ImageService:
@@ -164,14 +167,22 @@ class ImageService:
         started = perf_counter()
         try:
             prefix = keys.output_prefix(ref.key, self.raw_prefix, self.processed_prefix, self._longest_leaf)
-        except ImageRejected as exc:
-            return await self._reject(store, ref, exc, started)
+        except ImageRejected as exc:  # every version of this key is refused alike
+            return await self._reject(store, ref, exc, started, etag=None) or Outcome("gone", ref.key)
         if prefix is None:
             return Outcome("ignored", ref.key, reason=f"outside {self.raw_prefix!r}")
+        try:
+            return await self._rounds(store, ref, prefix, started)
+        except StorageDenied as exc:
+            # Not the upload's fault, but it will not pass by itself: say so on the object, when
+            # the store lets us, so it can be found and replayed once the cause is fixed.
+            with contextlib.suppress(PipelineError):
+                await self._tag(store, ref.key, {STATUS_TAG: "failed", ERROR_TAG: exc.code}, etag=None)
+            raise
 
-        limit = self.processor.limits.max_bytes
-        if ref.size is not None and ref.size > limit:
-            return await self._reject(store, ref, TooLarge.over(ref.size, limit), started)
+    async def _rounds(self, store: ObjectStore, ref: ObjectRef, prefix: str, started: float) -> Outcome:
+        # The event's size is only a hint: the GET measures the object itself before reading it
+        # (a late event for an older, larger upload must not reject the newer one).
         for attempt in range(MAX_ROUNDS):
             outcome = await self._handle_current(store, ref, prefix, started, redo=attempt > 0)
             if outcome is not None:
@@ -184,53 +195,64 @@ class ImageService:
         self, store: ObjectStore, ref: ObjectRef, prefix: str, started: float, redo: bool
     ) -> Outcome | None:
         """One pass over the object as it is now. None: it was replaced while its outputs were being
-        written, so they may be stale (another invocation's writes can interleave with ours) and
-        the caller must go again, without the "already done" shortcut."""
+        written (or judged), so they may be stale (another invocation's writes can interleave with
+        ours) and the caller must go again, without the "already done" shortcut."""
         manifest_key = keys.manifest_key(prefix)
         limit = self.processor.limits.max_bytes
         # Both reads at once: one round trip instead of two for every new image; a duplicate
         # delivery (rare) wastes the raw GET but still does no image work.
         stored_manifest, raw = await asyncio.gather(
-            store.read_optional(manifest_key), store.read(ref.key, max_bytes=limit), return_exceptions=True
+            _read_if_any(store, manifest_key), store.read(ref.key, max_bytes=limit), return_exceptions=True
         )
         if isinstance(stored_manifest, BaseException):
             raise stored_manifest
-        previous = manifest.recorded(stored_manifest)
+        previous = manifest.recorded(stored_manifest.data if stored_manifest else None)
         owner, recorded = (previous.key, previous.etag) if previous else (ref.key, None)
         if isinstance(raw, ObjectNotFound):
             if owner == ref.key and recorded == ref.etag:  # processed, then deleted: a duplicate
                 return Outcome("skipped", ref.key, reason="manifest already records this ETag")
             return Outcome("gone", ref.key, reason="raw object no longer exists")
-        if isinstance(raw, ImageRejected):
-            return await self._reject(store, ref, raw, started)
+        if isinstance(raw, ImageRejected):  # too large, measured on the object itself
+            return await self._reject(store, ref, raw, started, etag=raw.etag)
         if isinstance(raw, BaseException):
             raise raw
         if owner != ref.key and await store.exists(owner):
             conflict = NameConflict(f"{owner!r} already owns {prefix!r}; rename this upload")
-            return await self._reject(store, ref, conflict, started, bytes_in=raw.size)
+            return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size)
         # Compare with the object as it is now, not with the event: a late event for an older
         # upload must neither skip nor delete/tag the newer one (which is processed instead).
         if not redo and owner == ref.key and recorded == raw.etag and previous.fingerprint == self.fingerprint:
             # idempotent: finishes a run that died after the manifest
-            if not await self._dispose(store, ref.key, raw.etag):
+            dropped = await self._dispose(store, ref.key, raw.etag)
+            if dropped is None:
                 return None
-            return Outcome("skipped", ref.key, reason="manifest already records this ETag and configuration")
+            return Outcome(
+                "skipped", ref.key, reason="manifest already records this ETag and configuration", tags_dropped=dropped
+            )
 
         try:
             processed = self.processor.process_image(raw.data)
         except ImageRejected as exc:
-            return await self._reject(store, ref, exc, started, bytes_in=raw.size)
+            return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size)
         except PipelineError:
             raise
         except Exception as exc:  # a decoder crash on hostile input is still a bad image
-            return await self._reject(store, ref, CorruptImage(f"{type(exc).__name__}: {exc}"), started, raw.size)
+            error = CorruptImage(f"{type(exc).__name__}: {exc}")
+            return await self._reject(store, ref, error, started, etag=raw.etag, bytes_in=raw.size)
 
-        record = await self._write_outputs(store, ref, prefix, raw.etag, processed, started)
+        record, winner = await self._write_outputs(
+            store, ref, prefix, raw.etag, processed, started, stored_manifest.etag if stored_manifest else None
+        )
+        if winner is not None:  # another name took the prefix while we wrote: see `_write_outputs`
+            await self._repair(store, winner, prefix)
+            conflict = NameConflict(f"{winner.key!r} owns {prefix!r} (uploaded at the same time); rename this upload")
+            return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size)
         if previous is not None:  # variants no longer configured (or now of another format)
             written = {v["key"] for v in record["variants"]}
             leftovers = sorted(k for k in previous.output_keys if k.startswith(prefix) and k not in written)
             await asyncio.gather(*(store.delete(k) for k in leftovers))
-        if not await self._dispose(store, ref.key, raw.etag):
+        dropped = await self._dispose(store, ref.key, raw.etag)
+        if dropped is None:
             return None
         return Outcome(
             "processed",
@@ -240,12 +262,25 @@ class ImageService:
             processing_ms=processed.processing_ms,
             total_ms=(perf_counter() - started) * 1000,
             outputs=record["variants"] + [{"name": "manifest", "key": manifest_key}],
+            tags_dropped=dropped,
         )
 
     async def _write_outputs(
-        self, store: ObjectStore, ref: ObjectRef, prefix: str, etag: str, processed: ProcessedImage, started: float
-    ) -> dict:
-        """Every variant at once, then the manifest: its presence means all of them are there."""
+        self,
+        store: ObjectStore,
+        ref: ObjectRef,
+        prefix: str,
+        etag: str,
+        processed: ProcessedImage,
+        started: float,
+        manifest_etag: str | None,
+    ) -> tuple[dict, manifest.Recorded | None]:
+        """Every variant at once, then the manifest: its presence means all of them are there.
+
+        The manifest write is conditional on the manifest read before (S3 If-None-Match / If-Match),
+        which makes the owner check hold when two names (`a.jpg`, `a.png`) write one prefix at
+        once: only one manifest lands. The other writer gets the winner's record back (second
+        value) and must repair the variants it may have overwritten."""
         variant_keys = {v.name: keys.variant_key(prefix, v.name, v.extension) for v in processed.variants}
         await asyncio.gather(
             *(
@@ -267,37 +302,83 @@ class ImageService:
             total_ms=(perf_counter() - started) * 1000,
             fingerprint=self.fingerprint,
         )
-        await store.write(keys.manifest_key(prefix), manifest.dumps(record), "application/json", {"source-etag": etag})
-        return record
+        data, manifest_key = manifest.dumps(record), keys.manifest_key(prefix)
+        for _ in range(MAX_ROUNDS):
+            try:
+                await store.write_if(manifest_key, data, "application/json", {"source-etag": etag}, etag=manifest_etag)
+                return record, None
+            except ObjectChanged:  # someone wrote the manifest since we read it
+                current = await _read_if_any(store, manifest_key)
+            found = manifest.recorded(current.data if current else None)
+            if found is not None and found.key != ref.key:
+                return record, found
+            if found is not None and (found.etag, found.fingerprint) == (etag, self.fingerprint):
+                return record, None  # a duplicate delivery wrote the same outputs: nothing to add
+            # our own key (a duplicate delivery, or a newer upload of it: `_dispose` sorts that out)
+            manifest_etag = current.etag if current else None
+        raise StorageFailure(f"{manifest_key} kept changing while it was written; retry later")
 
-    async def _dispose(self, store: ObjectStore, key: str, etag: str) -> bool:
+    async def _repair(self, store: ObjectStore, winner: manifest.Recorded, prefix: str) -> None:
+        """Process the winner of a race for `prefix` again: our variants may have overwritten its."""
+        ref = ObjectRef(winner.bucket, winner.key)
+        for _ in range(MAX_ROUNDS):
+            outcome = await self._handle_current(store, ref, prefix, perf_counter(), redo=True)
+            if outcome is not None:
+                return
+        raise StorageFailure(f"{winner.key} was replaced while its outputs were repaired; retry later")
+
+    async def _dispose(self, store: ObjectStore, key: str, etag: str) -> list[str] | None:
         """Tag the raw object `processed` or delete it, if it is still the version processed.
+        Returns our tags that did not fit beside the uploader's (S3 allows 10), usually none.
 
-        False when a newer upload has replaced it: its outputs may then have been overwritten by
+        None when a newer upload has replaced it: its outputs may then have been overwritten by
         ours, so the caller processes it again. The check is a HEAD before tagging (S3 tagging has
         no condition) and S3's conditional delete (If-Match) when deleting."""
         try:
             if self.disposition == "delete":
                 await store.delete(key, etag=etag)
-            else:
-                # Both reads in one round trip; the tags are only used if the version matches.
-                current, existing = await asyncio.gather(store.etag(key), store.get_tags(key))
-                if current is not None and current != etag:
-                    return False
-                await store.set_tags(key, {STATUS_TAG: "processed"}, remove=(ERROR_TAG,), existing=existing)
+                return []
+            return await self._tag(store, key, {STATUS_TAG: "processed"}, etag=etag, remove=(ERROR_TAG,))
         except ObjectNotFound:
-            pass  # already deleted (delete mode, or by its owner): nothing left to mark
+            return []  # already deleted (delete mode, or by its owner): nothing left to mark
         except ObjectChanged:
-            return False
-        return True
+            return None
+
+    async def _tag(
+        self, store: ObjectStore, key: str, tags: dict[str, str], *, etag: str | None, remove: tuple[str, ...] = ()
+    ) -> list[str]:
+        """Merge our tags into the raw object's while it still holds `etag` (None: any version).
+        Raises ObjectChanged when another upload replaced it; returns the tags that found no room."""
+        if etag is None:
+            existing = await store.get_tags(key)
+        else:  # both reads in one round trip; the tags are only used if the version matches
+            current, existing = await asyncio.gather(store.etag(key), store.get_tags(key))
+            if current is not None and current != etag:
+                raise ObjectChanged(f"{key} is no longer the version judged")
+        merged = merge_tags(existing, tags, remove)
+        await store.set_tags(key, tags, remove=remove, existing=existing)
+        return [k for k, v in tags.items() if merged.get(k) != v]
 
     async def _reject(
-        self, store: ObjectStore, ref: ObjectRef, error: PipelineError, started: float, bytes_in: int = 0
-    ) -> Outcome:
+        self,
+        store: ObjectStore,
+        ref: ObjectRef,
+        error: PipelineError,
+        started: float,
+        *,
+        etag: str | None,
+        bytes_in: int = 0,
+    ) -> Outcome | None:
+        """Tag the raw object `failed` with the code, only while it is the version judged (`etag`;
+        None for a key refused whatever it holds). None when a newer upload replaced it meanwhile:
+        the caller judges that one instead."""
+        dropped: list[str] = []
         try:
-            await store.set_tags(ref.key, {STATUS_TAG: "failed", ERROR_TAG: error.code})
+            dropped = await self._tag(store, ref.key, {STATUS_TAG: "failed", ERROR_TAG: error.code}, etag=etag)
         except ObjectNotFound:
             pass
+        except ObjectChanged:
+            return None
         return Outcome(
             "failed",
             ref.key,
@@ -305,5 +386,13 @@ class ImageService:
             error_code=error.code,
             bytes_in=bytes_in,
             total_ms=(perf_counter() - started) * 1000,
+            tags_dropped=dropped,
         )
 
+
+async def _read_if_any(store: ObjectStore, key: str) -> RawObject | None:
+    """The object and its ETag, or None when the key does not exist (also on a bare 404)."""
+    try:
+        return await store.read(key)
+    except ObjectNotFound:
+        return None
