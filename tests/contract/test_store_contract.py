@@ -136,6 +136,20 @@ def test_a_delete_for_one_version_never_removes_a_newer_upload(with_store):
     with_store(body)
 
 
+def test_a_conditional_write_lands_only_on_the_version_expected(with_store):
+    async def body(store):
+        await store.write_if("p/m.json", b"first", "application/json", {}, etag=None)  # created
+        with pytest.raises(ObjectChanged):  # exists now: a second create loses
+            await store.write_if("p/m.json", b"second", "application/json", {}, etag=None)
+        first = await store.read("p/m.json")
+        await store.write_if("p/m.json", b"third", "application/json", {}, etag=first.etag)  # replaced
+        with pytest.raises(ObjectChanged):  # that version is gone
+            await store.write_if("p/m.json", b"fourth", "application/json", {}, etag=first.etag)
+        assert (await store.read("p/m.json")).data == b"third"
+
+    with_store(body)
+
+
 def test_the_service_gives_the_same_result_on_every_backend(with_store):
     service = ImageService(ImageProcessor([VariantConfig("small", 64, 64, format="webp")]))
 

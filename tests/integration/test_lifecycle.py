@@ -267,3 +267,37 @@ def test_a_removal_event_for_a_key_uploaded_again_keeps_the_new_outputs(s3, buck
     assert result["results"][0]["status"] == "ignored"
     assert manifest(s3, bucket, "processed/again/a/")["source"]["etag"] == etag
     assert len(keys_under(s3, bucket, "processed/again/a/")) == 4
+
+
+def _batch_task(bucket: str, key: str) -> dict:
+    from urllib.parse import quote_plus
+
+    from tests.conftest import EVENTS
+
+    event = json.loads((EVENTS / "s3-batch-operation.json").read_text())
+    event["tasks"][0].update(s3Key=quote_plus(key, safe="/"), s3BucketArn=f"arn:aws:s3:::{bucket}")
+    return event
+
+
+def test_a_replay_or_batch_task_after_a_variants_change_processes_again(s3, bucket, handler, context, settings_env):
+    key = "raw/cfg/a.jpg"
+    etag = _process(handler, context, s3, bucket, key)
+    event = load_event("s3-put.json", bucket=bucket, keys=[key], etag=etag)
+    assert handler.lambda_handler(event, context)["results"][0]["status"] == "skipped"  # same config: no work
+
+    settings_env(VARIANTS="thumbnail:150x150:cover:webp;large:2560x2560:jpeg;small:400x400:avif")
+    assert handler.lambda_handler(event, context)["results"][0]["status"] == "processed"
+    assert keys_under(s3, bucket, "processed/cfg/a/") == [
+        "processed/cfg/a/large.jpg", "processed/cfg/a/manifest.json", "processed/cfg/a/small.avif",
+        "processed/cfg/a/thumbnail.webp",
+    ]  # medium.webp is no longer configured: deleted once the new manifest was written
+
+    settings_env(VARIANTS="thumbnail:150x150:cover:webp;large:2560x2560:jpeg")  # a backfill after another change
+    response = handler.lambda_handler(_batch_task(bucket, key), context)
+    assert (response["results"][0]["resultCode"], response["results"][0]["resultString"]) == ("Succeeded", "processed")
+    again = handler.lambda_handler(_batch_task(bucket, key), context)
+    assert again["results"][0]["resultString"] == "skipped"
+    assert [v["name"] for v in manifest(s3, bucket, "processed/cfg/a/")["variants"]] == ["thumbnail", "large"]
+    assert keys_under(s3, bucket, "processed/cfg/a/") == [
+        "processed/cfg/a/large.jpg", "processed/cfg/a/manifest.json", "processed/cfg/a/thumbnail.webp"
+    ]

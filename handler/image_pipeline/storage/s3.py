@@ -182,7 +182,14 @@ class S3Store:
         self, key: str, data: bytes, content_type: str, metadata: dict[str, str], *, etag: str | None
     ) -> None:
         condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": f'"{etag}"'}
-        await self._call("put_object", key, Body=data, ContentType=content_type, Metadata=metadata, **condition)
+        try:
+            await self._call("put_object", key, Body=data, ContentType=content_type, Metadata=metadata, **condition)
+        except StorageFailure as exc:
+            # An S3-compatible server without conditional writes: write as before (the owner check
+            # is then only as strong as the read before it; see README "Two names, one prefix").
+            if _error_code(exc.__cause__) not in ("NotImplemented", "501"):
+                raise
+            await self.write(key, data, content_type, metadata)
 
     async def get_tags(self, key: str) -> dict[str, str]:
         response = await self._call("get_object_tagging", key)
