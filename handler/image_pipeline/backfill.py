@@ -269,14 +269,6 @@ class Summary:
     def failures(self) -> int:
         return self.statuses["failed"]
 
-    def as_dict(self) -> dict:
-        return {
-            "target": self.target, "mode": self.mode, "workers": self.workers, "listed": self.listed,
-            "states": dict(self.states), "statuses": dict(self.statuses), "failed": dict(self.failed),
-            "retried": self.retried, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-            "cpu_s": round(self.cpu_s, 3), "elapsed_s": round(self.elapsed_s, 3), "interrupted": self.interrupted,
-        }
-
 
 def run(
     refs: Iterable[ObjectRef],
