@@ -364,3 +364,15 @@ def test_the_target_must_be_under_the_raw_prefix(url, expected):
             backfill.parse_target(url, "raw/")
     else:
         assert backfill.parse_target(url, "raw/") == backfill.Target(*expected)
+
+
+def test_batch_operations_with_nothing_to_do_creates_no_manifest_and_no_job(s3, bucket, tmp_path):
+    s3.put_object(Bucket=bucket, Key="raw/done/a.jpg", Body=photo(300, 200))
+    assert run_backfill(tmp_path, f"s3://{bucket}/raw/done/").returncode == 0
+    done = run_backfill(
+        tmp_path, f"s3://{bucket}/raw/done/", "--batch-operations", "--function", FUNCTION, "--role-arn", ROLE,
+        "--account-id", "123456789012",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nothing to do: no object needs processing; no job created" in done.stdout
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="batch-operations/").get("KeyCount") == 0
