@@ -96,7 +96,7 @@ class ImageService:
         record = manifest.recorded(await store.read_optional(keys.manifest_key(prefix)))
         if record is None or record.key != raw_key:
             return "missing"
-        if record.etag != etag.strip('"') or record.fingerprint != self.fingerprint:
+        if record.etag != (etag or "").strip('"') or record.fingerprint != self.fingerprint:
             return "stale"
         return "current"
 

@@ -1,5 +1,7 @@
-"""S3 as an `ObjectStore`: litestar-storages' `S3Storage` for writes and manifest reads, the same
-aioboto3 client directly for what S3Storage has no API for (tags, a GET that returns the ETag).
+"""S3 as an `ObjectStore`: litestar-storages' `S3Storage` for writes, deletes and optional reads,
+the same aioboto3 client directly for what S3Storage has no API for (tags, a GET that returns
+the ETag, conditional writes and deletes). `classify` turns every error, whichever way it came,
+into the pipeline's: missing (also a bare 404), changed, refused (permanent) or transient.
 
 S3Storage opens a new aioboto3 client per call (60-80 ms each); here one client is opened per
 container and lent to S3Storage, so every request reuses its connection pool. Retries are
