@@ -151,6 +151,9 @@ def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
 
     from .handler import lambda_handler, runtime  # imported after the endpoint is set: cold start
 
+    for ref in (r for r in refs if r.kind == "removed"):  # a deletion: process the upload, then delete it
+        print(f"{runtime.handle(type(ref)(ref.bucket, ref.key)).status}, then deleted: s3://{ref.bucket}/{ref.key}")
+        s3.delete_object(Bucket=ref.bucket, Key=ref.key)
     started = time.perf_counter()
     result = lambda_handler(event, LocalContext())
     elapsed = (time.perf_counter() - started) * 1000

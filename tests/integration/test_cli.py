@@ -53,6 +53,15 @@ def test_invoke_with_a_bad_image_reports_the_error_tag(tmp_path):
     assert "(nothing written)" in done.stdout
 
 
+@pytest.mark.parametrize("event", ["s3-delete.json", "eventbridge-object-deleted.json"])
+def test_invoke_with_a_removal_event_processes_deletes_and_removes_the_outputs(event):
+    done = invoke(f"events/{event}")
+    assert done.returncode == 0, done.stderr
+    assert "processed, then deleted: s3://image-pipeline-example/raw/photos/2026/" in done.stdout
+    assert '"status": "removed"' in done.stdout
+    assert "(nothing written)" in done.stdout and "raw object: deleted" in done.stdout
+
+
 def test_a_bad_setting_is_one_clear_message_not_a_traceback():
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
     env.update(RAW_DISPOSITION="move", VARIANTS="thumb:150x150:top-left")
