@@ -243,6 +243,9 @@ def test_a_lifecycle_expiration_keeps_the_outputs(s3, bucket, handler, context):
     event = load_event("eventbridge-object-deleted.json", bucket=bucket, keys=["raw/old/a.jpg"])
     event["detail"]["reason"] = "Lifecycle Expiration"
     assert handler.lambda_handler(event, context) == {"results": []}
+    notification = load_event("s3-delete.json", bucket=bucket, keys=["raw/old/a.jpg"])
+    notification["Records"][0]["eventName"] = "LifecycleExpiration:Delete"  # if someone subscribes to it
+    assert handler.lambda_handler(notification, context) == {"results": []}
     assert len(keys_under(s3, bucket, "processed/old/a/")) == 4
 
 
