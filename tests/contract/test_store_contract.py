@@ -168,6 +168,26 @@ def test_the_service_gives_the_same_result_on_every_backend(with_store):
     with_store(body)
 
 
+def test_state_and_remove_give_the_same_result_on_every_backend(with_store):
+    service = ImageService(ImageProcessor([VariantConfig("small", 64, 64, format="webp")]))
+
+    async def body(store):
+        await store.write("raw/r/photo.jpg", photo(256, 128), "image/jpeg", {})
+        etag = (await store.read("raw/r/photo.jpg")).etag
+        assert await service.state(store, "raw/r/photo.jpg", etag) == "missing"
+        await service.handle(store, ObjectRef("bucket", "raw/r/photo.jpg"))
+        assert await service.state(store, "raw/r/photo.jpg", etag) == "current"
+        assert await service.state(store, "raw/r/photo.jpg", "0" * 32) == "stale"
+        assert (await service.remove(store, "raw/r/photo.png", delete_raw=True)).status == "ignored"
+        removed = await service.remove(store, "raw/r/photo.jpg", delete_raw=True)
+        assert removed.status == "removed"
+        for key in ("raw/r/photo.jpg", "processed/r/photo/small.webp", "processed/r/photo/manifest.json"):
+            assert await store.exists(key) is False, key
+        assert await service.state(store, "raw/r/photo.jpg", etag) == "missing"
+
+    with_store(body)
+
+
 def test_keys_that_could_escape_the_output_prefix_are_refused(with_store):
     service = ImageService(ImageProcessor())
 
