@@ -108,7 +108,7 @@ def test_a_rejection_is_not_tagged_on_an_upload_that_replaced_the_one_judged(
     bad = upload(s3, bucket, "raw/swap/a.jpg", b"\xff\xd8\xff\xe0 this is no JPEG")
     # The manifest GET (sent with the raw GET) is held back; meanwhile a good picture replaces the
     # bad one, so the bad version is judged after S3 already holds the good one.
-    proxy.add(Fault.delay(2.0), method="GET", path="/processed/swap/a/manifest.json$")
+    proxy.add(Fault.delay(3.0), method="GET", path="/processed/swap/a/manifest.json$")
     replaced = threading.Event()
 
     def replace_after_the_raw_get() -> None:
@@ -136,8 +136,9 @@ def test_a_rejection_is_not_tagged_on_an_upload_that_replaced_the_one_judged(
 def test_two_names_for_one_prefix_at_once_leave_one_owner_and_consistent_outputs(s3, bucket, proxy):
     jpg = upload(s3, bucket, "raw/twin/a.jpg", photo(640, 480))
     png = upload(s3, bucket, "raw/twin/a.png", photo(480, 640, "PNG"))
-    # Every output write is slow, so both pass the owner check before either has written.
-    proxy.add(Fault.delay(1.0), method="PUT", path="/processed/", times=None)
+    # Every output write is slow, so both pass the owner check before either has written (2 s: a
+    # runtime that starts late on a loaded machine still reads before the other's manifest lands).
+    proxy.add(Fault.delay(2.0), method="PUT", path="/processed/", times=None)
 
     statuses = run_concurrently(proxy.url, [ObjectRef(bucket, jpg.key), ObjectRef(bucket, png.key)])
 
