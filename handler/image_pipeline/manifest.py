@@ -92,3 +92,9 @@ def recorded(raw: bytes | None) -> Recorded | None:
         return Recorded(bucket, key, etag, str(fingerprint) if fingerprint else None, outputs)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def recorded_source(raw: bytes | None) -> tuple[str, str] | None:
+    """(source key, source ETag) a stored manifest records, or None (see `recorded` for the rest)."""
+    record = recorded(raw)
+    return None if record is None else (record.key, record.etag)
