@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=ROOT / ".corpus")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--copies", type=int, default=1, help="upload the corpus this many times (distinct keys)")
-    parser.add_argument("--s3-wait-ms", type=float, default=37.0, help="S3 waits per image on Lambda (default: %(default)s)")
+    parser.add_argument("--s3-wait-ms", type=float, default=37.0,
+                        help="S3 waits per image on Lambda (default: %(default)s)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     files = sorted(p for p in args.corpus.iterdir() if p.suffix.lower() in EXTS) if args.corpus.is_dir() else []
@@ -184,14 +185,16 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['handle_ms_p50']:.0f} / {r['handle_ms_p95']:.0f} | {r['bytes_out'] / 1e6:.1f} "
               f"| {r['rerun_s']:.1f} |")
     if len(runs) > 1:
-        print(f"\nscaling 1 → {runs[-1]['workers']} workers: {runs[-1]['images_per_s'] / runs[0]['images_per_s']:.2f}×")
+        scaling = runs[-1]["images_per_s"] / runs[0]["images_per_s"]
+        print(f"\nscaling 1 → {runs[-1]['workers']} workers: {scaling:.2f}×")
 
     wait_s = args.s3_wait_ms / 1000
     p = projection(runs[0], memory_mb, wait_s)
     print(f"\n### 1,000,000 such images as an S3 Batch Operations job ({memory_mb} MB = {p['vcpu']:.2f} vCPU, arm64)\n")
     print("| | per million images |")
     print("|---|---:|")
-    print(f"| Lambda duration per image (projected: {runs[0]['cpu_work_per_image']:.3f} CPU s ÷ {min(p['vcpu'], 1):.2f} "
+    print(f"| Lambda duration per image (projected: {runs[0]['cpu_work_per_image']:.3f} CPU s "
+          f"÷ {min(p['vcpu'], 1):.2f} "
           f"vCPU + {args.s3_wait_ms:.0f} ms S3 waits) "
           f"| {p['duration_s'] * 1000:.0f} ms |")
     print(f"| Lambda compute + requests | ${p['lambda']:.2f} |")
@@ -199,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| S3 Batch Operations ($0.25 per job + $1.00 per million objects) | ${p['batch']:.2f} |")
     print(f"| deciding which objects (1,000 LISTs + 1 manifest GET per object) + the CSV | ${p['decide']:.2f} |")
     print(f"| **total** | **${p['total']:.2f}** |")
-    print(f"| time at 100 / 1,000 concurrent executions | {p['hours_at'][100]:.1f} h / {p['hours_at'][1000] * 60:.0f} min |")
+    print(f"| time at 100 / 1,000 concurrent executions | {p['hours_at'][100]:.1f} h "
+          f"/ {p['hours_at'][1000] * 60:.0f} min |")
     print(f"| the same locally with {runs[0]['workers']} worker(s) here | {p['local_hours']:.0f} h |")
     if len(runs) > 1:
         print(f"| the same locally with {runs[-1]['workers']} workers here | "

@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 def _add_backfill(commands: argparse._SubParsersAction) -> None:
     backfill = commands.add_parser(
         "backfill",
-        help="process objects already in the bucket (missing or stale outputs), locally or as an S3 Batch Operations job",
+        help="process objects already in the bucket (missing or stale outputs), locally or as an S3 Batch "
+        "Operations job",
         description="Decide per object from its manifest whether its outputs are missing, stale (another ETag or "
         "configuration) or current, then process the chosen ones with the Lambda's own code: locally, one worker "
         "process per core, or as an S3 Batch Operations job that invokes the deployed function.",
@@ -86,7 +87,8 @@ def _add_backfill(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--batch-operations", action="store_true",
                        help="write a CSV manifest of the chosen keys to the bucket and create the job")
     batch.add_argument("--function", help="the function's name or ARN (default: the stack's FunctionArn output)")
-    batch.add_argument("--stack", default="image-pipeline", help="stack to read FunctionArn from (default: %(default)s)")
+    batch.add_argument("--stack", default="image-pipeline",
+                       help="stack to read FunctionArn from (default: %(default)s)")
     batch.add_argument("--role-arn", help="IAM role S3 Batch Operations assumes to invoke the function")
     batch.add_argument("--report", metavar="s3://BUCKET/PREFIX",
                        help="completion report of failed tasks (default: the bucket's batch-operations/reports)")

@@ -285,7 +285,9 @@ def test_batch_operations_job_request_is_a_valid_create_job_call(s3, bucket, tmp
             i += 2
     assert options["--region"] == "eu-west-1" and options["--account-id"] == "123456789012"
     assert json.loads(options["--operation"]) == {
-        "LambdaInvoke": {"FunctionArn": FUNCTION, "InvocationSchemaVersion": "2.0", "UserArguments": {"backfill": "stale"}}
+        "LambdaInvoke": {
+            "FunctionArn": FUNCTION, "InvocationSchemaVersion": "2.0", "UserArguments": {"backfill": "stale"}
+        }
     }
     assert json.loads(options["--manifest"]) == {
         "Spec": {"Format": "S3BatchOperations_CSV_20180820", "Fields": ["Bucket", "Key"]},
@@ -311,7 +313,9 @@ def test_batch_operations_job_request_is_a_valid_create_job_call(s3, bucket, tmp
     validate_parameters(request, model.input_shape)  # raises ParamValidationError on any mistake
 
 
-def test_schema_2_tasks_from_the_csv_manifest_round_trip_through_the_real_handler(s3, bucket, handler, context, tmp_path):
+def test_schema_2_tasks_from_the_csv_manifest_round_trip_through_the_real_handler(
+    s3, bucket, handler, context, tmp_path
+):
     """What S3 Batch Operations does with the job: one schema 2.0 invocation per manifest line, the
     line's bucket and (URL-encoded) key in the task; the handler processes each and answers."""
     _, lines = _batch_job(s3, bucket, tmp_path)
@@ -337,7 +341,8 @@ def test_schema_2_tasks_from_the_csv_manifest_round_trip_through_the_real_handle
 
 
 @pytest.mark.parametrize(
-    "key", ["raw/bo/plain.jpg", "raw/bo/summer holiday/café + friends.jpg", "raw/bo/a,b 100%.png", "raw/日本/写真.jpg"]
+    "key",
+    ["raw/bo/plain.jpg", "raw/bo/summer holiday/café + friends.jpg", "raw/bo/a,b 100%.png", "raw/日本/写真.jpg"],
 )
 def test_csv_line_decodes_back_to_the_key_as_the_handler_reads_it(key):
     bucket, encoded = backfill.csv_line("my-bucket", key).rstrip("\n").split(",")
