@@ -381,3 +381,36 @@ def test_batch_operations_with_nothing_to_do_creates_no_manifest_and_no_job(s3, 
     assert done.returncode == 0, done.stderr
     assert "nothing to do: no object needs processing; no job created" in done.stdout
     assert s3.list_objects_v2(Bucket=bucket, Prefix="batch-operations/").get("KeyCount") == 0
+
+
+@pytest.mark.parametrize(
+    "data,fault,result_code,result_string",
+    [
+        (b"not an image", False, "PermanentFailure", "unsupported_type"),  # a bad image: final, tagged
+        (photo(300, 200), True, "TemporaryFailure", "storage_error"),  # S3 throttling throughout: the job retries
+    ],
+)
+def test_schema_2_task_failures_are_reported_per_task(
+    s3, bucket, moto_server, handler, settings_env, context, data, fault, result_code, result_string
+):
+    from tests.reliability.faultproxy import Fault, FaultProxy
+
+    key = "raw/bo/old scan + notes.jpg"
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    proxy = FaultProxy(upstream=moto_server).start()
+    try:
+        if fault:
+            proxy.add(Fault.slow_down(), method="GET", path=r"/raw/bo/old scan \+ notes\.jpg$", times=None)
+        settings_env(AWS_ENDPOINT_URL_S3=proxy.url)
+        event = json.loads((EVENTS / "s3-batch-operation-v2.json").read_text())
+        event["tasks"][0].update(s3Bucket=bucket, s3Key=backfill.csv_line(bucket, key).rstrip("\n").split(",")[1])
+        response = handler.lambda_handler(event, context)
+    finally:
+        proxy.stop()
+    assert response["invocationSchemaVersion"] == "2.0"
+    assert response["results"] == [
+        {"taskId": event["tasks"][0]["taskId"], "resultCode": result_code, "resultString": result_string}
+    ]
+    assert proxy.injected("slow_down") == (2 if fault else 0)  # S3_MAX_ATTEMPTS=2: botocore's own retry
+    tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
+    assert tags == ({} if fault else {"image-pipeline-status": "failed", "image-pipeline-error": "unsupported_type"})
