@@ -1,4 +1,5 @@
-"""`image-pipeline invoke events/<file>.json` — run the real handler on a sample event locally.
+"""`image-pipeline invoke events/<file>.json` — run the real handler on a sample event locally;
+`image-pipeline backfill s3://BUCKET/raw/…` — process objects already in a bucket (see backfill.py).
 
 With no `--endpoint-url` it starts an embedded S3 (moto server on 127.0.0.1), creates the event's
 bucket, uploads the image to the event's key, invokes `lambda_handler`, prints what was written,
@@ -43,13 +44,67 @@ def main(argv: list[str] | None = None) -> int:
     invoke.add_argument("--image", type=Path, help="image to upload to the event's key (default: events/sample.jpg)")
     invoke.add_argument("--out", type=Path, help="copy the written variants and manifest here")
     invoke.add_argument("--endpoint-url", help="an S3 endpoint to use instead of the embedded one")
+    _add_backfill(commands)
     args = parser.parse_args(argv)
     from .errors import ConfigError
 
     try:
+        if args.command == "backfill":
+            return _backfill(args)
         return _invoke(args)
     except (ConfigError, FileNotFoundError, json.JSONDecodeError) as exc:
         print(f"image-pipeline: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_backfill(commands: argparse._SubParsersAction) -> None:
+    backfill = commands.add_parser(
+        "backfill",
+        help="process objects already in the bucket (missing or stale outputs), locally or as an S3 Batch "
+        "Operations job",
+        description="Decide per object from its manifest whether its outputs are missing, stale (another ETag or "
+        "configuration) or current, then process the chosen ones with the Lambda's own code: locally, one worker "
+        "process per core, or as an S3 Batch Operations job that invokes the deployed function.",
+    )
+    backfill.add_argument("target", metavar="s3://BUCKET/RAW_PREFIX[PREFIX]", help="e.g. s3://my-bucket/raw/2024/")
+    which = backfill.add_mutually_exclusive_group()
+    which.add_argument("--only-missing", dest="mode", action="store_const", const="only-missing",
+                       help="only objects that have no manifest yet")
+    which.add_argument("--stale", dest="mode", action="store_const", const="stale",
+                       help="objects with no manifest or a stale one (another ETag or configuration): the default")
+    which.add_argument("--all", dest="mode", action="store_const", const="all",
+                       help="every object, current ones included: the service re-checks each one against the "
+                       "object itself and finishes what an interrupted run left (its tag, or its deletion in delete "
+                       "mode); a current image is not processed again")
+    backfill.set_defaults(mode="stale")
+    backfill.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    backfill.add_argument("--dry-run", action="store_true", help="print the counts and a sample; change nothing")
+    backfill.add_argument("--endpoint-url", help="another S3 endpoint (moto, MinIO, LocalStack)")
+    backfill.add_argument("--failed-keys", default="backfill-failed.csv", metavar="FILE",
+                          help="where failed keys and their error codes go (default: %(default)s)")
+    backfill.add_argument("--quiet", action="store_true", help="no progress display")
+    batch = backfill.add_argument_group("S3 Batch Operations (the large scale: AWS runs the deployed function)")
+    batch.add_argument("--batch-operations", action="store_true",
+                       help="write a CSV manifest of the chosen keys to the bucket and create the job")
+    batch.add_argument("--function", help="the function's name or ARN (default: the stack's FunctionArn output)")
+    batch.add_argument("--stack", default="image-pipeline",
+                       help="stack to read FunctionArn from (default: %(default)s)")
+    batch.add_argument("--role-arn", help="IAM role S3 Batch Operations assumes to invoke the function")
+    batch.add_argument("--report", metavar="s3://BUCKET/PREFIX",
+                       help="completion report of failed tasks (default: the bucket's batch-operations/reports)")
+    batch.add_argument("--account-id", help="AWS account id (default: from STS)")
+    batch.add_argument("--region", help="region of the bucket and function (default: the AWS configuration's)")
+    batch.add_argument("--print-only", action="store_true",
+                       help="write the manifest, print the `aws s3control create-job` command, create nothing")
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from .backfill import BackfillError, command
+
+    try:
+        return command(args)
+    except BackfillError as exc:
+        print(f"image-pipeline backfill: {exc}", file=sys.stderr)
         return 2
 
 
@@ -98,6 +153,9 @@ def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
 
     from .handler import lambda_handler, runtime  # imported after the endpoint is set: cold start
 
+    for ref in (r for r in refs if r.kind == "removed"):  # a deletion: process the upload, then delete it
+        print(f"{runtime.handle(type(ref)(ref.bucket, ref.key)).status}, then deleted: s3://{ref.bucket}/{ref.key}")
+        s3.delete_object(Bucket=ref.bucket, Key=ref.key)
     started = time.perf_counter()
     result = lambda_handler(event, LocalContext())
     elapsed = (time.perf_counter() - started) * 1000

@@ -2,7 +2,18 @@
 
 A code is a contract: it is written to the raw object's `image-pipeline-error` tag, logged and
 counted, so codes are only ever added, never renamed. `permanent` says whether retrying can help:
-a bad image stays bad (tag it and move on), a storage failure may pass (report it so it is retried).
+a bad image stays bad (tag it and move on), and so does a store that refuses us (access denied, no
+such bucket, an archived object, a KMS key we may not use: `storage_denied`, logged as an error
+and counted, never retried); a throttled, failing or unreachable store may pass (`storage_error`:
+report it so it is retried).
+
+    PipelineError
+    ├── ImageRejected (permanent): empty_file, unsupported_type, too_large, ... name_conflict
+    ├── StoreError: anything the store said
+    │   ├── StorageFailure (transient): storage_error
+    │   ├── StorageDenied (permanent): storage_denied
+    │   └── ObjectNotFound, ObjectChanged (permanent; storage/base.py): answers, not failures
+    └── OutOfTime (transient): out_of_time
 """
 
 from __future__ import annotations
@@ -25,6 +36,8 @@ class PipelineError(Exception):
 class ImageRejected(PipelineError):
     """The input can never become variants; retrying will not help."""
 
+    etag: str | None = None  # the version judged, when the store told us (see TooLarge.over)
+
 
 class EmptyFile(ImageRejected):
     code = "empty_file"
@@ -38,8 +51,10 @@ class TooLarge(ImageRejected):
     code = "too_large"
 
     @classmethod
-    def over(cls, size: int, limit: int) -> TooLarge:
-        return cls(f"{size} bytes is over the {limit}-byte limit")
+    def over(cls, size: int, limit: int, etag: str | None = None) -> TooLarge:
+        error = cls(f"{size} bytes is over the {limit}-byte limit")
+        error.etag = etag
+        return error
 
 
 class TooManyPixels(ImageRejected):
@@ -64,11 +79,28 @@ class NameConflict(ImageRejected):
     code = "name_conflict"
 
 
-class StorageFailure(PipelineError):
-    """S3 (or another store) failed after its own retries; the job must be retried later."""
+class StoreError(PipelineError):
+    """Something the store answered or failed to do; see the subclasses for whether to retry."""
 
     code = "storage_error"
     permanent = False
+
+
+class StorageFailure(StoreError):
+    """S3 (or another store) failed after its own retries (throttling, 5xx, network, timeouts);
+    the job must be retried later."""
+
+    code = "storage_error"
+    permanent = False
+
+
+class StorageDenied(StoreError):
+    """The store refuses the request and will keep refusing it until someone changes a setting:
+    AccessDenied, NoSuchBucket, InvalidObjectState (an archived object), KMS key access. Not
+    retried; logged as an error and counted, so an operator fixes the cause and replays."""
+
+    code = "storage_denied"
+    permanent = True
 
 
 class OutOfTime(PipelineError):
@@ -95,5 +127,6 @@ ERROR_CODES = tuple(
         NameConflict,
         StorageFailure,
         OutOfTime,
+        StorageDenied,
     )
 )

@@ -4,6 +4,12 @@ Accepted: S3 notifications (every record; keys are URL-encoded with `+` for spac
 decodes none of them past the first record's `object_key`, so each is `unquote_plus`-ed here),
 EventBridge "Object Created", SQS messages whose body is either (or S3's test event), Lambda
 on-failure destination records (for replays), and S3 Batch Operations tasks (see `handler`).
+
+`ObjectCreated:*` / "Object Created" name an upload (`kind="created"`); `ObjectRemoved:*` / "Object
+Deleted" by a `DeleteObject` call name a deleted raw object (`kind="removed"`, no ETag or size in
+these events). An S3 Lifecycle expiration (EventBridge reason "Lifecycle Expiration"; S3 sends
+those as `LifecycleExpiration:*`, which the templates do not subscribe to) is not a removal: the
+raw object's retention ran out and its outputs stay.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from urllib.parse import unquote_plus
 from aws_lambda_powertools.utilities.data_classes import S3Event, S3EventBridgeNotificationEvent
 
 from .service import ObjectRef
+
+
+_S3_KINDS = {"ObjectCreated": "created", "ObjectRemoved": "removed"}
 
 
 class UnknownEvent(ValueError):
@@ -37,17 +46,23 @@ def object_refs(event: dict) -> list[ObjectRef]:
     if isinstance(event.get("requestPayload"), dict):
         return object_refs(event["requestPayload"])  # a Lambda on-failure destination record (redrive)
     if event.get("source") == "aws.s3" and "detail" in event:
+        detail = S3EventBridgeNotificationEvent(event).detail
+        if event.get("detail-type") == "Object Deleted" and detail.reason == "DeleteObject":
+            return [ObjectRef(detail.bucket.name, detail.object.key, kind="removed")]
         if event.get("detail-type") != "Object Created":
             return []
-        detail = S3EventBridgeNotificationEvent(event).detail
         return [ObjectRef(detail.bucket.name, detail.object.key, detail.object.etag or None, detail.object.size)]
     if isinstance(event.get("Records"), list):
         refs = []
         for record in S3Event(event).records:
-            if record.get("eventSource") != "aws:s3" or not record.event_name.startswith("ObjectCreated"):
+            kind = _S3_KINDS.get(record.event_name.partition(":")[0])
+            if record.get("eventSource") != "aws:s3" or kind is None:
                 continue
             obj = record.s3.get_object
-            refs.append(ObjectRef(record.s3.bucket.name, unquote_plus(obj.key), obj.etag or None, obj.get("size")))
+            if kind == "removed":
+                refs.append(ObjectRef(record.s3.bucket.name, unquote_plus(obj.key), kind=kind))
+            else:
+                refs.append(ObjectRef(record.s3.bucket.name, unquote_plus(obj.key), obj.etag or None, obj.get("size")))
         return refs
     if event.get("Event") == "s3:TestEvent":
         return []

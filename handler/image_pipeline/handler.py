@@ -63,9 +63,14 @@ _BATCH_RESULT = {"retry": "TemporaryFailure", "failed": "PermanentFailure", "gon
 
 
 def _batch_operation(event: dict, context: Any) -> dict:
-    """One S3 Batch Operations task (a backfill of objects already in the bucket)."""
+    """One S3 Batch Operations task (a backfill of objects already in the bucket).
+
+    Invocation schema 1.0 names the bucket by ARN (`s3BucketArn`), 2.0 by name (`s3Bucket`) and adds
+    the job's `userArguments`; both send the key URL-encoded, as written in the job's CSV manifest
+    (Powertools' `s3_key` decodes it). The reply echoes the schema version and the invocation id."""
     job = S3BatchOperationEvent(event)
     task = job.task
+    logger.append_keys(batch_job_id=job.job.get_id, invocation_schema_version=job.invocation_schema_version)
     (outcome,) = handle_refs([ObjectRef(task.s3_bucket, task.s3_key)], context)
     response = S3BatchOperationResponse(job.invocation_schema_version, job.invocation_id, "PermanentFailure")
     result = _BATCH_RESULT.get(outcome.status, "Succeeded")
@@ -99,11 +104,22 @@ def handle_refs(refs: list[ObjectRef], context: Any) -> list[Outcome]:
 @tracer.capture_method(capture_response=False)
 def _handle(ref: ObjectRef, context: Any) -> Outcome:
     remaining = context.get_remaining_time_in_millis() if context is not None else None
+    reserve = runtime.settings.time_reserve_ms
     try:
-        if remaining is not None and remaining < runtime.settings.time_reserve_ms:
-            raise OutOfTime(f"{remaining} ms left, {runtime.settings.time_reserve_ms} ms reserved")
-        outcome = runtime.handle(ref)
-    except PipelineError as exc:  # storage_error, out_of_time: transient
+        if remaining is not None and remaining < reserve:
+            raise OutOfTime(f"{remaining} ms left, {reserve} ms reserved")
+        # Every S3 call of this object ends by then (a stalled one is cut off: out_of_time).
+        outcome = runtime.handle(ref, timeout_s=None if remaining is None else (remaining - reserve) / 1000)
+    except PipelineError as exc:
+        if exc.permanent:  # storage_denied: a retry cannot help; an operator must fix the cause
+            logger.error(
+                "object failed permanently; not retried",
+                extra={"status": "failed", "error_code": exc.code, "error": exc.message},
+                exc_info=True,
+            )
+            metrics.add_metric(name="StoragePermanentFailures", unit=MetricUnit.Count, value=1)
+            return Outcome("failed", ref.key, reason=exc.message, error_code=exc.code)
+        # storage_error, out_of_time: transient
         logger.error(
             "object will be retried",
             extra={"status": "retry", "error_code": exc.code, "error": exc.message},
@@ -116,6 +132,12 @@ def _handle(ref: ObjectRef, context: Any) -> Outcome:
 
 
 def _record(outcome: Outcome) -> None:
+    if outcome.tags_dropped:  # the uploader's own tags fill S3's 10: the status could not be set
+        logger.warning(
+            "no room for the pipeline's tags on the raw object",
+            extra={"status": outcome.status, "tags_dropped": outcome.tags_dropped},
+        )
+        metrics.add_metric(name="TagsFull", unit=MetricUnit.Count, value=1)
     fields = {
         "status": outcome.status,
         "bytes_in": outcome.bytes_in,
@@ -137,6 +159,9 @@ def _record(outcome: Outcome) -> None:
             name="ImagesFailedByCode", unit=MetricUnit.Count, value=1, namespace=NAMESPACE
         ) as metric:
             metric.add_dimension(name="ErrorCode", value=outcome.error_code or "unknown")
+    elif outcome.status == "removed":  # the raw object was deleted: so are its outputs
+        logger.info("outputs removed", extra={**fields, "reason": outcome.reason, "outputs": len(outcome.outputs)})
+        metrics.add_metric(name="ImagesRemoved", unit=MetricUnit.Count, value=1)
     else:  # skipped, ignored, gone (a key that vanished, or an event naming a key that never existed)
         log = logger.warning if outcome.status == "gone" else logger.info
         log(f"object {outcome.status}", extra={**fields, "reason": outcome.reason})

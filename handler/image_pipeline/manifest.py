@@ -1,27 +1,39 @@
 """The manifest: the record, written last, that a raw object was fully processed.
 
-Its presence means every variant it lists was written; its `source.etag` lets a replayed event
-for the same upload skip all image work (Lambda delivers at least once).
+Its presence means every variant it lists was written; its `source.etag` and
+`producer.fingerprint` let a replayed event for the same upload under the same configuration skip
+all image work (Lambda delivers at least once), while a changed upload or a changed configuration
+(`VARIANTS`, encoder settings, the processor's output version) makes it stale.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from . import __version__
 from .processor import ProcessedImage
+from .processor.fingerprint import OUTPUT_VERSION
 
 SCHEMA_VERSION = 1
 
 
 def build(
-    *, bucket: str, key: str, etag: str, processed: ProcessedImage, variant_keys: dict[str, str], total_ms: float
+    *,
+    bucket: str,
+    key: str,
+    etag: str,
+    processed: ProcessedImage,
+    variant_keys: dict[str, str],
+    total_ms: float,
+    fingerprint: str,
 ) -> dict:
     source = processed.source
     return {
         "schema_version": SCHEMA_VERSION,
         "pipeline_version": __version__,
+        "producer": {"fingerprint": fingerprint, "output_version": OUTPUT_VERSION, "pipeline_version": __version__},
         "source": {
             "bucket": bucket,
             "key": key,
@@ -55,12 +67,34 @@ def dumps(manifest: dict) -> bytes:
     return json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8")
 
 
-def recorded_source(raw: bytes | None) -> tuple[str, str] | None:
-    """(source key, source ETag) a stored manifest records, or None when there is none readable."""
+@dataclass(frozen=True)
+class Recorded:
+    """What a stored manifest says about the upload it was made from, and what made it."""
+
+    bucket: str
+    key: str
+    etag: str
+    fingerprint: str | None  # None: written before fingerprints were recorded (always stale)
+    output_keys: tuple[str, ...]  # the variants' keys (the manifest's own key not included)
+
+
+def recorded(raw: bytes | None) -> Recorded | None:
+    """The record a stored manifest holds, or None when there is none readable."""
     if not raw:
         return None
     try:
-        source = json.loads(raw)["source"]
-        return str(source["key"]), str(source["etag"])
-    except (ValueError, KeyError, TypeError):
+        record = json.loads(raw)
+        source = record["source"]
+        producer = record.get("producer") or {}
+        fingerprint = producer.get("fingerprint") if isinstance(producer, dict) else None
+        outputs = tuple(str(v["key"]) for v in record.get("variants") or () if isinstance(v, dict) and "key" in v)
+        bucket, key, etag = str(source.get("bucket", "")), str(source["key"]), str(source["etag"])
+        return Recorded(bucket, key, etag, str(fingerprint) if fingerprint else None, outputs)
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def recorded_source(raw: bytes | None) -> tuple[str, str] | None:
+    """(source key, source ETag) a stored manifest records, or None (see `recorded` for the rest)."""
+    record = recorded(raw)
+    return None if record is None else (record.key, record.etag)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from .errors import OutOfTime
 from .processor import ImageProcessor
 from .service import ImageService, ObjectRef, Outcome
 from .settings import Settings
@@ -27,8 +28,23 @@ class Runtime:
         self._runner = asyncio.Runner()
         self._connection: S3Connection | None = None
 
-    def handle(self, ref: ObjectRef) -> Outcome:
-        return self._runner.run(self._handle(ref))
+    def handle(self, ref: ObjectRef, timeout_s: float | None = None) -> Outcome:
+        """One object; with `timeout_s`, all of its S3 work must end by then or it is cut off and
+        reported as `OutOfTime` (outputs are written before the manifest, so a cut leaves nothing
+        that claims to be done, and the retry finishes it)."""
+        return self._runner.run(self._bounded(ref, timeout_s))
+
+    async def _bounded(self, ref: ObjectRef, timeout_s: float | None) -> Outcome:
+        if timeout_s is None:
+            return await self._handle(ref)
+        deadline = asyncio.timeout(max(timeout_s, 0))
+        try:
+            async with deadline:
+                return await self._handle(ref)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise OutOfTime(f"{ref.key}: not finished in the {timeout_s:.1f} s left before the reserve") from None
 
     async def _handle(self, ref: ObjectRef) -> Outcome:
         if self._connection is None:  # first record, not import: no network at cold start
@@ -37,7 +53,10 @@ class Runtime:
                 cache_control=self.settings.cache_control,
                 max_attempts=self.settings.s3_max_attempts,
             )
-        return await self.service.handle(self._connection.store(ref.bucket), ref)
+        store = self._connection.store(ref.bucket)
+        if ref.kind == "removed":
+            return await self.service.remove(store, ref.key)
+        return await self.service.handle(store, ref)
 
     def close(self) -> None:
         if self._connection is not None:

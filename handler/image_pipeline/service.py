@@ -1,27 +1,32 @@
 """One image's job, against any `ObjectStore`:
 
     read the manifest and the raw object together (one round trip) → skip if the manifest
-    already records this upload → process
-    → write every variant concurrently → write manifest LAST
+    already records this upload and this configuration's fingerprint → process
+    → write every variant concurrently → write manifest LAST → delete the outputs the previous
+      manifest listed that the new one does not (variants no longer configured)
     → tag `processed` or delete raw, if it is still the version processed; if a newer upload
       replaced it meanwhile, go again with that one: our writes may have interleaved with its
       own invocation's, and the last writer must leave outputs that match the raw object
 
 A bad image (any `ImageRejected`) is tagged `failed` with its code and kept; nothing is written
-under the output prefix. A storage failure propagates as `StorageFailure` so the caller reports it
+under the output prefix. `remove` is the one call for "this upload is gone": it deletes the
+outputs (manifest last) while the manifest still belongs to that raw key. A storage failure propagates as `StorageFailure` so the caller reports it
 for a retry; the raw object is then left exactly as it was.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from time import perf_counter
 
 from . import keys, manifest
-from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, StorageFailure, TooLarge
-from .processor import ImageProcessor, ProcessedImage
-from .storage import ObjectChanged, ObjectNotFound, ObjectStore
+from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, StorageDenied, StorageFailure
+from .processor import ImageFormat, ImageProcessor, ProcessedImage
+from .processor.fingerprint import fingerprint
+from .storage import ObjectChanged, ObjectNotFound, ObjectStore, RawObject
+from .storage.base import merge_tags
 
 STATUS_TAG = "image-pipeline-status"
 ERROR_TAG = "image-pipeline-error"
@@ -30,19 +35,21 @@ MAX_ROUNDS = 3  # passes over one object when it keeps being replaced while bein
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """One uploaded object, as an event names it."""
+    """One uploaded object, as an event names it. `kind`: "created" (an upload, or a task to
+    process an object already there) or "removed" (the raw object was deleted)."""
 
     bucket: str
     key: str
     etag: str | None = None
-    size: int | None = None
+    size: int | None = None  # a hint only: the object itself is measured again
+    kind: str = "created"
 
 
 @dataclass
 class Outcome:
     """What happened to one object; the handler logs and counts it."""
 
-    status: str  # processed | skipped | failed | ignored | gone
+    status: str  # processed | skipped | failed | ignored | gone | removed
     key: str
     reason: str = ""
     error_code: str | None = None
@@ -51,6 +58,7 @@ class Outcome:
     processing_ms: float = 0.0
     total_ms: float = 0.0
     outputs: list[dict] = field(default_factory=list)
+    tags_dropped: list[str] = field(default_factory=list)  # ours, no room beside the uploader's 10
 
 
 class ImageService:
@@ -70,19 +78,111 @@ class ImageService:
         self.disposition = disposition
         names = [v.name for v in processor.variants] + (["original"] if processor.preserve_original else [])
         self._longest_leaf = keys.longest_leaf(names)
+        self.fingerprint = fingerprint(processor)
+
+    def _prefix(self, raw_key: str) -> str | None:
+        """The output prefix of a raw key, or None for a key outside raw/ or one that is refused."""
+        try:
+            return keys.output_prefix(raw_key, self.raw_prefix, self.processed_prefix, self._longest_leaf)
+        except ImageRejected:
+            return None
+
+    async def state(self, store: ObjectStore, raw_key: str, etag: str) -> str:
+        """`missing` (no manifest for this key, or the prefix's manifest is another key's), `stale`
+        (the manifest records another ETag or another configuration's fingerprint) or `current`."""
+        prefix = self._prefix(raw_key)
+        if prefix is None:
+            return "missing"
+        record = manifest.recorded(await store.read_optional(keys.manifest_key(prefix)))
+        if record is None or record.key != raw_key:
+            return "missing"
+        if record.etag != (etag or "").strip('"') or record.fingerprint != self.fingerprint:
+            return "stale"
+        return "current"
+
+    async def remove(self, store: ObjectStore, raw_key: str, *, delete_raw: bool = False) -> Outcome:
+        """This upload is gone (an `ObjectRemoved` event) or is to be deleted (`delete_raw`).
+
+        With `delete_raw` the raw object is deleted first. Then, only if the manifest under its
+        output prefix still belongs to `raw_key`, every output it lists and every key a configured
+        variant can have there are deleted, the manifest last (its presence keeps meaning "all
+        listed variants exist"). "removed", or "ignored" when nothing there belonged to it.
+
+        Without `delete_raw` (an event: someone else deleted the raw object):
+        - in delete mode the pipeline deletes raw objects itself once their outputs are written,
+          so a raw object disappearing is the normal end of its life and never removes outputs
+          (the event carries no ETag to tell our own delete from anyone else's);
+        - a raw key that exists again (a new upload under the same name) keeps its outputs; if it
+          reappears while the outputs are being deleted, it is processed again here, since its
+          own invocation may have finished before the deletes.
+        """
+        started = perf_counter()
+        prefix = self._prefix(raw_key)
+        if prefix is None:
+            return Outcome("ignored", raw_key, reason=f"no outputs: outside {self.raw_prefix!r} or an invalid key")
+        if delete_raw:
+            await store.delete(raw_key)
+        elif self.disposition == "delete":
+            return Outcome("ignored", raw_key, reason="delete mode: raw objects are removed once processed; outputs stay")
+        manifest_key = keys.manifest_key(prefix)
+        if delete_raw:
+            stored, current = await store.read_optional(manifest_key), None
+        else:
+            stored, current = await asyncio.gather(store.read_optional(manifest_key), store.etag(raw_key))
+        if current is not None:
+            return Outcome("ignored", raw_key, reason="the raw key holds a new upload; its outputs stay")
+        record = manifest.recorded(stored)
+        if record is None or record.key != raw_key:
+            reason = "no manifest" if record is None else f"the outputs belong to {record.key!r}"
+            return Outcome("ignored", raw_key, reason=reason)
+        targets = {k for k in (*record.output_keys, *self._possible_outputs(prefix)) if k.startswith(prefix)}
+        targets.discard(manifest_key)
+        await asyncio.gather(*(store.delete(k) for k in sorted(targets)))
+        await store.delete(manifest_key)
+        if not delete_raw and await store.etag(raw_key) is not None:
+            # Re-uploaded while we deleted: its own run may have ended before our deletes.
+            return await self.handle(store, ObjectRef(record.bucket, raw_key))
+        return Outcome(
+            "removed",
+            raw_key,
+            reason=f"{len(targets)} output key(s) and the manifest deleted",
+            total_ms=(perf_counter() - started) * 1000,
+            outputs=[{"key": k} for k in sorted(targets)] + [{"name": "manifest", "key": manifest_key}],
+        )
+
+    def _possible_outputs(self, prefix: str) -> set[str]:
+        """Every key a configured variant can have under `prefix` (a variant without a fixed format
+        takes the source's, so each extension it can have)."""
+        extensions = sorted({f.extension for f in ImageFormat} | {"heif", "tiff", "bmp"})
+        names = [(v.name, v.format) for v in self.processor.variants]
+        if self.processor.preserve_original:
+            names.append(("original", None))
+        return {
+            keys.variant_key(prefix, name, ext)
+            for name, fmt in names
+            for ext in ([fmt.extension] if fmt is not None else extensions)
+        }
 
     async def handle(self, store: ObjectStore, ref: ObjectRef) -> Outcome:
         started = perf_counter()
         try:
             prefix = keys.output_prefix(ref.key, self.raw_prefix, self.processed_prefix, self._longest_leaf)
-        except ImageRejected as exc:
-            return await self._reject(store, ref, exc, started)
+        except ImageRejected as exc:  # every version of this key is refused alike
+            return await self._reject(store, ref, exc, started, etag=None) or Outcome("gone", ref.key)
         if prefix is None:
             return Outcome("ignored", ref.key, reason=f"outside {self.raw_prefix!r}")
+        try:
+            return await self._rounds(store, ref, prefix, started)
+        except StorageDenied as exc:
+            # Not the upload's fault, but it will not pass by itself: say so on the object, when
+            # the store lets us, so it can be found and replayed once the cause is fixed.
+            with contextlib.suppress(PipelineError):
+                await self._tag(store, ref.key, {STATUS_TAG: "failed", ERROR_TAG: exc.code}, etag=None)
+            raise
 
-        limit = self.processor.limits.max_bytes
-        if ref.size is not None and ref.size > limit:
-            return await self._reject(store, ref, TooLarge.over(ref.size, limit), started)
+    async def _rounds(self, store: ObjectStore, ref: ObjectRef, prefix: str, started: float) -> Outcome:
+        # The event's size is only a hint: the GET measures the object itself before reading it
+        # (a late event for an older, larger upload must not reject the newer one).
         for attempt in range(MAX_ROUNDS):
             outcome = await self._handle_current(store, ref, prefix, started, redo=attempt > 0)
             if outcome is not None:
@@ -95,48 +195,64 @@ class ImageService:
         self, store: ObjectStore, ref: ObjectRef, prefix: str, started: float, redo: bool
     ) -> Outcome | None:
         """One pass over the object as it is now. None: it was replaced while its outputs were being
-        written, so they may be stale (another invocation's writes can interleave with ours) and
-        the caller must go again, without the "already done" shortcut."""
+        written (or judged), so they may be stale (another invocation's writes can interleave with
+        ours) and the caller must go again, without the "already done" shortcut."""
         manifest_key = keys.manifest_key(prefix)
         limit = self.processor.limits.max_bytes
         # Both reads at once: one round trip instead of two for every new image; a duplicate
         # delivery (rare) wastes the raw GET but still does no image work.
         stored_manifest, raw = await asyncio.gather(
-            store.read_optional(manifest_key), store.read(ref.key, max_bytes=limit), return_exceptions=True
+            _read_if_any(store, manifest_key), store.read(ref.key, max_bytes=limit), return_exceptions=True
         )
         if isinstance(stored_manifest, BaseException):
             raise stored_manifest
-        owner, recorded = manifest.recorded_source(stored_manifest) or (ref.key, None)
+        previous = manifest.recorded(stored_manifest.data if stored_manifest else None)
+        owner, recorded = (previous.key, previous.etag) if previous else (ref.key, None)
         if isinstance(raw, ObjectNotFound):
             if owner == ref.key and recorded == ref.etag:  # processed, then deleted: a duplicate
                 return Outcome("skipped", ref.key, reason="manifest already records this ETag")
             return Outcome("gone", ref.key, reason="raw object no longer exists")
-        if isinstance(raw, ImageRejected):
-            return await self._reject(store, ref, raw, started)
+        if isinstance(raw, ImageRejected):  # too large, measured on the object itself
+            return await self._reject(store, ref, raw, started, etag=raw.etag)
         if isinstance(raw, BaseException):
             raise raw
         if owner != ref.key and await store.exists(owner):
             conflict = NameConflict(f"{owner!r} already owns {prefix!r}; rename this upload")
-            return await self._reject(store, ref, conflict, started, bytes_in=raw.size)
+            return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size)
         # Compare with the object as it is now, not with the event: a late event for an older
         # upload must neither skip nor delete/tag the newer one (which is processed instead).
-        if not redo and owner == ref.key and recorded == raw.etag:
+        if not redo and owner == ref.key and recorded == raw.etag and previous.fingerprint == self.fingerprint:
             # idempotent: finishes a run that died after the manifest
-            if not await self._dispose(store, ref.key, raw.etag):
+            dropped = await self._dispose(store, ref.key, raw.etag)
+            if dropped is None:
                 return None
-            return Outcome("skipped", ref.key, reason="manifest already records this ETag")
+            return Outcome(
+                "skipped", ref.key, reason="manifest already records this ETag and configuration", tags_dropped=dropped
+            )
 
         try:
             processed = self.processor.process_image(raw.data)
         except ImageRejected as exc:
-            return await self._reject(store, ref, exc, started, bytes_in=raw.size)
+            return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size)
         except PipelineError:
             raise
         except Exception as exc:  # a decoder crash on hostile input is still a bad image
-            return await self._reject(store, ref, CorruptImage(f"{type(exc).__name__}: {exc}"), started, raw.size)
+            error = CorruptImage(f"{type(exc).__name__}: {exc}")
+            return await self._reject(store, ref, error, started, etag=raw.etag, bytes_in=raw.size)
 
-        record = await self._write_outputs(store, ref, prefix, raw.etag, processed, started)
-        if not await self._dispose(store, ref.key, raw.etag):
+        record, winner = await self._write_outputs(
+            store, ref, prefix, raw.etag, processed, started, stored_manifest.etag if stored_manifest else None
+        )
+        if winner is not None:  # another name took the prefix while we wrote: see `_write_outputs`
+            await self._repair(store, winner, prefix)
+            conflict = NameConflict(f"{winner.key!r} owns {prefix!r} (uploaded at the same time); rename this upload")
+            return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size)
+        if previous is not None:  # variants no longer configured (or now of another format)
+            written = {v["key"] for v in record["variants"]}
+            leftovers = sorted(k for k in previous.output_keys if k.startswith(prefix) and k not in written)
+            await asyncio.gather(*(store.delete(k) for k in leftovers))
+        dropped = await self._dispose(store, ref.key, raw.etag)
+        if dropped is None:
             return None
         return Outcome(
             "processed",
@@ -146,12 +262,25 @@ class ImageService:
             processing_ms=processed.processing_ms,
             total_ms=(perf_counter() - started) * 1000,
             outputs=record["variants"] + [{"name": "manifest", "key": manifest_key}],
+            tags_dropped=dropped,
         )
 
     async def _write_outputs(
-        self, store: ObjectStore, ref: ObjectRef, prefix: str, etag: str, processed: ProcessedImage, started: float
-    ) -> dict:
-        """Every variant at once, then the manifest: its presence means all of them are there."""
+        self,
+        store: ObjectStore,
+        ref: ObjectRef,
+        prefix: str,
+        etag: str,
+        processed: ProcessedImage,
+        started: float,
+        manifest_etag: str | None,
+    ) -> tuple[dict, manifest.Recorded | None]:
+        """Every variant at once, then the manifest: its presence means all of them are there.
+
+        The manifest write is conditional on the manifest read before (S3 If-None-Match / If-Match),
+        which makes the owner check hold when two names (`a.jpg`, `a.png`) write one prefix at
+        once: only one manifest lands. The other writer gets the winner's record back (second
+        value) and must repair the variants it may have overwritten."""
         variant_keys = {v.name: keys.variant_key(prefix, v.name, v.extension) for v in processed.variants}
         await asyncio.gather(
             *(
@@ -171,38 +300,85 @@ class ImageService:
             processed=processed,
             variant_keys=variant_keys,
             total_ms=(perf_counter() - started) * 1000,
+            fingerprint=self.fingerprint,
         )
-        await store.write(keys.manifest_key(prefix), manifest.dumps(record), "application/json", {"source-etag": etag})
-        return record
+        data, manifest_key = manifest.dumps(record), keys.manifest_key(prefix)
+        for _ in range(MAX_ROUNDS):
+            try:
+                await store.write_if(manifest_key, data, "application/json", {"source-etag": etag}, etag=manifest_etag)
+                return record, None
+            except ObjectChanged:  # someone wrote the manifest since we read it
+                current = await _read_if_any(store, manifest_key)
+            found = manifest.recorded(current.data if current else None)
+            if found is not None and found.key != ref.key:
+                return record, found
+            if found is not None and (found.etag, found.fingerprint) == (etag, self.fingerprint):
+                return record, None  # a duplicate delivery wrote the same outputs: nothing to add
+            # our own key (a duplicate delivery, or a newer upload of it: `_dispose` sorts that out)
+            manifest_etag = current.etag if current else None
+        raise StorageFailure(f"{manifest_key} kept changing while it was written; retry later")
 
-    async def _dispose(self, store: ObjectStore, key: str, etag: str) -> bool:
+    async def _repair(self, store: ObjectStore, winner: manifest.Recorded, prefix: str) -> None:
+        """Process the winner of a race for `prefix` again: our variants may have overwritten its."""
+        ref = ObjectRef(winner.bucket, winner.key)
+        for _ in range(MAX_ROUNDS):
+            outcome = await self._handle_current(store, ref, prefix, perf_counter(), redo=True)
+            if outcome is not None:
+                return
+        raise StorageFailure(f"{winner.key} was replaced while its outputs were repaired; retry later")
+
+    async def _dispose(self, store: ObjectStore, key: str, etag: str) -> list[str] | None:
         """Tag the raw object `processed` or delete it, if it is still the version processed.
+        Returns our tags that did not fit beside the uploader's (S3 allows 10), usually none.
 
-        False when a newer upload has replaced it: its outputs may then have been overwritten by
+        None when a newer upload has replaced it: its outputs may then have been overwritten by
         ours, so the caller processes it again. The check is a HEAD before tagging (S3 tagging has
         no condition) and S3's conditional delete (If-Match) when deleting."""
         try:
             if self.disposition == "delete":
                 await store.delete(key, etag=etag)
-            else:
-                # Both reads in one round trip; the tags are only used if the version matches.
-                current, existing = await asyncio.gather(store.etag(key), store.get_tags(key))
-                if current is not None and current != etag:
-                    return False
-                await store.set_tags(key, {STATUS_TAG: "processed"}, remove=(ERROR_TAG,), existing=existing)
+                return []
+            return await self._tag(store, key, {STATUS_TAG: "processed"}, etag=etag, remove=(ERROR_TAG,))
         except ObjectNotFound:
-            pass  # already deleted (delete mode, or by its owner): nothing left to mark
+            return []  # already deleted (delete mode, or by its owner): nothing left to mark
         except ObjectChanged:
-            return False
-        return True
+            return None
+
+    async def _tag(
+        self, store: ObjectStore, key: str, tags: dict[str, str], *, etag: str | None, remove: tuple[str, ...] = ()
+    ) -> list[str]:
+        """Merge our tags into the raw object's while it still holds `etag` (None: any version).
+        Raises ObjectChanged when another upload replaced it; returns the tags that found no room."""
+        if etag is None:
+            existing = await store.get_tags(key)
+        else:  # both reads in one round trip; the tags are only used if the version matches
+            current, existing = await asyncio.gather(store.etag(key), store.get_tags(key))
+            if current is not None and current != etag:
+                raise ObjectChanged(f"{key} is no longer the version judged")
+        merged = merge_tags(existing, tags, remove)
+        await store.set_tags(key, tags, remove=remove, existing=existing)
+        return [k for k, v in tags.items() if merged.get(k) != v]
 
     async def _reject(
-        self, store: ObjectStore, ref: ObjectRef, error: PipelineError, started: float, bytes_in: int = 0
-    ) -> Outcome:
+        self,
+        store: ObjectStore,
+        ref: ObjectRef,
+        error: PipelineError,
+        started: float,
+        *,
+        etag: str | None,
+        bytes_in: int = 0,
+    ) -> Outcome | None:
+        """Tag the raw object `failed` with the code, only while it is the version judged (`etag`;
+        None for a key refused whatever it holds). None when a newer upload replaced it meanwhile:
+        the caller judges that one instead."""
+        dropped: list[str] = []
         try:
-            await store.set_tags(ref.key, {STATUS_TAG: "failed", ERROR_TAG: error.code})
+            dropped = await self._tag(store, ref.key, {STATUS_TAG: "failed", ERROR_TAG: error.code}, etag=etag)
         except ObjectNotFound:
             pass
+        except ObjectChanged:
+            return None
         return Outcome(
             "failed",
             ref.key,
@@ -210,5 +386,13 @@ class ImageService:
             error_code=error.code,
             bytes_in=bytes_in,
             total_ms=(perf_counter() - started) * 1000,
+            tags_dropped=dropped,
         )
 
+
+async def _read_if_any(store: ObjectStore, key: str) -> RawObject | None:
+    """The object and its ETag, or None when the key does not exist (also on a bare 404)."""
+    try:
+        return await store.read(key)
+    except ObjectNotFound:
+        return None

@@ -136,6 +136,20 @@ def test_a_delete_for_one_version_never_removes_a_newer_upload(with_store):
     with_store(body)
 
 
+def test_a_conditional_write_lands_only_on_the_version_expected(with_store):
+    async def body(store):
+        await store.write_if("p/m.json", b"first", "application/json", {}, etag=None)  # created
+        with pytest.raises(ObjectChanged):  # exists now: a second create loses
+            await store.write_if("p/m.json", b"second", "application/json", {}, etag=None)
+        first = await store.read("p/m.json")
+        await store.write_if("p/m.json", b"third", "application/json", {}, etag=first.etag)  # replaced
+        with pytest.raises(ObjectChanged):  # that version is gone
+            await store.write_if("p/m.json", b"fourth", "application/json", {}, etag=first.etag)
+        assert (await store.read("p/m.json")).data == b"third"
+
+    with_store(body)
+
+
 def test_the_service_gives_the_same_result_on_every_backend(with_store):
     service = ImageService(ImageProcessor([VariantConfig("small", 64, 64, format="webp")]))
 
@@ -150,6 +164,26 @@ def test_the_service_gives_the_same_result_on_every_backend(with_store):
         assert await store.get_tags("raw/p/photo.jpg") == {"image-pipeline-status": "processed"}
         again = await service.handle(store, ObjectRef("bucket", "raw/p/photo.jpg", etag=manifest["source"]["etag"]))
         assert again.status == "skipped"
+
+    with_store(body)
+
+
+def test_state_and_remove_give_the_same_result_on_every_backend(with_store):
+    service = ImageService(ImageProcessor([VariantConfig("small", 64, 64, format="webp")]))
+
+    async def body(store):
+        await store.write("raw/r/photo.jpg", photo(256, 128), "image/jpeg", {})
+        etag = (await store.read("raw/r/photo.jpg")).etag
+        assert await service.state(store, "raw/r/photo.jpg", etag) == "missing"
+        await service.handle(store, ObjectRef("bucket", "raw/r/photo.jpg"))
+        assert await service.state(store, "raw/r/photo.jpg", etag) == "current"
+        assert await service.state(store, "raw/r/photo.jpg", "0" * 32) == "stale"
+        assert (await service.remove(store, "raw/r/photo.png", delete_raw=True)).status == "ignored"
+        removed = await service.remove(store, "raw/r/photo.jpg", delete_raw=True)
+        assert removed.status == "removed"
+        for key in ("raw/r/photo.jpg", "processed/r/photo/small.webp", "processed/r/photo/manifest.json"):
+            assert await store.exists(key) is False, key
+        assert await service.state(store, "raw/r/photo.jpg", etag) == "missing"
 
     with_store(body)
 

@@ -30,6 +30,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
         ("eventbridge-object-created.json", "photos/2026/eventbridge"),
         ("sqs-s3.json", "photos/2026/queued"),
         ("s3-batch-operation.json", "photos/2025/backfill"),
+        ("s3-batch-operation-v2.json", "photos/2025/old scan + notes"),
     ],
 )
 def test_invoke_runs_the_handler_on_an_embedded_s3_and_copies_the_variants(tmp_path, event, prefix):
@@ -50,6 +51,15 @@ def test_invoke_with_a_bad_image_reports_the_error_tag(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "image-pipeline-status=failed, image-pipeline-error=unsupported_type" in done.stdout
     assert "(nothing written)" in done.stdout
+
+
+@pytest.mark.parametrize("event", ["s3-delete.json", "eventbridge-object-deleted.json"])
+def test_invoke_with_a_removal_event_processes_deletes_and_removes_the_outputs(event):
+    done = invoke(f"events/{event}")
+    assert done.returncode == 0, done.stderr
+    assert "processed, then deleted: s3://image-pipeline-example/raw/photos/2026/" in done.stdout
+    assert '"status": "removed"' in done.stdout
+    assert "(nothing written)" in done.stdout and "raw object: deleted" in done.stdout
 
 
 def test_a_bad_setting_is_one_clear_message_not_a_traceback():

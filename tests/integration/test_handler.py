@@ -99,21 +99,38 @@ def test_sqs_batch_with_a_bad_record_reports_nothing_and_processes_the_rest(s3, 
         assert tags(s3, bucket, key) == {"image-pipeline-status": "processed"}
 
 
-def test_sqs_storage_failure_becomes_a_batch_item_failure(s3, bucket, handler, context):
+UNREACHABLE = "http://127.0.0.1:9"  # connection refused: a network failure, worth a retry
+
+
+def test_sqs_storage_failure_becomes_a_batch_item_failure(s3, bucket, handler, context, settings_env):
+    settings_env(AWS_ENDPOINT_URL_S3=UNREACHABLE)
+    event = load_event("sqs-s3.json", bucket=bucket, keys=["raw/unreachable.jpg"])
+    result = handler.lambda_handler(event, context)
+    assert result == {"batchItemFailures": [{"itemIdentifier": "message-0"}]}
+
+
+def test_sqs_permanent_storage_failure_is_not_retried(s3, bucket, handler, context):
     upload(s3, bucket, "raw/ok.jpg", photo(200, 200))
     event = load_event("sqs-s3.json", bucket=bucket, keys=["raw/ok.jpg", "raw/missing-bucket.jpg"])
     body = json.loads(event["Records"][1]["body"])
     body["Records"][0]["s3"]["bucket"]["name"] = "no-such-bucket-anywhere"
     event["Records"][1]["body"] = json.dumps(body)
     result = handler.lambda_handler(event, context)
-    assert result == {"batchItemFailures": [{"itemIdentifier": "message-1"}]}
+    assert result == {"batchItemFailures": []}  # NoSuchBucket stays so: redelivering cannot help
     assert tags(s3, bucket, "raw/ok.jpg")["image-pipeline-status"] == "processed"
 
 
-def test_direct_invocation_raises_on_storage_failure_so_lambda_retries(s3, handler, context):
-    event = load_event("s3-put.json", bucket="no-such-bucket-anywhere", keys=["raw/x.jpg"])
+def test_direct_invocation_raises_on_storage_failure_so_lambda_retries(s3, bucket, handler, context, settings_env):
+    settings_env(AWS_ENDPOINT_URL_S3=UNREACHABLE)
+    event = load_event("s3-put.json", bucket=bucket, keys=["raw/x.jpg"])
     with pytest.raises(handler.RetryLater):
         handler.lambda_handler(event, context)
+
+
+def test_direct_invocation_does_not_retry_a_missing_bucket(s3, handler, context):
+    event = load_event("s3-put.json", bucket="no-such-bucket-anywhere", keys=["raw/x.jpg"])
+    result = handler.lambda_handler(event, context)
+    assert result["results"] == [{"key": "raw/x.jpg", "status": "failed", "error_code": "storage_denied"}]
 
 
 def test_a_multi_record_notification_processes_every_record(s3, bucket, handler, context):
@@ -341,10 +358,17 @@ def test_s3_batch_operations_backfill_reports_a_result_per_task(
     assert tags(s3, bucket, key)["image-pipeline-status"] == ("processed" if result_code == "Succeeded" else "failed")
 
 
-def test_s3_batch_operations_storage_failure_is_a_temporary_failure(s3, handler, context):
-    response = handler.lambda_handler(_batch_operation_event("no-such-bucket-anywhere", "raw/x.jpg"), context)
+def test_s3_batch_operations_storage_failure_is_a_temporary_failure(s3, bucket, handler, context, settings_env):
+    settings_env(AWS_ENDPOINT_URL_S3=UNREACHABLE)
+    response = handler.lambda_handler(_batch_operation_event(bucket, "raw/x.jpg"), context)
     assert response["results"][0]["resultCode"] == "TemporaryFailure"
     assert response["results"][0]["resultString"] == "storage_error"
+
+
+def test_s3_batch_operations_permanent_storage_failure_is_a_permanent_failure(s3, handler, context):
+    response = handler.lambda_handler(_batch_operation_event("no-such-bucket-anywhere", "raw/x.jpg"), context)
+    assert response["results"][0]["resultCode"] == "PermanentFailure"
+    assert response["results"][0]["resultString"] == "storage_denied"
 
 
 def test_allowed_types_accept_common_aliases():

@@ -7,8 +7,9 @@ request to an upstream S3 endpoint (the moto server) unless a rule says to break
     assert proxy.injected("slow_down") == 1
 
 Faults: a 503 `SlowDown` (S3's throttling answer, retried by botocore), a 403 `AccessDenied`
-(permanent, never retried), a connection reset in the middle of the request body, and a delay
-before forwarding. A rule matches on method and a regular expression searched in the request
+(permanent, never retried), a bare 404 with no error body (what some S3-compatible servers send
+for a missing key), a connection reset in the middle of the request body, and a delay before
+forwarding. A rule matches on method and a regular expression searched in the request
 path (`/<bucket>/<key>?<query>`, path-style as botocore uses it for an IP endpoint), and fires for
 the first `times` matching requests (None: every one). Every request is logged, so a test can
 prove its faults were actually hit.
@@ -31,7 +32,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # slow_down | access_denied | reset | delay
+    kind: str  # slow_down | access_denied | bare_404 | reset | delay
     seconds: float = 0.0
 
     @classmethod
@@ -41,6 +42,11 @@ class Fault:
     @classmethod
     def access_denied(cls) -> Fault:
         return cls("access_denied")
+
+    @classmethod
+    def bare_404(cls) -> Fault:
+        """404 Not Found with an empty body: no `NoSuchKey` code for the client to read."""
+        return cls("bare_404")
 
     @classmethod
     def reset(cls) -> Fault:
@@ -193,6 +199,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if fault is not None and fault.kind == "delay":
             time.sleep(fault.seconds)
+        if fault is not None and fault.kind == "bare_404":
+            self.owner._record(Seen(method, path, fault.kind, 404))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if fault is not None and fault.kind in ("slow_down", "access_denied"):
             status, code, message = (
                 (503, "SlowDown", "Please reduce your request rate.")

@@ -1,9 +1,11 @@
 """S3 misbehaving, through a fault-injecting proxy between the real handler and the moto server.
 
 Transient faults (503 SlowDown, a reset connection mid-upload, slow answers) are absorbed by
-botocore's retries (standard mode, S3_MAX_ATTEMPTS) and the result is complete. Permanent faults
-(403, or 503 on every attempt) leave the raw object exactly as it was, write no manifest, log an
-error and report the object for a retry; once the fault clears, the replay completes it.
+botocore's retries (standard mode, S3_MAX_ATTEMPTS) and the result is complete. A 503 on every
+attempt leaves the raw object exactly as it was, writes no manifest, logs an error and reports the
+object for a retry. A refusal (403 AccessDenied, NoSuchBucket, an archived object) is permanent:
+never retried, no manifest, the raw object tagged `failed` / `storage_denied` when S3 allows it, an
+error log and the StoragePermanentFailures metric; once the cause is fixed, a replay completes it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 from tests.images import photo
 from tests.reliability.faultproxy import Fault
 from tests.reliability.support import (
+    ERROR,
     STATUS,
     VARIANT_FILES,
     all_keys,
@@ -70,26 +73,62 @@ def retry_logs(handler_logs) -> list[dict]:
     return [line for line in handler_logs.refresh() if line["message"] == "object will be retried"]
 
 
-def test_permanent_403_on_outputs_leaves_the_raw_object_untouched_and_raises_for_a_retry(
-    s3, bucket, handler, context, via_proxy, handler_logs
+def permanent_logs(handler_logs) -> list[dict]:
+    return [line for line in handler_logs.refresh() if line.get("message") == "object failed permanently; not retried"]
+
+
+def metrics_printed(capsys) -> dict[str, list[float]]:
+    """The EMF metrics Powertools printed (to stdout, as on Lambda) since the last call."""
+    import json
+
+    found: dict[str, list[float]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            record = json.loads(line)
+            for metric in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+                found.setdefault(metric["Name"], []).extend(record[metric["Name"]])
+    return found
+
+
+def test_permanent_403_on_outputs_is_not_retried_and_says_so_on_the_raw_object(
+    s3, bucket, handler, context, via_proxy, handler_logs, capsys
 ):
     obj = upload(s3, bucket, "raw/denied/photo.jpg", photo(640, 480))
     via_proxy.add(Fault.access_denied(), method="PUT", path=f"^/{bucket}/processed/", times=None)
     event = s3_event(bucket, [obj])
 
-    with pytest.raises(handler.RetryLater, match="raw/denied/photo.jpg"):
-        handler.lambda_handler(event, context)
+    result = handler.lambda_handler(event, context)  # no RetryLater: Lambda must not retry this
 
+    assert result["results"] == [{"key": obj.key, "status": "failed", "error_code": "storage_denied"}]
     assert via_proxy.injected("access_denied") == len(VARIANT_FILES)  # 403 is final: not retried by botocore
     assert all_keys(s3, bucket, "processed/") == []
-    assert tags(s3, bucket, obj.key) == {}  # neither processed nor failed: it will be retried
-    (logged,) = retry_logs(handler_logs)
-    assert logged["level"] == "ERROR" and logged["error_code"] == "storage_error" and logged["key"] == obj.key
-    assert "AccessDenied" in logged["error"]
+    assert tags(s3, bucket, obj.key) == {STATUS: "failed", ERROR: "storage_denied"}  # findable, replayable
+    (logged,) = permanent_logs(handler_logs)
+    assert logged["level"] == "ERROR" and logged["error_code"] == "storage_denied" and logged["key"] == obj.key
+    assert "AccessDenied" in logged["error"] and retry_logs(handler_logs) == []
+    printed = metrics_printed(capsys)
+    assert printed.get("StoragePermanentFailures") == [1.0] and "ImagesRetried" not in printed
 
-    via_proxy.clear()  # the permission is fixed; Lambda's retry (or a redrive) replays the event
+    via_proxy.clear()  # the permission is fixed; a replay (or a backfill) completes it
     assert handler.lambda_handler(event, context)["results"][0]["status"] == "processed"
-    assert complete(s3, bucket, obj)
+    assert complete(s3, bucket, obj)  # and the error tag is gone
+
+
+@pytest.mark.parametrize("code", ["NoSuchBucket", "InvalidObjectState", "KMS.DisabledException", "AccessDenied"])
+def test_refusals_are_permanent_and_throttling_is_not(code):
+    from botocore.exceptions import ClientError
+
+    from image_pipeline.storage.s3 import classify
+
+    def error(c: str) -> ClientError:
+        return ClientError({"Error": {"Code": c, "Message": "x"}}, "GetObject")
+
+    refused = classify(error(code), "GetObject", "s3://b/k")
+    assert (refused.code, refused.permanent) == ("storage_denied", True)
+    for transient in ("SlowDown", "InternalError", "503", "KMS.ThrottlingException", "RequestTimeout"):
+        failure = classify(error(transient), "GetObject", "s3://b/k")
+        assert (failure.code, failure.permanent) == ("storage_error", False), transient
+    assert classify(error("404"), "GetObject", "s3://b/k").code == "not_found"  # a bare 404
 
 
 def test_503_beyond_the_attempts_in_an_sqs_batch_fails_only_that_message(
@@ -122,7 +161,7 @@ def test_a_failure_after_the_manifest_is_finished_by_the_replay_without_image_wo
     s3, bucket, handler, context, via_proxy
 ):
     obj = upload(s3, bucket, "raw/tagfail/photo.jpg", photo(320, 240))
-    via_proxy.add(Fault.access_denied(), method="PUT", path=r"raw/tagfail/photo.jpg\?tagging", times=None)
+    via_proxy.add(Fault.slow_down(), method="PUT", path=r"raw/tagfail/photo.jpg\?tagging", times=None)
     with pytest.raises(handler.RetryLater):
         handler.lambda_handler(s3_event(bucket, [obj]), context)
     assert tags(s3, bucket, obj.key) == {}
@@ -136,13 +175,14 @@ def test_a_failure_after_the_manifest_is_finished_by_the_replay_without_image_wo
     assert len(via_proxy.requests("PUT", "processed/")) == len(VARIANT_FILES) + 1  # all from the first run
 
 
-def test_a_denied_read_of_the_upload_is_retried_later_not_tagged_failed(s3, bucket, handler, context, via_proxy):
+def test_a_denied_read_of_the_upload_is_not_redelivered_and_is_tagged(s3, bucket, handler, context, via_proxy):
     good = upload(s3, bucket, "raw/noread/ok.jpg", photo(320, 240))
     obj = upload(s3, bucket, "raw/noread/photo.jpg", photo(320, 240))
     via_proxy.add(Fault.access_denied(), method="GET", path=f"^/{bucket}/raw/noread/photo.jpg$", times=None)
     result = handler.lambda_handler(sqs_event(bucket, [good, obj]), context)
-    assert result == {"batchItemFailures": [{"itemIdentifier": "msg-1"}]}
-    assert tags(s3, bucket, obj.key) == {} and all_keys(s3, bucket, "processed/noread/photo/") == []
+    assert result == {"batchItemFailures": []}  # redelivering cannot help: no trip round to the DLQ
+    assert tags(s3, bucket, obj.key) == {STATUS: "failed", ERROR: "storage_denied"}
+    assert all_keys(s3, bucket, "processed/noread/photo/") == []
     assert complete(s3, bucket, good)
     via_proxy.clear()
     assert handler.lambda_handler(sqs_event(bucket, [good, obj]), context) == {"batchItemFailures": []}
@@ -152,7 +192,7 @@ def test_a_denied_read_of_the_upload_is_retried_later_not_tagged_failed(s3, buck
 def test_when_every_message_fails_each_one_is_reported_for_redelivery(s3, bucket, handler, context, via_proxy):
     """Even when *all* records fail, the response lists each one (no invocation error)."""
     obj = upload(s3, bucket, "raw/allfail/photo.jpg", photo(320, 240))
-    via_proxy.add(Fault.access_denied(), method="GET", path=f"^/{bucket}/raw/allfail/", times=None)
+    via_proxy.add(Fault.slow_down(), method="GET", path=f"^/{bucket}/raw/allfail/", times=None)
     event = sqs_event(bucket, [obj])
     result = handler.lambda_handler(event, context)
     assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}

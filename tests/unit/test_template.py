@@ -39,7 +39,7 @@ S3_OBJECT_ACTIONS_ALLOWED = {
     "s3:GetObject": {"raw/", "processed/"},
     "s3:GetObjectTagging": {"raw/"},
     "s3:PutObjectTagging": {"raw/"},
-    "s3:DeleteObject": {"raw/"},
+    "s3:DeleteObject": {"raw/", "processed/"},
     "s3:PutObject": {"processed/"},
 }
 
@@ -280,7 +280,7 @@ def test_only_raw_prefix_triggers_the_function(direct: dict[str, Any]) -> None:
     assert len(s3_events) == 1
     (event,) = s3_events
     assert event["Bucket"] == {"Ref": bucket_name}
-    assert as_list(event["Events"]) == ["s3:ObjectCreated:*"]
+    assert as_list(event["Events"]) == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
     rules = event["Filter"]["S3Key"]["Rules"]
     assert [(r["Name"].lower(), r["Value"]) for r in rules] == [("prefix", "raw/")]
     env = props["Environment"]["Variables"]
@@ -336,14 +336,15 @@ def test_object_actions_are_confined_to_their_prefix(template: dict[str, Any], b
         assert prefixes <= S3_OBJECT_ACTIONS_ALLOWED[action], f"{action} granted on {prefixes}"
     # And what the handler needs is actually there.
     assert granted.get("s3:PutObject") == {"processed/"}
-    assert granted.get("s3:DeleteObject") == {"raw/"}
+    assert granted.get("s3:DeleteObject") == {"raw/", "processed/"}
     assert {"raw/", "processed/"} <= granted.get("s3:GetObject", set())
     assert granted.get("s3:GetObjectTagging") == {"raw/"}
     assert granted.get("s3:PutObjectTagging") == {"raw/"}
 
 
 def test_delete_object_only_in_delete_mode(template: dict[str, Any]) -> None:
-    """s3:DeleteObject exists only in the true branch of an !If on RawDisposition == delete."""
+    """s3:DeleteObject on raw/ exists only in the true branch of an !If on RawDisposition == delete
+    (on processed/ it is always there: outputs of deleted uploads and dropped variants go)."""
     conditional = 0
     for document in iam_documents(template):
         for item in as_list(document["Statement"]):
@@ -353,8 +354,9 @@ def test_delete_object_only_in_delete_mode(template: dict[str, Any]) -> None:
                 if "s3:DeleteObject" in str(if_true):
                     assert template["Conditions"][condition] == {"Fn::Equals": [{"Ref": "RawDisposition"}, "delete"]}
                     conditional += 1
-            else:
-                assert "s3:DeleteObject" not in str(item), "DeleteObject granted whatever RawDisposition says"
+            elif "s3:DeleteObject" in str(item):
+                resource = str(item.get("Resource"))
+                assert resource.endswith("/processed/*'}"), f"DeleteObject on {resource} whatever RawDisposition says"
     assert conditional == 1
 
 
@@ -530,8 +532,10 @@ def test_buffered_notification_sends_only_raw_uploads_to_the_queue(buffered: dic
     _, bucket = bucket_of(buffered)
     notification = bucket["NotificationConfiguration"]
     assert set(notification) == {"QueueConfigurations"}, "no Lambda/SNS/EventBridge notification as well"
-    (config,) = notification["QueueConfigurations"]
-    assert config["Event"] == "s3:ObjectCreated:*"
+    created, removed = notification["QueueConfigurations"]
+    assert (created["Event"], removed["Event"]) == ("s3:ObjectCreated:*", "s3:ObjectRemoved:*")
+    assert created["Queue"] == removed["Queue"] and created["Filter"] == removed["Filter"]
+    config = created
     queue_name, _ = _queue(buffered, config["Queue"])
     esm_queue, _ = _queue(buffered, _event_source(buffered)["EventSourceArn"])
     assert queue_name == esm_queue, "S3 notifies a queue the function does not consume"

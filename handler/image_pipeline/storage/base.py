@@ -1,9 +1,9 @@
 """The small store contract the service needs, whatever holds the objects.
 
 Every backend (S3, filesystem, memory) passes the same contract tests (tests/contract). Errors:
-`ObjectNotFound` for a missing key, `ObjectChanged` when a conditional delete finds a newer
-version, `StorageFailure` for anything the store could not do after its own retries; nothing
-else escapes.
+`ObjectNotFound` for a missing key, `ObjectChanged` when a conditional request finds another
+version, `StorageDenied` when the store refuses (permanent), `StorageFailure` for anything the
+store could not do after its own retries (transient); nothing else escapes.
 """
 
 from __future__ import annotations
@@ -11,17 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import StorageFailure
+from ..errors import StoreError
 
 
-class ObjectNotFound(StorageFailure):
+class ObjectNotFound(StoreError):
     """The key does not exist (any more)."""
 
     code = "not_found"
     permanent = True
 
 
-class ObjectChanged(StorageFailure):
+class ObjectChanged(StoreError):
     """The key now holds another version than the one the caller read (a newer upload)."""
 
     code = "changed"
@@ -65,6 +65,12 @@ class ObjectStore(Protocol):
 
     async def write(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
         """Store `data`; S3 adds the configured Cache-Control."""
+
+    async def write_if(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str], *, etag: str | None
+    ) -> None:
+        """`write`, only while the key still holds version `etag` (None: only while it does not
+        exist); `ObjectChanged` otherwise (S3 conditional writes, If-Match / If-None-Match)."""
 
     async def get_tags(self, key: str) -> dict[str, str]: ...
 

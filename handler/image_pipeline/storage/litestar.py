@@ -26,7 +26,7 @@ class LitestarStore:
         if data is None:
             raise ObjectNotFound(f"{key} does not exist")
         if max_bytes is not None and len(data) > max_bytes:
-            raise TooLarge.over(len(data), max_bytes)
+            raise TooLarge.over(len(data), max_bytes, etag=_etag(data))
         return RawObject(data, _etag(data), len(data))
 
     async def read_optional(self, key: str) -> bytes | None:
@@ -37,6 +37,14 @@ class LitestarStore:
             await self.storage.put(key, data, content_type=content_type, metadata=metadata)
         except StorageError as exc:
             raise StorageFailure(f"could not write {key}: {exc}") from exc
+
+    async def write_if(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str], *, etag: str | None
+    ) -> None:
+        current = await self.etag(key)  # not atomic here: these backends serve one process at a time
+        if current != etag:
+            raise ObjectChanged(f"{key} is {'there' if current else 'gone'}, not the version expected")
+        await self.write(key, data, content_type, metadata)
 
     async def get_tags(self, key: str) -> dict[str, str]:
         raw = await self._get(TAGS_PREFIX + key + ".json")

@@ -1,5 +1,7 @@
-"""S3 as an `ObjectStore`: litestar-storages' `S3Storage` for writes and manifest reads, the same
-aioboto3 client directly for what S3Storage has no API for (tags, a GET that returns the ETag).
+"""S3 as an `ObjectStore`: litestar-storages' `S3Storage` for writes, deletes and optional reads,
+the same aioboto3 client directly for what S3Storage has no API for (tags, a GET that returns
+the ETag, conditional writes and deletes). `classify` turns every error, whichever way it came,
+into the pipeline's: missing (also a bare 404), changed, refused (permanent) or transient.
 
 S3Storage opens a new aioboto3 client per call (60-80 ms each); here one client is opened per
 container and lent to S3Storage, so every request reuses its connection pool. Retries are
@@ -14,11 +16,43 @@ from typing import Any
 
 from litestar_storages import S3Config, S3Storage, StorageError, StorageFileNotFoundError
 
-from ..errors import StorageFailure, TooLarge
+from ..errors import PipelineError, StorageDenied, StorageFailure, TooLarge
 from .base import ObjectChanged, ObjectNotFound, RawObject, merge_tags
 
+# "404" / "NotFound": what botocore reports for a 404 without an error body (any HEAD, and a GET
+# on S3-compatible servers that send a bare 404): a missing key all the same.
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_CHANGED = {"PreconditionFailed", "412"}
+_CHANGED = {"PreconditionFailed", "412", "ConditionalRequestConflict"}  # 409: a concurrent conditional write
+# Refusals that stay until someone changes a policy, a bucket or a key: not worth a retry.
+_DENIED = {
+    "AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidAccessKeyId", "NoSuchBucket",
+    "InvalidObjectState", "InvalidBucketState", "403", "Forbidden",
+}
+_KMS_TRANSIENT = ("Throttl", "Internal", "Unavailable", "LimitExceeded")
+
+
+def _error_code(exc: BaseException | None) -> str | None:
+    """The S3 error code of a botocore ClientError, or of the one a litestar StorageError wraps."""
+    for candidate in (exc, getattr(exc, "__cause__", None)):
+        response = getattr(candidate, "response", None)
+        if isinstance(response, dict):
+            return response.get("Error", {}).get("Code") or None
+    return None
+
+
+def classify(exc: BaseException, operation: str, url: str) -> PipelineError:
+    """A storage exception as the pipeline's error: missing, changed, refused (permanent) or a
+    failure worth a retry (throttling, 5xx, network, timeouts)."""
+    code = _error_code(exc)
+    if code in _NOT_FOUND:
+        return ObjectNotFound(f"{url} does not exist")
+    if code in _CHANGED:
+        return ObjectChanged(f"{url} is no longer the version read ({operation} precondition failed)")
+    if code is not None and (
+        code in _DENIED or (code.startswith("KMS.") and not any(word in code for word in _KMS_TRANSIENT))
+    ):
+        return StorageDenied(f"{operation} {url} refused ({code}): {getattr(exc, '__cause__', None) or exc}")
+    return StorageFailure(f"{operation} {url} failed: {exc}")
 
 
 class _LentClient:
@@ -113,7 +147,7 @@ class S3Store:
             async with response["Body"] as body:
                 size = response["ContentLength"]
                 if max_bytes is not None and size > max_bytes:
-                    raise TooLarge.over(size, max_bytes)
+                    raise TooLarge.over(size, max_bytes, etag=response["ETag"].strip('"'))
                 data = await body.read()
         if len(data) != size:
             raise StorageFailure(f"short read of s3://{self.bucket}/{key}: {len(data)} of {size} bytes")
@@ -125,7 +159,10 @@ class S3Store:
         except StorageFileNotFoundError:
             return None
         except StorageError as exc:
-            raise StorageFailure(f"could not read s3://{self.bucket}/{key}: {exc}") from exc
+            error = classify(exc, "GetObject", f"s3://{self.bucket}/{key}")
+            if isinstance(error, ObjectNotFound):  # a bare 404 (no NoSuchKey code): still missing
+                return None
+            raise error from exc
 
     async def exists(self, key: str) -> bool:
         return await self.etag(key) is not None
@@ -141,7 +178,20 @@ class S3Store:
         try:
             await self.storage.put(key, data, content_type=content_type, metadata=metadata)
         except StorageError as exc:
-            raise StorageFailure(f"could not write s3://{self.bucket}/{key}: {exc.__cause__ or exc}") from exc
+            raise classify(exc, "PutObject", f"s3://{self.bucket}/{key}") from exc
+
+    async def write_if(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str], *, etag: str | None
+    ) -> None:
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": f'"{etag}"'}
+        try:
+            await self._call("put_object", key, Body=data, ContentType=content_type, Metadata=metadata, **condition)
+        except StorageFailure as exc:
+            # An S3-compatible server without conditional writes: write as before (the owner check
+            # is then only as strong as the read before it; see README "Two names, one prefix").
+            if _error_code(exc.__cause__) not in ("NotImplemented", "501"):
+                raise
+            await self.write(key, data, content_type, metadata)
 
     async def get_tags(self, key: str) -> dict[str, str]:
         response = await self._call("get_object_tagging", key)
@@ -165,7 +215,7 @@ class S3Store:
         try:
             await self.storage.delete(key)
         except StorageError as exc:
-            raise StorageFailure(f"could not delete s3://{self.bucket}/{key}: {exc}") from exc
+            raise classify(exc, "DeleteObject", f"s3://{self.bucket}/{key}") from exc
 
     async def close(self) -> None:
         """The client belongs to the `S3Connection`; closing it is the connection's job."""
@@ -177,18 +227,13 @@ class S3Store:
 
 @contextlib.contextmanager
 def _typed_errors(operation: str, url: str) -> Iterator[None]:
-    """What botocore/aiohttp raise (after botocore's retries) → `ObjectNotFound` / `StorageFailure`."""
+    """What botocore/aiohttp raise (after botocore's retries) → the pipeline's errors (`classify`)."""
     from aiohttp import ClientError as HttpError
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         yield
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in _NOT_FOUND:
-            raise ObjectNotFound(f"{url} does not exist") from exc
-        if code in _CHANGED:
-            raise ObjectChanged(f"{url} is no longer the version read ({operation} precondition failed)") from exc
-        raise StorageFailure(f"{operation} {url} failed: {exc}") from exc
+        raise classify(exc, operation, url) from exc
     except (BotoCoreError, HttpError, OSError) as exc:
         raise StorageFailure(f"{operation} {url} failed: {exc}") from exc

@@ -1,0 +1,65 @@
+"""What produced a set of outputs, as one short stable string.
+
+A manifest records `fingerprint(processor)`; when the running configuration's fingerprint differs,
+the outputs are stale and the image is processed again (on a replay, a backfill, the API). It
+covers everything that changes the bytes written for the same input: every variant spec (name,
+box, fit, gravity, format, quality), the encoder-affecting settings and `OUTPUT_VERSION`. It
+deliberately leaves out what never changes an output's pixels: limits, prefixes, Cache-Control,
+what happens to the raw object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .pipeline import ImageProcessor
+
+OUTPUT_VERSION = 1
+"""Bumped whenever the processor writes different outputs for the same input and specs (a new
+resampling filter, encoder defaults, colour handling): every stored manifest becomes stale."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _variant(spec: Any) -> dict[str, Any]:
+    # getattr with the older names: the spec class may spell the box `max_width` or `width`.
+    width = getattr(spec, "max_width", getattr(spec, "width", None))
+    height = getattr(spec, "max_height", getattr(spec, "height", None))
+    return {
+        "name": spec.name,
+        "width": width,
+        "height": height,
+        "fit": _plain(spec.fit),
+        "gravity": _plain(spec.gravity),
+        "format": _plain(spec.format) if spec.format is not None else "auto",
+        "quality": spec.quality,
+    }
+
+
+def describe(processor: ImageProcessor) -> dict[str, Any]:
+    """The inputs of the fingerprint, as plain JSON (logged when a record is judged stale)."""
+    return {
+        "output_version": OUTPUT_VERSION,
+        "variants": sorted((_variant(v) for v in processor.variants), key=lambda v: v["name"]),
+        "keep_icc_profile": bool(processor.keep_icc_profile),
+        "strip_metadata": bool(processor.strip_metadata),
+        "background_color": _plain(tuple(processor.background_color)),
+        "preserve_original": bool(processor.preserve_original),
+    }
+
+
+def fingerprint(processor: ImageProcessor) -> str:
+    """16 hex digits of SHA-256 over `describe(processor)`, serialised canonically: the same
+    configuration always gives the same string, whatever order the variants are listed in."""
+    canonical = json.dumps(describe(processor), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
