@@ -30,8 +30,8 @@ export function formatBytes(bytes) {
 
 export function saving(bytes, original) {
   if (!original) return "";
-  const change = Math.round((1 - bytes / original) * 100);
-  return change >= 0 ? `${change}% smaller` : `${-change}% larger`;
+  const change = Math.round((bytes / original - 1) * 100);
+  return change < 0 ? `−${-change}%` : change > 0 ? `+${change}%` : "0%";
 }
 
 /** "IMG_2041-beach.jpg" → "IMG 2041 beach": alt text when nothing better is known. */
@@ -233,10 +233,10 @@ function facts(image) {
   const caption = source.bytes
     ? `Original: ${source.width}×${source.height}, ${formatBytes(source.bytes)}, ${(source.type || "").toUpperCase()}`
     : "Variants";
-  return el("table", { class: "facts" },
+  return el("div", { class: "facts-wrap" }, el("table", { class: "facts" },
     el("caption", { text: caption }),
-    el("thead", {}, el("tr", {}, ...["variant", "px", "bytes", "format", "vs original"].map((t) => el("th", { scope: "col", text: t })))),
-    el("tbody", {}, ...rows));
+    el("thead", {}, el("tr", {}, ...["variant", "px", "bytes", "format", "vs orig."].map((t) => el("th", { scope: "col", text: t })))),
+    el("tbody", {}, ...rows)));
 }
 
 function snippetBlock(image, alt, id) {
