@@ -212,3 +212,28 @@ class ImageService:
             total_ms=(perf_counter() - started) * 1000,
         )
 
+
+    async def remove(self, store: ObjectStore, raw_key: str, *, delete_raw: bool = False) -> Outcome:
+        """Delete the raw object if asked, then the outputs of that key (manifest last) if its manifest is that key's."""
+        if delete_raw:
+            try:
+                await store.delete(raw_key)
+            except ObjectNotFound:
+                pass
+        prefix = keys.output_prefix(raw_key, self.raw_prefix, self.processed_prefix, self._longest_leaf)
+        if prefix is None:
+            return Outcome("ignored", raw_key, reason=f"outside {self.raw_prefix!r}")
+        manifest_key = keys.manifest_key(prefix)
+        stored = await store.read_optional(manifest_key)
+        owner = manifest.recorded_source(stored)
+        if owner is None or owner[0] != raw_key:
+            return Outcome("gone", raw_key, reason="no outputs of this key")
+        import json
+
+        for variant in json.loads(stored)["variants"]:
+            try:
+                await store.delete(variant["key"])
+            except ObjectNotFound:
+                pass
+        await store.delete(manifest_key)
+        return Outcome("removed", raw_key, reason="raw object and outputs deleted" if delete_raw else "outputs deleted")
