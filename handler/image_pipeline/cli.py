@@ -209,6 +209,8 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ.setdefault(name, value)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request lines from the embedded S3
+    for quiet in ("botocore", "aiobotocore", "boto3"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
     url = f"http://{args.host}:{args.port}/"
     server = source = None
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from .notify import Notifier
 from .processor import ImageProcessor
 from .service import ImageService, ObjectRef, Outcome
 from .settings import Settings
@@ -26,6 +27,7 @@ class Runtime:
         # The aioboto3 client is bound to the loop that opened it, so the loop is kept too.
         self._runner = asyncio.Runner()
         self._connection: S3Connection | None = None
+        self.notifier = Notifier.from_settings(settings)  # None unless EVENT_BUS_NAME is set
 
     def handle(self, ref: ObjectRef) -> Outcome:
         return self._runner.run(self._handle(ref))
@@ -37,9 +39,14 @@ class Runtime:
                 cache_control=self.settings.cache_control,
                 max_attempts=self.settings.s3_max_attempts,
             )
-        return await self.service.handle(self._connection.store(ref.bucket), ref)
+        outcome = await self.service.handle(self._connection.store(ref.bucket), ref)
+        if self.notifier is not None:  # a failed publish raises PublishFailed: the record is retried
+            await self.notifier.publish(self._connection.store(ref.bucket), ref, outcome)
+        return outcome
 
     def close(self) -> None:
+        if self.notifier is not None:
+            self._runner.run(self.notifier.close())
         if self._connection is not None:
             self._runner.run(self._connection.close())
             self._connection = None

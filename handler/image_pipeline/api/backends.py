@@ -31,21 +31,30 @@ class S3Backend:
         self.endpoint_url = endpoint_url
         self._options = {"cache_control": cache_control, "max_attempts": max_attempts}
         self._connection: S3Connection | None = None
+        self._signer: Any = None
+        self._stack = contextlib.AsyncExitStack()
         self.store: ObjectStore | None = None
 
     async def start(self, service: ImageService) -> None:
+        import aioboto3
+        from aiobotocore.config import AioConfig
+
         self._connection = await S3Connection.open(endpoint_url=self.endpoint_url, **self._options)
         self.store = self._connection.store(self.bucket)
+        # Presigning is local (no request); SigV4 explicitly, as every region requires for POST policies.
+        self._signer = await self._stack.enter_async_context(
+            aioboto3.Session().client("s3", endpoint_url=self.endpoint_url, config=AioConfig(signature_version="s3v4"))
+        )
 
     async def close(self) -> None:
+        await self._stack.aclose()
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
 
     async def presign_upload(self, key: str, content_type: str, max_bytes: int, expires_s: int, base_url: str) -> dict:
         """A presigned POST pinning the exact key, the size range and an image/ Content-Type."""
-        assert self._connection is not None
-        return await self._connection.client.generate_presigned_post(
+        return await self._signer.generate_presigned_post(
             Bucket=self.bucket,
             Key=key,  # adds the exact {"key": key} condition
             Fields={"Content-Type": content_type},
@@ -57,8 +66,7 @@ class S3Backend:
         )
 
     async def object_url(self, key: str, expires_s: int, base_url: str) -> str:
-        assert self._connection is not None
-        return await self._connection.client.generate_presigned_url(
+        return await self._signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
         )
 
