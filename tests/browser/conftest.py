@@ -64,3 +64,74 @@ def static_page(browser):
     page.goto("http://static.test/")
     yield page
     context.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`image-pipeline serve` in its own process, as a user starts it."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        import subprocess
+        import sys
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
+        self._out = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "image_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            env={**clean, **env}, stdout=self._out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2],
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import time
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                raise AssertionError(f"serve answered / with {exc.code}:\n{self.output()}") from None
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise AssertionError(f"serve did not answer within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._out.close()
+
+
+def start_server(tmp_path_factory, *args: str, **env: str) -> Server:
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    server = Server(list(args), env, log)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server

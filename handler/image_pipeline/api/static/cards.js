@@ -83,7 +83,7 @@ export function picturePlan(image) {
   return { sources, fallback, largest };
 }
 
-const srcset = (list) => list.map((v) => `${absolute(v.url)} ${v.width}w`).join(", ");
+const srcset = (list, field = "url") => list.map((v) => `${absolute(v[field] || v.url)} ${v.width}w`).join(", ");
 
 /** A ready-to-paste <picture> element for `image` (null when it has no variants). */
 export function pictureSnippet(image, alt) {
@@ -194,7 +194,9 @@ export function createCard(name, { headingLevel = "h2" } = {}) {
       const { sources, fallback } = picturePlan(image);
       const best = sources.length ? sources[0].list : fallback;
       if (best.length) {
-        const img = el("img", { class: "preview", alt, decoding: "async", srcset: srcset(best), src: absolute(best[best.length - 1].url),
+        // `src`, when given, is a direct URL for showing the image now; `url` is the stable one for the snippet.
+        const last = best[best.length - 1];
+        const img = el("img", { class: "preview", alt, decoding: "async", srcset: srcset(best, "src"), src: absolute(last.src || last.url),
           sizes: "(max-width: 700px) 100vw, 360px" });
         if (source.width && source.height) Object.assign(img, { width: source.width, height: source.height });
         img.addEventListener("load", () => { img.classList.add("loaded"); node.dataset.loaded = "true"; });

@@ -28,7 +28,7 @@ async function load() {
   const firstNew = list.children.length;
   for (const image of page.items) {
     const card = createCard(image.name || leaf(image.source?.key) || image.id, { headingLevel: "h2" });
-    card.node.dataset.imageId = image.id;
+    card.node.dataset.imageId = image.id || image.key;
     card.node.tabIndex = -1;
     list.append(card.node);
     if (image.status === "failed") card.rejected(image.error_code);
