@@ -12,15 +12,15 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import UploadFile
-from litestar.enums import RequestEncodingType
-from litestar.exceptions import ClientException, NotFoundException
+from litestar.exceptions import NotFoundException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.config import OpenAPIConfig
-from litestar.params import Body
+from litestar.params import FromPath, JSONBody, MultipartBody
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from litestar.response import Redirect
 
@@ -207,7 +207,7 @@ def checked_id(image_id: str) -> str:
 
 
 @post("/uploads", status_code=201, summary="Start a direct upload (presigned POST)")
-async def create_upload(request: Request, data: UploadRequest) -> UploadGrant:
+async def create_upload(request: Request, data: JSONBody[UploadRequest]) -> UploadGrant:
     """A presigned POST for one image: the form must be sent to `upload.url` with every field of
     `upload.fields` and the file last, within `expires_at`. The policy pins the key
     (`raw/<id>/<sanitised file name>`), caps the size at MAX_INPUT_BYTES and requires an
@@ -238,7 +238,7 @@ async def create_upload(request: Request, data: UploadRequest) -> UploadGrant:
 @post("/uploads/local", status_code=204, summary="Receive a local upload form (filesystem backend only)",
       include_in_schema=False)
 async def receive_local_upload(
-    request: Request, data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)]
+    request: Request, data: MultipartBody[dict[str, Any]]
 ) -> None:
     """Where `POST /uploads` points the browser when the images live in a directory: the same
     form S3 would receive, checked against the policy this server signed."""
@@ -263,7 +263,7 @@ async def receive_local_upload(
 
 
 @get("/images/{image_id:str}", summary="An image's status, source, placeholder and variants")
-async def get_image(request: Request, image_id: str) -> ImageInfo:
+async def get_image(request: Request, image_id: FromPath[str]) -> ImageInfo:
     api = api_of(request)
     info = await api.describe(checked_id(image_id), base_url_of(request))
     if info is None:
@@ -272,12 +272,12 @@ async def get_image(request: Request, image_id: str) -> ImageInfo:
 
 
 @get("/images/jobs/{job_id:str}", summary="A background job's status (same body as GET /images/{id})")
-async def get_job(request: Request, job_id: str) -> ImageInfo:
+async def get_job(request: Request, job_id: FromPath[str]) -> ImageInfo:
     return await get_image.fn(request, job_id)
 
 
 @get("/images/{image_id:str}/{variant:str}", status_code=302, summary="Redirect to a variant's bytes")
-async def get_variant(request: Request, image_id: str, variant: str) -> Redirect:
+async def get_variant(request: Request, image_id: FromPath[str], variant: FromPath[str]) -> Redirect:
     api = api_of(request)
     record, _ = await api.manifest(checked_id(image_id))
     found = next((v for v in (record or {}).get("variants", []) if v["name"] == variant), None)
@@ -291,7 +291,7 @@ async def get_variant(request: Request, image_id: str, variant: str) -> Redirect
 
 
 @get("/files/{key:path}", summary="A processed file (filesystem backend only)", include_in_schema=False)
-async def get_file(request: Request, key: str) -> Response[bytes]:
+async def get_file(request: Request, key: FromPath[str]) -> Response[bytes]:
     api = api_of(request)
     key = key.lstrip("/")
     if not isinstance(api.backend, FileBackend) or not key.startswith(api.settings.pipeline.processed_prefix):
@@ -315,7 +315,7 @@ async def _multipart_file(data: dict[str, Any]) -> UploadFile:
 
 @post("/images", status_code=201, summary="Upload and process an image in the request")
 async def upload_image(
-    request: Request, data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)]
+    request: Request, data: MultipartBody[dict[str, Any]]
 ) -> ImageInfo:
     """Multipart field `file`. Refused before anything is stored when too large (413) or not an
     accepted image type judged from its bytes (415); a file that fails to decode is removed
@@ -336,7 +336,7 @@ async def upload_image(
 
 @post("/images/async", status_code=202, summary="Upload an image; process it in the background")
 async def upload_image_async(
-    request: Request, data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)]
+    request: Request, data: MultipartBody[dict[str, Any]]
 ) -> JobAccepted:
     api = api_of(request)
     image_id, key = await api.store_upload(await _multipart_file(data))
@@ -345,7 +345,7 @@ async def upload_image_async(
 
 
 @delete("/images/{image_id:str}", status_code=204, summary="Delete an image: its upload and every output")
-async def delete_image(request: Request, image_id: str) -> None:
+async def delete_image(request: Request, image_id: FromPath[str]) -> None:
     api = api_of(request)
     checked_id(image_id)
     raws, (record, outputs) = await asyncio.gather(api.store.list(api.raw_dir(image_id), limit=10), api.manifest(image_id))
@@ -360,12 +360,23 @@ async def delete_image(request: Request, image_id: str) -> None:
         await api.store.delete(key)
 
 
+@delete("/images/{image_id:str}/{variant:str}", status_code=204, include_in_schema=False)
+async def delete_nested(image_id: FromPath[str], variant: FromPath[str]) -> None:
+    """An id with a `/` in it: no such image (not 405), like every other malformed id."""
+    raise problem(404, "no such image")
+
+
 @get("/healthz", summary="Liveness", include_in_schema=False, media_type=MediaType.TEXT)
 async def healthz() -> str:
     return "ok"
 
 
 # --- the app --------------------------------------------------------------------------------
+
+
+def _body_too_large(exc: RequestEntityTooLarge) -> ProblemDetailsException:
+    """Litestar stops reading a body over `request_max_body_size` as it streams in."""
+    return problem(413, "the request body is over the upload limit", "too_large")
 
 
 def _storage_failure(request: Request, exc: StorageFailure) -> Response:
@@ -416,13 +427,21 @@ def create_app(
             upload_image,
             upload_image_async,
             delete_image,
+            delete_nested,
             healthz,
             *pages.routes,
         ],
         state=_state(api),
         on_startup=[start],
         on_shutdown=[stop],
-        plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(enable_for_all_http_exceptions=True))],
+        plugins=[
+            ProblemDetailsPlugin(
+                ProblemDetailsConfig(
+                    enable_for_all_http_exceptions=True,
+                    exception_to_problem_detail_map={RequestEntityTooLarge: _body_too_large},
+                )
+            )
+        ],
         exception_handlers={StorageFailure: _storage_failure},
         openapi_config=OpenAPIConfig(title="s3-image-pipeline upload API", version=__version__, path="/schema"),
         cors_config=cors,
