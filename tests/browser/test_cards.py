@@ -97,8 +97,8 @@ def test_alt_text_and_numbers(static_page):
             const c = await import("/static/cards.js");
             return [c.altFromName("IMG_2041-beach.jpg"), c.altFromName(".jpg"), c.formatBytes(71762),
                     c.formatBytes(5664), c.formatBytes(812), c.formatBytes(12345678),
-                    c.saving(5664, 92493), c.saving(120000, 92493), c.saving(92400, 92493)];
+                    c.saving(5664, 92493), c.saving(120000, 92493), c.saving(92400, 92493), c.saving(246, 199000), c.saving(99, 100000)];
         }"""
     )
     assert got == ["IMG 2041 beach", "uploaded image", "72 kB", "5.7 kB", "812 B", "12.3 MB",
-                   "−94%", "+30%", "0%"]
+                   "−94%", "+30%", "0%", "−99.9%", "−99.9%"]

@@ -26,8 +26,16 @@ PROCESSED = '[data-state="processed"][data-loaded="true"]'
 
 def two_tone(width: int, height: int, top, bottom) -> Image.Image:
     """An orange sky over a teal sea, with texture: compresses like a photo, colours easy to check."""
-    image = Image.new("RGB", (width, height), top)
-    image.paste(bottom, (0, height // 2, width, height))
+    half = (width, height // 2)
+    fade = Image.linear_gradient("L").resize(half)  # darker towards the horizon and the bottom
+
+    def shaded(colour):
+        return Image.composite(Image.new("RGB", half, tuple(c * 8 // 10 for c in colour)),
+                               Image.new("RGB", half, tuple(min(255, c * 11 // 10) for c in colour)), fade)
+
+    image = Image.new("RGB", (width, height))
+    image.paste(shaded(top), (0, 0))
+    image.paste(shaded(bottom), (0, height // 2))
     noise = Image.effect_noise((width, height), 40).filter(ImageFilter.GaussianBlur(2))
     return Image.blend(image, Image.merge("RGB", (noise, noise, noise)), 0.12)
 
@@ -194,12 +202,28 @@ def test_gallery_lists_both_images_newest_first_with_the_same_facts(uploaded, co
     ours = [i for i in listed if i in ids.values()]
     assert ours == sorted(ids.values()), "newest first (ids sort newest first)"
     assert TEXT_NAME not in page.locator(".card-name").all_text_contents()
+    assert page.get_by_role("button", name="Show more").is_hidden(), "everything fits one page"
     rows = card(page, SECOND_NAME).locator("table.facts tbody tr")
     assert rows.count() >= 2
     assert card(page, SECOND_NAME).locator("table.facts caption").text_content().startswith("Original: 900×600")
     shot = Image.open(io.BytesIO(card(page, SECOND_NAME).locator(".frame").screenshot()))
     w, h = shot.size
     assert near(mean(shot.crop((0, h // 10, w, h * 4 // 10))), TEAL)
+    page.close()
+
+
+def test_gallery_pages_with_show_more_and_moves_focus_to_the_new_card(uploaded, context, server):
+    page = context.new_page()
+    page.goto(server.url + "/gallery?limit=1")
+    page.locator(f".card{PROCESSED}").first.wait_for(timeout=20000)
+    assert page.locator(".card").count() == 1
+    more = page.get_by_role("button", name="Show more")
+    more.focus()
+    page.keyboard.press("Enter")
+    page.locator(".card").nth(1).wait_for(timeout=20000)
+    assert page.locator(".card").count() == 2
+    assert page.evaluate("document.activeElement === document.querySelectorAll('.card')[1]")
+    assert page.locator("#summary").text_content().startswith("2 images shown")
     page.close()
 
 
@@ -214,7 +238,7 @@ def test_phone_width_has_no_sideways_scrolling(browser, server, uploaded, tmp_pa
             page.set_input_files("#files", [{"name": "phone.jpg", "mimeType": "image/jpeg", "buffer": PHOTO}])
             page.locator(f".card{PROCESSED}").first.wait_for(timeout=30000)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, f"{path} scrolls sideways"
-        page.screenshot(path=tmp_path / f"phone{path.replace('/', '-')}.png", full_page=True)
+        page.screenshot(path=Path(SCREENSHOTS or tmp_path) / f"phone{path.replace('/', '-')}.png", full_page=True)
     phone.close()
 
 
@@ -235,8 +259,11 @@ def test_keyboard_reaches_the_file_picker_with_a_visible_focus(context, server):
 
 def test_readme_screenshot(uploaded):
     """The README's picture of the page, from this same run (written only when asked)."""
+    card(uploaded, PHOTO_NAME).locator("summary").click()  # the snippet open, as a reader would look at it
+    uploaded.evaluate("window.scrollTo(0, 0)")
+    uploaded.set_viewport_size({"width": 1280, "height": 1160})
     shot = Image.open(io.BytesIO(uploaded.screenshot(full_page=False)))
-    assert shot.size == (1280, 900)
+    assert shot.size == (1280, 1160)
     if SCREENSHOTS:
         out = Path(SCREENSHOTS) / "page.webp"
         shot.convert("RGB").save(out, "WEBP", quality=80, method=6)

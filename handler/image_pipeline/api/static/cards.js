@@ -30,7 +30,9 @@ export function formatBytes(bytes) {
 
 export function saving(bytes, original) {
   if (!original) return "";
-  const change = Math.round((bytes / original - 1) * 100);
+  const exact = (bytes / original - 1) * 100;
+  // −99.9% rather than a rounded −100% (which would mean nothing is left).
+  const change = exact > -99.5 ? Math.round(exact) : Math.max(-99.9, Math.round(exact * 10) / 10);
   return change < 0 ? `−${-change}%` : change > 0 ? `+${change}%` : "0%";
 }
 
@@ -143,7 +145,7 @@ export function createCard(name, { headingLevel = "h2" } = {}) {
   const heading = el(headingLevel, { id: `${id}-name`, class: "card-name", text: name || "(no name)", title: name });
   const canvas = el("canvas", { class: "placeholder", "aria-hidden": "true" });
   const frame = el("div", { class: "frame" }, canvas);
-  const progress = el("progress", { max: 100, value: 0, "aria-label": `Upload of ${name}` });
+  const progress = el("progress", { max: 100, value: 0, hidden: true, "aria-label": `Upload of ${name}` });
   const status = el("p", { class: "status", role: "status", text: "" });
   const details = el("div", { class: "details" });
   const node = el("li", { class: "card", id, "aria-labelledby": `${id}-name`, "data-state": "new" },
@@ -166,6 +168,9 @@ export function createCard(name, { headingLevel = "h2" } = {}) {
       progress.hidden = false;
       progress.value = total ? Math.round((loaded / total) * 100) : 0;
       progress.setAttribute("aria-valuetext", `${progress.value}% uploaded`);
+    },
+    queued() {
+      setState("queued", "Waiting to upload…");
     },
     uploading() {
       setState("uploading", "Uploading…");

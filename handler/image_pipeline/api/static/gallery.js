@@ -15,6 +15,8 @@ async function load() {
   summary.textContent = "Loading…";
   const url = new URL("api/gallery", document.baseURI);
   if (cursor) url.searchParams.set("cursor", cursor);
+  const limit = new URLSearchParams(location.search).get("limit");
+  if (limit) url.searchParams.set("limit", limit);
   let page;
   try {
     const response = await fetch(url, { headers: { accept: "application/json" } });

@@ -92,10 +92,7 @@ async function poll(statusUrl, card) {
   }
 }
 
-async function upload(file) {
-  const card = createCard(file.name);
-  list.prepend(card.node);
-  localShape(file, card);
+async function upload({ file, card }) {
   card.uploading();
   card.progress(0, file.size);
   try {
@@ -143,7 +140,14 @@ function announce() {
 }
 
 function add(files) {
-  queue.push(...files);
+  // Every file gets its card at once, in the order picked, above earlier batches.
+  const batch = files.map((file) => ({ file, card: createCard(file.name) }));
+  list.prepend(...batch.map(({ card }) => card.node));
+  for (const { file, card } of batch) {
+    card.queued();
+    localShape(file, card);
+  }
+  queue.push(...batch);
   pump();
 }
 
