@@ -268,3 +268,28 @@ def test_readme_screenshot(uploaded):
         out = Path(SCREENSHOTS) / "page.webp"
         shot.convert("RGB").save(out, "WEBP", quality=80, method=6)
         assert out.stat().st_size < 200_000
+
+
+def test_filesystem_backend_upload_and_gallery(browser, tmp_path_factory):
+    """`serve --storage DIR`: the same page, the form posted back to the API, processed in-process."""
+    directory = tmp_path_factory.mktemp("images")
+    server = start_server(tmp_path_factory, "--storage", str(directory))
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server.url + "/")
+        page.set_input_files("#files", [{"name": PHOTO_NAME, "mimeType": "image/jpeg", "buffer": PHOTO},
+                                        {"name": TEXT_NAME, "mimeType": "image/jpeg", "buffer": b"just text\n"}])
+        page.locator(f".card{PROCESSED}").wait_for(timeout=30000)
+        assert card(page, TEXT_NAME).get_by_role("status").first.text_content().startswith("Rejected: not an image")
+        shot = Image.open(io.BytesIO(card(page, PHOTO_NAME).locator(".frame").screenshot()))
+        w, h = shot.size
+        assert near(mean(shot.crop((0, h // 10, w, h * 4 // 10))), ORANGE)
+        image_id = card(page, PHOTO_NAME).get_attribute("data-image-id")
+        assert list(directory.glob(f"processed/{image_id}/*/manifest.json")), "outputs are files in DIR"
+
+        page.goto(server.url + "/gallery")
+        page.locator(f".card{PROCESSED}").wait_for(timeout=20000)
+        assert page.locator(".card").evaluate_all("(cards) => cards.map((c) => c.dataset.imageId)") == [image_id]
+        page.close()
+    finally:
+        server.stop()
