@@ -228,6 +228,7 @@ def _serve(args: argparse.Namespace) -> int:
                 server.start()
                 host, port = server.get_host_and_port()
                 endpoint = f"http://{host}:{port}"
+                _local_event_bus(endpoint)
             os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
             bucket = os.environ.setdefault("BUCKET_NAME", LOCAL_BUCKET)
             _local_bucket(endpoint, bucket, url.rstrip("/"))
@@ -245,6 +246,17 @@ def _serve(args: argparse.Namespace) -> int:
             source.stop()
         if server is not None:
             server.stop()
+
+
+def _local_event_bus(endpoint: str) -> None:
+    """With EVENT_BUS_NAME set, completion events go to that bus on the embedded server too."""
+    bus = os.environ.get("EVENT_BUS_NAME")
+    if not bus:
+        return
+    import boto3
+
+    os.environ["AWS_ENDPOINT_URL_EVENTBRIDGE"] = endpoint
+    boto3.client("events", endpoint_url=endpoint).create_event_bus(Name=bus)
 
 
 def _local_bucket(endpoint: str, bucket: str, origin: str) -> None:
