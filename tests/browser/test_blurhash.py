@@ -99,3 +99,16 @@ def test_decoder_rejects_malformed_hashes(static_page):
         ["", "LEHV6nWB2yk8pyo0adR*.7kCMdnj", "LEHV6nWB2yk8pyo0adR*.7kCMdn", "LEHV6nWB2yk8pyo0adR*.7kCMd j", None],
     )
     assert verdicts == [False, True, False, False, False]
+
+
+@pytest.mark.parametrize("size", [(32, 21), (21, 32), (7, 5)])
+def test_js_encoder_gives_the_pipelines_hash_for_the_same_pixels(static_page, size):
+    """The page paints a picked file's own BlurHash while it is processed: the same algorithm."""
+    image = _halves(*size)
+    image.paste((250, 230, 40), (0, 0, size[0] // 3, size[1] // 3))
+    pixels = [v for rgb in image.get_flattened_data() for v in (*rgb, 255)]
+    js = static_page.evaluate(
+        """async ([pixels, w, h]) => (await import("/static/blurhash.js")).encode(Uint8ClampedArray.from(pixels), w, h)""",
+        [pixels, *size],
+    )
+    assert js == blurhash(image)  # ≤ 32 px a side: the Python encoder does not resize it

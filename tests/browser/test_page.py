@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
 from PIL import Image, ImageFilter, ImageStat
+from playwright.sync_api import expect
 
 from tests.browser.conftest import start_server
+from tests.browser.test_blurhash import _reference_decode
 from tests.images import encode
 
 MAX_BYTES = 2_000_000
@@ -127,6 +130,17 @@ def test_blurhash_placeholder_is_painted_at_the_photos_shape(uploaded):
     assert near(painted["top"], ORANGE, 60) and near(painted["bottom"], TEAL, 60), painted
 
 
+def test_while_processing_the_card_shows_the_files_own_blurhash(uploaded):
+    """Computed in the browser from the picked file: close to the one the pipeline writes."""
+    photo = card(uploaded, PHOTO_NAME)
+    local, final = photo.get_attribute("data-local-blurhash"), photo.get_attribute("data-blurhash")
+    assert local and final and photo.get_attribute("data-placeholder-from") == "manifest"
+    a, b = _reference_decode(local, 12, 8), _reference_decode(final, 12, 8)
+    worst = max(abs(x - y) for p, q in zip(a, b) for x, y in zip(p, q))
+    assert worst < 40, (local, final)
+    assert near(a[12 + 6], ORANGE, 60) and near(a[12 * 6 + 6], TEAL, 60)
+
+
 def test_variants_facts_and_saving(uploaded, server):
     image_id = card(uploaded, PHOTO_NAME).get_attribute("data-image-id")
     status = uploaded.request.get(f"{server.url}/images/{image_id}").json()
@@ -161,7 +175,7 @@ def test_snippet_is_ready_to_paste_and_copies(uploaded, server, context):
     assert all(f'type="{v["content_type"]}"' in snippet for v in same_shape if v["content_type"] != "image/jpeg")
 
     photo.get_by_role("button", name="Copy HTML").click()
-    assert photo.get_by_role("status").filter(has_text="Copied").count() == 1
+    photo.get_by_role("status").filter(has_text="Copied").wait_for(timeout=5000)  # the copy is async
     assert uploaded.evaluate("navigator.clipboard.readText()") == snippet
 
     # Pasted into a page, the snippet shows the image from one of its variants.
@@ -169,7 +183,7 @@ def test_snippet_is_ready_to_paste_and_copies(uploaded, server, context):
     pasted.goto(server.url + "/static/style.css")
     pasted.set_content(f"<!doctype html><body style='margin:0'>{snippet}</body>")
     image = pasted.locator("img")
-    image.evaluate("(img) => img.complete || new Promise((resolve) => img.onload = resolve)")
+    image.evaluate("(img) => img.complete || new Promise((resolve) => { img.onload = img.onerror = resolve; })")
     loaded = image.evaluate("(img) => ({w: img.naturalWidth, src: img.currentSrc})")
     pasted.close()
     assert loaded["w"] in {v["width"] for v in same_shape}
@@ -183,8 +197,7 @@ def test_rejected_uploads_say_why_in_words(uploaded):
     huge = card(uploaded, HUGE_NAME)
     assert huge.get_by_role("status").first.text_content() == "Rejected: too large"
     assert huge.get_attribute("data-error") == "too_large"
-    summary = uploaded.locator("#summary").text_content()
-    assert summary == "4 uploads: 2 ready, 2 rejected"
+    expect(uploaded.locator("#summary")).to_have_text("4 uploads: 2 ready, 2 rejected")
 
 
 def test_upload_progress_is_reported(uploaded):
@@ -223,7 +236,7 @@ def test_gallery_pages_with_show_more_and_moves_focus_to_the_new_card(uploaded, 
     page.locator(".card").nth(1).wait_for(timeout=20000)
     assert page.locator(".card").count() == 2
     assert page.evaluate("document.activeElement === document.querySelectorAll('.card')[1]")
-    assert page.locator("#summary").text_content().startswith("2 images shown")
+    expect(page.locator("#summary")).to_have_text(re.compile("^2 images shown"))
     page.close()
 
 
@@ -238,7 +251,9 @@ def test_phone_width_has_no_sideways_scrolling(browser, server, uploaded, tmp_pa
             page.set_input_files("#files", [{"name": "phone.jpg", "mimeType": "image/jpeg", "buffer": PHOTO}])
             page.locator(f".card{PROCESSED}").first.wait_for(timeout=30000)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, f"{path} scrolls sideways"
-        page.screenshot(path=Path(SCREENSHOTS or tmp_path) / f"phone{path.replace('/', '-')}.png", full_page=True)
+        shot = page.screenshot(path=tmp_path / f"phone{path.replace('/', '-')}.png", full_page=True)
+        if SCREENSHOTS and path == "/":
+            Image.open(io.BytesIO(shot)).convert("RGB").save(Path(SCREENSHOTS) / "page-phone.webp", "WEBP", quality=80)
     phone.close()
 
 

@@ -1,5 +1,6 @@
-// BlurHash decoder (the public algorithm from https://blurha.sh), the inverse of
-// processor/placeholder.py's encoder. tests/browser/test_blurhash.py checks the two agree.
+// BlurHash (the public algorithm from https://blurha.sh): the decoder for the manifest's
+// placeholder, and an encoder for a picked file's own pixels (shown while it is processed).
+// tests/browser/test_blurhash.py checks both against processor/placeholder.py.
 
 const DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~";
 
@@ -24,6 +25,55 @@ function toSrgb(value) {
 }
 
 const signPow = (value, exp) => Math.sign(value) * Math.abs(value) ** exp;
+
+function toBase83(value, length) {
+  let text = "";
+  for (let i = 1; i <= length; i++) text += DIGITS[Math.floor(value / 83 ** (length - i)) % 83];
+  return text;
+}
+
+/** The BlurHash of RGBA `pixels` (width × height × 4), as processor/placeholder.py computes it. */
+export function encode(pixels, width, height, numX = 4, numY = 3) {
+  const linear = new Float64Array(width * height * 3);
+  for (let p = 0; p < width * height; p++) {
+    for (let c = 0; c < 3; c++) linear[p * 3 + c] = toLinear(pixels[p * 4 + c]);
+  }
+  const factors = [];
+  for (let j = 0; j < numY; j++) {
+    for (let i = 0; i < numX; i++) {
+      const norm = (i === 0 && j === 0 ? 1 : 2) / (width * height);
+      let r = 0, g = 0, b = 0;
+      for (let y = 0; y < height; y++) {
+        const cy = Math.cos((Math.PI * j * y) / height) * norm;
+        for (let x = 0; x < width; x++) {
+          const basis = Math.cos((Math.PI * i * x) / width) * cy;
+          const at = (y * width + x) * 3;
+          r += basis * linear[at];
+          g += basis * linear[at + 1];
+          b += basis * linear[at + 2];
+        }
+      }
+      factors.push([r, g, b]);
+    }
+  }
+  const [dc, ...ac] = factors;
+  let hash = toBase83(numX - 1 + (numY - 1) * 9, 1);
+  let maxValue = 1;
+  if (ac.length) {
+    const actual = Math.max(...ac.flat().map(Math.abs));
+    const quantised = Math.max(0, Math.min(82, Math.floor(actual * 166 - 0.5)));
+    maxValue = (quantised + 1) / 166;
+    hash += toBase83(quantised, 1);
+  } else {
+    hash += toBase83(0, 1);
+  }
+  hash += toBase83((toSrgb(dc[0]) << 16) + (toSrgb(dc[1]) << 8) + toSrgb(dc[2]), 4);
+  for (const colour of ac) {
+    const q = colour.map((v) => Math.max(0, Math.min(18, Math.floor(signPow(v / maxValue, 0.5) * 9 + 9.5))));
+    hash += toBase83(q[0] * 19 * 19 + q[1] * 19 + q[2], 2);
+  }
+  return hash;
+}
 
 /** Whether `hash` is a well-formed BlurHash (length matches its component count). */
 export function isBlurhash(hash) {

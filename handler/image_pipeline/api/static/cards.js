@@ -14,6 +14,7 @@ export const ERROR_WORDS = {
   name_conflict: "another upload already uses this name",
   storage_error: "storage failed; try again",
   out_of_time: "ran out of time; try again",
+  publish_error: "processed, but the completion event was not sent yet",
 };
 
 const FORMAT_NAMES = { "image/avif": "AVIF", "image/webp": "WebP", "image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF" };
@@ -183,12 +184,17 @@ export function createCard(name, { headingLevel = "h2" } = {}) {
     slow() {
       setState("pending", "Still processing…");
     },
-    placeholder(hash, width, height, colour) {
+    /** Paint a BlurHash at the image's shape: the local file's (`from` "local") until the
+     * manifest's arrives; a late local one never replaces the manifest's. */
+    placeholder(hash, width, height, colour, from = "manifest") {
+      if (from === "local") node.dataset.localBlurhash = hash;
+      if (from === "local" && node.dataset.placeholderFrom === "manifest") return;
       setShape(width, height);
       if (colour) frame.style.backgroundColor = colour;
       if (isBlurhash(hash)) {
         paint(canvas, hash, width, height);
         node.dataset.blurhash = hash;
+        node.dataset.placeholderFrom = from;
       }
     },
     /** Show a processed image: placeholder, preview, facts and snippet. */

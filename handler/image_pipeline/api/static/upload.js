@@ -1,5 +1,6 @@
 // The upload page: each picked or dropped file goes straight to storage through a presigned POST
 // (POST /uploads), with real progress, then its status is polled until processed or rejected.
+import { encode } from "./blurhash.js";
 import { createCard } from "./cards.js";
 
 const input = document.getElementById("files");
@@ -31,15 +32,25 @@ async function problem(response) {
   }
 }
 
-/** Show the picked file's own shape while it uploads (it is decoded locally, nothing is sent). */
-async function localShape(file, card) {
+/** While the file uploads and is processed, its card shows the file's own BlurHash at its shape
+ * (decoded here, shrunk to ≤ 32 px, encoded as the pipeline does; nothing extra is sent). */
+async function localPlaceholder(file, card) {
+  let bitmap;
   try {
-    const bitmap = await createImageBitmap(file);
-    card.setShape(bitmap.width, bitmap.height);
-    bitmap.close();
+    bitmap = await createImageBitmap(file); // EXIF orientation applied, as the pipeline does
   } catch {
-    // Not decodable here (HEIC, or not an image): the server will say what it is.
+    return; // not decodable here (HEIC, or not an image): the server will say what it is
   }
+  const { width, height } = bitmap;
+  const scale = 32 / Math.max(width, height);
+  const w = Math.max(1, Math.round(width * scale));
+  const h = Math.max(1, Math.round(height * scale));
+  const canvas = document.createElement("canvas");
+  Object.assign(canvas, { width: w, height: h });
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(bitmap, 0, 0, w, h);
+  bitmap.close();
+  card.placeholder(encode(context.getImageData(0, 0, w, h).data, w, h), width, height, null, "local");
 }
 
 /** multipart POST of the signed fields and the file (last, as S3 requires), with progress. */
@@ -145,7 +156,7 @@ function add(files) {
   list.prepend(...batch.map(({ card }) => card.node));
   for (const { file, card } of batch) {
     card.queued();
-    localShape(file, card);
+    localPlaceholder(file, card);
   }
   queue.push(...batch);
   pump();
