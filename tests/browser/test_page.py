@@ -25,6 +25,8 @@ ORANGE, TEAL = (232, 120, 32), (24, 138, 150)
 PHOTO_NAME, SECOND_NAME, TEXT_NAME, HUGE_NAME = "sunset-over-sea.jpg", "harbour_at-dusk.png", "notes.jpg", "huge.jpg"
 SCREENSHOTS = os.environ.get("PAGE_SCREENSHOTS")  # a directory: also write the README's screenshot there
 PROCESSED = '[data-state="processed"][data-loaded="true"]'
+# The default variants plus an AVIF one, so the snippet has every kind of <source>.
+VARIANTS = "thumbnail:150x150:cover:webp;small:480x480:avif;medium:800x800:webp;large:1920x1920:jpeg"
 
 
 def two_tone(width: int, height: int, top, bottom) -> Image.Image:
@@ -57,7 +59,7 @@ def mean(image: Image.Image) -> tuple[float, ...]:
 
 @pytest.fixture(scope="module")
 def server(browser, tmp_path_factory):
-    server = start_server(tmp_path_factory, MAX_INPUT_BYTES=str(MAX_BYTES))
+    server = start_server(tmp_path_factory, MAX_INPUT_BYTES=str(MAX_BYTES), VARIANTS=VARIANTS)
     yield server
     server.stop()
 
@@ -173,6 +175,7 @@ def test_snippet_is_ready_to_paste_and_copies(uploaded, server, context):
     assert 'alt="sunset over sea"' in snippet
     assert f'style="background-color: {status["placeholder"]["dominant_color"]}"' in snippet
     assert all(f'type="{v["content_type"]}"' in snippet for v in same_shape if v["content_type"] != "image/jpeg")
+    assert snippet.index('type="image/avif"') < snippet.index('type="image/webp"') < snippet.index("<img ")
 
     photo.get_by_role("button", name="Copy HTML").click()
     photo.get_by_role("status").filter(has_text="Copied").wait_for(timeout=5000)  # the copy is async
@@ -237,6 +240,25 @@ def test_gallery_pages_with_show_more_and_moves_focus_to_the_new_card(uploaded, 
     assert page.locator(".card").count() == 2
     assert page.evaluate("document.activeElement === document.querySelectorAll('.card')[1]")
     expect(page.locator("#summary")).to_have_text(re.compile("^2 images shown"))
+    page.close()
+
+
+def test_a_dropped_file_is_uploaded_like_a_picked_one(context, server):
+    page = context.new_page()
+    page.goto(server.url + "/")
+    page.evaluate(
+        """async (bytes) => {
+            const file = new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" });
+            const data = new DataTransfer();
+            data.items.add(file);
+            for (const type of ["dragenter", "dragover", "drop"]) {
+                document.getElementById("drop").dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+            }
+        }""",
+        list(encode(two_tone(300, 200, TEAL, ORANGE), "PNG")),
+    )
+    page.locator(f".card{PROCESSED}", has=page.get_by_role("heading", name="dropped.png")).wait_for(timeout=30000)
+    assert not page.locator("#drop").evaluate("(zone) => zone.classList.contains('dragging')")
     page.close()
 
 
