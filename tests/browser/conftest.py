@@ -1,8 +1,8 @@
 """A real headless Chromium (Debian's `chromium` package) driven by Playwright's Python API.
 
 Playwright never downloads a browser here: it is pointed at the system executable. Without one
-the browser tests skip with the reason, except in CI (`CI` set), where `.ci/run` installs it and
-a missing browser is an error.
+the browser tests skip with the reason, except in CI (`CI` or `REQUIRE_CHROMIUM` set: `.ci/run`
+installs it), where a missing browser is an error.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def browser():
     executable = chromium_path()
     if executable is None:
         message = "no chromium executable on PATH (apt-get install chromium)"
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or os.environ.get("REQUIRE_CHROMIUM"):
             pytest.fail(message)
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
