@@ -29,7 +29,9 @@ def chromium_path() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+# Package scope: while Playwright's sync API runs, its event loop counts as the running loop, so
+# it must be stopped before other packages' tests call asyncio.run().
+@pytest.fixture(scope="package")
 def browser():
     executable = chromium_path()
     if executable is None:
