@@ -219,6 +219,8 @@ def test_gallery_lists_both_images_newest_first_with_the_same_facts(uploaded, co
     assert ours == sorted(ids.values()), "newest first (ids sort newest first)"
     assert TEXT_NAME not in page.locator(".card-name").all_text_contents()
     assert page.get_by_role("button", name="Show more").is_hidden(), "everything fits one page"
+    clipped = page.locator(".facts-wrap").evaluate_all("(all) => all.filter((t) => t.scrollWidth > t.clientWidth).length")
+    assert clipped == 0, "a facts table is wider than its card"
     rows = card(page, SECOND_NAME).locator("table.facts tbody tr")
     assert rows.count() >= 2
     assert card(page, SECOND_NAME).locator("table.facts caption").text_content().startswith("Original: 900×600")
@@ -273,6 +275,8 @@ def test_phone_width_has_no_sideways_scrolling(browser, server, uploaded, tmp_pa
             page.set_input_files("#files", [{"name": "phone.jpg", "mimeType": "image/jpeg", "buffer": PHOTO}])
             page.locator(f".card{PROCESSED}").first.wait_for(timeout=30000)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, f"{path} scrolls sideways"
+        assert page.locator(".facts-wrap").evaluate_all(
+            "(all) => all.filter((t) => t.scrollWidth > t.clientWidth).length") == 0, f"{path}: a table is clipped"
         shot = page.screenshot(path=tmp_path / f"phone{path.replace('/', '-')}.png", full_page=True)
         if SCREENSHOTS and path == "/":
             Image.open(io.BytesIO(shot)).convert("RGB").save(Path(SCREENSHOTS) / "page-phone.webp", "WEBP", quality=80)
