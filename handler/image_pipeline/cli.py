@@ -205,6 +205,7 @@ def _serve(args: argparse.Namespace) -> int:
         ("AWS_DEFAULT_REGION", "us-east-1"),
         ("POWERTOOLS_TRACE_DISABLED", "true"),
         ("POWERTOOLS_METRICS_NAMESPACE", "ImagePipelineLocal"),
+        ("GALLERY", "true"),  # /gallery lists every processed image: on locally, off unless asked elsewhere
     ):
         os.environ.setdefault(name, value)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

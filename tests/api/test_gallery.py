@@ -14,6 +14,11 @@ from tests.images import decode, photo
 from .conftest import BASE
 
 
+@pytest.fixture(autouse=True)
+def gallery_on(monkeypatch):
+    monkeypatch.setattr(pages, "GALLERY_ENABLED", True)
+
+
 @pytest.fixture(params=["filesystem", "s3"])
 def client(request, fs_client):
     if request.param == "filesystem":
@@ -99,3 +104,26 @@ def test_outputs_of_keys_not_uploaded_through_the_api_are_listed_with_direct_lin
     large = items[0]["variants"][0]
     assert large["url"] == large["src"] == f"{BASE}/files/processed/photos/2026/holiday/large.jpg"
     assert decode(_fetch(client, large["src"])).size == (300, 200)
+
+
+def test_the_gallery_is_off_unless_asked_for(fs_client, monkeypatch):
+    """Off, no id is listed (an open API would otherwise hand out every image and its DELETE)."""
+    monkeypatch.setattr(pages, "GALLERY_ENABLED", False)
+    client = fs_client()
+    _upload(client, "private.jpg", 300)
+    answer = client.get("/api/gallery")
+    assert answer.status_code == 404
+    assert "GALLERY=true" in answer.json()["detail"] and "private" not in answer.text
+    assert client.get("/gallery").status_code == 200  # the page itself says why it is empty
+
+
+@pytest.mark.parametrize("value,enabled", [("", False), ("false", False), ("off", False), ("TRUE", True), ("1", True)])
+def test_gallery_setting(value, enabled):
+    assert pages.gallery_setting({"GALLERY": value}) is enabled
+
+
+def test_a_bad_gallery_setting_is_a_config_error():
+    from image_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="GALLERY='maybe'"):
+        pages.gallery_setting({"GALLERY": "maybe"})

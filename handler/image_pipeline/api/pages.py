@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,27 @@ from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.static_files import create_static_files_router
 
 from .. import ids, keys
+from ..errors import ConfigError
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_PAGE = 100
 LIST_PAGE = 1000  # keys per listing request (S3's maximum)
 _REVALIDATE = CacheControlHeader(no_cache=True)  # the page changes with the package: always revalidate
+
+
+def gallery_setting(env) -> bool:
+    """GALLERY (default false; `serve` turns it on): whether `/api/gallery` lists every processed
+    image. Off, ids stay unlisted: on an API without the JWT authorizer a listing would hand
+    anyone every id (and so every image, and its DELETE)."""
+    raw = env.get("GALLERY", "").strip().lower()
+    if raw in ("", "false", "off", "0", "no"):
+        return False
+    if raw in ("true", "on", "1", "yes"):
+        return True
+    raise ConfigError(f"GALLERY={raw!r} must be true or false")
+
+
+GALLERY_ENABLED = gallery_setting(os.environ)  # read once, when the app is first imported
 
 
 @dataclass
@@ -96,6 +113,10 @@ async def gallery(
     cursor: str | None = Parameter(default=None, description="next_cursor of the previous page"),
     limit: int = Parameter(default=24, ge=1, le=MAX_PAGE),
 ) -> GalleryPage:
+    if not GALLERY_ENABLED:
+        raise ProblemDetailsException(
+            detail="the gallery is off: set GALLERY=true to list every processed image", status_code=404
+        )
     api = request.app.state.api
     prefix = api.settings.pipeline.processed_prefix
     if cursor is not None and (
