@@ -45,12 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     invoke.add_argument("--out", type=Path, help="copy the written variants and manifest here")
     invoke.add_argument("--endpoint-url", help="an S3 endpoint to use instead of the embedded one")
     _add_backfill(commands)
+    _add_serve(commands)
     args = parser.parse_args(argv)
     from .errors import ConfigError
 
     try:
         if args.command == "backfill":
             return _backfill(args)
+        if args.command == "serve":
+            return _serve(args)
         return _invoke(args)
     except (ConfigError, FileNotFoundError, json.JSONDecodeError) as exc:
         print(f"image-pipeline: {exc}", file=sys.stderr)
@@ -228,6 +231,108 @@ def _table(headers: list[str], rows: list[tuple[str, ...]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+# --- serve: the upload API locally ----------------------------------------------------------
+
+LOCAL_BUCKET = "image-pipeline-local"
+
+
+def _add_serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the upload API and page locally (embedded S3 + local events by default)",
+        description="Run the upload API. With no flags: an embedded S3 (moto server) with a CORS rule, and a "
+        "local event source that delivers ObjectCreated events for new raw/ objects to the real lambda_handler.",
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--storage", type=Path, metavar="DIR", help="keep images in DIR (no S3; processed in-process)")
+    where.add_argument("--endpoint-url", help="an S3 endpoint (bucket: $BUCKET_NAME, default image-pipeline-local)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "local"),
+        ("AWS_SECRET_ACCESS_KEY", "local"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+        ("POWERTOOLS_TRACE_DISABLED", "true"),
+        ("POWERTOOLS_METRICS_NAMESPACE", "ImagePipelineLocal"),
+        ("GALLERY", "true"),  # /gallery lists every processed image: on locally, off unless asked elsewhere
+    ):
+        os.environ.setdefault(name, value)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request lines from the embedded S3
+    for quiet in ("botocore", "aiobotocore", "boto3"):
+        logging.getLogger(quiet).setLevel(logging.WARNING)
+    url = f"http://{args.host}:{args.port}/"
+    server = source = None
+    try:
+        if args.storage is not None:
+            from .api import create_app
+
+            app = create_app(storage_dir=args.storage)
+            where = f"images in {args.storage.resolve()}/ (processed in this process)"
+        else:
+            endpoint = args.endpoint_url
+            if endpoint is None:
+                from moto.server import ThreadedMotoServer
+
+                server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+                server.start()
+                host, port = server.get_host_and_port()
+                endpoint = f"http://{host}:{port}"
+                _local_event_bus(endpoint)
+            os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+            bucket = os.environ.setdefault("BUCKET_NAME", LOCAL_BUCKET)
+            _local_bucket(endpoint, bucket, url.rstrip("/"))
+            from .api import create_app
+            from .api.local_events import LocalEventSource
+
+            app = create_app(endpoint_url=endpoint)
+            source = LocalEventSource(endpoint, bucket, os.environ.get("RAW_PREFIX", "raw/")).start()
+            where = f"s3://{bucket} at {endpoint} (uploads go straight to S3; events to lambda_handler)"
+        print(f"image-pipeline API on {url}  ·  {where}\nopen {url} to upload; API schema at {url}schema", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        return 0
+    finally:
+        if source is not None:
+            source.stop()
+        if server is not None:
+            server.stop()
+
+
+def _local_event_bus(endpoint: str) -> None:
+    """With EVENT_BUS_NAME set, completion events go to that bus on the embedded server too."""
+    bus = os.environ.get("EVENT_BUS_NAME")
+    if not bus:
+        return
+    import boto3
+
+    os.environ["AWS_ENDPOINT_URL_EVENTBRIDGE"] = endpoint
+    boto3.client("events", endpoint_url=endpoint).create_event_bus(Name=bus)
+
+
+def _local_bucket(endpoint: str, bucket: str, origin: str) -> None:
+    """The bucket, with the CORS rule a browser needs to POST to it (as the template sets on AWS)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_cors(
+        Bucket=bucket,
+        CORSConfiguration={
+            "CORSRules": [
+                {"AllowedOrigins": [origin], "AllowedMethods": ["POST", "GET"], "AllowedHeaders": ["*"], "MaxAgeSeconds": 600}
+            ]
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from .errors import OutOfTime
+from .notify import Notifier
 from .processor import ImageProcessor
 from .service import ImageService, ObjectRef, Outcome
 from .settings import Settings
@@ -27,6 +28,7 @@ class Runtime:
         # The aioboto3 client is bound to the loop that opened it, so the loop is kept too.
         self._runner = asyncio.Runner()
         self._connection: S3Connection | None = None
+        self.notifier = Notifier.from_settings(settings)  # None unless EVENT_BUS_NAME is set
 
     def handle(self, ref: ObjectRef, timeout_s: float | None = None) -> Outcome:
         """One object; with `timeout_s`, all of its S3 work must end by then or it is cut off and
@@ -56,9 +58,14 @@ class Runtime:
         store = self._connection.store(ref.bucket)
         if ref.kind == "removed":
             return await self.service.remove(store, ref.key)
-        return await self.service.handle(store, ref)
+        outcome = await self.service.handle(store, ref)
+        if self.notifier is not None:  # a failed publish raises PublishFailed: the record is retried
+            await self.notifier.publish(store, ref, outcome)
+        return outcome
 
     def close(self) -> None:
+        if self.notifier is not None:
+            self._runner.run(self.notifier.close())
         if self._connection is not None:
             self._runner.run(self._connection.close())
             self._connection = None

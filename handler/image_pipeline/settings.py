@@ -28,6 +28,7 @@ DEFAULTS: dict[str, str] = {
     "KEEP_ICC_PROFILE": "false",
     "S3_MAX_ATTEMPTS": "5",
     "TIME_RESERVE_MS": "10000",
+    "EVENT_BUS_NAME": "",  # empty: no completion events (see notify.py)
 }
 DISPOSITIONS = ("tag", "delete")
 _TYPE_ALIASES = {"jpg": "jpeg", "heic": "heif", "tif": "tiff"}
@@ -46,6 +47,7 @@ class Settings:
     s3_endpoint_url: str | None = None
     s3_max_attempts: int = 5
     time_reserve_ms: int = 10000
+    event_bus_name: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -125,10 +127,20 @@ class Settings:
             s3_endpoint_url=(env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None),
             s3_max_attempts=integer("S3_MAX_ATTEMPTS"),
             time_reserve_ms=integer("TIME_RESERVE_MS", low=0),
+            event_bus_name=_event_bus(get("EVENT_BUS_NAME"), problems),
         )
         if problems:
             raise ConfigError("invalid image-pipeline settings:\n  - " + "\n  - ".join(problems))
         return settings
+
+
+def _event_bus(value: str, problems: list[str]) -> str | None:
+    """An EventBridge bus name or ARN, or None (no completion events)."""
+    import re
+
+    if value and not re.fullmatch(r"[A-Za-z0-9._\-/:]{1,1600}", value):
+        problems.append(f"EVENT_BUS_NAME={value!r} must be an EventBridge bus name or ARN")
+    return value or None
 
 
 def _names(enum_type) -> str:

@@ -210,3 +210,27 @@ def test_storage_failures_are_typed():
             await connection.close()
 
     run(body())
+
+
+def test_list_pages_through_a_prefix_in_key_order(with_store):
+    async def body(store):
+        keys = ["raw/b/2.jpg", "raw/a/1.jpg", "raw/ab.jpg", "raw/c/3.jpg", "processed/a/x.webp", "rawish.jpg"]
+        for i, key in enumerate(keys):
+            await store.write(key, b"x" * (i + 1), "image/jpeg", {})
+        await store.set_tags("raw/a/1.jpg", {"image-pipeline-status": "processed"})  # tags are not listed
+        listed = await store.list("raw/")
+        assert [o.key for o in listed] == ["raw/a/1.jpg", "raw/ab.jpg", "raw/b/2.jpg", "raw/c/3.jpg"]
+        first = listed[0]
+        assert first.size == 2 and first.etag == await store.etag("raw/a/1.jpg")
+        assert first.last_modified.tzinfo is not None
+        # a prefix that is not a whole "directory" still matches like S3's
+        assert [o.key for o in await store.list("raw/a")] == ["raw/a/1.jpg", "raw/ab.jpg"]
+        # pages: limit, then start_after the last key of the page
+        page = await store.list("raw/", limit=2)
+        assert [o.key for o in page] == ["raw/a/1.jpg", "raw/ab.jpg"]
+        rest = await store.list("raw/", start_after=page[-1].key, limit=2)
+        assert [o.key for o in rest] == ["raw/b/2.jpg", "raw/c/3.jpg"]
+        assert await store.list("raw/", start_after="raw/c/3.jpg") == []
+        assert await store.list("nothing/") == []
+
+    with_store(body)

@@ -45,3 +45,21 @@ def test_first_image_loads_only_the_plugins_it_uses():
     assert result["formats"] == ["webp", "webp", "jpeg"]
     assert "PIL.WebPImagePlugin" in result["plugins"]
     assert not {"PIL.AvifImagePlugin", "PIL.TiffImagePlugin", "PIL.PsdImagePlugin"} & set(result["plugins"])
+
+
+def test_the_pipeline_never_imports_the_upload_api_even_with_completion_events(tmp_path):
+    """The API (Litestar, Mangum, uvicorn) lives in its own package and Lambda layer; completion
+    events open their EventBridge client on the first publish, not at import."""
+    env = {**os.environ, "LAMBDA_TASK_ROOT": str(tmp_path), "EVENT_BUS_NAME": "image-events"}
+    code = (
+        "import json, sys, image_pipeline.handler as h\n"
+        "assert h.runtime.notifier is not None\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert "image_pipeline.notify" in loaded
+    roots = {m.split(".")[0] for m in loaded}
+    assert roots.isdisjoint({"litestar", "mangum", "uvicorn", "aioboto3", "aiobotocore"}), sorted(roots)
+    assert not any(m.startswith("image_pipeline.api") for m in loaded)

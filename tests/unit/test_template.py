@@ -1043,3 +1043,113 @@ def test_existing_bucket_function_matches_the_direct_template(direct: dict[str, 
     for name in ("Variants", "RawDisposition", "MaxPixels", "MemorySize", "ReservedConcurrency", "LogRetentionDays"):
         assert name in existing["Parameters"], name
     assert resources_of_type(existing, "AWS::Logs::LogGroup") == resources_of_type(direct, "AWS::Logs::LogGroup")
+# ---------------------------------------------------------------- upload API and completion events
+
+API_STACK = "stacks/api.yaml"
+
+
+def _api_function(api: dict[str, Any]) -> dict[str, Any]:
+    _, res = only(resources_of_type(api, "AWS::Serverless::Function"), "AWS::Serverless::Function")
+    return res["Properties"]
+
+
+def test_both_templates_nest_the_api_stack_with_the_pipeline_settings(template: dict[str, Any]) -> None:
+    _, app = only(resources_of_type(template, "AWS::Serverless::Application"), "AWS::Serverless::Application")
+    props = app["Properties"]
+    assert props["Location"] == API_STACK and (ROOT / API_STACK).is_file()
+    params = props["Parameters"]
+    for name in ("Variants", "RawDisposition", "AllowedTypes", "MaxInputBytes", "MaxPixels", "CacheControl"):
+        assert params[name] == {"Ref": name}, f"the API processes uploads with other {name} than the pipeline"
+    bucket_name, _ = bucket_of(template)
+    assert params["BucketName"] == {"Ref": bucket_name}
+    assert params["BucketArn"] == {"Fn::GetAtt": [bucket_name, "Arn"]}
+    nested = load(API_STACK)
+    assert set(params) == {k for k, v in nested["Parameters"].items() if "Default" not in v}
+
+
+def test_api_function_runs_the_same_code_with_litestar_from_its_own_layer() -> None:
+    api = load(API_STACK)
+    props = _api_function(api)
+    assert props["CodeUri"].rstrip("/") == "../handler"  # the same code as the pipeline function
+    assert props["Handler"] == "image_pipeline.api.lambda_function.handler"
+    assert (ROOT / "handler/image_pipeline/api/lambda_function.py").is_file()
+    (layer_ref,) = props["Layers"]
+    layer = api["Resources"][layer_ref["Ref"]]
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    layer_requirements = ROOT / "stacks" / layer["Properties"]["ContentUri"] / "requirements.txt"
+    names = {Requirement(line).name for line in layer_requirements.read_text().splitlines()
+             if line.strip() and not line.startswith("#")}
+    assert names == {"litestar", "mangum"}
+    # ... and none of it in the pipeline function's artefact
+    assert not names & set(_requirements_txt())
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        extras = tomllib.load(fh)["project"]["optional-dependencies"]
+    api_extra = {canonicalize_name(Requirement(r).name): Requirement(r) for r in extras["api"]}
+    for line in layer_requirements.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            assert str(api_extra[req.name].specifier) == str(req.specifier), f"{req} vs pyproject's api extra"
+    assert any("[api]" in r for r in extras["dev"]), "the dev extra (README's test command) must pull in the API"
+
+
+def test_api_s3_permissions_are_least_privilege() -> None:
+    api = load(API_STACK)
+    statements = [st for doc in iam_documents(api) for item in as_list(doc["Statement"]) for st in branches(item)]
+    allowed = {
+        "s3:PutObject": {"raw/", "processed/"},
+        "s3:GetObject": {"raw/", "processed/"},
+        "s3:GetObjectTagging": {"raw/"},
+        "s3:PutObjectTagging": {"raw/"},
+        "s3:DeleteObject": {"raw/", "processed/"},
+    }
+    granted: dict[str, set[str]] = {}
+    for st in statements:
+        assert st["Effect"] == "Allow"
+        for action in as_list(st["Action"]):
+            assert action.startswith("s3:") and "*" not in action, action
+            resource = arn_text(st["Resource"])
+            if action == "s3:ListBucket":
+                assert resource == "${BucketArn}"
+                assert st["Condition"] == {"StringLikeIfExists": {"s3:prefix": ["raw/*", "processed/*"]}}
+                continue
+            prefix = resource.removeprefix("${BucketArn}/")
+            assert prefix != resource and prefix.endswith("/*"), resource
+            granted.setdefault(action, set()).add(prefix.removesuffix("*"))
+    assert granted == allowed
+
+
+def test_api_jwt_authorizer_is_optional_and_guards_every_route() -> None:
+    api = load(API_STACK)
+    assert api["Conditions"]["HasJwt"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "JwtIssuer"}, ""]}]}
+    _, authorizer = only(resources_of_type(api, "AWS::ApiGatewayV2::Authorizer"), "authorizer")
+    assert authorizer["Condition"] == "HasJwt"
+    config = authorizer["Properties"]
+    assert config["AuthorizerType"] == "JWT"
+    assert config["JwtConfiguration"] == {"Issuer": {"Ref": "JwtIssuer"}, "Audience": [{"Ref": "JwtAudience"}]}
+    routes = resources_of_type(api, "AWS::ApiGatewayV2::Route")
+    assert [r["Properties"]["RouteKey"] for r in routes.values()] == ["$default"]  # one route: all paths
+    (route,) = routes.values()
+    assert route["Properties"]["AuthorizationType"] == {"Fn::If": ["HasJwt", "JWT", "NONE"]}
+    _, stage = only(resources_of_type(api, "AWS::ApiGatewayV2::Stage"), "stage")
+    assert stage["Properties"]["DefaultRouteSettings"]["ThrottlingRateLimit"] == {"Ref": "ThrottleRate"}
+
+
+def test_bucket_cors_and_api_cors_follow_allowed_origins(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -> None:
+    _, props = bucket
+    (rule,) = props["CorsConfiguration"]["CorsRules"]
+    assert rule["AllowedOrigins"] == {"Fn::Split": [",", {"Ref": "AllowedOrigins"}]}
+    assert "POST" in rule["AllowedMethods"] and "PUT" not in rule["AllowedMethods"]  # presigned POST only
+    api = load(API_STACK)
+    _, http_api = only(resources_of_type(api, "AWS::ApiGatewayV2::Api"), "HTTP API")
+    assert http_api["Properties"]["CorsConfiguration"]["AllowOrigins"] == {"Fn::Split": [",", {"Ref": "AllowedOrigins"}]}
+
+
+def test_pipeline_may_put_events_on_the_configured_bus_only(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
+    name, props = function
+    assert props["Environment"]["Variables"]["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
+    assert template["Conditions"]["HasEventBus"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "EventBusName"}, ""]}]}
+    events = grants(template, "events")
+    assert events == [("events:PutEvents", "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}")]
+    (policy,) = [r for r in resources_of_type(template, "AWS::IAM::Policy").values() if "events:" in str(r)]
+    assert policy["Condition"] == "HasEventBus"
+    assert policy["Properties"]["Roles"] == [{"Ref": f"{name}Role"}]

@@ -9,6 +9,7 @@ store could not do after its own retries (transient); nothing else escapes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from ..errors import StoreError
@@ -51,6 +52,16 @@ class RawObject:
     size: int
 
 
+@dataclass(frozen=True)
+class ListedObject:
+    """One entry of a listing."""
+
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime
+
+
 class ObjectStore(Protocol):
     async def read(self, key: str, max_bytes: int | None = None) -> RawObject:
         """The object's bytes and ETag in one request; `TooLarge` before reading an oversize body."""
@@ -85,3 +96,7 @@ class ObjectStore(Protocol):
         under the same key raises `ObjectChanged` and stays (S3 conditional delete, If-Match)."""
 
     async def close(self) -> None: ...
+
+    async def list(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> list[ListedObject]:
+        """Up to `limit` objects whose keys start with `prefix`, in key order (UTF-8 bytes, as S3
+        lists), after `start_after` when given: one page (one ListObjectsV2 request on S3)."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timezone
 
 from litestar_storages import BaseStorage, StorageError, StorageFileNotFoundError
 
 from ..errors import StorageFailure, TooLarge
-from .base import ObjectChanged, ObjectNotFound, RawObject, merge_tags
+from .base import ListedObject, ObjectChanged, ObjectNotFound, RawObject, merge_tags
 
 TAGS_PREFIX = ".tags/"
 
@@ -93,6 +94,31 @@ class LitestarStore:
             return await self.storage.exists(key)
         except StorageError as exc:
             raise StorageFailure(f"could not check {key}: {exc}") from exc
+
+    async def list(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> list[ListedObject]:
+        """These backends list everything under the prefix unordered: sorted here as S3 sorts
+        (UTF-8 bytes), the tags beside the objects left out. The ETag is read for the page only."""
+        # FileSystemStorage lists a directory: list the prefix's directory and filter the rest.
+        directory = prefix.rpartition("/")[0] + "/" if "/" in prefix else ""
+        try:
+            found = [item async for item in self.storage.list(directory)]
+        except StorageError as exc:
+            raise StorageFailure(f"could not list {prefix}: {exc}") from exc
+        entries = sorted(
+            (f for f in found if f.key.startswith(prefix) and not f.key.startswith(TAGS_PREFIX)),
+            key=lambda f: f.key.encode("utf-8", "surrogatepass"),
+        )
+        if start_after is not None:
+            after = start_after.encode("utf-8", "surrogatepass")
+            entries = [f for f in entries if f.key.encode("utf-8", "surrogatepass") > after]
+        page = []
+        for item in entries[: max(1, limit)]:
+            etag = await self.etag(item.key)
+            if etag is None:  # deleted since it was listed
+                continue
+            modified = item.last_modified or datetime.now(timezone.utc)
+            page.append(ListedObject(item.key, etag, item.size, modified))
+        return page
 
 
 def _etag(data: bytes) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from litestar_storages import S3Config, S3Storage, StorageError, StorageFileNotFoundError
 
 from ..errors import PipelineError, StorageDenied, StorageFailure, TooLarge
-from .base import ObjectChanged, ObjectNotFound, RawObject, merge_tags
+from .base import ListedObject, ObjectChanged, ObjectNotFound, RawObject, merge_tags
 
 # "404" / "NotFound": what botocore reports for a 404 without an error body (any HEAD, and a GET
 # on S3-compatible servers that send a bare 404): a missing key all the same.
@@ -223,6 +223,18 @@ class S3Store:
     async def _call(self, operation: str, key: str, **params: Any) -> dict:
         with _typed_errors(operation, f"s3://{self.bucket}/{key}"):
             return await getattr(self.client, operation)(Bucket=self.bucket, Key=key, **params)
+
+    async def list(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> list[ListedObject]:
+        """One ListObjectsV2 page (S3 returns at most 1000 keys per request)."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max(1, min(limit, 1000))}
+        if start_after:
+            params["StartAfter"] = start_after
+        with _typed_errors("ListObjectsV2", f"s3://{self.bucket}/{prefix}"):
+            response = await self.client.list_objects_v2(**params)
+        return [
+            ListedObject(item["Key"], item.get("ETag", "").strip('"'), item["Size"], item["LastModified"])
+            for item in response.get("Contents", [])
+        ]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,171 @@
+"""Where the API keeps images: S3 (presigned POST/GET; the event pipeline processes uploads) or a
+directory through litestar-storages' `FileSystemStorage` (the API receives the upload form itself
+and an in-process worker processes it with the same `ImageService`)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from ..service import STATUS_TAG, ImageService, ObjectRef
+from ..storage import LitestarStore, ObjectStore
+from ..storage.s3 import S3Connection
+
+log = logging.getLogger("image_pipeline.api")
+
+
+class S3Backend:
+    kind = "s3"
+
+    def __init__(self, bucket: str, *, endpoint_url: str | None, cache_control: str, max_attempts: int) -> None:
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self._options = {"cache_control": cache_control, "max_attempts": max_attempts}
+        self._connection: S3Connection | None = None
+        self._signer: Any = None
+        self._stack = contextlib.AsyncExitStack()
+        self.store: ObjectStore | None = None
+
+    async def start(self, service: ImageService) -> None:
+        import aioboto3
+        from aiobotocore.config import AioConfig
+
+        self._connection = await S3Connection.open(endpoint_url=self.endpoint_url, **self._options)
+        self.store = self._connection.store(self.bucket)
+        # Presigning is local (no request); SigV4 explicitly, as every region requires for POST policies.
+        self._signer = await self._stack.enter_async_context(
+            aioboto3.Session().client("s3", endpoint_url=self.endpoint_url, config=AioConfig(signature_version="s3v4"))
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    async def presign_upload(self, key: str, content_type: str, max_bytes: int, expires_s: int, base_url: str) -> dict:
+        """A presigned POST pinning the exact key, the size range and an image/ Content-Type."""
+        return await self._signer.generate_presigned_post(
+            Bucket=self.bucket,
+            Key=key,  # adds the exact {"key": key} condition
+            Fields={"Content-Type": content_type},
+            Conditions=[
+                ["starts-with", "$Content-Type", "image/"],
+                ["content-length-range", 1, max_bytes],
+            ],
+            ExpiresIn=expires_s,
+        )
+
+    async def object_url(self, key: str, expires_s: int, base_url: str) -> str:
+        return await self._signer.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )
+
+    def uploaded(self, key: str) -> None:
+        """Nothing to do: S3 announces the new object to the pipeline (ObjectCreated)."""
+
+
+class UploadRefused(ValueError):
+    """A local upload form that was not signed by this server, or not for this key/size."""
+
+
+class FileBackend:
+    """A directory as the bucket. Uploads come back to the API (`POST /uploads/local`) with a form
+    shaped like S3's presigned POST: the signed `policy` (key, size cap, expiry) is checked with
+    an HMAC key made at start-up, so only forms this server handed out are accepted."""
+
+    kind = "filesystem"
+    bucket = "local"
+
+    def __init__(self, directory: str | Path) -> None:
+        from litestar_storages import FileSystemConfig, FileSystemStorage
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.storage = FileSystemStorage(FileSystemConfig(path=self.directory, create_dirs=True))
+        self.store: ObjectStore = LitestarStore(self.storage)
+        self._secret = secrets.token_bytes(32)
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+        self._service: ImageService | None = None
+
+    async def start(self, service: ImageService) -> None:
+        self._service = service
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._work(), name="image-pipeline-worker")
+        # Uploads stored before a restart and never marked are processed now: state lives in the files.
+        after = None
+        while True:
+            page = await self.store.list(service.raw_prefix, start_after=after, limit=1000)
+            for item in page:
+                if STATUS_TAG not in await self.store.get_tags(item.key):
+                    self._queue.put_nowait(item.key)
+            if len(page) < 1000:
+                break
+            after = page[-1].key
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def idle(self) -> None:
+        """Until every queued upload has been processed (tests, shutdown)."""
+        await self._queue.join()
+
+    def uploaded(self, key: str) -> None:
+        self._queue.put_nowait(key)
+
+    async def _work(self) -> None:
+        assert self._service is not None
+        while True:
+            key = await self._queue.get()
+            try:
+                # Pillow's work runs in a thread with its own loop, so the API keeps answering
+                # (status polls, uploads) while an image is processed; files need no shared client.
+                ref = ObjectRef(self.bucket, key)
+                outcome = await asyncio.to_thread(asyncio.run, self._service.handle(self.store, ref))
+                log.info("local worker: %s %s %s", key, outcome.status, outcome.error_code or "")
+            except Exception:  # a storage failure: logged; the upload stays unmarked for the next start
+                log.exception("local worker could not process %s", key)
+            finally:
+                self._queue.task_done()
+
+    async def presign_upload(self, key: str, content_type: str, max_bytes: int, expires_s: int, base_url: str) -> dict:
+        policy = {"key": key, "max_bytes": max_bytes, "expires": int(time.time()) + expires_s}
+        encoded = base64.urlsafe_b64encode(json.dumps(policy, separators=(",", ":")).encode()).decode()
+        return {
+            "url": base_url + "uploads/local",
+            "fields": {"key": key, "Content-Type": content_type, "policy": encoded, "signature": self._sign(encoded)},
+        }
+
+    def check_policy(self, fields: dict[str, Any]) -> dict:
+        """The policy of a local upload form, if this server signed it and it has not expired."""
+        encoded = str(fields.get("policy", ""))
+        if not hmac.compare_digest(self._sign(encoded), str(fields.get("signature", ""))):
+            raise UploadRefused("the upload form is not signed by this server")
+        policy = json.loads(base64.urlsafe_b64decode(encoded))
+        if policy["expires"] < time.time():
+            raise UploadRefused("the upload form has expired")
+        if fields.get("key") != policy["key"]:
+            raise UploadRefused("the key is not the one the form was signed for")
+        if not str(fields.get("Content-Type", "")).startswith("image/"):
+            raise UploadRefused("Content-Type must start with image/")
+        return policy
+
+    async def object_url(self, key: str, expires_s: int, base_url: str) -> str:
+        return base_url + "files/" + key
+
+    def _sign(self, encoded: str) -> str:
+        return hmac.new(self._secret, encoded.encode(), hashlib.sha256).hexdigest()

@@ -1,0 +1,269 @@
+// One image's card, shared by the upload page and the gallery: placeholder, preview, the variants'
+// facts, the ready <picture> snippet with a copy button, or the rejection in words.
+import { isBlurhash, paint } from "./blurhash.js";
+
+// Every error code of errors.py (and the README's table), in words; tests/browser checks the list.
+export const ERROR_WORDS = {
+  empty_file: "empty file",
+  unsupported_type: "not an image (or a type that is not accepted)",
+  too_large: "too large",
+  too_many_pixels: "too many pixels",
+  too_many_frames: "too many animation frames",
+  corrupt_image: "damaged or truncated image",
+  invalid_key: "file name not accepted",
+  name_conflict: "another upload already uses this name",
+  storage_error: "storage failed; try again",
+  out_of_time: "ran out of time; try again",
+  publish_error: "processed, but the completion event was not sent yet",
+};
+
+const FORMAT_NAMES = { "image/avif": "AVIF", "image/webp": "WebP", "image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF" };
+// A browser that shows a format of rank r shows every format of a lower rank too.
+const FORMAT_RANK = { "image/avif": 3, "image/webp": 2, "image/jpeg": 1, "image/png": 1, "image/gif": 1 };
+
+export const errorWords = (code) => ERROR_WORDS[code] || (code ? code.replaceAll("_", " ") : "rejected");
+
+export function formatBytes(bytes) {
+  if (bytes < 1000) return `${bytes} B`;
+  if (bytes < 1000 * 1000) return `${(bytes / 1000).toFixed(bytes < 10000 ? 1 : 0)} kB`;
+  return `${(bytes / 1e6).toFixed(bytes < 1e7 ? 2 : 1)} MB`;
+}
+
+export function saving(bytes, original) {
+  if (!original) return "";
+  const exact = (bytes / original - 1) * 100;
+  // −99.9% rather than a rounded −100% (which would mean nothing is left).
+  const change = exact > -99.5 ? Math.round(exact) : Math.max(-99.9, Math.round(exact * 10) / 10);
+  return change < 0 ? `−${-change}%` : change > 0 ? `+${change}%` : "0%";
+}
+
+/** "IMG_2041-beach.jpg" → "IMG 2041 beach": alt text when nothing better is known. */
+export function altFromName(name) {
+  const stem = (name || "").replace(/\.[A-Za-z0-9]{1,5}$/, "").replace(/[-_.+]+/g, " ").trim();
+  return stem || "uploaded image";
+}
+
+const formatName = (v) => FORMAT_NAMES[v.content_type] || (v.content_type || "").replace("image/", "").toUpperCase();
+const rank = (v) => FORMAT_RANK[v.content_type] || 1;
+const absolute = (url) => new URL(url, document.baseURI).href;
+const escapeAttr = (text) =>
+  String(text).replaceAll("&", "&amp;").replaceAll('"', "&quot;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
+
+/** Variants with the source's shape (a `cover` crop such as a square thumbnail cannot share a srcset). */
+function sameShape(image) {
+  const { width, height } = image.source || {};
+  const variants = image.variants || [];
+  const kept = width && height ? variants.filter((v) => Math.abs(v.height - (v.width * height) / width) <= 1) : [];
+  if (kept.length) return kept;
+  const largest = [...variants].sort((a, b) => b.width - a.width)[0];
+  return largest ? [largest] : [];
+}
+
+/** For each width, the best variant a browser showing formats up to `maxRank` can use. */
+function candidates(variants, maxRank) {
+  const byWidth = new Map();
+  for (const v of variants) {
+    if (rank(v) > maxRank) continue;
+    const best = byWidth.get(v.width);
+    if (!best || rank(v) > rank(best) || (rank(v) === rank(best) && v.bytes < best.bytes)) byWidth.set(v.width, v);
+  }
+  return [...byWidth.values()].sort((a, b) => a.width - b.width);
+}
+
+/** The responsive image plan: <source>s for modern formats, then the fallback <img>. */
+export function picturePlan(image) {
+  const shaped = sameShape(image);
+  const ranks = [...new Set(shaped.map(rank))].sort((a, b) => b - a);
+  const base = ranks[ranks.length - 1] || 1;
+  const sources = [];
+  for (const r of ranks.filter((r) => r > base)) {
+    const list = candidates(shaped, r);
+    const type = Object.keys(FORMAT_RANK).find((t) => FORMAT_RANK[t] === r && shaped.some((v) => v.content_type === t));
+    sources.push({ type, list });
+  }
+  const fallback = candidates(shaped, base);
+  const largest = [...shaped].sort((a, b) => b.width - a.width)[0];
+  return { sources, fallback, largest };
+}
+
+const srcset = (list, field = "url") => list.map((v) => `${absolute(v[field] || v.url)} ${v.width}w`).join(", ");
+
+/** A ready-to-paste <picture> element for `image` (null when it has no variants). */
+export function pictureSnippet(image, alt) {
+  const { sources, fallback, largest } = picturePlan(image);
+  if (!largest) return null;
+  const sizes = `(max-width: ${largest.width}px) 100vw, ${largest.width}px`;
+  const colour = image.placeholder?.dominant_color;
+  const lines = ["<picture>"];
+  for (const s of sources) {
+    lines.push(`  <source type="${s.type}" srcset="${escapeAttr(srcset(s.list))}" sizes="${sizes}">`);
+  }
+  const src = fallback[fallback.length - 1];
+  lines.push(
+    `  <img src="${escapeAttr(absolute(src.url))}" srcset="${escapeAttr(srcset(fallback))}" sizes="${sizes}"` +
+      ` width="${largest.width}" height="${largest.height}" alt="${escapeAttr(alt)}" loading="lazy" decoding="async"` +
+      (colour ? ` style="background-color: ${escapeAttr(colour)}"` : "") + ">",
+  );
+  lines.push("</picture>");
+  return lines.join("\n");
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("data-") || key.startsWith("aria-") || key === "role" || key === "for") node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    const area = el("textarea", { value: text });
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.append(area);
+    area.select();
+    const done = document.execCommand("copy");
+    area.remove();
+    return done;
+  }
+}
+
+let cardCount = 0;
+
+/** A card for one image. `name` is the file name; returns an object with methods for each state. */
+export function createCard(name, { headingLevel = "h2" } = {}) {
+  const id = `card-${++cardCount}`;
+  const alt = altFromName(name);
+  const heading = el(headingLevel, { id: `${id}-name`, class: "card-name", text: name || "(no name)", title: name });
+  const canvas = el("canvas", { class: "placeholder", "aria-hidden": "true" });
+  const frame = el("div", { class: "frame" }, canvas);
+  const progress = el("progress", { max: 100, value: 0, hidden: true, "aria-label": `Upload of ${name}` });
+  const status = el("p", { class: "status", role: "status", text: "" });
+  const details = el("div", { class: "details" });
+  const node = el("li", { class: "card", id, "aria-labelledby": `${id}-name`, "data-state": "new" },
+    frame, el("div", { class: "body" }, heading, progress, status, details));
+
+  const setState = (state, message) => {
+    node.dataset.state = state;
+    if (message !== undefined) status.textContent = message;
+  };
+
+  const setShape = (width, height) => {
+    if (width && height) frame.style.aspectRatio = `${width} / ${height}`;
+  };
+
+  const card = {
+    node,
+    alt,
+    setShape,
+    progress(loaded, total) {
+      progress.hidden = false;
+      progress.value = total ? Math.round((loaded / total) * 100) : 0;
+      progress.setAttribute("aria-valuetext", `${progress.value}% uploaded`);
+    },
+    queued() {
+      setState("queued", "Waiting to upload…");
+    },
+    uploading() {
+      setState("uploading", "Uploading…");
+    },
+    pending() {
+      progress.value = 100;
+      progress.hidden = true;
+      setState("pending", "Uploaded; processing…");
+    },
+    slow() {
+      setState("pending", "Still processing…");
+    },
+    /** Paint a BlurHash at the image's shape: the local file's (`from` "local") until the
+     * manifest's arrives; a late local one never replaces the manifest's. */
+    placeholder(hash, width, height, colour, from = "manifest") {
+      if (from === "local") node.dataset.localBlurhash = hash;
+      if (from === "local" && node.dataset.placeholderFrom === "manifest") return;
+      setShape(width, height);
+      if (colour) frame.style.backgroundColor = colour;
+      if (isBlurhash(hash)) {
+        paint(canvas, hash, width, height);
+        node.dataset.blurhash = hash;
+        node.dataset.placeholderFrom = from;
+      }
+    },
+    /** Show a processed image: placeholder, preview, facts and snippet. */
+    processed(image) {
+      progress.hidden = true;
+      const source = image.source || {};
+      card.placeholder(image.placeholder?.blurhash, source.width, source.height, image.placeholder?.dominant_color);
+      const { sources, fallback } = picturePlan(image);
+      const best = sources.length ? sources[0].list : fallback;
+      if (best.length) {
+        // `src`, when given, is a direct URL for showing the image now; `url` is the stable one for the snippet.
+        const last = best[best.length - 1];
+        const img = el("img", { class: "preview", alt, decoding: "async", srcset: srcset(best, "src"), src: absolute(last.src || last.url),
+          sizes: "(max-width: 700px) 100vw, 360px" });
+        if (source.width && source.height) Object.assign(img, { width: source.width, height: source.height });
+        img.addEventListener("load", () => { img.classList.add("loaded"); node.dataset.loaded = "true"; });
+        frame.append(img);
+      }
+      details.replaceChildren(facts(image), snippetBlock(image, alt, id));
+      const count = (image.variants || []).length;
+      setState("processed", `Ready: ${count} variant${count === 1 ? "" : "s"}`);
+    },
+    rejected(code, detail) {
+      progress.hidden = true;
+      node.dataset.error = code || "";
+      frame.classList.add("failed");
+      const words = errorWords(code);
+      setState("failed", `Rejected: ${words}`);
+      details.replaceChildren(el("p", { class: "error-detail" },
+        code ? el("code", { text: code }) : null, detail ? ` ${detail}` : null));
+    },
+    failed(message) {
+      progress.hidden = true;
+      frame.classList.add("failed");
+      setState("error", message);
+    },
+  };
+  return card;
+}
+
+function facts(image) {
+  const source = image.source || {};
+  const rows = (image.variants || []).map((v) => el("tr", {},
+    el("th", { scope: "row", text: v.name }),
+    el("td", { text: `${v.width}×${v.height}` }),
+    el("td", { text: formatBytes(v.bytes) }),
+    el("td", { text: formatName(v) }),
+    el("td", { text: saving(v.bytes, source.bytes) })));
+  const caption = source.bytes
+    ? `Original: ${source.width}×${source.height}, ${formatBytes(source.bytes)}, ${(source.type || "").toUpperCase()}`
+    : "Variants";
+  return el("div", { class: "facts-wrap" }, el("table", { class: "facts" },
+    el("caption", { text: caption }),
+    el("thead", {}, el("tr", {}, ...["variant", "px", "bytes", "format", "vs orig."].map((t) => el("th", { scope: "col", text: t })))),
+    el("tbody", {}, ...rows)));
+}
+
+function snippetBlock(image, alt, id) {
+  const snippet = pictureSnippet(image, alt);
+  if (!snippet) return null;
+  const code = el("code", { id: `${id}-snippet`, class: "snippet", text: snippet });
+  const said = el("span", { class: "copied", role: "status" });
+  const button = el("button", { type: "button", class: "copy", text: "Copy HTML", "aria-describedby": `${id}-snippet-label` });
+  button.addEventListener("click", async () => {
+    const ok = await copyText(snippet);
+    said.textContent = ok ? "Copied" : "Copy failed: select the text";
+    setTimeout(() => { said.textContent = ""; }, 2500);
+  });
+  return el("div", { class: "snippet-block" },
+    el("div", { class: "snippet-bar" }, button, said),
+    el("details", {}, el("summary", { id: `${id}-snippet-label`, text: "<picture> snippet" }), el("pre", {}, code)));
+}

@@ -1,0 +1,66 @@
+"""Image ids: fixed pattern, newest first in key order, safe file names."""
+
+from __future__ import annotations
+
+import pytest
+
+from image_pipeline import ids
+
+
+def test_ids_match_the_pattern_and_sort_newest_first():
+    made = [ids.new_id(now_ms=ms) for ms in (1_700_000_000_000, 1_700_000_000_001, 1_800_000_000_000)]
+    assert all(ids.is_valid(i) and len(i) == 20 for i in made)
+    assert sorted(made) == made[::-1]  # later upload → smaller string → listed first
+    assert [ids.created_ms(i) for i in made] == [1_700_000_000_000, 1_700_000_000_001, 1_800_000_000_000]
+    same_ms = {ids.new_id(now_ms=1_700_000_000_000) for _ in range(1000)}
+    assert len(same_ms) == 1000  # 50 random bits: no collision within a millisecond
+
+
+@pytest.mark.parametrize("bad", ["", "..", "a/b", "a\x00b", "I" * 20, "u" * 20, "0" * 19, "0" * 21, "ABCDEFGHJKMNPQRSTVWX"])
+def test_anything_else_is_not_an_id(bad):
+    assert not ids.is_valid(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "leaf"),
+    [
+        ("photo.JPG", "photo.jpg"),
+        ("../../etc/passwd", "passwd.jpg"),
+        ("C:\\Users\\me\\cat.png", "cat.png"),
+        ("Holiday 2024 (1).jpeg", "Holiday-2024-1.jpeg"),
+        ("été.heic", "ete.heic"),
+        ("..", "image.jpg"),
+        ("", "image.jpg"),
+        ("a\x00b\n.png", "a-b.png"),
+        (".hidden", "hidden.jpg"),
+        ("x" * 300 + ".webp", "x" * 89 + ".webp"),
+    ],
+)
+def test_file_names_become_one_safe_segment(name, leaf):
+    assert ids.safe_leaf(name, "jpg") == leaf
+
+
+def test_raw_keys_and_back():
+    image_id = ids.new_id()
+    key = ids.raw_key("raw/", image_id, "a b.png")
+    assert key == f"raw/{image_id}/a-b.png"
+    assert ids.id_of_key(key, "raw/") == image_id
+    assert ids.id_of_key("raw/holiday/a.jpg", "raw/") is None
+    assert ids.id_of_key("processed/x/a.jpg", "raw/") is None
+
+
+def test_api_settings_report_every_problem_at_once():
+    from image_pipeline.api.settings import ApiSettings
+    from image_pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        ApiSettings.from_env({"PUBLIC_BASE_URL": "ftp://x", "ALLOWED_ORIGINS": "example.com", "UPLOAD_EXPIRY_SECONDS": "0",
+                              "MAX_PIXELS": "lots"})
+    message = str(caught.value)
+    for name in ("BUCKET_NAME", "PUBLIC_BASE_URL", "ALLOWED_ORIGINS", "UPLOAD_EXPIRY_SECONDS", "MAX_PIXELS"):
+        assert name in message
+    ok = ApiSettings.from_env({"BUCKET_NAME": "b", "PUBLIC_BASE_URL": "https://cdn.example.com/i",
+                               "ALLOWED_ORIGINS": "https://app.example.com, http://localhost:3000"})
+    assert ok.public_base_url == "https://cdn.example.com/i/"
+    assert ok.allowed_origins == ("https://app.example.com", "http://localhost:3000")
+    assert ok.image_type("image/JPEG; charset=x") == "jpeg" and ok.image_type("image/svg+xml") is None
