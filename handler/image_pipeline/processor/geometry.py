@@ -16,6 +16,10 @@ DRAFT_HEADROOM = 1.25
 
 def scale_for(spec: VariantConfig, width: int, height: int) -> float:
     """The factor applied to the whole frame before any crop; never above 1 (no upscaling)."""
+    if not spec.max_height:  # width-only: the height follows
+        return min(spec.max_width / width, 1.0)
+    if not spec.max_width:  # height-only
+        return min(spec.max_height / height, 1.0)
     fx, fy = spec.max_width / width, spec.max_height / height
     scale = max(fx, fy) if spec.fit is Fit.COVER else min(fx, fy)
     return min(scale, 1.0)

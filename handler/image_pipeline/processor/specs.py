@@ -96,6 +96,9 @@ class VariantConfig:
 
     `format=None` keeps the source's format when it is a web format (JPEG, PNG, WebP, GIF, AVIF)
     and falls back to JPEG otherwise (HEIC, TIFF, BMP).
+
+    A side of 0 is free: `1600×0` is 1600 px wide and as tall as the aspect ratio makes it
+    (never upscaled). Such a box has nothing to crop, so its fit is always `contain`.
     """
 
     name: str
@@ -111,13 +114,17 @@ class VariantConfig:
             raise ValueError(f"variant name {self.name!r} must be lowercase letters, digits, '-' or '_'")
         for side in ("max_width", "max_height"):
             value = getattr(self, side)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DIMENSION:
-                raise ValueError(f"variant {self.name!r}: {side} must be an integer from 1 to {MAX_DIMENSION}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DIMENSION:
+                raise ValueError(f"variant {self.name!r}: {side} must be an integer from 0 (free) to {MAX_DIMENSION}")
+        if not (self.max_width or self.max_height):
+            raise ValueError(f"variant {self.name!r}: at least one of width and height must be set (0 means free)")
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise ValueError(f"variant {self.name!r}: quality must be an integer from 1 to 100")
         if self.format is not None:
             object.__setattr__(self, "format", ImageFormat.parse(self.format))
         object.__setattr__(self, "fit", _enum(Fit, self.fit, "fit"))
+        if not (self.max_width and self.max_height):
+            object.__setattr__(self, "fit", Fit.CONTAIN)  # one free side: nothing to crop
         object.__setattr__(self, "gravity", _enum(Gravity, self.gravity, "gravity"))
 
 
