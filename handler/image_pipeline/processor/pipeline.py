@@ -386,5 +386,9 @@ def _load_webp_still(image: Image.Image) -> Image.Image | None:
     if got is None:
         raise CorruptImage("webp could not be decoded: no frame")
     pixels = Image.frombuffer(rawmode, image.size, got[0], "raw", rawmode, 0, 1)
-    image._decoder = None  # frees libwebp's canvas
+    image._decoder = None  # frees libwebp's canvases
+    if rawmode == "RGBA" and pixels.getextrema()[3][0] == 255:
+        # Lossless WebP always comes as RGBA: an alpha that is opaque everywhere is the padding
+        # byte of RGBX, so the same buffer is read as RGBX (no copy, no premultiplied resize).
+        pixels = Image.frombuffer("RGBX", image.size, got[0], "raw", "RGBX", 0, 1)
     return pixels
