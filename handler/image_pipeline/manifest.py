@@ -32,7 +32,11 @@ def build(
             "height": source.height,
             "frames": source.frames,
         },
-        "placeholder": {"blurhash": processed.blurhash, "dominant_color": processed.dominant_color},
+        "placeholder": {
+            "blurhash": processed.blurhash,
+            "thumbhash": processed.thumbhash,
+            "dominant_color": processed.dominant_color,
+        },
         "variants": [
             {
                 "name": v.name,

@@ -27,7 +27,7 @@ from ..errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPi
 from . import geometry, plugins
 from .colour import convert_profile, drop_opaque_alpha, is_rgb_profile, normalise_mode, to_srgb
 from .encode import encode, prepare
-from .placeholder import blurhash, dominant_color
+from .placeholder import blurhash, dominant_color, thumbhash
 from .sniff import DECODABLE, sniff
 from .specs import DEFAULT_VARIANTS, Fit, ImageFormat, ImageVariant, Limits, ProcessedImage, SourceInfo, VariantConfig
 
@@ -75,6 +75,7 @@ class Job:
     keep_icc: bytes | None = None
     outputs: list[ImageVariant] = field(default_factory=list)
     blurhash: str = ""
+    thumbhash: str = ""
     dominant_color: str = ""
 
 
@@ -160,6 +161,7 @@ class ImageProcessor:
             blurhash=job.blurhash,
             dominant_color=job.dominant_color,
             processing_ms=round((perf_counter() - started) * 1000, 1),
+            thumbhash=job.thumbhash,
         )
 
     # -- main pipeline: from the opened file to every variant's pixels --------------------------------
@@ -297,8 +299,9 @@ class ImageProcessor:
             )
 
     def _placeholder(self, job: Job) -> None:
-        """BlurHash and dominant colour of the whole frame (not of a cropped thumbnail)."""
+        """BlurHash, ThumbHash and dominant colour of the whole frame (not of a cropped thumbnail)."""
         job.blurhash = blurhash(job.preview)
+        job.thumbhash = thumbhash(job.preview)
         job.dominant_color = dominant_color(job.preview)
 
     PIPELINE = (_prepare, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _crop)

@@ -188,3 +188,4 @@ class ProcessedImage:
     blurhash: str
     dominant_color: str
     processing_ms: float
+    thumbhash: str = ""  # base64, https://evanw.github.io/thumbhash/ (keeps aspect ratio and alpha)
