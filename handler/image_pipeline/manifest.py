@@ -37,6 +37,7 @@ def build(
             "thumbhash": processed.thumbhash,
             "dominant_color": processed.dominant_color,
         },
+        "focal_point": {"x": processed.focal_point[0], "y": processed.focal_point[1]},
         "variants": [
             {
                 "name": v.name,

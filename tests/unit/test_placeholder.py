@@ -60,3 +60,20 @@ def test_the_manifest_thumbhash_keeps_aspect_ratio_and_alpha():
 def test_thumbhash_of_a_large_image_is_computed_on_a_small_copy():
     big = Image.linear_gradient("L").resize((640, 480)).convert("RGB")
     assert thumbhash(big) == thumbhash(big.resize((32, 24), Image.Resampling.BOX))
+
+
+def test_the_manifest_records_placeholders_and_the_focal_point():
+    from image_pipeline import manifest
+
+    processed = ImageProcessor().process_image(encode(Image.new("RGB", (400, 300), (30, 120, 200)), "PNG"))
+    record = manifest.build(
+        bucket="b", key="raw/a.png", etag="e", processed=processed,
+        variant_keys={v.name: f"processed/a/{v.name}" for v in processed.variants}, total_ms=1.0,
+    )
+    assert record["placeholder"] == {
+        "blurhash": processed.blurhash,
+        "thumbhash": processed.thumbhash,
+        "dominant_color": "#1e78c8",
+    }
+    assert base64.b64decode(record["placeholder"]["thumbhash"])
+    assert record["focal_point"] == {"x": 0.5, "y": 0.5}  # a flat picture has no subject

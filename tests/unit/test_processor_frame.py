@@ -128,3 +128,37 @@ def test_invisible_pixels_never_bleed_into_visible_edges():
     out = decode(v.data).convert("RGBA")
     r, g, b, a = out.getpixel((15, 15))  # the edge pixel: half covered
     assert 0 < a < 255 and r >= 250 and g == b == 0
+
+
+# -- focal point ---------------------------------------------------------------------------------
+
+
+def _subject_at(x0: int, y0: int, size=(1200, 800)) -> Image.Image:
+    """A busy, saturated subject (stripes) on a flat grey background."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", size, (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    for x in range(x0, x0 + 200, 8):
+        draw.line((x, y0, x, y0 + 200), fill=RED if x % 16 else (0, 0, 255), width=4)
+    return image
+
+
+def test_focal_point_is_where_the_subject_is():
+    result = ImageProcessor().process_image(encode(_subject_at(850, 500), "PNG"))
+    x, y = result.focal_point
+    assert 0.70 < x < 0.88 and 0.62 < y < 0.90  # the subject's centre is (0.79, 0.75)
+    flat = ImageProcessor().process_image(encode(Image.new("RGB", (300, 200), "white"), "PNG"))
+    assert flat.focal_point == (0.5, 0.5)
+
+
+def test_gravity_auto_crops_around_the_focal_point():
+    spec = "sq:300x300:cover:auto:png"
+    (v,) = ImageProcessor(parse_variants(spec)).process(encode(_subject_at(100, 100, (1200, 400)), "PNG"))
+    out = decode(v.data).convert("RGB")
+    assert (v.width, v.height) == (300, 300)
+    assert out.getpixel((150, 150)) != (128, 128, 128) or out.getpixel((100, 150)) != (128, 128, 128)
+    (centre,) = ImageProcessor(parse_variants("sq:300x300:cover:png")).process(
+        encode(_subject_at(100, 100, (1200, 400)), "PNG")
+    )
+    assert decode(centre.data).convert("RGB").getpixel((150, 150)) == (128, 128, 128)  # centre misses it

@@ -6,7 +6,8 @@ One ordered list of small steps over one `Job`, like imgproxy's:
               stills without a copy) → normalise (mode; real alpha premultiplied once) → reduce
               (integer box shrink for formats without shrink-on-load) → orient (EXIF) → resize
               (largest first, each smaller variant from the previous result) → colour (→ sRGB, on
-              the small results, as libvips does) → crop (content-aware gravities)
+              the small results, as libvips does) → focus (focal point of the whole frame)
+              → crop (content-aware gravities: entropy, attention, auto = around the focal point)
     FINALIZE  encode (mode fitted to the encoder, metadata only when kept) → placeholder
 
 Memory stays low because a JPEG is decoded at the smallest DCT scale that still leaves 1.25×
@@ -76,6 +77,7 @@ class Job:
     outputs: list[ImageVariant] = field(default_factory=list)
     blurhash: str = ""
     thumbhash: str = ""
+    focal_point: tuple[float, float] = (0.5, 0.5)
     dominant_color: str = ""
 
 
@@ -162,6 +164,7 @@ class ImageProcessor:
             dominant_color=job.dominant_color,
             processing_ms=round((perf_counter() - started) * 1000, 1),
             thumbhash=job.thumbhash,
+            focal_point=job.focal_point,
         )
 
     # -- main pipeline: from the opened file to every variant's pixels --------------------------------
@@ -269,18 +272,23 @@ class ImageProcessor:
             modes = {im.mode for im in job.stills.values()}
             job.keep_icc = job.icc if modes <= {"RGB", "RGBA"} else None
 
+    def _focus(self, job: Job) -> None:
+        """The focal point, once per image, from the whole frame (the manifest records it; `auto`
+        crops centre on it)."""
+        job.focal_point = geometry.focal_point(job.preview)
+
     def _crop(self, job: Job) -> None:
         """Content-aware `cover` crops, scored on the converted pixels."""
         for spec in self.variants:
             if spec.fit is Fit.COVER and spec.gravity in geometry.CONTENT_AWARE:
-                job.stills[spec.name] = _crop(job.stills[spec.name], spec, job.width, job.height)
+                job.stills[spec.name] = _crop(job.stills[spec.name], spec, job.width, job.height, job.focal_point)
 
     # -- finalize: encode and describe ---------------------------------------------------------------
 
     def _encode(self, job: Job) -> None:
         """Fit each image to its encoder and encode it; metadata only when asked to keep it."""
         moving = [spec for spec in self.variants if job.animated and job.formats[spec.name].can_animate]
-        animations = self._animations(job.image, moving, job.icc, job.width, job.height) if moving else {}
+        animations = self._animations(job.image, moving, job.icc, job.width, job.height, job.focal_point) if moving else {}
         for spec in self.variants:
             fmt = job.formats[spec.name]
             frame_images, durations = animations.get(spec.name, ([job.stills[spec.name]], None))
@@ -304,10 +312,13 @@ class ImageProcessor:
         job.thumbhash = thumbhash(job.preview)
         job.dominant_color = dominant_color(job.preview)
 
-    PIPELINE = (_prepare, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _crop)
+    PIPELINE = (_prepare, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _focus, _crop)
     FINALIZE = (_encode, _placeholder)
 
-    def _animations(self, image: Image.Image, specs: list[VariantConfig], icc: bytes | None, width: int, height: int):
+    def _animations(
+        self, image: Image.Image, specs: list[VariantConfig], icc: bytes | None, width: int, height: int,
+        focus: tuple[float, float] = (0.5, 0.5),
+    ):
         """Every frame decoded once and resized (and cropped) for each animated variant, like the
         first frame; durations kept. {variant name: (frames, durations)}"""
         specs = _largest_first(specs, width, height)
@@ -317,7 +328,7 @@ class ImageProcessor:
             rgba = to_srgb(frame.convert("RGBA"), icc, self.keep_icc_profile)
             bases = [(rgba, (0.0, 0.0, *rgba.size))]
             for spec in specs:
-                frames[spec.name].append(_crop(_render(bases, spec, width, height), spec, width, height))
+                frames[spec.name].append(_crop(_render(bases, spec, width, height), spec, width, height, focus))
             durations.append(frame.info.get("duration", 100))
         image.seek(0)
         return {name: (images, durations) for name, images in frames.items()}
@@ -367,11 +378,13 @@ def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, 
     return resized  # content-aware cover crops come after the colour conversion (`_crop`)
 
 
-def _crop(image: Image.Image, spec: VariantConfig, width: int, height: int) -> Image.Image:
+def _crop(
+    image: Image.Image, spec: VariantConfig, width: int, height: int, focus: tuple[float, float] = (0.5, 0.5)
+) -> Image.Image:
     if spec.fit is not Fit.COVER or spec.gravity not in geometry.CONTENT_AWARE:
         return image
     out = geometry.output_size(spec, width, height)
-    return image if image.size == out else image.crop(geometry.crop_box(image, out, spec.gravity))
+    return image if image.size == out else image.crop(geometry.crop_box(image, out, spec.gravity, focus))
 
 
 def _load_webp_still(image: Image.Image) -> Image.Image | None:

@@ -74,6 +74,7 @@ class Gravity(str, Enum):
     SOUTHWEST = "southwest"
     ENTROPY = "entropy"  # the window with the most detail (Shannon entropy)
     ATTENTION = "attention"  # the window with the most edges and saturated colour
+    AUTO = "auto"  # centred on the image's focal point (ProcessedImage.focal_point), as near as fits
 
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -189,3 +190,4 @@ class ProcessedImage:
     dominant_color: str
     processing_ms: float
     thumbhash: str = ""  # base64, https://evanw.github.io/thumbhash/ (keeps aspect ratio and alpha)
+    focal_point: tuple[float, float] = (0.5, 0.5)  # normalised (x, y) of the subject, 0..1 from top-left
