@@ -124,7 +124,7 @@ class ImageProcessor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             warnings.filterwarnings("ignore", "(?i).*corrupt EXIF", UserWarning)  # EXIF is dropped anyway
-            image = _open(data, kind)
+            image = _open(data, kind, self.limits.max_pixels)
             try:
                 return self._run(image, data, kind, started)
             except Image.DecompressionBombError as exc:
@@ -339,15 +339,27 @@ class ImageProcessor:
         return ImageFormat(kind) if kind in _WEB_FORMATS else ImageFormat.JPEG
 
 
-def _open(data: bytes, kind: str) -> Image.Image:
-    """Read the header only; the decoder is restricted to the sniffed format."""
+def _open(data: bytes, kind: str, max_pixels: int) -> Image.Image:
+    """Read the header only; the decoder is restricted to the sniffed format.
+
+    Our MAX_PIXELS decides, with our message: Pillow's own bomb check (an error above 2 ×
+    ~89 MP, whatever MAX_PIXELS says, which refused 200 MP phone photos a user had allowed) is
+    moved to 2 × MAX_PIXELS for this open, and `_prepare` checks the exact limit. A HEIF that
+    trips libheif's size limit gets the same typed error."""
     plugins.load(DECODABLE[kind][0])
+    default = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         return Image.open(io.BytesIO(data), formats=[DECODABLE[kind][0]])
-    except Image.DecompressionBombError as exc:
-        raise TooManyPixels(str(exc)) from None
+    except Image.DecompressionBombError:
+        raise TooManyPixels(f"the {kind} image is over the {max_pixels}-pixel limit") from None
     except _DECODE_ERRORS as exc:
-        raise CorruptImage(f"not a readable {kind} file: {exc}") from None
+        message = str(exc)
+        if "security limit" in message.lower() and "size" in message.lower():
+            raise TooManyPixels(f"the {kind} image is over the decoder's size limit ({message})") from None
+        raise CorruptImage(f"not a readable {kind} file: {message}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = default
 
 
 def _largest_first(specs: Iterable[VariantConfig], width: int, height: int) -> list[VariantConfig]:
