@@ -403,8 +403,6 @@ def synthesize(largest: Path, tmpdir: Path) -> dict[str, Path]:
 def mixed_table(paths: list[Path], per_image: dict[Path, dict], names: list[str], repeat: int) -> str:
     """One row per input type: time, peak RSS, bytes and SSIM of ours, libvips and the naive
     recipe, then the targets' verdicts (ratios against libvips in the same run)."""
-    from PIL import Image
-
     lines = [
         f"Mixed set (fastest of {repeat} interleaved runs per image and implementation; SSIM: min over the variants, "
         "encoded outputs against the colour-managed full-decode reference)",
@@ -418,8 +416,7 @@ def mixed_table(paths: list[Path], per_image: dict[Path, dict], names: list[str]
     for path in paths:
         row = per_image[path]
         res, sc = row["results"], row["scores"]
-        with Image.open(path) as im:
-            mp = im.width * im.height / 1e6
+        mp = row["mp"]
 
         def ms(impl: str) -> str:
             return f"{res[impl]['wall'] * 1000:.0f}" if res.get(impl) else "n/a"
@@ -554,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
                         best["wall"], best["rss_kb"] = min(best["wall"], result["wall"]), min(best["rss_kb"], result["rss_kb"])
             results.update({impl: run_child(impl, path, outdir, 1) for impl in pixel_impls})
             scores = score(path, results, variants, args.alpha)
-            per_image[path] = {"results": results, "scores": scores}
+            with Image.open(path) as im:
+                megapixels = im.width * im.height / 1e6
+            per_image[path] = {"results": results, "scores": scores, "mp": megapixels}
             line = "  ".join(
                 f"{impl} {results[impl]['wall'] * 1000:7.0f} ms {_mb(results[impl]['rss_kb']):6.1f} MB "
                 f"ssim min {min(scores[impl].values()):.4f}"
