@@ -3,7 +3,8 @@
     python bench/profile_processor.py [FILES…]     (default: the mixed set, .corpus/mixed/*)
 
 Prints, for each file, the processor's own steps (cumulative ms of each step in
-`ImageProcessor.PIPELINE`/`FINALIZE`) and the five most expensive functions by own time, as
+`ImageProcessor.PIPELINE`/`FINALIZE`, in order; a PNG is decoded inside `prepare`, where Pillow's
+`getexif()` loads the file to find an eXIf chunk after the pixels) and the five most expensive functions by own time, as
 markdown. Entries like `WebPAnimDecoder.get_next`, `ImagingDecoder.decode`, `ImagingCore.resize`,
 `CmsTransform.apply`, `WebPEncode` are Pillow's C code (libwebp, zlib/libpng, libjpeg-turbo,
 Pillow's resampler, LittleCMS): the part no Python change can make faster.
@@ -40,11 +41,16 @@ def main(argv: list[str]) -> int:
         profile.disable()
         stats = pstats.Stats(profile)
         rows = stats.stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
-        step_ms = {name: cum * 1000 for (_, _, name), (_, _, _, cum, _) in rows.items() if name in steps}
+        step_ms = {
+            name: cum * 1000
+            for (file, _, name), (_, _, _, cum, _) in rows.items()
+            if name in steps and file.endswith("pipeline.py")
+        }
         own = sorted(rows.items(), key=lambda item: item[1][2], reverse=True)[:5]
         total = stats.total_tt * 1000
         print(f"\n**{path.name}** ({result.source.width}×{result.source.height}, {total:.0f} ms under cProfile)\n")
-        print("steps: " + ", ".join(f"{n.strip('_')} {ms:.0f}" for n, ms in step_ms.items() if ms >= 1) + " (ms)\n")
+        order = [f.__name__ for f in (*processor.PIPELINE, *processor.FINALIZE)]
+        print("steps: " + ", ".join(f"{n.strip('_')} {step_ms[n]:.0f}" for n in order if step_ms.get(n, 0) >= 1) + " (ms)\n")
         print("| own time ms | calls | function |")
         print("|---:|---:|---|")
         for (file, line, name), (_, calls, tottime, _, _) in own:
