@@ -50,7 +50,8 @@ def main(argv: list[str]) -> int:
         total = stats.total_tt * 1000
         print(f"\n**{path.name}** ({result.source.width}×{result.source.height}, {total:.0f} ms under cProfile)\n")
         order = [f.__name__ for f in (*processor.PIPELINE, *processor.FINALIZE)]
-        print("steps: " + ", ".join(f"{n.strip('_')} {step_ms[n]:.0f}" for n in order if step_ms.get(n, 0) >= 1) + " (ms)\n")
+        shown = [f"{n.strip('_')} {step_ms[n]:.0f}" for n in order if step_ms.get(n, 0) >= 1]
+        print("steps: " + ", ".join(shown) + " (ms)\n")
         print("| own time ms | calls | function |")
         print("|---:|---:|---|")
         for (file, line, name), (_, calls, tottime, _, _) in own:

@@ -288,7 +288,9 @@ class ImageProcessor:
     def _encode(self, job: Job) -> None:
         """Fit each image to its encoder and encode it; metadata only when asked to keep it."""
         moving = [spec for spec in self.variants if job.animated and job.formats[spec.name].can_animate]
-        animations = self._animations(job.image, moving, job.icc, job.width, job.height, job.focal_point) if moving else {}
+        animations = {}
+        if moving:
+            animations = self._animations(job.image, moving, job.icc, job.width, job.height, job.focal_point)
         for spec in self.variants:
             fmt = job.formats[spec.name]
             frame_images, durations = animations.get(spec.name, ([job.stills[spec.name]], None))
