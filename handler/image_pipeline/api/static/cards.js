@@ -13,6 +13,7 @@ export const ERROR_WORDS = {
   invalid_key: "file name not accepted",
   name_conflict: "another upload already uses this name",
   storage_error: "storage failed; try again",
+  storage_denied: "storage refused access (a permissions or bucket problem, not your image)",
   out_of_time: "ran out of time; try again",
   publish_error: "processed, but the completion event was not sent yet",
 };
