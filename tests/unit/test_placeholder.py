@@ -68,7 +68,7 @@ def test_the_manifest_records_placeholders_and_the_focal_point():
     processed = ImageProcessor().process_image(encode(Image.new("RGB", (400, 300), (30, 120, 200)), "PNG"))
     record = manifest.build(
         bucket="b", key="raw/a.png", etag="e", processed=processed,
-        variant_keys={v.name: f"processed/a/{v.name}" for v in processed.variants}, total_ms=1.0,
+        variant_keys={v.name: f"processed/a/{v.name}" for v in processed.variants}, total_ms=1.0, fingerprint="f",
     )
     assert record["placeholder"] == {
         "blurhash": processed.blurhash,
