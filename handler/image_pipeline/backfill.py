@@ -177,7 +177,7 @@ class Worker:
         store = await self._store(ref.bucket)
         for attempt in range(RETRIES + 1):
             try:
-                outcome = await self.service.handle(store, ref)
+                outcome = await self.service.handle(store, ref, force=state == "current")
             except PipelineError as exc:  # storage failures: the service left the raw object as it was
                 if exc.permanent or attempt == RETRIES:
                     return Result(ref.key, state, "failed", exc.code, exc.message, retried=attempt,

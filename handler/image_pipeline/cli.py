@@ -76,9 +76,8 @@ def _add_backfill(commands: argparse._SubParsersAction) -> None:
     which.add_argument("--stale", dest="mode", action="store_const", const="stale",
                        help="objects with no manifest or a stale one (another ETag or configuration): the default")
     which.add_argument("--all", dest="mode", action="store_const", const="all",
-                       help="every object, current ones included: the service re-checks each one against the "
-                       "object itself and finishes what an interrupted run left (its tag, or its deletion in delete "
-                       "mode); a current image is not processed again")
+                       help="every object, current ones included: each image is processed again (still only "
+                       "while the raw object is the version listed)")
     backfill.set_defaults(mode="stale")
     backfill.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     backfill.add_argument("--dry-run", action="store_true", help="print the counts and a sample; change nothing")

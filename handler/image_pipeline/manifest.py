@@ -44,7 +44,12 @@ def build(
             "height": source.height,
             "frames": source.frames,
         },
-        "placeholder": {"blurhash": processed.blurhash, "dominant_color": processed.dominant_color},
+        "placeholder": {
+            "blurhash": processed.blurhash,
+            "thumbhash": processed.thumbhash,
+            "dominant_color": processed.dominant_color,
+        },
+        "focal_point": {"x": processed.focal_point[0], "y": processed.focal_point[1]},
         "variants": [
             {
                 "name": v.name,

@@ -163,7 +163,8 @@ class ImageService:
             for ext in ([fmt.extension] if fmt is not None else extensions)
         }
 
-    async def handle(self, store: ObjectStore, ref: ObjectRef) -> Outcome:
+    async def handle(self, store: ObjectStore, ref: ObjectRef, *, force: bool = False) -> Outcome:
+        """`force`: process even when the manifest is current (a backfill's `--all`)."""
         started = perf_counter()
         try:
             prefix = keys.output_prefix(ref.key, self.raw_prefix, self.processed_prefix, self._longest_leaf)
@@ -172,7 +173,7 @@ class ImageService:
         if prefix is None:
             return Outcome("ignored", ref.key, reason=f"outside {self.raw_prefix!r}")
         try:
-            return await self._rounds(store, ref, prefix, started)
+            return await self._rounds(store, ref, prefix, started, force)
         except StorageDenied as exc:
             # Not the upload's fault, but it will not pass by itself: say so on the object, when
             # the store lets us, so it can be found and replayed once the cause is fixed.
@@ -180,11 +181,13 @@ class ImageService:
                 await self._tag(store, ref.key, {STATUS_TAG: "failed", ERROR_TAG: exc.code}, etag=None)
             raise
 
-    async def _rounds(self, store: ObjectStore, ref: ObjectRef, prefix: str, started: float) -> Outcome:
+    async def _rounds(
+        self, store: ObjectStore, ref: ObjectRef, prefix: str, started: float, force: bool = False
+    ) -> Outcome:
         # The event's size is only a hint: the GET measures the object itself before reading it
         # (a late event for an older, larger upload must not reject the newer one).
         for attempt in range(MAX_ROUNDS):
-            outcome = await self._handle_current(store, ref, prefix, started, redo=attempt > 0)
+            outcome = await self._handle_current(store, ref, prefix, started, redo=force or attempt > 0)
             if outcome is not None:
                 if attempt:
                     outcome.reason = outcome.reason or f"processed again ({attempt}×): the upload was replaced meanwhile"

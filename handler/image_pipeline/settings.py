@@ -159,7 +159,8 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
     """Parse `name:WxH[:fit][:gravity][:format][:qNN]` entries separated by `;`.
 
     Example: `thumbnail:150x150:cover:attention:webp:q80;large:1920x1920:jpeg`. Tokens after the
-    size may come in any order; each is recognised by its value.
+    size may come in any order; each is recognised by its value. A side of 0 (or left out:
+    `hero:1600x`, `tall:x1200`) is free and follows the aspect ratio.
     """
     variants: list[VariantConfig] = []
     for entry in filter(None, (e.strip() for e in spec.split(";"))):
@@ -168,6 +169,7 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
         if not tokens or "x" not in tokens[0]:
             raise ValueError(f"{entry!r}: expected name:WIDTHxHEIGHT[:fit][:gravity][:format][:qNN]")
         width, _, height = tokens[0].partition("x")
+        width, height = width or "0", height or "0"
         if not (width.isdigit() and height.isdigit()):
             raise ValueError(f"{entry!r}: size {tokens[0]!r} must be WIDTHxHEIGHT in pixels")
         options: dict[str, object] = {}

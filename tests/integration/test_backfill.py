@@ -117,6 +117,12 @@ def test_only_missing_and_stale_pick_exactly_the_right_objects_after_a_variants_
     assert (summary(again.stdout)["processed"], summary(again.stdout)["current"]) == ("0", "4")
     assert manifest_etags(s3, bucket) == final
 
+    everything = run_backfill(tmp_path, f"s3://{bucket}/raw/lib/", "--all", VARIANTS=NEW_VARIANTS)
+    assert everything.returncode == 0, everything.stderr
+    assert summary(everything.stdout)["processed"] == "4"  # current images are processed again too
+    redone = manifest_etags(s3, bucket)
+    assert all(redone[k] != final[k] for k in final)
+
 
 @pytest.mark.parametrize(
     "signum,group,status",

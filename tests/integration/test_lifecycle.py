@@ -9,6 +9,7 @@ import json
 import pytest
 
 from image_pipeline.processor import ImageProcessor
+from image_pipeline.processor.fingerprint import OUTPUT_VERSION
 from image_pipeline.service import ImageService, ObjectRef
 from image_pipeline.settings import parse_variants
 from image_pipeline.storage.s3 import S3Connection
@@ -69,7 +70,7 @@ def test_state_follows_the_upload_and_the_configuration(s3, bucket, moto_server)
 
     assert on_s3(moto_server, bucket, body) == ("missing", "current", "current", "stale", "stale", "missing", "missing")
     recorded = manifest(s3, bucket, "processed/s/a/")["producer"]
-    assert recorded["fingerprint"] == current.fingerprint and recorded["output_version"] == 1
+    assert recorded["fingerprint"] == current.fingerprint and recorded["output_version"] == OUTPUT_VERSION
 
 
 def test_a_manifest_without_a_fingerprint_is_stale(s3, bucket, moto_server):

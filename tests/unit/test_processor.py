@@ -53,7 +53,7 @@ def test_cover_does_not_upscale_a_small_source():
     assert (v.width, v.height) == (200, 120)
 
 
-@pytest.mark.parametrize("gravity", ["west", "entropy", "attention"])
+@pytest.mark.parametrize("gravity", ["west", "entropy", "attention", "auto"])
 def test_cover_gravity_keeps_the_interesting_side(gravity):
     image = Image.new("RGB", (900, 300), (128, 128, 128))
     draw = ImageDraw.Draw(image)

@@ -59,15 +59,16 @@ def normalise_mode(image: Image.Image) -> Image.Image:
         return image.convert("LA") if mode == "La" else image
     if mode == "RGBa":
         return image.convert("RGBA")
-    if mode in ("L", "RGB", "RGBA", "CMYK"):
+    if mode in ("L", "RGB", "RGBA", "CMYK", "RGBX"):  # RGBX: a zero-copy WebP decode; RGB after resizing
         return image
     return image.convert("RGBA" if "A" in mode else "RGB")
 
 
 def drop_opaque_alpha(image: Image.Image) -> Image.Image:
     """RGBA/LA whose alpha is 255 everywhere → RGB/L: same pixels, and encoders (WebP above all)
-    spend a large share of their time compressing an alpha plane that carries nothing."""
-    if image.mode in ("RGBA", "LA") and image.getchannel("A").getextrema()[0] == 255:
+    spend a large share of their time compressing an alpha plane that carries nothing.
+    (`getextrema` scans every band in place; `getchannel` would copy the plane first.)"""
+    if image.mode in ("RGBA", "LA") and image.getextrema()[-1][0] == 255:
         return image.convert(image.mode[:-1])
     return image
 
@@ -81,7 +82,21 @@ def to_srgb(image: Image.Image, icc: bytes | None, keep_icc: bool) -> Image.Imag
     """The image in 8-bit sRGB-compatible mode, converted through `icc`; with `keep_icc`, an RGB
     image keeps its RGB profile instead (the encoder embeds it). Any other profile (CMYK, grey)
     cannot describe the RGB output, so those pixels are always converted."""
-    image = drop_opaque_alpha(normalise_mode(image))
+    return convert_profile(drop_opaque_alpha(normalise_mode(image)), icc, keep_icc)
+
+
+def convert_profile(image: Image.Image, icc: bytes | None, keep_icc: bool) -> Image.Image:
+    """The colour-management half of `to_srgb`, for an image whose mode is already normalised
+    (L, LA, RGB, RGBA, CMYK; RGBa/RGBX from a resize are brought back to RGBA/RGB first).
+
+    The pipeline calls it on the resized variants, not on the full decode: a LittleCMS transform
+    costs the same per pixel whatever the size, so converting after shrinking (as libvips does)
+    makes it ~10-50× cheaper; resizing in the source's own encoding first is what libvips'
+    thumbnail does too (`bench/processor.py` shows the SSIM)."""
+    if image.mode == "RGBa":
+        image = image.convert("RGBA")
+    elif image.mode == "RGBX":
+        image = image.convert("RGB")
     if keep_icc and is_rgb_profile(icc) and image.mode in ("RGB", "RGBA"):
         return image
     if icc and image.mode in ("RGB", "RGBA", "CMYK"):

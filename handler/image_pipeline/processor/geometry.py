@@ -16,6 +16,10 @@ DRAFT_HEADROOM = 1.25
 
 def scale_for(spec: VariantConfig, width: int, height: int) -> float:
     """The factor applied to the whole frame before any crop; never above 1 (no upscaling)."""
+    if not spec.max_height:  # width-only: the height follows
+        return min(spec.max_width / width, 1.0)
+    if not spec.max_width:  # height-only
+        return min(spec.max_height / height, 1.0)
     fx, fy = spec.max_width / width, spec.max_height / height
     scale = max(fx, fy) if spec.fit is Fit.COVER else min(fx, fy)
     return min(scale, 1.0)
@@ -94,16 +98,53 @@ def cover_region(spec: VariantConfig, width: int, height: int) -> Box:
 
 
 # Gravities that look at the pixels; the compass ones are plain arithmetic (`cover_region`).
-CONTENT_AWARE = (Gravity.ENTROPY, Gravity.ATTENTION)
+CONTENT_AWARE = (Gravity.ENTROPY, Gravity.ATTENTION, Gravity.AUTO)
 
 
-def crop_box(image: Image.Image, size: tuple[int, int], gravity: Gravity) -> tuple[int, int, int, int]:
-    """Where to cut a `size` window out of `image` for a content-aware `gravity`."""
+def crop_box(
+    image: Image.Image, size: tuple[int, int], gravity: Gravity, focus: tuple[float, float] = (0.5, 0.5)
+) -> tuple[int, int, int, int]:
+    """Where to cut a `size` window out of `image` for a content-aware `gravity` (AUTO: the
+    window centred on the normalised `focus`, moved inside the image where it would overflow)."""
     width, height = image.size
     if width <= size[0] and height <= size[1]:
         return (0, 0, width, height)
-    x, y = _best_window(image, size, gravity)
+    if gravity is Gravity.AUTO:
+        x = min(max(0, round(focus[0] * width - size[0] / 2)), max(0, width - size[0]))
+        y = min(max(0, round(focus[1] * height - size[1] / 2)), max(0, height - size[1]))
+    else:
+        x, y = _best_window(image, size, gravity)
     return (x, y, x + size[0], y + size[1])
+
+
+def _attention_map(small: Image.Image) -> Image.Image:
+    """Where people look, cheaply: edges plus colour saturation (sharp's `attention` in spirit)."""
+    edges = small.convert("L").filter(ImageFilter.FIND_EDGES)
+    if edges.width > 2 and edges.height > 2:
+        # The filter leaves the 1 px border unfiltered (raw grey levels, not edges): zero it.
+        inner = edges.crop((1, 1, edges.width - 1, edges.height - 1))
+        edges = Image.new("L", edges.size, 0)
+        edges.paste(inner, (1, 1))
+    saturation = small.convert("HSV").getchannel("S")
+    return Image.blend(edges, saturation, 0.5)
+
+
+def focal_point(image: Image.Image) -> tuple[float, float]:
+    """The normalised (x, y) centre of attention of a small full-frame image: the centroid of
+    the attention map, squared so that the strongest region outweighs a wide weak background.
+    Column and row means come from Pillow's box resize, so no pixel goes through Python."""
+    small = image.convert("RGB")
+    if max(small.size) > 128:
+        small.thumbnail((128, 128), Image.Resampling.BOX)
+    weight = _attention_map(small).point(lambda v: v * v // 255)
+    width, height = weight.size
+    columns = list(weight.resize((width, 1), Image.Resampling.BOX).get_flattened_data())
+    rows = list(weight.resize((1, height), Image.Resampling.BOX).get_flattened_data())
+    if not sum(columns) or not sum(rows):
+        return (0.5, 0.5)
+    x = sum((i + 0.5) * c for i, c in enumerate(columns)) / sum(columns) / width
+    y = sum((j + 0.5) * r for j, r in enumerate(rows)) / sum(rows) / height
+    return (round(x, 3), round(y, 3))
 
 
 def _best_window(image: Image.Image, size: tuple[int, int], gravity: Gravity) -> tuple[int, int]:
@@ -116,9 +157,7 @@ def _best_window(image: Image.Image, size: tuple[int, int], gravity: Gravity) ->
     shrink = max(1.0, max(width, height) / 256)
     small = image.convert("RGB").resize((max(1, round(width / shrink)), max(1, round(height / shrink))))
     if gravity is Gravity.ATTENTION:
-        edges = small.convert("L").filter(ImageFilter.FIND_EDGES)
-        saturation = small.convert("HSV").getchannel("S")
-        score_image = Image.blend(edges, saturation, 0.5)
+        score_image = _attention_map(small)
     else:
         score_image = small.convert("L")
     sw, sh = max(1, round(size[0] / shrink)), max(1, round(size[1] / shrink))

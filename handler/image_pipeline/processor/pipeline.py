@@ -1,10 +1,14 @@
 """The processor: bytes + variant specs in, encoded variants out. Pure: no I/O, no environment.
 
-One ordered pipeline, like imgproxy's:
+One ordered list of small steps over one `Job`, like imgproxy's:
 
-    check bytes → sniff → open (header only) → limits → shrink-on-load (JPEG draft)
-    → decode → orient (EXIF) → colour (→ sRGB) → resize (largest first, each smaller variant
-    from the previous result) → crop (cover) → encode → placeholder
+    PIPELINE  prepare (limits, formats, orientation) → scale on load (JPEG draft) → decode (WebP
+              stills without a copy) → normalise (mode; real alpha premultiplied once) → reduce
+              (integer box shrink for formats without shrink-on-load) → orient (EXIF) → resize
+              (largest first, each smaller variant from the previous result) → colour (→ sRGB, on
+              the small results, as libvips does) → focus (focal point of the whole frame)
+              → crop (content-aware gravities: entropy, attention, auto = around the focal point)
+    FINALIZE  encode (mode fitted to the encoder, metadata only when kept) → placeholder
 
 Memory stays low because a JPEG is decoded at the smallest DCT scale that still leaves 1.25×
 headroom over the largest variant, and nothing is ever held at full resolution twice.
@@ -15,15 +19,16 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from time import perf_counter
 
 from PIL import Image, ImageOps, ImageSequence
 
 from ..errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
 from . import geometry, plugins
-from .colour import is_rgb_profile, to_srgb
+from .colour import convert_profile, drop_opaque_alpha, is_rgb_profile, normalise_mode, to_srgb
 from .encode import encode, prepare
-from .placeholder import blurhash, dominant_color
+from .placeholder import blurhash, dominant_color, thumbhash
 from .sniff import DECODABLE, sniff
 from .specs import DEFAULT_VARIANTS, Fit, ImageFormat, ImageVariant, Limits, ProcessedImage, SourceInfo, VariantConfig
 
@@ -31,8 +36,49 @@ _WEB_FORMATS = {f.value for f in ImageFormat}
 _SWAPS_SIDES = {5, 6, 7, 8}
 _ANIMATED_TYPES = {"gif", "webp", "png", "avif"}  # containers whose frames are an animation
 _ORIENTATION = 0x0112
+_TRANSPOSE = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_REDUCING_GAP = 3.0  # box-reduce while ≥ 3× is left for Lanczos (as resize(reducing_gap=3) does)
+_REDUCIBLE = {"L", "LA", "La", "RGB", "RGBX", "RGBa", "CMYK"}  # not P: indexes cannot be averaged
+_PREVIEW = 64  # px, longest side of the full-frame picture the placeholders are computed from
 # Errors Pillow and its plugins raise for files that are not what they claim to be.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, Image.UnidentifiedImageError)
+
+
+@dataclass(eq=False)
+class Job:
+    """Everything one image's steps share: what the header said, the pixels so far, the outputs."""
+
+    data: bytes
+    kind: str
+    image: Image.Image  # the opened file
+    formats: dict[str, ImageFormat] = field(default_factory=dict)
+    frames: int = 1
+    animated: bool = False
+    orientation: int = 1
+    width: int = 0  # upright
+    height: int = 0
+    icc: bytes | None = None
+    extent: tuple[float, float] = (0.0, 0.0)  # where the whole frame lies in the decoded pixels
+    working: Image.Image | None = None  # the decoded (drafted/reduced/oriented) image
+    frame: geometry.Box = (0.0, 0.0, 0.0, 0.0)
+    stills: dict[str, Image.Image] = field(default_factory=dict)  # variant name → its pixels
+    preview: Image.Image | None = None  # ≤ 64 px, whole frame: what the placeholders describe
+    keep_exif: bytes | None = None
+    keep_icc: bytes | None = None
+    outputs: list[ImageVariant] = field(default_factory=list)
+    blurhash: str = ""
+    thumbhash: str = ""
+    focal_point: tuple[float, float] = (0.5, 0.5)
+    dominant_color: str = ""
 
 
 class ImageProcessor:
@@ -78,7 +124,7 @@ class ImageProcessor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             warnings.filterwarnings("ignore", "(?i).*corrupt EXIF", UserWarning)  # EXIF is dropped anyway
-            image = _open(data, kind)
+            image = _open(data, kind, self.limits.max_pixels)
             try:
                 return self._run(image, data, kind, started)
             except Image.DecompressionBombError as exc:
@@ -103,93 +149,178 @@ class ImageProcessor:
         return kind
 
     def _run(self, image: Image.Image, data: bytes, kind: str, started: float) -> ProcessedImage:
+        job = Job(data=data, kind=kind, image=image)
+        for step in self.PIPELINE:
+            step(self, job)
+        for step in self.FINALIZE:
+            step(self, job)
+        if self.preserve_original:
+            web = ImageFormat(kind) if kind in _WEB_FORMATS else None
+            job.outputs.append(ImageVariant("original", data, job.width, job.height, web, DECODABLE[kind][1]))
+        return ProcessedImage(
+            source=SourceInfo(kind, job.width, job.height, len(data), job.frames, bool(job.icc)),
+            variants=tuple(job.outputs),
+            blurhash=job.blurhash,
+            dominant_color=job.dominant_color,
+            processing_ms=round((perf_counter() - started) * 1000, 1),
+            thumbhash=job.thumbhash,
+            focal_point=job.focal_point,
+        )
+
+    # -- main pipeline: from the opened file to every variant's pixels --------------------------------
+
+    def _prepare(self, job: Job) -> None:
+        """Limits on what the header declares, the output formats, orientation, animation."""
+        image = job.image
         stored_w, stored_h = image.size
         if stored_w < 1 or stored_h < 1:
             raise CorruptImage(f"image declares {stored_w}×{stored_h} pixels")
         if stored_w * stored_h > self.limits.max_pixels:
             raise TooManyPixels(f"{stored_w}×{stored_h} is over the {self.limits.max_pixels}-pixel limit")
-        frames = getattr(image, "n_frames", 1)
-        formats = {spec.name: self._format_for(spec, kind) for spec in self.variants}
+        job.frames = getattr(image, "n_frames", 1)
+        job.formats = {spec.name: self._format_for(spec, job.kind) for spec in self.variants}
         # Only real animations: the extra frames of an MPO (phone) JPEG or a multi-page TIFF are
         # other pictures, not frames to play.
-        animated = (
-            kind in _ANIMATED_TYPES
+        job.animated = (
+            job.kind in _ANIMATED_TYPES
             and getattr(image, "is_animated", False)
-            and any(f.can_animate for f in formats.values())
+            and any(f.can_animate for f in job.formats.values())
         )
-        if animated:
-            if frames > self.limits.max_frames:
-                raise TooManyFrames(f"{frames} frames is over the {self.limits.max_frames}-frame limit")
-            if frames * stored_w * stored_h > self.limits.max_pixels:
-                raise TooManyPixels(f"{frames} frames of {stored_w}×{stored_h} is over the pixel limit")
-
+        if job.animated:
+            if job.frames > self.limits.max_frames:
+                raise TooManyFrames(f"{job.frames} frames is over the {self.limits.max_frames}-frame limit")
+            if job.frames * stored_w * stored_h > self.limits.max_pixels:
+                raise TooManyPixels(f"{job.frames} frames of {stored_w}×{stored_h} is over the pixel limit")
         exif = image.getexif()
-        orientation = exif.get(_ORIENTATION, 1)
-        swapped = orientation in _SWAPS_SIDES
-        width, height = (stored_h, stored_w) if swapped else (stored_w, stored_h)
-        icc = image.info.get("icc_profile")
-
-        extent = (float(stored_w), float(stored_h))
-        if kind == "jpeg":
-            target = geometry.draft_size(self.variants, width, height)
-            if target:
-                drafted = image.draft(image.mode, target[::-1] if swapped else target)
-                if drafted is not None:
-                    extent = drafted[1][2:]
-        image.load()
-        oriented = ImageOps.exif_transpose(image)
-        keep_exif = None
+        job.orientation = exif.get(_ORIENTATION, 1)
+        if job.orientation not in _TRANSPOSE:
+            job.orientation = 1
+        swapped = job.orientation in _SWAPS_SIDES
+        job.width, job.height = (stored_h, stored_w) if swapped else (stored_w, stored_h)
+        job.icc = image.info.get("icc_profile")
+        job.extent = (float(stored_w), float(stored_h))
         if not self.strip_metadata:
-            upright_exif = oriented.getexif()
-            upright_exif[_ORIENTATION] = 1  # the pixels are upright now
-            keep_exif = upright_exif.tobytes()
-        working = to_srgb(oriented, icc, self.keep_icc_profile)
-        keep_icc = icc if self.keep_icc_profile and is_rgb_profile(icc) and working.mode in ("RGB", "RGBA") else None
-        frame = geometry.content_box(working.size, extent, orientation)
+            exif[_ORIENTATION] = 1  # the pixels will be upright
+            job.keep_exif = exif.tobytes()
 
-        stills = self._resize_all(working, frame, width, height)
-        moving = [spec for spec in self.variants if animated and formats[spec.name].can_animate]
-        animations = self._animations(image, moving, icc, width, height) if moving else {}
-        variants = []
+    def _scale_on_load(self, job: Job) -> None:
+        """JPEG: decode at the smallest DCT scale that leaves DRAFT_HEADROOM over every variant."""
+        if job.kind != "jpeg":
+            return
+        target = geometry.draft_size(self.variants, job.width, job.height)
+        if target:
+            drafted = job.image.draft(job.image.mode, target[::-1] if job.orientation in _SWAPS_SIDES else target)
+            if drafted is not None:
+                job.extent = drafted[1][2:]
+
+    def _decode(self, job: Job) -> None:
+        """Decode the pixels (the first frame); a WebP still without an extra copy."""
+        job.working = _load_webp_still(job.image) if job.kind == "webp" and job.frames == 1 else None
+        if job.working is None:
+            job.image.load()
+            job.working = job.image
+
+    def _reduce(self, job: Job) -> None:
+        """Formats without shrink-on-load: an integer box reduce straight after decoding, by the
+        factor Pillow's own `reducing_gap=3` would use for the largest variant, so every later
+        full-size step (mode change, alpha premultiply) runs on the smaller image."""
+        if job.kind == "jpeg" or job.animated:
+            return
+        scale = max(geometry.scale_for(spec, job.width, job.height) for spec in self.variants)
+        factor = int(1 / scale / _REDUCING_GAP) if scale > 0 else 1
+        if factor < 2 or job.working.mode not in _REDUCIBLE:
+            return
+        job.working = job.working.reduce(factor)
+        job.extent = (job.extent[0] / factor, job.extent[1] / factor)  # Pillow keeps a partial last pixel
+
+    def _orient(self, job: Job) -> None:
+        """Apply the EXIF orientation (only when there is one: exif_transpose copies otherwise)."""
+        if job.orientation != 1:
+            job.working = job.working.transpose(_TRANSPOSE[job.orientation])
+        job.frame = geometry.content_box(job.working.size, job.extent, job.orientation)
+
+    def _normalise(self, job: Job) -> None:
+        """8-bit modes a resize handles; real alpha premultiplied once for the whole cascade
+        (Pillow's resize would premultiply and un-premultiply on every call)."""
+        working = drop_opaque_alpha(normalise_mode(job.working))
+        if working.mode == "RGBA":
+            working = working.convert("RGBa")
+        job.working = working
+
+    def _resize(self, job: Job) -> None:
+        """Every variant's still image, largest first; each resize starts from the smallest image
+        already made that is still at least as large as what it needs (cascade)."""
+        bases = [(job.working, job.frame)]
+        for spec in _largest_first(self.variants, job.width, job.height):
+            job.stills[spec.name] = _render(bases, spec, job.width, job.height)
+        # The placeholders' picture: the whole frame, from the smallest full-frame image made.
+        base, box = min(bases, key=lambda b: b[0].width * b[0].height)
+        scale = min(1.0, _PREVIEW / max(box[2] - box[0], box[3] - box[1]))
+        size = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
+        job.preview = base.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0)
+        job.working = None
+
+    def _colour(self, job: Job) -> None:
+        """To sRGB (or the kept profile) on the small results, converting each distinct image once."""
+        done: dict[int, Image.Image] = {}
+        for name, still in job.stills.items():
+            if id(still) not in done:
+                done[id(still)] = convert_profile(still, job.icc, self.keep_icc_profile)
+            job.stills[name] = done[id(still)]
+        job.preview = convert_profile(job.preview, job.icc, self.keep_icc_profile)
+        if self.keep_icc_profile and is_rgb_profile(job.icc):
+            modes = {im.mode for im in job.stills.values()}
+            job.keep_icc = job.icc if modes <= {"RGB", "RGBA"} else None
+
+    def _focus(self, job: Job) -> None:
+        """The focal point, once per image, from the whole frame (the manifest records it; `auto`
+        crops centre on it)."""
+        job.focal_point = geometry.focal_point(job.preview)
+
+    def _crop(self, job: Job) -> None:
+        """Content-aware `cover` crops, scored on the converted pixels."""
         for spec in self.variants:
-            fmt = formats[spec.name]
-            frame_images, durations = animations.get(spec.name, ([stills[spec.name]], None))
+            if spec.fit is Fit.COVER and spec.gravity in geometry.CONTENT_AWARE:
+                job.stills[spec.name] = _crop(job.stills[spec.name], spec, job.width, job.height, job.focal_point)
+
+    # -- finalize: encode and describe ---------------------------------------------------------------
+
+    def _encode(self, job: Job) -> None:
+        """Fit each image to its encoder and encode it; metadata only when asked to keep it."""
+        moving = [spec for spec in self.variants if job.animated and job.formats[spec.name].can_animate]
+        animations = {}
+        if moving:
+            animations = self._animations(job.image, moving, job.icc, job.width, job.height, job.focal_point)
+        for spec in self.variants:
+            fmt = job.formats[spec.name]
+            frame_images, durations = animations.get(spec.name, ([job.stills[spec.name]], None))
             prepared = [prepare(f, fmt, self.background_color) for f in frame_images]
             encoded = encode(
                 prepared,
                 fmt,
                 spec.quality,
-                icc_profile=keep_icc,
-                exif=keep_exif,
+                icc_profile=job.keep_icc,
+                exif=job.keep_exif,
                 durations=durations,
-                loop=image.info.get("loop"),
+                loop=job.image.info.get("loop"),
             )
-            variants.append(
+            job.outputs.append(
                 ImageVariant(spec.name, encoded, prepared[0].width, prepared[0].height, fmt, fmt.content_type)
             )
-        smallest = min(stills.values(), key=lambda im: im.width * im.height)
-        if self.preserve_original:
-            web = ImageFormat(kind) if kind in _WEB_FORMATS else None
-            variants.append(ImageVariant("original", data, width, height, web, DECODABLE[kind][1]))
-        return ProcessedImage(
-            source=SourceInfo(kind, width, height, len(data), frames, bool(icc)),
-            variants=tuple(variants),
-            blurhash=blurhash(smallest),
-            dominant_color=dominant_color(smallest),
-            processing_ms=round((perf_counter() - started) * 1000, 1),
-        )
 
-    def _resize_all(self, working: Image.Image, frame: geometry.Box, width: int, height: int) -> dict[str, Image.Image]:
-        """Every variant's still image; each resize starts from the smallest image already made
-        that is still at least as large as what it needs (cascade), never from the full decode
-        when a smaller result will do."""
-        bases = [(working, frame)]
-        out: dict[str, Image.Image] = {}
-        for spec in _largest_first(self.variants, width, height):
-            out[spec.name] = _render(bases, spec, width, height)
-        return out
+    def _placeholder(self, job: Job) -> None:
+        """BlurHash, ThumbHash and dominant colour of the whole frame (not of a cropped thumbnail)."""
+        job.blurhash = blurhash(job.preview)
+        job.thumbhash = thumbhash(job.preview)
+        job.dominant_color = dominant_color(job.preview)
 
-    def _animations(self, image: Image.Image, specs: list[VariantConfig], icc: bytes | None, width: int, height: int):
+    PIPELINE = (_prepare, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _focus, _crop)
+    FINALIZE = (_encode, _placeholder)
+
+    def _animations(
+        self, image: Image.Image, specs: list[VariantConfig], icc: bytes | None, width: int, height: int,
+        focus: tuple[float, float] = (0.5, 0.5),
+    ):
         """Every frame decoded once and resized (and cropped) for each animated variant, like the
         first frame; durations kept. {variant name: (frames, durations)}"""
         specs = _largest_first(specs, width, height)
@@ -199,7 +330,7 @@ class ImageProcessor:
             rgba = to_srgb(frame.convert("RGBA"), icc, self.keep_icc_profile)
             bases = [(rgba, (0.0, 0.0, *rgba.size))]
             for spec in specs:
-                frames[spec.name].append(_render(bases, spec, width, height))
+                frames[spec.name].append(_crop(_render(bases, spec, width, height), spec, width, height, focus))
             durations.append(frame.info.get("duration", 100))
         image.seek(0)
         return {name: (images, durations) for name, images in frames.items()}
@@ -210,15 +341,27 @@ class ImageProcessor:
         return ImageFormat(kind) if kind in _WEB_FORMATS else ImageFormat.JPEG
 
 
-def _open(data: bytes, kind: str) -> Image.Image:
-    """Read the header only; the decoder is restricted to the sniffed format."""
+def _open(data: bytes, kind: str, max_pixels: int) -> Image.Image:
+    """Read the header only; the decoder is restricted to the sniffed format.
+
+    Our MAX_PIXELS decides, with our message: Pillow's own bomb check (an error above 2 ×
+    ~89 MP, whatever MAX_PIXELS says, which refused 200 MP phone photos a user had allowed) is
+    moved to 2 × MAX_PIXELS for this open, and `_prepare` checks the exact limit. A HEIF that
+    trips libheif's size limit gets the same typed error."""
     plugins.load(DECODABLE[kind][0])
+    default = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         return Image.open(io.BytesIO(data), formats=[DECODABLE[kind][0]])
-    except Image.DecompressionBombError as exc:
-        raise TooManyPixels(str(exc)) from None
+    except Image.DecompressionBombError:
+        raise TooManyPixels(f"the {kind} image is over the {max_pixels}-pixel limit") from None
     except _DECODE_ERRORS as exc:
-        raise CorruptImage(f"not a readable {kind} file: {exc}") from None
+        message = str(exc)
+        if "security limit" in message.lower() and "size" in message.lower():
+            raise TooManyPixels(f"the {kind} image is over the decoder's size limit ({message})") from None
+        raise CorruptImage(f"not a readable {kind} file: {message}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = default
 
 
 def _largest_first(specs: Iterable[VariantConfig], width: int, height: int) -> list[VariantConfig]:
@@ -246,7 +389,36 @@ def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, 
     else:
         resized = base.resize(full, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
         bases.append((resized, (0.0, 0.0, *resized.size)))
-    if spec.fit is not Fit.COVER:
-        return resized
+    return resized  # content-aware cover crops come after the colour conversion (`_crop`)
+
+
+def _crop(
+    image: Image.Image, spec: VariantConfig, width: int, height: int, focus: tuple[float, float] = (0.5, 0.5)
+) -> Image.Image:
+    if spec.fit is not Fit.COVER or spec.gravity not in geometry.CONTENT_AWARE:
+        return image
     out = geometry.output_size(spec, width, height)
-    return resized if resized.size == out else resized.crop(geometry.crop_box(resized, out, spec.gravity))
+    return image if image.size == out else image.crop(geometry.crop_box(image, out, spec.gravity, focus))
+
+
+def _load_webp_still(image: Image.Image) -> Image.Image | None:
+    """A still WebP's pixels wrapped without a copy, or None to take Pillow's usual path.
+
+    Pillow decodes WebP through libwebp's animation decoder: it keeps its own full canvas, hands
+    over a copy as bytes, and `load()` copies those bytes into the image once more (3 × 4 bytes
+    per pixel alive at once: 192 MB for 4096²). Here the bytes become the image (`frombuffer`),
+    and the decoder, canvas included, is released before any resizing."""
+    decoder = getattr(image, "_decoder", None)
+    rawmode = getattr(image, "rawmode", None)
+    if decoder is None or rawmode not in ("RGBA", "RGBX") or not hasattr(decoder, "get_next"):
+        return None
+    got = decoder.get_next()
+    if got is None:
+        raise CorruptImage("webp could not be decoded: no frame")
+    pixels = Image.frombuffer(rawmode, image.size, got[0], "raw", rawmode, 0, 1)
+    image._decoder = None  # frees libwebp's canvases
+    if rawmode == "RGBA" and pixels.getextrema()[3][0] == 255:
+        # Lossless WebP always comes as RGBA: an alpha that is opaque everywhere is the padding
+        # byte of RGBX, so the same buffer is read as RGBX (no copy, no premultiplied resize).
+        pixels = Image.frombuffer("RGBX", image.size, got[0], "raw", "RGBX", 0, 1)
+    return pixels

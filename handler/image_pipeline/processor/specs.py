@@ -74,6 +74,7 @@ class Gravity(str, Enum):
     SOUTHWEST = "southwest"
     ENTROPY = "entropy"  # the window with the most detail (Shannon entropy)
     ATTENTION = "attention"  # the window with the most edges and saturated colour
+    AUTO = "auto"  # centred on the image's focal point (ProcessedImage.focal_point), as near as fits
 
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -96,6 +97,9 @@ class VariantConfig:
 
     `format=None` keeps the source's format when it is a web format (JPEG, PNG, WebP, GIF, AVIF)
     and falls back to JPEG otherwise (HEIC, TIFF, BMP).
+
+    A side of 0 is free: `1600×0` is 1600 px wide and as tall as the aspect ratio makes it
+    (never upscaled). Such a box has nothing to crop, so its fit is always `contain`.
     """
 
     name: str
@@ -111,13 +115,17 @@ class VariantConfig:
             raise ValueError(f"variant name {self.name!r} must be lowercase letters, digits, '-' or '_'")
         for side in ("max_width", "max_height"):
             value = getattr(self, side)
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DIMENSION:
-                raise ValueError(f"variant {self.name!r}: {side} must be an integer from 1 to {MAX_DIMENSION}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_DIMENSION:
+                raise ValueError(f"variant {self.name!r}: {side} must be an integer from 0 (free) to {MAX_DIMENSION}")
+        if not (self.max_width or self.max_height):
+            raise ValueError(f"variant {self.name!r}: at least one of width and height must be set (0 means free)")
         if not isinstance(self.quality, int) or not 1 <= self.quality <= 100:
             raise ValueError(f"variant {self.name!r}: quality must be an integer from 1 to 100")
         if self.format is not None:
             object.__setattr__(self, "format", ImageFormat.parse(self.format))
         object.__setattr__(self, "fit", _enum(Fit, self.fit, "fit"))
+        if not (self.max_width and self.max_height):
+            object.__setattr__(self, "fit", Fit.CONTAIN)  # one free side: nothing to crop
         object.__setattr__(self, "gravity", _enum(Gravity, self.gravity, "gravity"))
 
 
@@ -181,3 +189,5 @@ class ProcessedImage:
     blurhash: str
     dominant_color: str
     processing_ms: float
+    thumbhash: str = ""  # base64, https://evanw.github.io/thumbhash/ (keeps aspect ratio and alpha)
+    focal_point: tuple[float, float] = (0.5, 0.5)  # normalised (x, y) of the subject, 0..1 from top-left
