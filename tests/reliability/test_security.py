@@ -140,8 +140,11 @@ def test_bombs_are_rejected_from_the_header_in_milliseconds_without_decoding():
         assert case["code"] == code, (name, case)
         assert case["seconds"] < 0.5, (name, case)
         assert case["peak_growth_mb"] < 8, (name, case)
-    control = report["zeros under the limit (control)"]  # the same file, decoded: the probe can see it
-    assert control["code"] == "processed" and control["peak_growth_mb"] > 30, control
+    # The same file, decoded: the probe can see a decode. 6000×6000 L is 36 MB of pixels; the peak
+    # grows by less (28–31 MB measured) because earlier work left some headroom under the old peak,
+    # so the bar is twice the rejections' 8 MB, not the full 36.
+    control = report["zeros under the limit (control)"]
+    assert control["code"] == "processed" and control["peak_growth_mb"] > 16, control
 
 
 def test_the_byte_limit_applies_before_the_upload_is_read(s3, bucket, handler, context, proxy, settings_env):
