@@ -50,22 +50,28 @@ def build(
             "dominant_color": processed.dominant_color,
         },
         "focal_point": {"x": processed.focal_point[0], "y": processed.focal_point[1]},
-        "variants": [
-            {
-                "name": v.name,
-                "key": variant_keys[v.name],
-                "width": v.width,
-                "height": v.height,
-                "bytes": len(v.data),
-                "format": v.format.value if v.format else source.type,
-                "content_type": v.content_type,
-            }
-            for v in processed.variants
-        ],
+        "variants": [_variant(v, variant_keys[v.name], source.type) for v in processed.variants],
         "processing_ms": processed.processing_ms,
         "total_ms": round(total_ms, 1),
         "processed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _variant(variant, key: str, source_type: str) -> dict:
+    entry = {
+        "name": variant.name,
+        "key": key,
+        "width": variant.width,
+        "height": variant.height,
+        "bytes": len(variant.data),
+        "format": variant.format.value if variant.format else source_type,
+        "content_type": variant.content_type,
+    }
+    if variant.quality is not None:
+        entry["quality"] = variant.quality  # the encoder quality used: fixed, or chosen per image (qauto)
+    if variant.qauto is not None:
+        entry["qauto"] = variant.qauto  # {"target": SSIM asked for, "ssim": reached, "trials": encodes}
+    return entry
 
 
 def dumps(manifest: dict) -> bytes:

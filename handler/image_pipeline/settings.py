@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .processor.specs import Fit, Gravity, ImageFormat, Limits, VariantConfig
+from .processor.specs import DEFAULT_QAUTO_TARGET, Fit, Gravity, ImageFormat, Limits, VariantConfig
 
 # name -> default; the template's Environment block must list the same names with the same defaults.
 DEFAULTS: dict[str, str] = {
@@ -156,18 +156,19 @@ def _prefix(value: str, name: str, problems: list[str]) -> str:
 
 
 def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
-    """Parse `name:WxH[:fit][:gravity][:format][:qNN]` entries separated by `;`.
+    """Parse `name:WxH[:fit][:gravity][:format][:qNN][:qauto[NN]]` entries separated by `;`.
 
-    Example: `thumbnail:150x150:cover:attention:webp:q80;large:1920x1920:jpeg`. Tokens after the
-    size may come in any order; each is recognised by its value. A side of 0 (or left out:
-    `hero:1600x`, `tall:x1200`) is free and follows the aspect ratio.
+    Example: `thumbnail:150x150:cover:attention:webp:q80;large:1920x1920:jpeg:qauto`. Tokens after
+    the size may come in any order; each is recognised by its value. A side of 0 (or left out:
+    `hero:1600x`, `tall:x1200`) is free and follows the aspect ratio. `qauto` chooses the quality
+    per image (luminance SSIM ≥ 0.98, `qauto985` for 0.985), with `qNN` (default 85) as the ceiling.
     """
     variants: list[VariantConfig] = []
     for entry in filter(None, (e.strip() for e in spec.split(";"))):
         name, _, rest = entry.partition(":")
         tokens = [t.strip().lower() for t in rest.split(":")] if rest else []
         if not tokens or "x" not in tokens[0]:
-            raise ValueError(f"{entry!r}: expected name:WIDTHxHEIGHT[:fit][:gravity][:format][:qNN]")
+            raise ValueError(f"{entry!r}: expected name:WIDTHxHEIGHT[:fit][:gravity][:format][:qNN][:qauto]")
         width, _, height = tokens[0].partition("x")
         width, height = width or "0", height or "0"
         if not (width.isdigit() and height.isdigit()):
@@ -180,6 +181,8 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
                 options["gravity"] = token
             elif token in ("original", "auto"):
                 options["format"] = None
+            elif token.startswith("qauto") and (token == "qauto" or token[5:].isdigit()):
+                options["qauto"] = float(f"0.{token[5:]}") if token[5:] else DEFAULT_QAUTO_TARGET
             elif token.startswith("q") and token[1:].isdigit():
                 options["quality"] = int(token[1:])
             else:
@@ -188,7 +191,7 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
                 except ValueError:
                     raise ValueError(
                         f"{entry!r}: unknown option {token!r}; expected a fit ({_names(Fit)}), a gravity "
-                        f"({_names(Gravity)}), a format ({_names(ImageFormat)}, original) or qNN"
+                        f"({_names(Gravity)}), a format ({_names(ImageFormat)}, original), qNN or qauto[NN]"
                     ) from None
         try:
             variants.append(VariantConfig(name.strip(), int(width), int(height), **options))

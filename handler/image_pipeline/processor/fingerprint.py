@@ -35,7 +35,7 @@ def _variant(spec: Any) -> dict[str, Any]:
     # getattr with the older names: the spec class may spell the box `max_width` or `width`.
     width = getattr(spec, "max_width", getattr(spec, "width", None))
     height = getattr(spec, "max_height", getattr(spec, "height", None))
-    return {
+    described = {
         "name": spec.name,
         "width": width,
         "height": height,
@@ -44,6 +44,9 @@ def _variant(spec: Any) -> dict[str, Any]:
         "format": _plain(spec.format) if spec.format is not None else "auto",
         "quality": spec.quality,
     }
+    if getattr(spec, "qauto", None) is not None:  # only when set: existing fingerprints stay as they were
+        described["qauto"] = spec.qauto
+    return described
 
 
 def describe(processor: ImageProcessor) -> dict[str, Any]:

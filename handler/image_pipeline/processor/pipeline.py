@@ -25,7 +25,7 @@ from time import perf_counter
 from PIL import Image, ImageOps, ImageSequence
 
 from ..errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
-from . import geometry, plugins
+from . import geometry, plugins, quality
 from .colour import convert_profile, drop_opaque_alpha, is_rgb_profile, normalise_mode, to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color, thumbhash
@@ -286,27 +286,43 @@ class ImageProcessor:
     # -- finalize: encode and describe ---------------------------------------------------------------
 
     def _encode(self, job: Job) -> None:
-        """Fit each image to its encoder and encode it; metadata only when asked to keep it."""
+        """Fit each image to its encoder and encode it; metadata only when asked to keep it.
+        `qauto` variants search their quality (processor/quality.py), smallest first, each
+        starting from the quality the previous one of its format chose."""
         moving = [spec for spec in self.variants if job.animated and job.formats[spec.name].can_animate]
         animations = {}
         if moving:
             animations = self._animations(job.image, moving, job.icc, job.width, job.height, job.focal_point)
-        for spec in self.variants:
+        seeds: dict[ImageFormat, int] = {}
+        done: dict[str, ImageVariant] = {}
+        for spec in reversed(_largest_first(self.variants, job.width, job.height)):
             fmt = job.formats[spec.name]
             frame_images, durations = animations.get(spec.name, ([job.stills[spec.name]], None))
             prepared = [prepare(f, fmt, self.background_color) for f in frame_images]
-            encoded = encode(
-                prepared,
-                fmt,
-                spec.quality,
-                icc_profile=job.keep_icc,
-                exif=job.keep_exif,
-                durations=durations,
-                loop=job.image.info.get("loop"),
+
+            def encode_at(q: int, prepared=prepared, fmt=fmt, durations=durations) -> bytes:
+                return encode(
+                    prepared,
+                    fmt,
+                    q,
+                    icc_profile=job.keep_icc,
+                    exif=job.keep_exif,
+                    durations=durations,
+                    loop=job.image.info.get("loop"),
+                )
+
+            used, chosen = (spec.quality if fmt in quality.LOSSY else None), None
+            if spec.qauto is not None and fmt in quality.LOSSY and len(prepared) == 1:
+                choice = quality.choose(prepared[0], fmt, spec.quality, spec.qauto, encode_at, seeds.get(fmt))
+                seeds[fmt] = used = choice.quality
+                encoded = choice.data
+                chosen = {"target": choice.target, "ssim": round(choice.ssim, 4), "trials": choice.trials}
+            else:
+                encoded = encode_at(spec.quality)
+            done[spec.name] = ImageVariant(
+                spec.name, encoded, prepared[0].width, prepared[0].height, fmt, fmt.content_type, used, chosen
             )
-            job.outputs.append(
-                ImageVariant(spec.name, encoded, prepared[0].width, prepared[0].height, fmt, fmt.content_type)
-            )
+        job.outputs.extend(done[spec.name] for spec in self.variants)
 
     def _placeholder(self, job: Job) -> None:
         """BlurHash, ThumbHash and dominant colour of the whole frame (not of a cropped thumbnail)."""

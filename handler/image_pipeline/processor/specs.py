@@ -77,6 +77,7 @@ class Gravity(str, Enum):
     AUTO = "auto"  # centred on the image's focal point (ProcessedImage.focal_point), as near as fits
 
 
+DEFAULT_QAUTO_TARGET = 0.98  # luminance SSIM a `qauto` variant keeps against its unencoded pixels
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_DIMENSION = 16384
 
@@ -109,6 +110,7 @@ class VariantConfig:
     format: ImageFormat | None = None
     fit: Fit = Fit.CONTAIN
     gravity: Gravity = Gravity.CENTRE
+    qauto: float | None = None  # target luminance SSIM: `quality` per image, with `quality` as the ceiling
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -127,6 +129,12 @@ class VariantConfig:
         if not (self.max_width and self.max_height):
             object.__setattr__(self, "fit", Fit.CONTAIN)  # one free side: nothing to crop
         object.__setattr__(self, "gravity", _enum(Gravity, self.gravity, "gravity"))
+        if self.qauto is not None:
+            if isinstance(self.qauto, bool) or not isinstance(self.qauto, (int, float)) or not 0.5 <= self.qauto < 1:
+                raise ValueError(f"variant {self.name!r}: qauto is a target SSIM from 0.5 to below 1 (e.g. 0.98)")
+            if self.format in (ImageFormat.PNG, ImageFormat.GIF):
+                raise ValueError(f"variant {self.name!r}: qauto needs a lossy format (jpeg, webp, avif), not {self.format.value}")
+            object.__setattr__(self, "qauto", float(self.qauto))
 
 
 DEFAULT_VARIANTS: tuple[VariantConfig, ...] = (
@@ -162,6 +170,8 @@ class ImageVariant:
     height: int
     format: ImageFormat | None  # None only for a preserved original in a non-web format
     content_type: str
+    quality: int | None = None  # the encoder quality used (lossy formats only)
+    qauto: dict | None = None  # {"target": …, "ssim": …, "trials": …} when the quality was chosen per image
 
     @property
     def extension(self) -> str:
