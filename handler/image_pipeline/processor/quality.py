@@ -65,31 +65,49 @@ def _windows(block_means: Image.Image) -> Image.Image:
     return ImageMath.lambda_eval(lambda v: (v["a"] + v["b"] + v["c"] + v["d"]) / 4, **parts)
 
 
+class Reference:
+    """The unencoded image's side of SSIM, computed once for all of a variant's trials."""
+
+    def __init__(self, image: Image.Image) -> None:
+        self.size = image.size
+        w, h = (image.width // _BLOCK) * _BLOCK, (image.height // _BLOCK) * _BLOCK
+        self.box = (0, 0, w, h)
+        self.exact = w < 2 * _BLOCK or h < 2 * _BLOCK  # too small for one window: compare exactly
+        if self.exact:
+            self.pixels = image.convert("L").tobytes()
+            return
+        self.x = _luma(image).crop(self.box)
+        self.mx = _windows(self.x.reduce(_BLOCK))
+        self.xx = _windows(ImageMath.lambda_eval(lambda v: v["x"] * v["x"], x=self.x).reduce(_BLOCK))
+
+    def ssim(self, candidate: Image.Image) -> float:
+        """Mean luminance SSIM of `candidate` (same size) against this reference."""
+        if candidate.size != self.size:
+            raise ValueError(f"size mismatch: {self.size} vs {candidate.size}")
+        if self.exact:
+            return 1.0 if candidate.convert("L").tobytes() == self.pixels else 0.0
+        y = _luma(candidate).crop(self.box)
+        pair = {"x": self.x, "y": y}
+        m = {
+            "mx": self.mx,
+            "xx": self.xx,
+            "my": _windows(y.reduce(_BLOCK)),
+            "yy": _windows(ImageMath.lambda_eval(lambda v: v["y"] * v["y"], **pair).reduce(_BLOCK)),
+            "xy": _windows(ImageMath.lambda_eval(lambda v: v["x"] * v["y"], **pair).reduce(_BLOCK)),
+        }
+
+        def index(v):
+            mx, my = v["mx"], v["my"]
+            vx, vy, cov = v["xx"] - mx * mx, v["yy"] - my * my, v["xy"] - mx * my
+            return ((mx * my * 2 + _C1) * (cov * 2 + _C2)) / ((mx * mx + my * my + _C1) * (vx + vy + _C2))
+
+        ssim_map = ImageMath.lambda_eval(index, **m)
+        return float(ssim_map.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0)))
+
+
 def ssim(reference: Image.Image, candidate: Image.Image) -> float:
     """Mean luminance SSIM of `candidate` against `reference` (same size)."""
-    if reference.size != candidate.size:
-        raise ValueError(f"size mismatch: {reference.size} vs {candidate.size}")
-    w, h = (reference.width // _BLOCK) * _BLOCK, (reference.height // _BLOCK) * _BLOCK
-    if w < 2 * _BLOCK or h < 2 * _BLOCK:  # too small for one window: compare exactly
-        return 1.0 if reference.convert("L").tobytes() == candidate.convert("L").tobytes() else 0.0
-    x, y = (_luma(im).crop((0, 0, w, h)) for im in (reference, candidate))
-    sq = {"x": x, "y": y}
-    sums = {
-        "mx": x.reduce(_BLOCK),
-        "my": y.reduce(_BLOCK),
-        "xx": ImageMath.lambda_eval(lambda v: v["x"] * v["x"], **sq).reduce(_BLOCK),
-        "yy": ImageMath.lambda_eval(lambda v: v["y"] * v["y"], **sq).reduce(_BLOCK),
-        "xy": ImageMath.lambda_eval(lambda v: v["x"] * v["y"], **sq).reduce(_BLOCK),
-    }
-    m = {name: _windows(im) for name, im in sums.items()}
-
-    def index(v):
-        mx, my = v["mx"], v["my"]
-        vx, vy, cov = v["xx"] - mx * mx, v["yy"] - my * my, v["xy"] - mx * my
-        return ((mx * my * 2 + _C1) * (cov * 2 + _C2)) / ((mx * mx + my * my + _C1) * (vx + vy + _C2))
-
-    ssim_map = ImageMath.lambda_eval(index, **m)
-    return float(ssim_map.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0)))
+    return Reference(reference).ssim(candidate)
 
 
 def choose(
@@ -106,10 +124,13 @@ def choose(
     best: Choice | None = None
     last: Choice | None = None
     quality = seed if seed is not None and low <= seed <= high else (low + high + 1) // 2
+    reference = Reference(image)
     for trial in range(1, MAX_TRIALS + 1):
         data = encode(quality)
         with Image.open(io.BytesIO(data)) as decoded:
-            score = ssim(image, decoded)
+            if decoded.format == "JPEG" and decoded.mode in ("RGB", "L"):
+                decoded.draft("L", decoded.size)  # libjpeg hands over Y itself: no chroma, no colour conversion
+            score = reference.ssim(decoded)
         last = Choice(quality, data, score, trial, target)
         if score >= target:
             best, high = last, quality - 1
