@@ -2,7 +2,8 @@
 
 One ordered list of small steps over one `Job`, like imgproxy's:
 
-    PIPELINE  prepare (limits, formats, orientation) → scale on load (JPEG draft) → decode (WebP
+    PIPELINE  prepare (limits, formats, orientation) → gain map (noted from the headers, never
+              decoded: variants come from the SDR picture) → scale on load (JPEG draft) → decode (WebP
               stills without a copy) → normalise (mode; real alpha premultiplied once) → reduce
               (integer box shrink for formats without shrink-on-load) → orient (EXIF) → resize
               (largest first, each smaller variant from the previous result) → colour (→ sRGB, on
@@ -25,7 +26,7 @@ from time import perf_counter
 from PIL import Image, ImageOps, ImageSequence
 
 from ..errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
-from . import geometry, plugins
+from . import gainmap, geometry, plugins
 from .colour import convert_profile, drop_opaque_alpha, is_rgb_profile, normalise_mode, to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color, thumbhash
@@ -35,6 +36,7 @@ from .specs import DEFAULT_VARIANTS, Fit, ImageFormat, ImageVariant, Limits, Pro
 _WEB_FORMATS = {f.value for f in ImageFormat}
 _SWAPS_SIDES = {5, 6, 7, 8}
 _ANIMATED_TYPES = {"gif", "webp", "png", "avif"}  # containers whose frames are an animation
+_ONE_PICTURE = {"jpeg", "heif"}  # their other pictures (MPF images, HEIF top-level items) are not frames
 _ORIENTATION = 0x0112
 _TRANSPOSE = {
     1: None,
@@ -63,6 +65,7 @@ class Job:
     formats: dict[str, ImageFormat] = field(default_factory=dict)
     frames: int = 1
     animated: bool = False
+    gain_map: str | None = None  # what gainmap.detect found (the variants never carry it)
     orientation: int = 1
     width: int = 0  # upright
     height: int = 0
@@ -158,7 +161,7 @@ class ImageProcessor:
             web = ImageFormat(kind) if kind in _WEB_FORMATS else None
             job.outputs.append(ImageVariant("original", data, job.width, job.height, web, DECODABLE[kind][1]))
         return ProcessedImage(
-            source=SourceInfo(kind, job.width, job.height, len(data), job.frames, bool(job.icc)),
+            source=SourceInfo(kind, job.width, job.height, len(data), job.frames, bool(job.icc), job.gain_map),
             variants=tuple(job.outputs),
             blurhash=job.blurhash,
             dominant_color=job.dominant_color,
@@ -177,10 +180,11 @@ class ImageProcessor:
             raise CorruptImage(f"image declares {stored_w}×{stored_h} pixels")
         if stored_w * stored_h > self.limits.max_pixels:
             raise TooManyPixels(f"{stored_w}×{stored_h} is over the {self.limits.max_pixels}-pixel limit")
-        job.frames = getattr(image, "n_frames", 1)
-        job.formats = {spec.name: self._format_for(spec, job.kind) for spec in self.variants}
         # Only real animations: the extra frames of an MPO (phone) JPEG or a multi-page TIFF are
-        # other pictures, not frames to play.
+        # other pictures, not frames to play; a JPEG's (a gain map, a stereo view) and a HEIC's
+        # (thumbnails, bursts) are not counted either. Variants come from the first (primary) one.
+        job.frames = 1 if job.kind in _ONE_PICTURE else getattr(image, "n_frames", 1)
+        job.formats = {spec.name: self._format_for(spec, job.kind) for spec in self.variants}
         job.animated = (
             job.kind in _ANIMATED_TYPES
             and getattr(image, "is_animated", False)
@@ -202,6 +206,11 @@ class ImageProcessor:
         if not self.strip_metadata:
             exif[_ORIENTATION] = 1  # the pixels will be upright
             job.keep_exif = exif.tobytes()
+
+    def _gain_map(self, job: Job) -> None:
+        """An HDR gain map (Ultra HDR, ISO 21496-1, Apple), from the headers: it is recorded and
+        dropped, the variants are made from the SDR picture it belongs to."""
+        job.gain_map = gainmap.detect(job.image, job.data, job.kind)
 
     def _scale_on_load(self, job: Job) -> None:
         """JPEG: decode at the smallest DCT scale that leaves DRAFT_HEADROOM over every variant."""
@@ -314,7 +323,9 @@ class ImageProcessor:
         job.thumbhash = thumbhash(job.preview)
         job.dominant_color = dominant_color(job.preview)
 
-    PIPELINE = (_prepare, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _focus, _crop)
+    PIPELINE = (
+        _prepare, _gain_map, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _focus, _crop,
+    )
     FINALIZE = (_encode, _placeholder)
 
     def _animations(
