@@ -18,6 +18,7 @@ headroom over the largest variant, and nothing is ever held at full resolution t
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from time import perf_counter
 
 from PIL import Image, ImageOps, ImageSequence
 
-from ..errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
+from ..errors import CorruptImage, EmptyFile, ImageRejected, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
 from . import gainmap, geometry, plugins
 from .colour import convert_profile, drop_opaque_alpha, is_rgb_profile, normalise_mode, to_srgb
 from .encode import encode, prepare
@@ -53,6 +54,10 @@ _REDUCIBLE = {"L", "LA", "La", "RGB", "RGBX", "RGBa", "CMYK"}  # not P: indexes 
 _PREVIEW = 64  # px, longest side of the full-frame picture the placeholders are computed from
 # Errors Pillow and its plugins raise for files that are not what they claim to be.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, Image.UnidentifiedImageError)
+# pillow-heif also raises RuntimeError for what libheif refuses while decoding (its security limits among it).
+_HEIF_ERRORS = (*_DECODE_ERRORS, RuntimeError)
+# libheif security limits that are about the picture's size or the memory decoding it takes.
+_SIZE_LIMIT = re.compile(r"image size|memory usage|number of tiles", re.IGNORECASE)
 
 
 @dataclass(eq=False)
@@ -128,12 +133,13 @@ class ImageProcessor:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             warnings.filterwarnings("ignore", "(?i).*corrupt EXIF", UserWarning)  # EXIF is dropped anyway
             image = _open(data, kind, self.limits.max_pixels)
+            errors = _HEIF_ERRORS if kind == "heif" else _DECODE_ERRORS
             try:
                 return self._run(image, data, kind, started)
             except Image.DecompressionBombError as exc:
                 raise TooManyPixels(str(exc)) from None
-            except _DECODE_ERRORS as exc:
-                raise CorruptImage(f"{kind} could not be decoded: {exc}") from None
+            except errors as exc:
+                raise _refusal(kind, str(exc), f"{kind} could not be decoded") from None
             finally:
                 image.close()
 
@@ -358,7 +364,7 @@ def _open(data: bytes, kind: str, max_pixels: int) -> Image.Image:
     Our MAX_PIXELS decides, with our message: Pillow's own bomb check (an error above 2 ×
     ~89 MP, whatever MAX_PIXELS says, which refused 200 MP phone photos a user had allowed) is
     moved to 2 × MAX_PIXELS for this open, and `_prepare` checks the exact limit. A HEIF that
-    trips libheif's size limit gets the same typed error."""
+    trips one of libheif's security limits gets a typed error naming it (see `_refusal`)."""
     plugins.load(DECODABLE[kind][0])
     default = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -368,11 +374,38 @@ def _open(data: bytes, kind: str, max_pixels: int) -> Image.Image:
         raise TooManyPixels(f"the {kind} image is over the {max_pixels}-pixel limit") from None
     except _DECODE_ERRORS as exc:
         message = str(exc)
-        if "security limit" in message.lower() and "size" in message.lower():
-            raise TooManyPixels(f"the {kind} image is over the decoder's size limit ({message})") from None
-        raise CorruptImage(f"not a readable {kind} file: {message}") from None
+        if kind == "heif" and isinstance(exc, Image.UnidentifiedImageError):
+            message = _heif_refusal(data) or message  # Pillow keeps only "cannot identify image file"
+        raise _refusal(kind, message, f"not a readable {kind} file") from None
     finally:
         Image.MAX_IMAGE_PIXELS = default
+
+
+def _refusal(kind: str, message: str, what: str) -> ImageRejected:
+    """A decoder's refusal as our typed error.
+
+    libheif keeps its security limits (pillow-heif can only switch them all off, and the ones on
+    items, references, boxes and extents protect us from hostile files). Our MAX_PIXELS, checked
+    from the header before decoding, is the size limit that matters: libheif's (32768² pixels,
+    4 GB) lies far above any a function can decode. Should a size or memory limit of libheif trip
+    anyway, the image is `too_many_pixels`; any other of its limits makes it `corrupt_image`;
+    both messages carry libheif's words, which name the limit."""
+    message = message.strip()
+    if "security limit" in message.lower():
+        text = f"the {kind} file is over a decoder security limit ({message})"
+        return TooManyPixels(text) if _SIZE_LIMIT.search(message) else CorruptImage(text)
+    return CorruptImage(f"{what}: {message}")
+
+
+def _heif_refusal(data: bytes) -> str | None:
+    """What libheif says about a HEIF Pillow could not open (its headers only, nothing decoded)."""
+    import pillow_heif
+
+    try:
+        pillow_heif.open_heif(io.BytesIO(data))
+    except _HEIF_ERRORS as exc:
+        return str(exc)
+    return None
 
 
 def _largest_first(specs: Iterable[VariantConfig], width: int, height: int) -> list[VariantConfig]:
