@@ -75,7 +75,7 @@ def _in_segment(marker: int, payload: bytes) -> set[str]:
 
 
 def _in_xmp(xmp: bytes | str | None) -> set[str]:
-    if not xmp:
+    if not xmp or not isinstance(xmp, (bytes, bytearray, str)):
         return set()
     packet = xmp.encode("utf-8", "replace") if isinstance(xmp, str) else bytes(xmp)
     found = set()
