@@ -43,6 +43,9 @@ def build(
             "width": source.width,
             "height": source.height,
             "frames": source.frames,
+            # An HDR gain map the upload carried: the variants are made from its SDR picture and
+            # never carry it. null when there was none.
+            "gain_map": {"type": source.gain_map, "kept": False} if source.gain_map else None,
         },
         "placeholder": {
             "blurhash": processed.blurhash,

@@ -2,7 +2,8 @@
 
 One ordered list of small steps over one `Job`, like imgproxy's:
 
-    PIPELINE  prepare (limits, formats, orientation) → scale on load (JPEG draft) → decode (WebP
+    PIPELINE  prepare (limits, formats, orientation) → gain map (noted from the headers, never
+              decoded: variants come from the SDR picture) → scale on load (JPEG draft) → decode (WebP
               stills without a copy) → normalise (mode; real alpha premultiplied once) → reduce
               (integer box shrink for formats without shrink-on-load) → orient (EXIF) → resize
               (largest first, each smaller variant from the previous result) → colour (→ sRGB, on
@@ -17,6 +18,7 @@ headroom over the largest variant, and nothing is ever held at full resolution t
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,8 +26,8 @@ from time import perf_counter
 
 from PIL import Image, ImageOps, ImageSequence
 
-from ..errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
-from . import geometry, plugins, quality
+from ..errors import CorruptImage, EmptyFile, ImageRejected, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
+from . import gainmap, geometry, plugins, quality
 from .colour import convert_profile, drop_opaque_alpha, is_rgb_profile, normalise_mode, to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color, thumbhash
@@ -35,6 +37,7 @@ from .specs import DEFAULT_VARIANTS, Fit, ImageFormat, ImageVariant, Limits, Pro
 _WEB_FORMATS = {f.value for f in ImageFormat}
 _SWAPS_SIDES = {5, 6, 7, 8}
 _ANIMATED_TYPES = {"gif", "webp", "png", "avif"}  # containers whose frames are an animation
+_ONE_PICTURE = {"jpeg", "heif"}  # their other pictures (MPF images, HEIF top-level items) are not frames
 _ORIENTATION = 0x0112
 _TRANSPOSE = {
     1: None,
@@ -51,6 +54,10 @@ _REDUCIBLE = {"L", "LA", "La", "RGB", "RGBX", "RGBa", "CMYK"}  # not P: indexes 
 _PREVIEW = 64  # px, longest side of the full-frame picture the placeholders are computed from
 # Errors Pillow and its plugins raise for files that are not what they claim to be.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, Image.UnidentifiedImageError)
+# pillow-heif also raises RuntimeError for what libheif refuses while decoding (its security limits among it).
+_HEIF_ERRORS = (*_DECODE_ERRORS, RuntimeError)
+# libheif security limits that are about the picture's size or the memory decoding it takes.
+_SIZE_LIMIT = re.compile(r"image size|memory usage|number of tiles", re.IGNORECASE)
 
 
 @dataclass(eq=False)
@@ -63,6 +70,7 @@ class Job:
     formats: dict[str, ImageFormat] = field(default_factory=dict)
     frames: int = 1
     animated: bool = False
+    gain_map: str | None = None  # what gainmap.detect found (the variants never carry it)
     orientation: int = 1
     width: int = 0  # upright
     height: int = 0
@@ -125,12 +133,13 @@ class ImageProcessor:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             warnings.filterwarnings("ignore", "(?i).*corrupt EXIF", UserWarning)  # EXIF is dropped anyway
             image = _open(data, kind, self.limits.max_pixels)
+            errors = _HEIF_ERRORS if kind == "heif" else _DECODE_ERRORS
             try:
                 return self._run(image, data, kind, started)
             except Image.DecompressionBombError as exc:
                 raise TooManyPixels(str(exc)) from None
-            except _DECODE_ERRORS as exc:
-                raise CorruptImage(f"{kind} could not be decoded: {exc}") from None
+            except errors as exc:
+                raise _refusal(kind, str(exc), f"{kind} could not be decoded") from None
             finally:
                 image.close()
 
@@ -158,7 +167,7 @@ class ImageProcessor:
             web = ImageFormat(kind) if kind in _WEB_FORMATS else None
             job.outputs.append(ImageVariant("original", data, job.width, job.height, web, DECODABLE[kind][1]))
         return ProcessedImage(
-            source=SourceInfo(kind, job.width, job.height, len(data), job.frames, bool(job.icc)),
+            source=SourceInfo(kind, job.width, job.height, len(data), job.frames, bool(job.icc), job.gain_map),
             variants=tuple(job.outputs),
             blurhash=job.blurhash,
             dominant_color=job.dominant_color,
@@ -177,10 +186,11 @@ class ImageProcessor:
             raise CorruptImage(f"image declares {stored_w}×{stored_h} pixels")
         if stored_w * stored_h > self.limits.max_pixels:
             raise TooManyPixels(f"{stored_w}×{stored_h} is over the {self.limits.max_pixels}-pixel limit")
-        job.frames = getattr(image, "n_frames", 1)
-        job.formats = {spec.name: self._format_for(spec, job.kind) for spec in self.variants}
         # Only real animations: the extra frames of an MPO (phone) JPEG or a multi-page TIFF are
-        # other pictures, not frames to play.
+        # other pictures, not frames to play; a JPEG's (a gain map, a stereo view) and a HEIC's
+        # (thumbnails, bursts) are not counted either. Variants come from the first (primary) one.
+        job.frames = 1 if job.kind in _ONE_PICTURE else getattr(image, "n_frames", 1)
+        job.formats = {spec.name: self._format_for(spec, job.kind) for spec in self.variants}
         job.animated = (
             job.kind in _ANIMATED_TYPES
             and getattr(image, "is_animated", False)
@@ -202,6 +212,11 @@ class ImageProcessor:
         if not self.strip_metadata:
             exif[_ORIENTATION] = 1  # the pixels will be upright
             job.keep_exif = exif.tobytes()
+
+    def _gain_map(self, job: Job) -> None:
+        """An HDR gain map (Ultra HDR, ISO 21496-1, Apple), from the headers: it is recorded and
+        dropped, the variants are made from the SDR picture it belongs to."""
+        job.gain_map = gainmap.detect(job.image, job.data, job.kind)
 
     def _scale_on_load(self, job: Job) -> None:
         """JPEG: decode at the smallest DCT scale that leaves DRAFT_HEADROOM over every variant."""
@@ -330,7 +345,9 @@ class ImageProcessor:
         job.thumbhash = thumbhash(job.preview)
         job.dominant_color = dominant_color(job.preview)
 
-    PIPELINE = (_prepare, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _focus, _crop)
+    PIPELINE = (
+        _prepare, _gain_map, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _focus, _crop,
+    )
     FINALIZE = (_encode, _placeholder)
 
     def _animations(
@@ -363,7 +380,7 @@ def _open(data: bytes, kind: str, max_pixels: int) -> Image.Image:
     Our MAX_PIXELS decides, with our message: Pillow's own bomb check (an error above 2 ×
     ~89 MP, whatever MAX_PIXELS says, which refused 200 MP phone photos a user had allowed) is
     moved to 2 × MAX_PIXELS for this open, and `_prepare` checks the exact limit. A HEIF that
-    trips libheif's size limit gets the same typed error."""
+    trips one of libheif's security limits gets a typed error naming it (see `_refusal`)."""
     plugins.load(DECODABLE[kind][0])
     default = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -373,11 +390,38 @@ def _open(data: bytes, kind: str, max_pixels: int) -> Image.Image:
         raise TooManyPixels(f"the {kind} image is over the {max_pixels}-pixel limit") from None
     except _DECODE_ERRORS as exc:
         message = str(exc)
-        if "security limit" in message.lower() and "size" in message.lower():
-            raise TooManyPixels(f"the {kind} image is over the decoder's size limit ({message})") from None
-        raise CorruptImage(f"not a readable {kind} file: {message}") from None
+        if kind == "heif" and isinstance(exc, Image.UnidentifiedImageError):
+            message = _heif_refusal(data) or message  # Pillow keeps only "cannot identify image file"
+        raise _refusal(kind, message, f"not a readable {kind} file") from None
     finally:
         Image.MAX_IMAGE_PIXELS = default
+
+
+def _refusal(kind: str, message: str, what: str) -> ImageRejected:
+    """A decoder's refusal as our typed error.
+
+    libheif keeps its security limits (pillow-heif can only switch them all off, and the ones on
+    items, references, boxes and extents protect us from hostile files). Our MAX_PIXELS, checked
+    from the header before decoding, is the size limit that matters: libheif's (32768² pixels,
+    4 GB) lies far above any a function can decode. Should a size or memory limit of libheif trip
+    anyway, the image is `too_many_pixels`; any other of its limits makes it `corrupt_image`;
+    both messages carry libheif's words, which name the limit."""
+    message = message.strip()
+    if "security limit" in message.lower():
+        text = f"the {kind} file is over a decoder security limit ({message})"
+        return TooManyPixels(text) if _SIZE_LIMIT.search(message) else CorruptImage(text)
+    return CorruptImage(f"{what}: {message}")
+
+
+def _heif_refusal(data: bytes) -> str | None:
+    """What libheif says about a HEIF Pillow could not open (its headers only, nothing decoded)."""
+    import pillow_heif
+
+    try:
+        pillow_heif.open_heif(io.BytesIO(data))
+    except _HEIF_ERRORS as exc:
+        return str(exc)
+    return None
 
 
 def _largest_first(specs: Iterable[VariantConfig], width: int, height: int) -> list[VariantConfig]:

@@ -186,8 +186,10 @@ class SourceInfo:
     width: int  # after EXIF orientation
     height: int
     bytes: int
-    frames: int = 1
+    frames: int = 1  # of an animation (pages of a TIFF); a JPEG's or a HEIC's other pictures are not frames
     had_icc_profile: bool = False
+    gain_map: str | None = None  # an HDR gain map the upload carried and the variants do not: "ultrahdr",
+    # "iso21496" or "apple" (processor/gainmap.py); the variants are made from the SDR picture
 
 
 @dataclass(frozen=True)
