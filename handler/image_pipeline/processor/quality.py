@@ -3,9 +3,11 @@
 A variant spec with `qauto` asks for the lowest quality, between the format's floor and the
 spec's own `quality` (the ceiling: qauto never spends more bytes than the fixed setting would),
 whose decoded output keeps a luminance SSIM ≥ the target (default 0.98) against the resized,
-unencoded variant. At most `MAX_TRIALS` encodes: a bisection over the range, starting from the
-quality a smaller variant of the same format chose (`seed`), with the ceiling as the last trial
-when nothing has passed yet, so the result is always one of the trial encodes (never a fourth).
+unencoded variant. At most `MAX_TRIALS` encodes: the first at the ceiling (or at the quality a
+smaller variant of the same format chose: `seed`), then a bisection of what is left; when nothing
+has passed, the ceiling is the last trial, so the result is always one of the trial encodes
+(never a fourth). An image that fails at the ceiling costs one encode, the one a fixed quality
+makes anyway.
 
 SSIM here is a fast windowed form, in the spirit of the one video encoders use (x264: 8×8 windows
 at a stride of 4 from 4×4 block sums): 6×6 windows at a stride of 3, built from 3×3 block sums,
@@ -123,7 +125,9 @@ def choose(
     low, high = min(FLOOR[fmt], ceiling), ceiling
     best: Choice | None = None
     last: Choice | None = None
-    quality = seed if seed is not None and low <= seed <= high else (low + high + 1) // 2
+    # The first trial is the ceiling (the encode the fixed setting makes anyway: a file that fails
+    # there costs one decode + SSIM more than without qauto), or the quality a smaller variant chose.
+    quality = seed if seed is not None and low <= seed <= high else ceiling
     reference = Reference(image)
     for trial in range(1, MAX_TRIALS + 1):
         data = encode(quality)
