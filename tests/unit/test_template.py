@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 DIRECT = "template.yaml"  # S3 notification -> Lambda (async), on-failure destination -> SQS
 BUFFERED = "template-buffered.yaml"  # S3 notification -> SQS -> Lambda event source mapping
 POWERTOOLS = {
-    "POWERTOOLS_SERVICE_NAME": "image-pipeline",
+    # the metrics' `service` dimension: the stack's name, so two stacks in one account (staging and
+    # production) never feed each other's alarms and dashboards
+    "POWERTOOLS_SERVICE_NAME": {"Ref": "AWS::StackName"},
     "POWERTOOLS_METRICS_NAMESPACE": "ImagePipeline",
     "POWERTOOLS_LOG_LEVEL": "INFO",
 }
@@ -903,7 +905,9 @@ def test_dashboard_shows_outcomes_codes_latency_cold_starts_and_dlq_depth(any_te
         assert name.startswith("AWS::") or name.split(".")[0] in template["Resources"], name
     function_name, props = function_of(template)
     env = props["Environment"]["Variables"]
-    namespace, service = env["POWERTOOLS_METRICS_NAMESPACE"], env["POWERTOOLS_SERVICE_NAME"]
+    namespace = env["POWERTOOLS_METRICS_NAMESPACE"]
+    assert env["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
+    service = "<AWS::StackName>"  # the same value, as the dashboard's Fn::Sub writes it
     lines = [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
     plain = [tuple(x for x in line if isinstance(x, str)) for line in lines if isinstance(line[0], str)]
     stats = {(line[1], line[-1].get("stat")) for line in lines if isinstance(line[0], str) and isinstance(line[-1], dict)}
@@ -915,8 +919,9 @@ def test_dashboard_shows_outcomes_codes_latency_cold_starts_and_dlq_depth(any_te
     assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", f"<{dlq}.QueueName>") in plain
     searches = [line[0]["expression"] for line in lines if isinstance(line[0], dict)]
     assert any(
-        f"{{{namespace},ErrorCode,service}}" in s and 'MetricName="ImagesFailedByCode"' in s for s in searches
-    ), "rejected images per error code"
+        f"{{{namespace},ErrorCode,service}}" in s and 'MetricName="ImagesFailedByCode"' in s
+        and f'service="{service}"' in s for s in searches
+    ), "rejected images per error code, of this stack only"
     alarm_widget = [w for w in body["widgets"] if w["type"] == "alarm"]
     assert {f"<{name}.Arn>" for name in _alarms(template)} == set(alarm_widget[0]["properties"]["alarms"])
 
