@@ -97,3 +97,14 @@ def sqs_event(bucket: str, objects: list[Uploaded], first_id: int = 0) -> dict:
         record["body"] = json.dumps(s3_event(bucket, [obj]))
         records.append(record)
     return {"Records": records}
+
+
+def metrics_printed(capsys) -> dict[str, list[float]]:
+    """The EMF metrics Powertools printed (to stdout, as on Lambda) since the last call."""
+    found: dict[str, list[float]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            record = json.loads(line)
+            for metric in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+                found.setdefault(metric["Name"], []).extend(record[metric["Name"]])
+    return found

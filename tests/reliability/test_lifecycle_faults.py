@@ -26,6 +26,7 @@ from tests.reliability.support import (
     all_keys,
     check_manifests,
     manifest,
+    metrics_printed,
     s3_event,
     sqs_event,
     tags,
@@ -33,17 +34,6 @@ from tests.reliability.support import (
 )
 from tests.reliability.test_duplicates_and_races import run_concurrently
 from tests.reliability.test_timeouts import ScriptedClock
-
-
-def metrics_printed(capsys) -> dict[str, list[float]]:
-    """The EMF metrics Powertools printed (to stdout, as on Lambda) since the last call."""
-    found: dict[str, list[float]] = {}
-    for line in capsys.readouterr().out.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            record = json.loads(line)
-            for metric in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
-                found.setdefault(metric["Name"], []).extend(record[metric["Name"]])
-    return found
 
 
 # -- a stalled S3 call ----------------------------------------------------------------------------

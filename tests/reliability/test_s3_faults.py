@@ -21,6 +21,7 @@ from tests.reliability.support import (
     all_keys,
     check_manifests,
     manifest,
+    metrics_printed,
     output_prefix,
     s3_event,
     sqs_event,
@@ -75,19 +76,6 @@ def retry_logs(handler_logs) -> list[dict]:
 
 def permanent_logs(handler_logs) -> list[dict]:
     return [line for line in handler_logs.refresh() if line.get("message") == "object failed permanently; not retried"]
-
-
-def metrics_printed(capsys) -> dict[str, list[float]]:
-    """The EMF metrics Powertools printed (to stdout, as on Lambda) since the last call."""
-    import json
-
-    found: dict[str, list[float]] = {}
-    for line in capsys.readouterr().out.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            record = json.loads(line)
-            for metric in record["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
-                found.setdefault(metric["Name"], []).extend(record[metric["Name"]])
-    return found
 
 
 def test_permanent_403_on_outputs_is_not_retried_and_says_so_on_the_raw_object(
