@@ -5,9 +5,9 @@ One ordered list of small steps over one `Job`, like imgproxy's:
     PIPELINE  prepare (limits, formats, orientation) → scale on load (JPEG draft) → decode (WebP
               stills straight into a buffer of ours) → normalise (mode; real alpha premultiplied
               once) → reduce (integer box shrink for formats without shrink-on-load) → orient
-              (EXIF) → resize
-              (largest first, each smaller variant from the previous result) → colour (→ sRGB, on
-              the small results, as libvips does) → focus (focal point of the whole frame)
+              (EXIF) → resize (largest first, each smaller variant from the previous result)
+              → colour (→ sRGB, on the small results, as libvips does) → focus (focal point of
+              the whole frame)
               → crop (content-aware gravities: entropy, attention, auto = around the focal point)
     FINALIZE  encode (mode fitted to the encoder, metadata only when kept) → placeholder
 

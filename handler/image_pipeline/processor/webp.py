@@ -9,7 +9,8 @@ bitstream is decoded into a full ARGB plane first; a lossy one needs only a few 
 
 The library is the one Pillow's `_webp` module already loaded (its path read from
 /proc/self/maps: the wheel's `pillow.libs/libwebp-<hash>.so.7`, or a system libwebp), called
-through ctypes, so no new dependency, and the same libwebp that Pillow would have used. Found
+through ctypes: no new dependency, and the same libwebp Pillow would have used (1.6.0 in
+Pillow 13's wheels; the simple API has been stable since 0.1, the features struct since 0.5). Found
 once, on the first WebP (`library()`); when it cannot be found, a symbol is missing or libwebp
 refuses the file, `decode_still` returns None and the caller takes Pillow's path.
 
@@ -47,10 +48,14 @@ class _Features(ctypes.Structure):
 
 
 def _library_path() -> str | None:
-    """The libwebp that Pillow's `_webp` module loaded, from this process's memory map."""
+    """The libwebp that Pillow's `_webp` module loaded, from this process's memory map; else
+    `_webp` itself (no /proc, or libwebp linked in statically): a symbol looked up through a
+    library's handle is searched in the libraries it needs too."""
     try:
-        from PIL import _webp  # noqa: F401  (loads libwebp into the process)
-
+        from PIL import _webp  # loads libwebp into the process
+    except ImportError:
+        return None
+    try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             for line in maps:  # address perms offset dev inode [path]
                 fields = line.split(None, 5)
@@ -59,9 +64,9 @@ def _library_path() -> str | None:
                 # libwebp.so.7 or pillow.libs/libwebp-51b0b3f7.so.7.2.0, not libwebpdemux/libwebpmux
                 if name.startswith(("libwebp.so", "libwebp-")) and ".so" in name:
                     return path
-    except (ImportError, OSError):
+    except OSError:
         pass
-    return None
+    return getattr(_webp, "__file__", None)
 
 
 @lru_cache(maxsize=1)
