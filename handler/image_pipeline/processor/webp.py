@@ -28,8 +28,8 @@ from functools import lru_cache
 
 from PIL import Image
 
-# decode.h: only the major byte has to match the library's (WEBP_ABI_IS_INCOMPATIBLE); 0x02xx is
-# every libwebp since 0.5 (2015), whose WebPBitstreamFeatures has the layout below.
+# decode.h: only the major byte has to match the library's (WEBP_ABI_IS_INCOMPATIBLE), 0x02 in
+# every libwebp 1.x, whose WebPBitstreamFeatures has the layout below (0x0209 = 1.1-1.4's header).
 _DECODER_ABI_VERSION = 0x0209
 _VP8_STATUS_OK = 0
 
@@ -106,7 +106,7 @@ def release_freed() -> None:
     Pillow's open holds the file twice for a moment (a concatenated copy, then libwebp's own);
     freeing the first raises glibc's mmap threshold to the file's size, so the second comes from
     the heap and, once freed with Pillow's decoder, stays resident (20 MB for a 20 MB file).
-    `malloc_trim` returns such free heap pages; it takes well under a millisecond here."""
+    `malloc_trim` returns such free heap pages (about 1 ms for those 20 MB)."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
