@@ -29,7 +29,8 @@ from functools import lru_cache
 from PIL import Image
 
 # decode.h: only the major byte has to match the library's (WEBP_ABI_IS_INCOMPATIBLE), 0x02 in
-# every libwebp 1.x, whose WebPBitstreamFeatures has the layout below (0x0209 = 1.1-1.4's header).
+# every libwebp 1.x, whose WebPBitstreamFeatures has the layout below (1.6, in Pillow 13's wheels,
+# accepts it: tests/unit/test_processor_webp.py reads headers through it).
 _DECODER_ABI_VERSION = 0x0209
 _VP8_STATUS_OK = 0
 
