@@ -5,7 +5,7 @@
 Prints, for each file, the processor's own steps (cumulative ms of each step in
 `ImageProcessor.PIPELINE`/`FINALIZE`, in order; a PNG is decoded inside `prepare`, where Pillow's
 `getexif()` loads the file to find an eXIf chunk after the pixels) and the five most expensive functions by own time, as
-markdown. Entries like `WebPAnimDecoder.get_next`, `ImagingDecoder.decode`, `ImagingCore.resize`,
+markdown. Entries like `webp.py decode_still` (libwebp through ctypes), `ImagingDecoder.decode`, `ImagingCore.resize`,
 `CmsTransform.apply`, `WebPEncode` are Pillow's C code (libwebp, zlib/libpng, libjpeg-turbo,
 Pillow's resampler, LittleCMS): the part no Python change can make faster.
 """

@@ -28,7 +28,7 @@ def test_importing_the_handler_defers_heavy_and_optional_modules(tmp_path):
 
 def test_first_image_loads_only_the_plugins_it_uses():
     """Pillow imports all ~40 plugins on the first open/save of a format it has not registered;
-    the processor imports just the ones a JPEG → WebP + JPEG job needs."""
+    the processor imports just the ones a JPEG → WebP + JPEG job needs (not the WebP decoder)."""
     code = (
         "import io, json, sys\n"
         "from PIL import Image\n"
@@ -37,7 +37,8 @@ def test_first_image_loads_only_the_plugins_it_uses():
         "b = io.BytesIO(); Image.new('RGB', (640, 480), 'red').save(b, 'JPEG')\n"
         "out = ImageProcessor(parse_variants(DEFAULTS['VARIANTS'])).process(b.getvalue())\n"
         "print(json.dumps({'formats': [v.format.value for v in out],"
-        " 'plugins': sorted(m for m in sys.modules if m.startswith('PIL.') and m.endswith('ImagePlugin'))}))"
+        " 'plugins': sorted(m for m in sys.modules if m.startswith('PIL.') and m.endswith('ImagePlugin')),"
+        " 'webp_decoder': 'image_pipeline.processor.webp' in sys.modules or 'ctypes' in sys.modules}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -45,6 +46,7 @@ def test_first_image_loads_only_the_plugins_it_uses():
     assert result["formats"] == ["webp", "webp", "jpeg"]
     assert "PIL.WebPImagePlugin" in result["plugins"]
     assert not {"PIL.AvifImagePlugin", "PIL.TiffImagePlugin", "PIL.PsdImagePlugin"} & set(result["plugins"])
+    assert not result["webp_decoder"]  # libwebp through ctypes is looked up on the first WebP *input*
 
 
 def test_the_pipeline_never_imports_the_upload_api_even_with_completion_events(tmp_path):

@@ -3,11 +3,12 @@
 One ordered list of small steps over one `Job`, like imgproxy's:
 
     PIPELINE  prepare (limits, formats, orientation) → gain map (noted from the headers, never
-              decoded: variants come from the SDR picture) → scale on load (JPEG draft) → decode (WebP
-              stills without a copy) → normalise (mode; real alpha premultiplied once) → reduce
-              (integer box shrink for formats without shrink-on-load) → orient (EXIF) → resize
-              (largest first, each smaller variant from the previous result) → colour (→ sRGB, on
-              the small results, as libvips does) → focus (focal point of the whole frame)
+              decoded: variants come from the SDR picture) → scale on load (JPEG draft) → decode
+              (WebP stills straight into a buffer of ours) → normalise (mode; real alpha
+              premultiplied once) → reduce (integer box shrink for formats without shrink-on-load)
+              → orient (EXIF) → resize (largest first, each smaller variant from the previous
+              result) → colour (→ sRGB, on the small results, as libvips does) → focus (focal
+              point of the whole frame)
               → crop (content-aware gravities: entropy, attention, auto = around the focal point)
     FINALIZE  encode (mode fitted to the encoder, metadata only when kept) → placeholder
 
@@ -229,11 +230,30 @@ class ImageProcessor:
                 job.extent = drafted[1][2:]
 
     def _decode(self, job: Job) -> None:
-        """Decode the pixels (the first frame); a WebP still without an extra copy."""
-        job.working = _load_webp_still(job.image) if job.kind == "webp" and job.frames == 1 else None
+        """Decode the pixels (the first frame); a WebP still straight into a buffer it owns."""
+        job.working = self._webp_still(job) if job.kind == "webp" and job.frames == 1 else None
         if job.working is None:
             job.image.load()
             job.working = job.image
+
+    def _webp_still(self, job: Job) -> Image.Image | None:
+        """libwebp's simple API into our buffer (`webp.py`); Pillow's decoder is dropped first,
+        with its copy of the file and its canvases, before they are ever written. Where that API
+        is not reachable Pillow decodes without an extra copy (`_load_webp_still`); where libwebp
+        refuses the bitstream, Pillow's decoder, opened again, gives the verdict."""
+        from . import webp  # ctypes and the library lookup: on the first WebP, not at cold start
+
+        found = webp.features(job.data)
+        if found is None or found.has_animation or (found.width, found.height) != job.image.size:
+            return _load_webp_still(job.image)
+        job.image._decoder = None
+        webp.release_freed()
+        try:
+            return webp.decode_still(job.data, found)
+        except webp.Refused:
+            job.image.close()
+            job.image = _open(job.data, job.kind, self.limits.max_pixels)
+            return _load_webp_still(job.image)
 
     def _reduce(self, job: Job) -> None:
         """Formats without shrink-on-load: an integer box reduce straight after decoding, by the
