@@ -23,20 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "handler"))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 from ssim import ssim  # noqa: E402
 
 from image_pipeline.processor import ImageProcessor  # noqa: E402
+from image_pipeline.processor.encode import flatten as flatten_onto  # noqa: E402
 from image_pipeline.settings import parse_variants  # noqa: E402
-
-
-def decode(data: bytes) -> Image.Image:
-    import io
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image
+from tests.images import decode  # noqa: E402
 
 BOXES = "thumbnail:150x150:cover:{w};medium:800x800:{w};large:1920x1920:{j}"
 
@@ -46,12 +41,8 @@ def specs(suffix: str) -> str:
 
 
 def flatten(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA", "P"):
-        rgba = image.convert("RGBA")
-        base = Image.new("RGB", image.size, (255, 255, 255))
-        base.paste(rgba, mask=rgba.getchannel("A"))
-        return base
-    return image.convert("RGB")
+    """RGB for SSIM: transparency onto white, as the JPEG variants are made."""
+    return flatten_onto(image.convert("RGBA") if image.mode == "P" else image, (255, 255, 255)).convert("RGB")
 
 
 def timed(processor: ImageProcessor, data: bytes, repeat: int):

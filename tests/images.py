@@ -28,6 +28,15 @@ def solid(width: int, height: int, colour, fmt: str = "PNG", mode: str = "RGB", 
     return encode(Image.new(mode, (width, height), colour), fmt, **options)
 
 
+def blurhash_average(hash_: str) -> tuple[int, int, int]:
+    """The average colour a BlurHash encodes (its DC component, characters 2–5)."""
+    chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~"
+    value = 0
+    for c in hash_[2:6]:
+        value = value * 83 + chars.index(c)
+    return value >> 16, (value >> 8) & 255, value & 255
+
+
 def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()

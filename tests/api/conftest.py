@@ -21,18 +21,14 @@ def api_settings(**env: str):
     return ApiSettings.from_env({**os.environ, **env}, need_bucket=False)
 
 
-@pytest.fixture
-def fs_client(tmp_path):
-    """A factory: the API over a directory, optionally with extra environment settings."""
+def _clients(build_app):
+    """A factory of test clients over `build_app(**env)`, each closed when the test ends."""
     from litestar.testing import TestClient
-
-    from image_pipeline.api import create_app
 
     opened = []
 
-    def make(directory=None, **env: str):
-        app = create_app(api_settings(**env), storage_dir=directory or tmp_path / "images")
-        client = TestClient(app=app, base_url=BASE)
+    def make(*args, **env: str):
+        client = TestClient(app=build_app(*args, **env), base_url=BASE)
         client.__enter__()
         opened.append(client)
         return client
@@ -40,27 +36,28 @@ def fs_client(tmp_path):
     yield make
     for client in opened:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def fs_client(tmp_path):
+    """A factory: the API over a directory, optionally with extra environment settings."""
+    from image_pipeline.api import create_app
+
+    def build(directory=None, **env: str):
+        return create_app(api_settings(**env), storage_dir=directory or tmp_path / "images")
+
+    yield from _clients(build)
 
 
 @pytest.fixture
 def s3_client(bucket, moto_server):
     """A factory: the API over the test bucket on moto server."""
-    from litestar.testing import TestClient
-
     from image_pipeline.api import create_app
 
-    opened = []
+    def build(**env: str):
+        return create_app(api_settings(BUCKET_NAME=bucket, **env), endpoint_url=moto_server)
 
-    def make(**env: str):
-        app = create_app(api_settings(BUCKET_NAME=bucket, **env), endpoint_url=moto_server)
-        client = TestClient(app=app, base_url=BASE)
-        client.__enter__()
-        opened.append(client)
-        return client
-
-    yield make
-    for client in opened:
-        client.__exit__(None, None, None)
+    yield from _clients(build)
 
 
 def api_of(client):

@@ -6,7 +6,6 @@ variants) or the stable error code the raw object gets tagged with.
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -154,9 +153,3 @@ def bad_cases() -> list[Case]:
         Case("grey16.png", sixteen_bit_grey_png(), "processed"),
         Case("rgb16.png", sixteen_bit_rgb_png(), "processed"),
     ]
-
-
-def decode(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.reliability.generated_inputs import bad_cases, decode, good_cases
+from tests.reliability.generated_inputs import bad_cases, good_cases
 from tests.reliability.support import (
     ERROR,
     REJECTION_CODES,
@@ -26,7 +26,7 @@ from tests.reliability.support import (
     tags,
     upload,
 )
-from tests.images import photo
+from tests.images import decode, photo
 
 
 def test_every_bad_input_is_tagged_with_its_code_and_the_good_ones_in_the_batch_still_work(

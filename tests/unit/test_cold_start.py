@@ -7,6 +7,13 @@ import os
 import subprocess
 import sys
 
+def last_json_line(code: str, env: dict[str, str] | None = None):
+    """Run `code` in a fresh interpreter (a cold start) and return the JSON its last line prints."""
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 DEFERRED = ["pillow_heif", "litestar", "aioboto3", "aiobotocore", "aiohttp", "moto", "numpy", "requests"]
 
 
@@ -18,9 +25,7 @@ def test_importing_the_handler_defers_heavy_and_optional_modules(tmp_path):
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} | "
         "{m for m in sys.modules if m.startswith('PIL.')})))"
     )
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    loaded = set(last_json_line(code, env))
     assert "image_pipeline" in loaded
     assert loaded.isdisjoint(DEFERRED), sorted(loaded & set(DEFERRED))
     assert "PIL.AvifImagePlugin" not in loaded  # image plugins load when an image of that type arrives
@@ -40,9 +45,7 @@ def test_first_image_loads_only_the_plugins_it_uses():
         " 'plugins': sorted(m for m in sys.modules if m.startswith('PIL.') and m.endswith('ImagePlugin')),"
         " 'webp_decoder': 'image_pipeline.processor.webp' in sys.modules or 'ctypes' in sys.modules}))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = last_json_line(code)
     assert result["formats"] == ["webp", "webp", "jpeg"]
     assert "PIL.WebPImagePlugin" in result["plugins"]
     assert not {"PIL.AvifImagePlugin", "PIL.TiffImagePlugin", "PIL.PsdImagePlugin"} & set(result["plugins"])
@@ -58,9 +61,7 @@ def test_the_pipeline_never_imports_the_upload_api_even_with_completion_events(t
         "assert h.runtime.notifier is not None\n"
         "print(json.dumps(sorted(sys.modules)))"
     )
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    loaded = set(json.loads(done.stdout.strip().splitlines()[-1]))
+    loaded = set(last_json_line(code, env))
     assert "image_pipeline.notify" in loaded
     roots = {m.split(".")[0] for m in loaded}
     assert roots.isdisjoint({"litestar", "mangum", "uvicorn", "aioboto3", "aiobotocore"}), sorted(roots)

@@ -11,7 +11,18 @@ from PIL import Image, ImageCms, ImageDraw, ImageOps
 from image_pipeline import ImageFormat, ImageProcessor, VariantConfig
 from image_pipeline.errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
 from image_pipeline.processor import Limits
-from tests.images import BLUE, DISPLAY_P3, GREEN, RED, decode, encode, photo, solid, with_gps_exif
+from tests.images import (
+    BLUE,
+    DISPLAY_P3,
+    GREEN,
+    RED,
+    blurhash_average,
+    decode,
+    encode,
+    photo,
+    solid,
+    with_gps_exif,
+)
 
 
 def near(actual, expected, tolerance=6):
@@ -297,20 +308,12 @@ def test_too_many_frames():
 # -- manifest extras ----------------------------------------------------------------------------
 
 
-def _blurhash_average(hash_: str) -> tuple[int, int, int]:
-    chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~"
-    value = 0
-    for c in hash_[2:6]:
-        value = value * 83 + chars.index(c)
-    return value >> 16, (value >> 8) & 255, value & 255
-
-
 def test_blurhash_and_dominant_colour_describe_the_image():
     image = Image.new("RGB", (300, 200), (30, 120, 200))
     image.paste((250, 250, 250), (0, 0, 60, 40))
     result = ImageProcessor().process_image(encode(image, "PNG"))
     assert len(result.blurhash) == 6 + 2 * (4 * 3 - 1) and result.blurhash[0] == "L"  # 4×3 components
-    assert near(_blurhash_average(result.blurhash), (63, 128, 202), 6)  # linear-light mean
+    assert near(blurhash_average(result.blurhash), (63, 128, 202), 6)  # linear-light mean
     assert result.dominant_color == "#1e78c8"
     assert (result.source.width, result.source.height, result.source.type) == (300, 200, "png")
 

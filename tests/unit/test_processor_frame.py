@@ -8,15 +8,7 @@ from PIL import Image
 from image_pipeline import ImageProcessor, VariantConfig
 from image_pipeline.processor import Fit
 from image_pipeline.settings import parse_variants
-from tests.images import GREEN, RED, decode, encode, photo
-
-
-def _blurhash_average(hash_: str) -> tuple[int, int, int]:
-    chars = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz#$%*+,-.:;=?@[]^_{|}~"
-    value = 0
-    for c in hash_[2:6]:
-        value = value * 83 + chars.index(c)
-    return value >> 16, (value >> 8) & 255, value & 255
+from tests.images import GREEN, RED, blurhash_average, decode, encode, photo
 
 
 def _red_sides_green_middle() -> bytes:
@@ -37,7 +29,7 @@ def _red_sides_green_middle() -> bytes:
 def test_placeholder_describes_the_full_frame_not_the_square_crop(variants):
     result = ImageProcessor(parse_variants(variants)).process_image(_red_sides_green_middle())
     assert result.dominant_color == "#ff0000"  # the crop alone is green
-    r, g, b = _blurhash_average(result.blurhash)
+    r, g, b = blurhash_average(result.blurhash)
     assert r > 150 and g > 100 and b < 10  # the mean of red, red, green in linear light
     assert result.blurhash[0] == "L"  # still 4×3 components
 
