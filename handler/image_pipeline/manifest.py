@@ -28,9 +28,12 @@ def build(
     variant_keys: dict[str, str],
     total_ms: float,
     fingerprint: str,
+    lazy: list[dict] | None = None,
 ) -> dict:
+    """`lazy`: the configured lazy variants ({name, key, format, content_type}), made on their first
+    request (ondemand/): listed so status and completion events can say they are not made yet."""
     source = processed.source
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "pipeline_version": __version__,
         "producer": {"fingerprint": fingerprint, "output_version": OUTPUT_VERSION, "pipeline_version": __version__},
@@ -43,6 +46,7 @@ def build(
             "width": source.width,
             "height": source.height,
             "frames": source.frames,
+            "alpha": source.alpha,  # real transparency: the width URLs' fallback format is PNG, not JPEG
             # An HDR gain map the upload carried: the variants are made from its SDR picture and
             # never carry it. null when there was none.
             "gain_map": {"type": source.gain_map, "kept": False} if source.gain_map else None,
@@ -58,6 +62,9 @@ def build(
         "total_ms": round(total_ms, 1),
         "processed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if lazy:
+        record["lazy_variants"] = lazy
+    return record
 
 
 def _variant(variant, key: str, source_type: str) -> dict:
@@ -90,6 +97,20 @@ class Recorded:
     etag: str
     fingerprint: str | None  # None: written before fingerprints were recorded (always stale)
     output_keys: tuple[str, ...]  # the variants' keys (the manifest's own key not included)
+
+
+def parse(raw: bytes | None) -> dict | None:
+    """A stored manifest as a dict, or None when there is none readable (see `recorded`)."""
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    source = record.get("source") if isinstance(record, dict) else None
+    if not isinstance(source, dict) or "key" not in source or "etag" not in source:
+        return None
+    return record
 
 
 def recorded(raw: bytes | None) -> Recorded | None:

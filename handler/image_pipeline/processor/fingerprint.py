@@ -46,6 +46,8 @@ def _variant(spec: Any) -> dict[str, Any]:
     }
     if getattr(spec, "qauto", None) is not None:  # only when set: existing fingerprints stay as they were
         described["qauto"] = spec.qauto
+    if getattr(spec, "lazy", False):  # only when set, likewise
+        described["lazy"] = True
     return described
 
 

@@ -76,6 +76,7 @@ class Job:
     width: int = 0  # upright
     height: int = 0
     icc: bytes | None = None
+    alpha: bool = False  # real transparency in the first frame
     extent: tuple[float, float] = (0.0, 0.0)  # where the whole frame lies in the decoded pixels
     working: Image.Image | None = None  # the decoded (drafted/reduced/oriented) image
     frame: geometry.Box = (0.0, 0.0, 0.0, 0.0)
@@ -168,7 +169,9 @@ class ImageProcessor:
             web = ImageFormat(kind) if kind in _WEB_FORMATS else None
             job.outputs.append(ImageVariant("original", data, job.width, job.height, web, DECODABLE[kind][1]))
         return ProcessedImage(
-            source=SourceInfo(kind, job.width, job.height, len(data), job.frames, bool(job.icc), job.gain_map),
+            source=SourceInfo(
+                kind, job.width, job.height, len(data), job.frames, bool(job.icc), job.gain_map, alpha=job.alpha
+            ),
             variants=tuple(job.outputs),
             blurhash=job.blurhash,
             dominant_color=job.dominant_color,
@@ -278,6 +281,7 @@ class ImageProcessor:
         """8-bit modes a resize handles; real alpha premultiplied once for the whole cascade
         (Pillow's resize would premultiply and un-premultiply on every call)."""
         working = drop_opaque_alpha(normalise_mode(job.working))
+        job.alpha = working.mode in ("RGBA", "LA")
         if working.mode == "RGBA":
             working = working.convert("RGBa")
         job.working = working

@@ -111,6 +111,7 @@ class VariantConfig:
     fit: Fit = Fit.CONTAIN
     gravity: Gravity = Gravity.CENTRE
     qauto: float | None = None  # target luminance SSIM: `quality` per image, with `quality` as the ceiling
+    lazy: bool = False  # not made on upload: made on its first request (ondemand/), then stored
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -190,6 +191,7 @@ class SourceInfo:
     had_icc_profile: bool = False
     gain_map: str | None = None  # an HDR gain map the upload carried and the variants do not: "ultrahdr",
     # "iso21496" or "apple" (processor/gainmap.py); the variants are made from the SDR picture
+    alpha: bool = False  # real transparency (an alpha plane that is not opaque everywhere)
 
 
 @dataclass(frozen=True)
