@@ -46,8 +46,7 @@ def _variant(spec: Any) -> dict[str, Any]:
     }
     if getattr(spec, "qauto", None) is not None:  # only when set: existing fingerprints stay as they were
         described["qauto"] = spec.qauto
-    if getattr(spec, "lazy", False):  # only when set, likewise
-        described["lazy"] = True
+    # `lazy` is left out: when a variant is made (upload or first request) does not change its bytes.
     return described
 
 
