@@ -25,7 +25,8 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from litestar.response import Redirect
 
 from .. import __version__, ids, keys
-from ..errors import PipelineError, StorageFailure
+from ..errors import Busy, PipelineError, StorageFailure
+from ..pool import ProcessingPool
 from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
@@ -103,6 +104,9 @@ class Api:
             raw_prefix=pipeline.raw_prefix,
             processed_prefix=pipeline.processed_prefix,
             disposition=pipeline.raw_disposition,
+            # Every image this process makes goes through this pool (uploads, the local worker):
+            # at most PROCESS_CONCURRENCY at once; beyond it, 503 busy after PROCESS_WAIT_MS.
+            pool=ProcessingPool(pipeline.process_concurrency, wait_s=pipeline.process_wait_ms / 1000),
         )
 
     @property
@@ -319,16 +323,20 @@ async def upload_image(
 ) -> ImageInfo:
     """Multipart field `file`. Refused before anything is stored when too large (413) or not an
     accepted image type judged from its bytes (415); a file that fails to decode is removed
-    again and answered 422 with the pipeline's error code."""
+    again and answered 422 with the pipeline's error code. When PROCESS_CONCURRENCY images are
+    already being processed and none finishes within PROCESS_WAIT_MS: 503 `busy` with
+    Retry-After, nothing stored."""
     api = api_of(request)
-    image_id, key = await api.store_upload(await _multipart_file(data))
-    try:
-        outcome = await api.service.handle(api.store, ObjectRef(api.backend.bucket, key))
-    except PipelineError as exc:
-        raise problem(503, f"storage failed, try again: {exc.message}", exc.code) from None
-    if outcome.status == "failed":
-        await api.service.remove(api.store, key, delete_raw=True)
-        raise problem(422, outcome.reason, outcome.error_code)
+    upload = await _multipart_file(data)
+    async with api.service.pool.reserve():  # Busy before anything is stored
+        image_id, key = await api.store_upload(upload)
+        try:
+            outcome = await api.service.handle(api.store, ObjectRef(api.backend.bucket, key))
+        except PipelineError as exc:
+            raise problem(503, f"storage failed, try again: {exc.message}", exc.code) from None
+        if outcome.status == "failed":
+            await api.service.remove(api.store, key, delete_raw=True)
+            raise problem(422, outcome.reason, outcome.error_code)
     info = await api.describe(image_id, base_url_of(request))
     assert info is not None
     return info
@@ -382,6 +390,11 @@ def _body_too_large(exc: RequestEntityTooLarge) -> ProblemDetailsException:
 def _storage_failure(request: Request, exc: StorageFailure) -> Response:
     return ProblemDetailsException(detail=f"storage failed, try again: {exc.message}", status_code=503,
                                    extra={"error_code": exc.code}).to_response(request)
+
+
+def _busy(request: Request, exc: Busy) -> Response:
+    return ProblemDetailsException(detail=exc.message, status_code=503, extra={"error_code": exc.code},
+                                   headers={"Retry-After": str(exc.retry_after_s)}).to_response(request)
 
 
 def create_app(
@@ -442,7 +455,7 @@ def create_app(
                 )
             )
         ],
-        exception_handlers={StorageFailure: _storage_failure},
+        exception_handlers={StorageFailure: _storage_failure, Busy: _busy},
         openapi_config=OpenAPIConfig(title="s3-image-pipeline upload API", version=__version__, path="/schema"),
         cors_config=cors,
         request_max_body_size=settings.max_bytes + FORM_OVERHEAD,
