@@ -32,7 +32,7 @@ class Runtime:
             processed_prefix=settings.processed_prefix,
             disposition=settings.raw_disposition,
             # One record at a time: it waits for its slot (a cut-off record's image) without bound.
-            pool=ProcessingPool(settings.process_concurrency),
+            pool=ProcessingPool.of_process(settings.process_concurrency),
         )
         # The aioboto3 client is bound to the loop that opened it, so the loop is kept too.
         self._runner = asyncio.Runner()
@@ -76,7 +76,7 @@ class Runtime:
         return outcome
 
     def close(self) -> None:
-        """Close the S3 and EventBridge clients, the loop and the image threads; idempotent."""
+        """Close the S3 and EventBridge clients and the loop; idempotent."""
         atexit.unregister(self.close)
         if self._closed:
             return
@@ -84,7 +84,6 @@ class Runtime:
         with contextlib.suppress(RuntimeError):  # at exit: the loop still running in another thread
             self._runner.run(self._close_clients())
             self._runner.close()
-        self.service.pool.shutdown()
 
     async def _close_clients(self) -> None:
         if self.notifier is not None:

@@ -72,16 +72,15 @@ class ImageService:
         disposition: str = "tag",
         pool: ProcessingPool | None = None,
     ) -> None:
-        """`pool`: where image work runs (a worker thread, a bounded number at once); one per
-        process, shared by everything there that processes images. Default: one per CPU, each
-        caller waiting as long as it takes."""
+        """`pool`: where image work runs (a worker thread, the process's bounded slots; see
+        pool.py). Default: the process's slots, one per CPU, waiting as long as it takes."""
         if disposition not in ("tag", "delete"):
             raise ValueError("disposition must be 'tag' or 'delete'")
         self.processor = processor
         self.raw_prefix = raw_prefix
         self.processed_prefix = processed_prefix
         self.disposition = disposition
-        self.pool = pool or ProcessingPool()
+        self.pool = pool or ProcessingPool.of_process()
         names = [v.name for v in processor.variants] + (["original"] if processor.preserve_original else [])
         self._longest_leaf = keys.longest_leaf(names)
         self.fingerprint = fingerprint(processor)

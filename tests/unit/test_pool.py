@@ -62,7 +62,6 @@ def test_at_most_limit_at_once_each_in_a_worker_thread():
     assert work.peak == 2 and work.finished == 5
     assert threading.current_thread().name not in work.threads  # never on the loop's thread
     assert pool.in_flight == 0
-    pool.shutdown()
 
 
 def test_beyond_the_bound_a_bounded_wait_then_busy_with_a_retry_after():
@@ -84,7 +83,6 @@ def test_beyond_the_bound_a_bounded_wait_then_busy_with_a_retry_after():
 
     asyncio.run(main())
     assert work.finished == 2  # the refused one never ran
-    pool.shutdown()
 
 
 def test_a_waiter_gets_the_slot_when_it_frees_within_its_wait():
@@ -101,7 +99,6 @@ def test_a_waiter_gets_the_slot_when_it_frees_within_its_wait():
 
     assert asyncio.run(main()) == (2, 4)
     assert work.peak == 1
-    pool.shutdown()
 
 
 def test_a_cancelled_caller_keeps_the_slot_until_its_thread_ends():
@@ -123,7 +120,6 @@ def test_a_cancelled_caller_keeps_the_slot_until_its_thread_ends():
         assert await pool.run(work, 3) == 6
 
     asyncio.run(main())
-    pool.shutdown()
 
 
 def test_image_work_inside_a_reservation_uses_its_slot():
@@ -141,7 +137,6 @@ def test_image_work_inside_a_reservation_uses_its_slot():
         assert pool.in_flight == 0
 
     asyncio.run(main())
-    pool.shutdown()
 
 
 def test_two_event_loops_share_one_bound():
@@ -165,7 +160,6 @@ def test_two_event_loops_share_one_bound():
 
     asyncio.run(main())
     assert sorted(results) == [2, 4] and work.peak == 1
-    pool.shutdown()
 
 
 def test_the_default_limit_is_the_cpus_this_process_may_use():
@@ -179,4 +173,25 @@ def test_the_default_limit_is_the_cpus_this_process_may_use():
 def test_no_thread_is_started_before_the_first_image():
     before = threading.active_count()
     pool = ProcessingPool(4)
-    assert threading.active_count() == before and pool._executor is None
+    assert threading.active_count() == before and pool._slots._executor is None
+
+
+def test_the_process_has_one_set_of_slots_each_caller_with_its_own_wait():
+    """The API (bounded wait) and the local event source's Runtime (no bound) in one `serve`."""
+    api = ProcessingPool.of_process(1, wait_s=0)
+    runtime = ProcessingPool.of_process(1)
+    work = Work()
+
+    async def main():
+        held = asyncio.create_task(runtime.run(work, 1))
+        await asyncio.to_thread(_started, work, 1)
+        assert api.in_flight == 1
+        with pytest.raises(Busy):
+            await api.run(work, 2)
+        work.gate.set()
+        await held
+        await _until(lambda: api.in_flight == 0)
+
+    asyncio.run(main())
+    assert ProcessingPool(1)._slots is not api._slots  # a pool of its own when asked for
+    assert api.with_wait(None)._slots is api._slots

@@ -23,6 +23,7 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, JSONBody, MultipartBody
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from litestar.response import Redirect
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, ids, keys
 from ..errors import Busy, PipelineError, StorageFailure
@@ -104,9 +105,9 @@ class Api:
             raw_prefix=pipeline.raw_prefix,
             processed_prefix=pipeline.processed_prefix,
             disposition=pipeline.raw_disposition,
-            # Every image this process makes goes through this pool (uploads, the local worker):
-            # at most PROCESS_CONCURRENCY at once; beyond it, 503 busy after PROCESS_WAIT_MS.
-            pool=ProcessingPool(pipeline.process_concurrency, wait_s=pipeline.process_wait_ms / 1000),
+            # The process's image slots (uploads, the local worker, the local event source's
+            # handler): at most PROCESS_CONCURRENCY at once; beyond it, 503 busy after PROCESS_WAIT_MS.
+            pool=ProcessingPool.of_process(pipeline.process_concurrency, wait_s=pipeline.process_wait_ms / 1000),
         )
 
     @property
@@ -317,7 +318,29 @@ async def _multipart_file(data: dict[str, Any]) -> UploadFile:
     return upload
 
 
-@post("/images", status_code=201, summary="Upload and process an image in the request")
+class ImageSlot:
+    """Route middleware: one of the process's image slots (`Api.service.pool`) is taken before the
+    request's body is read, so uploads beyond PROCESS_CONCURRENCY wait unread (in the socket, not
+    in memory) and, after PROCESS_WAIT_MS, get 503 `busy` with nothing read or stored. The image
+    work inside the request runs in this slot. A refused body is drained (not kept) first, so the
+    client, still sending, gets to read the 503."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        entered = False
+        try:
+            async with scope["app"].state.api.service.pool.reserve():
+                entered = True
+                await self.app(scope, receive, send)
+        except Busy:
+            while not entered and (await receive()).get("more_body"):
+                pass
+            raise
+
+
+@post("/images", status_code=201, summary="Upload and process an image in the request", middleware=[ImageSlot])
 async def upload_image(
     request: Request, data: MultipartBody[dict[str, Any]]
 ) -> ImageInfo:
@@ -327,16 +350,14 @@ async def upload_image(
     already being processed and none finishes within PROCESS_WAIT_MS: 503 `busy` with
     Retry-After, nothing stored."""
     api = api_of(request)
-    upload = await _multipart_file(data)
-    async with api.service.pool.reserve():  # Busy before anything is stored
-        image_id, key = await api.store_upload(upload)
-        try:
-            outcome = await api.service.handle(api.store, ObjectRef(api.backend.bucket, key))
-        except PipelineError as exc:
-            raise problem(503, f"storage failed, try again: {exc.message}", exc.code) from None
-        if outcome.status == "failed":
-            await api.service.remove(api.store, key, delete_raw=True)
-            raise problem(422, outcome.reason, outcome.error_code)
+    image_id, key = await api.store_upload(await _multipart_file(data))
+    try:
+        outcome = await api.service.handle(api.store, ObjectRef(api.backend.bucket, key))
+    except PipelineError as exc:
+        raise problem(503, f"storage failed, try again: {exc.message}", exc.code) from None
+    if outcome.status == "failed":
+        await api.service.remove(api.store, key, delete_raw=True)
+        raise problem(422, outcome.reason, outcome.error_code)
     info = await api.describe(image_id, base_url_of(request))
     assert info is not None
     return info
