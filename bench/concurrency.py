@@ -240,17 +240,17 @@ def status(field):
     for line in open('/proc/self/status'):
         if line.startswith(field):
             return int(line.split()[1])
-data = open(sys.argv[1], 'rb').read()
 p = ImageProcessor(parse_variants(DEFAULTS['VARIANTS']))
 p.process_image(open(sys.argv[2], 'rb').read())  # warm: plugins, codecs
 base = status('VmRSS:')
-p.process_image(data)
+p.process_image(open(sys.argv[1], 'rb').read())  # the file's bytes are held while it is decoded
 print(base, status('VmHWM:'))
 """
 
 
 def per_image_peak_mb(path: Path, warm: Path, handler_dir: str | None) -> float:
-    """The processor's own peak for one image: VmHWM − RSS before it, in a fresh process."""
+    """The processor's own peak for one image, its input bytes included: VmHWM − RSS before it,
+    in a fresh process (after a warm-up image, so codecs and plugins are in the base)."""
     env = {**os.environ, **({"PYTHONPATH": handler_dir} if handler_dir else {})}
     out = subprocess.run([PYTHON, "-c", PER_IMAGE, str(path), str(warm)], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
@@ -285,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for case in cases:
                 for side in sides if round_ % 2 == 0 else sides[::-1]:
+                    load = loadavg()
                     row = run_case(side, case, files, args.mode, endpoint)
-                    row["round"] = round_
+                    row["round"], row["load_before"] = round_, load
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr)
     print(f"load average after: {loadavg()}", file=sys.stderr)
@@ -294,25 +295,31 @@ def main(argv: list[str] | None = None) -> int:
     warm = args.cache / "photo-{}x{}.png".format(*SIZES["9mp"])
     peaks = {side["name"]: per_image_peak_mb(big, warm, side["handler"]) for side in sides}
 
+    base = statistics.median(r["base_mb"] for r in rows)
+    from image_pipeline.pool import cpu_count
+
+    limit = args.concurrency or cpu_count()
     print(f"### `serve {'--storage DIR' if args.mode == 'storage' else '--endpoint-url (moto in its own process)'}`: "
-          f"{args.rounds} round(s), median per side\n")
+          f"{args.rounds} round(s), median per side; load average at the cases' starts: "
+          f"{', '.join(r['load_before'].split()[0] for r in rows)} on {os.cpu_count()} cores\n")
     print("| case | side | /healthz p50 ms | p95 ms | max ms | images/s in flight | one at a time | ratio "
-          "| 503 (retried) | API peak RSS MB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| 503 (retried) | API peak RSS MB | bound MB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case in cases:
         for side in sides:
             mine = [r for r in rows if r["case"] == case and r["side"] == side["name"]]
             med = {k: statistics.median(r[k] for r in mine) for k in
                    ("health_p50", "health_p95", "health_max", "rate", "seq_rate", "refused", "peak_mb")}
             worst = max(r["health_max"] for r in mine)
+            bound = f"{limit} × {peaks[side['name']]:.0f} + {base:.0f} = {limit * peaks[side['name']] + base:.0f}" \
+                if side["name"] == "after" else "none"
             print(f"| {case} ({len(CASES[case])} in flight) | {side['name']} | {med['health_p50']:.0f} "
                   f"| {med['health_p95']:.0f} | {med['health_max']:.0f} (worst {worst:.0f}) | {med['rate']:.2f} "
                   f"| {med['seq_rate']:.2f} | {med['rate'] / med['seq_rate']:.2f}× | {med['refused']:.0f} "
-                  f"| {med['peak_mb']:.0f} |")
-    base = statistics.median(r["base_mb"] for r in rows)
-    print(f"\nprocessor's own peak for one 60 MP PNG (fresh process): "
-          + ", ".join(f"{k} {v:.0f} MB" for k, v in peaks.items())
-          + f"; API base after a warm-up upload ≈ {base:.0f} MB")
+                  f"| {med['peak_mb']:.0f} (max {max(r['peak_mb'] for r in mine):.0f}) | {bound} |")
+    print(f"\nbound = PROCESS_CONCURRENCY × the processor's own peak for one 60 MP PNG, its input bytes included "
+          f"(fresh process: " + ", ".join(f"{k} {v:.0f} MB" for k, v in peaks.items())
+          + f") + the API's RSS after a warm-up upload ({base:.0f} MB)")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "per_image_peak_mb": peaks}, indent=1))
     return 0

@@ -45,6 +45,26 @@ _process_slots: dict[int, _Slots] = {}
 _process_lock = threading.Lock()
 
 
+def return_freed_memory() -> None:
+    """Have glibc serve every allocation of 1 MiB or more (image buffers, uploads) with its own
+    mmap, returned to the system when freed. By default glibc raises that threshold as big blocks
+    are freed and then keeps them in its heaps: a long-running process (the API) holds on to its
+    largest images' memory, so its RSS follows how many images it has seen, not how many are in
+    flight. Measured (bench/concurrency.py): six 60 MP uploads one after another kept 440 MB
+    resident afterwards (88 MB with this); the CPU time per image did not change. Not done when
+    MALLOC_MMAP_THRESHOLD_ is set (the operator chose), nor where the C library is not glibc."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def cpu_count() -> int:
     """The CPUs this process may use (its CPU affinity where the platform tells it)."""
     if hasattr(os, "process_cpu_count"):  # Python 3.13+

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, str] = {
 }
 # Where images are processed in a long-running process (the API, `serve`): not in the template,
 # since a Lambda function processes one record at a time and waits for its slot without bound.
-PROCESS_WAIT_MS_DEFAULT = 10_000  # how long an upload waits, unread, for a free slot before 503 busy
+PROCESS_WAIT_MS_DEFAULT = 30_000  # how long an upload waits, unread, for a free slot before 503 busy
 DISPOSITIONS = ("tag", "delete")
 _TYPE_ALIASES = {"jpg": "jpeg", "heic": "heif", "tif": "tiff"}
 KNOWN_TYPES = frozenset(Limits().allowed_types)

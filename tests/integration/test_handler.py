@@ -377,12 +377,12 @@ def test_allowed_types_accept_common_aliases():
     assert Settings.from_env({"ALLOWED_TYPES": "jpg, heic,tif"}).limits.allowed_types == {"jpeg", "heif", "tiff"}
 
 
-def test_image_concurrency_defaults_to_the_cpus_and_the_wait_to_ten_seconds():
+def test_image_concurrency_defaults_to_the_cpus_and_the_wait_to_thirty_seconds():
     from image_pipeline.pool import cpu_count
     from image_pipeline.runtime import Runtime
 
     default = Settings.from_env({})
-    assert default.process_concurrency is None and default.process_wait_ms == 10_000
+    assert default.process_concurrency is None and default.process_wait_ms == 30_000
     runtime = Runtime(default)
     assert runtime.service.pool.limit == cpu_count()
     runtime.close()

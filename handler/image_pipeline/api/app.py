@@ -27,7 +27,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, ids, keys
 from ..errors import Busy, PipelineError, StorageFailure
-from ..pool import ProcessingPool
+from ..pool import ProcessingPool, return_freed_memory
 from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
@@ -169,13 +169,9 @@ class Api:
         """Check a multipart file (size while reading, type from its bytes), then store it under
         `raw/<new id>/<leaf>`. Nothing is stored when it is refused."""
         limit = self.settings.max_bytes
-        chunks, size = [], 0
-        while chunk := await upload.read(1024 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise problem(413, f"the file is over the {limit}-byte limit", "too_large")
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        data = await upload.read(limit + 1)  # one copy (chunks + join held two at once)
+        if len(data) > limit:
+            raise problem(413, f"the file is over the {limit}-byte limit", "too_large")
         if not data:
             raise problem(400, "the file is empty", "empty_file")
         kind = sniff(data)
@@ -442,6 +438,7 @@ def create_app(
                 max_attempts=settings.pipeline.s3_max_attempts,
             )
     api = Api(settings, backend)
+    return_freed_memory()  # a long-running process: each image's memory goes back when it is done
 
     async def start(app: Litestar) -> None:
         await backend.start(api.service)
