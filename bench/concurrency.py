@@ -32,7 +32,6 @@ import io
 import json
 import multiprocessing
 import os
-import random
 import socket
 import statistics
 import subprocess
@@ -49,24 +48,16 @@ SIZES = {"9mp": (3674, 2449), "60mp": (9000, 6666)}
 CASES = {"mixed8": ["9mp", "60mp"] * 4, "big10": ["60mp"] * 10}
 
 sys.path.insert(0, str(HERE))
-from handler import MotoProcess, loadavg, pct  # noqa: E402  (bench/handler.py)
+from handler import MotoProcess, gradients_and_shapes, loadavg, pct  # noqa: E402  (bench/handler.py)
 
 
 def photo_png(width: int, height: int, seed: int = 7) -> bytes:
-    """Photo-like PNG: gradients, soft shapes, low-frequency grain (a 60 MP one is 32 MB)."""
-    from PIL import Image, ImageDraw, ImageFilter
+    """Photo-like PNG: gradients, soft shapes, low-frequency grain (a 60 MP one is 32 MB, under
+    MAX_INPUT_BYTES; bench/handler.py's fine grain would make it 90 MB)."""
+    from PIL import Image
 
-    rng = random.Random(seed)
     size = (width, height)
-    g = Image.linear_gradient("L")
-    image = Image.merge("RGB", (g.resize(size), g.rotate(90).resize(size), Image.radial_gradient("L").resize(size)))
-    draw = ImageDraw.Draw(image)
-    for _ in range(40):
-        x, y = rng.randrange(width), rng.randrange(height)
-        w, h = rng.randrange(width // 20, width // 4), rng.randrange(height // 20, height // 4)
-        colour = tuple(rng.randrange(256) for _ in range(3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=colour)
-    image = image.filter(ImageFilter.GaussianBlur(max(1, width // 800)))
+    image = gradients_and_shapes(width, height, seed)
     noise = Image.effect_noise((width // 4, height // 4), 10).resize(size, Image.Resampling.BILINEAR)
     image = Image.blend(image, Image.merge("RGB", (noise, noise, noise)), 0.15)
     out = io.BytesIO()
