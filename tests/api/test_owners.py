@@ -183,6 +183,18 @@ def test_listing_gives_the_callers_own_images_newest_first_a_page_at_a_time(owne
     assert client.get("/images").status_code == 401
 
 
+def test_an_open_api_lists_images_only_where_the_gallery_is_on(fs_client, monkeypatch):
+    """Open, a listing would hand anyone every id and so its DELETE: the same rule as /api/gallery."""
+    client = fs_client()
+    made = _upload(client, {}, "open.jpg")["id"]
+    assert len(made) == ids.ID_LENGTH  # no owner, no tag
+    monkeypatch.setattr(pages, "GALLERY_ENABLED", False)
+    off = client.get("/images")
+    assert off.status_code == 404 and "GALLERY=true" in off.json()["detail"] and made not in off.text
+    monkeypatch.setattr(pages, "GALLERY_ENABLED", True)
+    assert [i["id"] for i in client.get("/images").json()["items"]] == [made]
+
+
 def test_pending_uploads_are_listed_as_pending_and_processed_ones_stay_listed_in_delete_mode(s3_client, s3, bucket,
                                                                                              handler):
     client = s3_client(**OWNED)
