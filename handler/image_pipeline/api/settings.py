@@ -101,12 +101,17 @@ class ApiSettings:
         if need_bucket and not bucket:
             problems.append("BUCKET_NAME must name the bucket the API presigns uploads to")
 
-        public = env.get("PUBLIC_BASE_URL", "").strip() or None
-        if public:
-            parts = urlsplit(public)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-                problems.append(f"PUBLIC_BASE_URL={public!r} must be an http(s) URL without query or fragment")
-            public = public.rstrip("/") + "/"
+        def base_url(name: str) -> str | None:
+            """An http(s) base URL without query or fragment, ending with `/`; None when unset."""
+            value = env.get(name, "").strip() or None
+            if value:
+                parts = urlsplit(value)
+                if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+                    problems.append(f"{name}={value!r} must be an http(s) URL without query or fragment")
+                value = value.rstrip("/") + "/"
+            return value
+
+        public = base_url("PUBLIC_BASE_URL")
 
         origins = tuple(o.strip().rstrip("/") for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip())
         for origin in origins:
@@ -144,12 +149,7 @@ class ApiSettings:
             if not _HOST.fullmatch(host):
                 problems.append(f"ALLOWED_HOSTS: {host!r} must be a host name or host:port (no scheme, no '*')")
 
-        own = env.get("PUBLIC_URL", "").strip() or None
-        if own:
-            parts = urlsplit(own)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-                problems.append(f"PUBLIC_URL={own!r} must be an http(s) URL without query or fragment")
-            own = own.rstrip("/") + "/"
+        own = base_url("PUBLIC_URL")
 
         def seconds(name: str, default: int, high: int) -> int:
             raw = env.get(name, str(default)).strip()

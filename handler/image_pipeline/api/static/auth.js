@@ -4,11 +4,25 @@
 // field stays hidden until an answer says one is needed (401).
 const KEY = "image-pipeline-token";
 
-const section = document.getElementById("access");
-const form = document.getElementById("token-form");
-const field = document.getElementById("token");
-const forget = document.getElementById("token-forget");
-const message = document.getElementById("access-message");
+// The token field, the same on every page: put under the page's heading by `initAccess`.
+const section = document.createElement("section");
+section.id = "access";
+section.className = "access";
+section.hidden = true;
+section.setAttribute("aria-labelledby", "access-title");
+section.innerHTML = `
+  <h2 id="access-title" class="visually-hidden">Access token</h2>
+  <p id="access-message" class="access-message" role="alert"></p>
+  <form id="token-form" class="token-form">
+    <label for="token">Access token</label>
+    <input id="token" name="token" type="password" autocomplete="off" spellcheck="false">
+    <button type="submit">Use token</button>
+    <button type="button" id="token-forget" hidden>Forget token</button>
+  </form>`;
+const form = section.querySelector("#token-form");
+const field = section.querySelector("#token");
+const forget = section.querySelector("#token-forget");
+const message = section.querySelector("#access-message");
 
 let changed = () => {};
 
@@ -60,9 +74,13 @@ export function askForToken() {
   if (document.activeElement === document.body) field.focus();
 }
 
-/** Wire the token field; `onChange` runs after a token is given or forgotten. */
+/** Put the token field after the page's <h1> and wire it; `onChange` runs after a token is given
+ * or forgotten. */
 export function initAccess(onChange = () => {}) {
   changed = onChange;
+  const heading = document.querySelector("main h1");
+  const lead = heading.nextElementSibling?.classList.contains("lead") ? heading.nextElementSibling : heading;
+  lead.after(section);
   const address = new URL(location.href);
   if (address.searchParams.has("token")) {
     store(address.searchParams.get("token") || "");
