@@ -28,11 +28,15 @@ def build(
     variant_keys: dict[str, str],
     total_ms: float,
     fingerprint: str,
+    owner: str | None = None,
 ) -> dict:
     source = processed.source
     return {
         "schema_version": SCHEMA_VERSION,
         "pipeline_version": __version__,
+        # Whom the upload belongs to (the API's token `sub`, or its OWNER_CLAIM; an IAM principal):
+        # null for uploads made without an owner. Manifests written before owners have no key.
+        "owner": owner,
         "producer": {"fingerprint": fingerprint, "output_version": OUTPUT_VERSION, "pipeline_version": __version__},
         "source": {
             "bucket": bucket,
