@@ -51,13 +51,13 @@ def detect(image: Image.Image, data: bytes, kind: str) -> str | None:
 def _in_jpeg(data: bytes) -> str | None:
     found: set[str] = set()
     mpf = None
-    for marker, start, payload in _segments(data, 0):
+    for marker, start, payload in segments(data, 0):
         found |= _in_segment(marker, payload)
         if marker == _APP2 and payload.startswith(_MPF):
             mpf = (start + len(_MPF), payload[len(_MPF):])
     if not found and mpf is not None:
-        for offset in _mpf_pictures(*mpf):
-            for marker, _, payload in _segments(data, offset):
+        for _, _, offset in mpf_entries(*mpf)[1:_MAX_PICTURES + 1]:
+            for marker, _, payload in segments(data, offset) if offset else ():
                 found |= _in_segment(marker, payload)
     return _first(found)
 
@@ -86,7 +86,7 @@ def _in_xmp(xmp: bytes | str | None) -> set[str]:
     return found
 
 
-def _segments(data: bytes, start: int) -> Iterator[tuple[int, int, bytes]]:
+def segments(data: bytes, start: int) -> Iterator[tuple[int, int, bytes]]:
     """(marker, payload offset, payload) of the JPEG header segments from the SOI at `start` up to
     the first scan; stops quietly at anything malformed."""
     if data[start:start + 2] != b"\xff\xd8":
@@ -108,9 +108,10 @@ def _segments(data: bytes, start: int) -> Iterator[tuple[int, int, bytes]]:
         pos += 2 + length
 
 
-def _mpf_pictures(base: int, tiff: bytes) -> list[int]:
-    """File offsets of the pictures after the first that an MPF index (CIPA DC-007) lists.
-    `base` is where its TIFF header lies in the file: the other pictures' offsets count from it."""
+def mpf_entries(base: int, tiff: bytes) -> list[tuple[int, int, int]]:
+    """(attribute, size, file offset) of every picture an MPF index (CIPA DC-007) lists, the
+    primary first. `base` is where its TIFF header lies in the file: the other pictures' offsets
+    count from it (the primary's is 0, the file's start). [] for anything malformed."""
     if tiff[:4] == b"II*\0":
         order = "<"
     elif tiff[:4] == b"MM\0*":
@@ -124,8 +125,8 @@ def _mpf_pictures(base: int, tiff: bytes) -> list[int]:
             tag, _type, length, value = struct.unpack(order + "HHII", tiff[ifd + 2 + 12 * i:ifd + 14 + 12 * i])
             if tag == 0xB002:  # MP Entry: 16 bytes per picture
                 entries = tiff[value:value + length]
-                offsets = [struct.unpack(order + "I", entries[j + 8:j + 12])[0] for j in range(0, len(entries) - 15, 16)]
-                return [base + o for o in offsets[1:_MAX_PICTURES + 1] if o > 0]
+                listed = [struct.unpack(order + "III", entries[j:j + 12]) for j in range(0, len(entries) - 15, 16)]
+                return [(attribute, size, base + offset if offset else 0) for attribute, size, offset in listed]
     except struct.error:
         return []
     return []
