@@ -51,6 +51,26 @@ def with_gps_exif(image: Image.Image) -> bytes:
     return exif.tobytes()
 
 
+def apple_exif(maker33: float, maker48: float) -> bytes:
+    """EXIF with Apple's maker note ("Apple iOS", version 1, big-endian, offsets from its own
+    start) holding tags 33 and 48 as signed rationals: what an iPhone HDR gain map's headroom is
+    computed from. One more tag comes first, as in a real note."""
+    entries = [(0x0001, 9, 1, struct.pack(">i", 14)), (0x0021, 10, 1, maker33), (0x0030, 10, 1, maker48)]
+    data_at = 16 + 12 * len(entries) + 4
+    table, data = b"", b""
+    for tag, kind, count, value in entries:
+        if isinstance(value, bytes):
+            table += struct.pack(">HHI", tag, kind, count) + value
+        else:
+            table += struct.pack(">HHII", tag, kind, count, data_at + len(data))
+            data += struct.pack(">ii", round(value * 100000), 100000)
+    note = b"Apple iOS\0\0\x01MM" + struct.pack(">H", len(entries)) + table + b"\0\0\0\0" + data
+    exif = Image.Exif()
+    exif[0x010F] = "Apple"
+    exif.get_ifd(0x8769)[0x927C] = note
+    return exif.tobytes()
+
+
 def _s15(value: float) -> bytes:
     return struct.pack(">i", round(value * 65536))
 

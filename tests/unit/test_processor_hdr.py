@@ -20,8 +20,9 @@ from PIL import Image, ImageChops
 
 from image_pipeline import ImageProcessor, VariantConfig, manifest
 from image_pipeline.processor import fingerprint as fingerprints
+from image_pipeline.processor import uhdr
 from image_pipeline.settings import parse_variants
-from tests.images import decode
+from tests.images import apple_exif, decode
 
 SDR = (220, 40, 30)  # the picture: red
 GREY = 128  # the gain map
@@ -279,6 +280,17 @@ def _hdrgm(xmp: ElementTree.Element) -> dict[str, str]:
     return {k[len(prefix):]: v for k, v in _description(xmp).attrib.items() if k.startswith(prefix)}
 
 
+def _iso_values(payload: bytes) -> dict:
+    """An ISO 21496-1 block read by hand (without a common denominator; the first channel)."""
+    minimum_version, _writer, flags = struct.unpack_from(">HHB", payload)
+    assert minimum_version == 0 and not flags & 0x08
+    numbers = struct.unpack_from(">IIII", payload, 5) + struct.unpack_from(">iIiIIIiIiI", payload, 21)
+    fractions = [numbers[i] / numbers[i + 1] for i in range(0, 14, 2)]
+    names = ("base_headroom", "alternate_headroom", "min", "max", "gamma", "base_offset", "alternate_offset")
+    flagged = {"channels": 3 if flags & 0x80 else 1, "base_colour_space": bool(flags & 0x40)}
+    return {**flagged, **dict(zip(names, fractions))}
+
+
 def _numbers(values: dict[str, str]) -> dict[str, float | str]:
     return {k: v if k in ("Version", "BaseRenditionIsHDR") else float(v) for k, v in values.items()}
 
@@ -341,7 +353,12 @@ def test_the_xmp_directory_and_the_gain_map_metadata_are_written_as_libultrahdr_
         "Version": "1.0", "GainMapMin": -0.5, "GainMapMax": 3.25, "Gamma": 1.5, "OffsetSDR": 0.01, "OffsetHDR": 0.02,
         "HDRCapacityMin": 0.25, "HDRCapacityMax": 3.25, "BaseRenditionIsHDR": "False"}
     assert b"Jane Doe" not in variant.data and b"purl.org/dc" not in variant.data
-    assert container.primary_iso is None and container.gain_map_iso is None  # the upload had none
+    # The upload had no ISO 21496-1 block: the same numbers are given as one (Apple's and newer
+    # readers look there), and the primary says so with the version block.
+    assert container.primary_iso == b"\0\0\0\0"
+    assert _iso_values(container.gain_map_iso) == pytest.approx({
+        "channels": 1, "base_colour_space": True, "base_headroom": 0.25, "alternate_headroom": 3.25,
+        "min": -0.5, "max": 3.25, "gamma": 1.5, "base_offset": 0.01, "alternate_offset": 0.02})
 
 
 def test_missing_optional_values_get_the_formats_defaults(hdr_input):
@@ -503,8 +520,8 @@ def test_variants_without_hdr_and_inputs_without_a_gain_map_are_byte_identical(h
     assert all(v.gain_map is None for v in hdr.variants) and hdr.source.gain_map is None
 
 
-def test_an_apple_gain_map_is_not_carried_and_the_record_says_so():
-    data = _gain_map_jpeg(None, APPLE_GAIN_MAP, size=(600, 800))
+def test_an_apple_gain_map_without_its_headroom_is_not_carried_and_the_record_says_so():
+    data = _gain_map_jpeg(None, APPLE_GAIN_MAP, size=(600, 800))  # no maker note: no headroom
     hdr, plain = ImageProcessor(HDR).process_image(data), ImageProcessor(PLAIN).process_image(data)
     assert [v.data for v in hdr.variants] == [v.data for v in plain.variants]
     assert [v.gain_map for v in hdr.variants] == [{"type": "apple", "kept": False}] * 2 + [None]
@@ -557,3 +574,58 @@ def test_hdr_is_parsed_validated_and_fingerprinted_only_when_set():
     assert "hdr" not in fingerprints.describe(plain)["variants"][0] and fingerprints.describe(hdr)["variants"][0]["hdr"]
     assert fingerprints.fingerprint(plain) != fingerprints.fingerprint(hdr)
     assert re.fullmatch(r"[0-9a-f]{16}", fingerprints.fingerprint(hdr))
+
+
+def _apple_jpeg(gain_map: Image.Image, maker33: float, maker48: float) -> bytes:
+    """An iPhone-style HDR JPEG: no hdrgm, no ISO; the gain map's XMP names Apple's auxiliary type,
+    the primary's maker note holds the headroom."""
+    gain_map.encoderinfo = {"xmp": APPLE_GAIN_MAP, "exif": b"", "extra": b""}
+    buffer = io.BytesIO()
+    exif = apple_exif(maker33, maker48)
+    _scene().save(buffer, "MPO", save_all=True, append_images=[gain_map], quality=92, exif=exif)
+    return buffer.getvalue()
+
+
+def _rec709_linear(v: float) -> float:
+    return v / 4.5 if v < 0.081 else ((v + 0.099) / 1.099) ** (1 / 0.45)
+
+
+@pytest.mark.parametrize(
+    ("maker33", "maker48", "stops"), [(1.02, 0.0064, 3.0 - 70 * 0.0064), (0.9, 0.5, 1.601 - 0.101 * 0.5)]
+)
+def test_an_apple_gain_map_becomes_an_ultra_hdr_one_with_the_same_boost(maker33, maker48, stops):
+    """Apple: HDR = SDR × (1 + (headroom - 1) × g), g the map through Rec. 709; Ultra HDR with min 0,
+    max log2(headroom), gamma 1, no offsets: HDR = SDR × 2^(max × r). So r = log2(1 + (h - 1) g) / max."""
+    data = _apple_jpeg(_quadrants((160, 120)), maker33, maker48)
+    processed = ImageProcessor(HDR).process_image(data)
+    assert processed.source.gain_map == "apple"
+    variant = processed.variants[0]
+    assert variant.gain_map == {"type": "apple", "kept": True}
+    container = _read(variant.data)
+    values = _numbers(_hdrgm(container.gain_map_xmp))
+    assert values["GainMapMax"] == pytest.approx(stops) and values["HDRCapacityMax"] == pytest.approx(stops)
+    assert (values["GainMapMin"], values["Gamma"], values["OffsetSDR"], values["OffsetHDR"]) == (0, 1, 0, 0)
+    assert _iso_values(container.gain_map_iso)["max"] == pytest.approx(stops, abs=1e-6)
+    headroom = 2 ** stops
+    for got, level in zip(_quadrant_levels(decode(container.gain_map)), LEVELS):
+        boost = 1 + (headroom - 1) * _rec709_linear(level / 255)  # what Apple's formula gives
+        assert 2 ** (stops * got / 255) == pytest.approx(boost, rel=0.03), (level, got)
+
+
+def test_apples_headroom_from_its_maker_note():
+    assert uhdr.apple_headroom(apple_exif(1.02, 0.0064)) == pytest.approx(2 ** 2.552)
+    assert uhdr.apple_headroom(apple_exif(0.5, 0.005)) == pytest.approx(2 ** 1.7)
+    assert uhdr.apple_headroom(apple_exif(1.02, 8.0)) is None  # no boost left: nothing to carry
+    plain = Image.Exif()
+    plain[0x010F] = "Apple"
+    assert uhdr.apple_headroom(plain.tobytes()) is None
+
+
+def test_iso_21496_metadata_round_trips_through_our_encoder():
+    single = uhdr.Metadata((-0.5,), (3.25,), (1.5,), (0.01,), (0.02,), 0.25, 3.25)
+    assert uhdr.parse_iso(uhdr.encode_iso(single)) == single
+    multi = uhdr.Metadata((0.0, 0.1, 0.2), (2.0, 2.5, 3.0), (1.0,), (1 / 64,), (1 / 64,), 0.0, 3.0)
+    back = uhdr.parse_iso(uhdr.encode_iso(multi))
+    assert (back.gain_map_min, back.gain_map_max, back.gamma) == (multi.gain_map_min, multi.gain_map_max, (1.0,) * 3)
+    hdr_base = uhdr.Metadata((0.0,), (1.0,), (1.0,), (0.0,), (0.0,), 0.0, 1.0, base_rendition_is_hdr=True)
+    assert uhdr.encode_iso(hdr_base) is None  # ISO would need the headrooms the other way round

@@ -28,8 +28,8 @@ _ORDER = (ULTRAHDR, APPLE, ISO21496)  # a file with several kinds of metadata is
 
 _HDRGM = b"http://ns.adobe.com/hdr-gain-map/1.0/"
 _ISO = b"urn:iso:std:iso:ts:21496:-1"
-_APPLE_AUX = b"urn:com:apple:photo:2020:aux:hdrgainmap"
-_APPLE_XMP = b"http://ns.apple.com/HDRGainMap/1.0/"
+APPLE_AUX = b"urn:com:apple:photo:2020:aux:hdrgainmap"
+APPLE_XMP = b"http://ns.apple.com/HDRGainMap/1.0/"
 _XMP = b"http://ns.adobe.com/xap/1.0/\0"
 _MPF = b"MPF\0"
 _APP1, _APP2, _SOS, _EOI = 0xE1, 0xE2, 0xDA, 0xD9
@@ -43,7 +43,7 @@ def detect(image: Image.Image, data: bytes, kind: str) -> str | None:
         return _in_jpeg(data)
     found = _in_xmp(image.info.get("xmp"))
     aux_types = image.info.get("aux") or {}  # pillow-heif: {auxiliary image type: [ids]}
-    if isinstance(aux_types, dict) and any(_APPLE_AUX.decode() in str(t) for t in aux_types):
+    if isinstance(aux_types, dict) and any(APPLE_AUX.decode() in str(t) for t in aux_types):
         found.add(APPLE)
     return _first(found)
 
@@ -81,7 +81,7 @@ def _in_xmp(xmp: bytes | str | None) -> set[str]:
     found = set()
     if _HDRGM in packet:
         found.add(ULTRAHDR)
-    if _APPLE_XMP in packet or _APPLE_AUX in packet:
+    if APPLE_XMP in packet or APPLE_AUX in packet:
         found.add(APPLE)
     return found
 

@@ -221,10 +221,10 @@ class ImageProcessor:
 
     def _gain_map(self, job: Job) -> None:
         """An HDR gain map (Ultra HDR, ISO 21496-1, Apple), from the headers: it is recorded, the
-        variants are made from the SDR picture it belongs to. When a variant is marked `hdr`, the
-        gain map of an Ultra HDR / ISO 21496-1 JPEG is located (its MPF index; still not decoded)."""
+        variants are made from the SDR picture it belongs to. When a variant is marked `hdr`, a
+        JPEG's gain map is located (its MPF index; still not decoded)."""
         job.gain_map = gainmap.detect(job.image, job.data, job.kind)
-        if job.gain_map in (gainmap.ULTRAHDR, gainmap.ISO21496) and any(spec.hdr for spec in self.variants):
+        if job.gain_map is not None and job.kind == "jpeg" and any(spec.hdr for spec in self.variants):
             job.hdr_source = uhdr.find(job.data)
 
     def _scale_on_load(self, job: Job) -> None:
@@ -375,7 +375,7 @@ class ImageProcessor:
         """`hdr` variants of an upload with a gain map: the map, oriented, cropped and resized
         with the variant's own geometry, appended as an Ultra HDR JPEG (processor/uhdr.py). The
         SDR picture stays the bytes `_encode` made. A gain map we cannot carry (Apple's, one
-        that does not decode) leaves the variant SDR, and its record says so."""
+        that does not decode, a HEIC's) leaves the variant SDR, and its record says so."""
         specs = [spec for spec in self.variants if spec.hdr]
         if not specs or job.gain_map is None:
             return
@@ -399,6 +399,8 @@ class ImageProcessor:
         scale = max(geometry.scale_for(spec, job.width, job.height) for spec in specs) * geometry.DRAFT_HEADROOM
         picture, stored, extent = uhdr.open_map(source, scale)
         icc = picture.info.get("icc_profile")
+        if source.table is not None:  # Apple's map, as Ultra HDR values
+            picture = picture.point(source.table * len(picture.getbands()))
         full = stored[::-1] if job.orientation in _SWAPS_SIDES else stored  # upright, undrafted
         if full[0] > job.width or full[1] > job.height:
             raise ValueError("a gain map larger than its picture is not carried")

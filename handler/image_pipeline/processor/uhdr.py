@@ -8,16 +8,26 @@ layout libultrahdr writes:
 
     primary   SOI, [JFIF APP0, Exif APP1: as the encoder wrote them]
               APP1 XMP  hdrgm:Version + Container:Directory (Primary; GainMap, Item:Length = its bytes)
-              APP2 ISO 21496-1 version block                      (when the upload had ISO metadata)
+              APP2 ISO 21496-1 version block
               APP2 MPF  index: the primary (offset 0) and the gain map (offset from the MPF header)
               ... the SDR picture, exactly as a plain JPEG variant encodes it ... EOI
-    gain map  SOI, [JFIF APP0], APP1 XMP hdrgm values, APP2 ISO 21496-1 metadata (when the upload
-              had it), [the upload's gain-map ICC profile] ... the grey (or RGB) map ... EOI
+    gain map  SOI, [JFIF APP0], APP1 XMP hdrgm values, APP2 ISO 21496-1 metadata,
+              [the upload's gain-map ICC profile] ... the grey (or RGB) map ... EOI
 
 An SDR decoder reads the first picture and stops at its EOI: the same pixels as the variant
-without `hdr`. The XMP is written only when the values fit it (the upload's `hdrgm` XMP, or ISO
-metadata applied in the base colour space with an SDR base); the ISO block is kept byte for byte.
-Only our own values are written: nothing else of the upload's XMP.
+without `hdr`. Both kinds of metadata are written, as libultrahdr 1.1-1.3 did, so that readers of
+either find theirs: the upload's ISO 21496-1 block byte for byte (or, when it had only XMP, the
+same numbers encoded as ISO 21496-1), and its hdrgm values as XMP (or its ISO ones, where XMP can
+say them: an SDR base, the map applied in the base colour space). Only gain-map numbers are
+written: nothing else of the upload's XMP.
+
+Apple's own gain map (iPhone JPEGs: an MPF picture of auxiliary type
+`urn:com:apple:photo:2020:aux:hdrgainmap`, headroom from the maker note's tags 33 and 48) is
+converted, as Apple documents it ("Applying Apple HDR effect to your photos"): HDR = SDR × (1 +
+(headroom - 1) × g), g the map read through the Rec. 709 transfer function. The same rendition in
+Ultra HDR terms is HDR = SDR × 2^(r × log2 headroom) with r = log2(1 + (headroom - 1) × g) /
+log2 headroom: a 256-entry table on the map's values, metadata min 0, max log2 headroom stops,
+gamma 1, offsets 0.
 
 Here: finding an upload's gain map (its MPF index), reading both kinds of metadata, and writing
 the container. The pixels (decode, orient, crop, resize) are the pipeline's `_attach_gain_map`.
@@ -33,7 +43,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .gainmap import mpf_entries, segments
+from .gainmap import APPLE_AUX, APPLE_XMP, mpf_entries, segments
 
 XMP_NS = b"http://ns.adobe.com/xap/1.0/\0"
 ISO_NS = b"urn:iso:std:iso:ts:21496:-1\0"
@@ -67,22 +77,28 @@ class Source:
 
     jpeg: bytes  # the gain map JPEG, as stored in the upload
     metadata: Metadata | None  # for the XMP: the upload's hdrgm values, or its ISO ones where they fit XMP
-    iso: bytes | None  # the gain map's ISO 21496-1 metadata (after the namespace), kept verbatim
+    iso: bytes | None  # the gain map's ISO 21496-1 metadata (after the namespace): the upload's, verbatim,
+    # or its XMP values encoded; None where neither exists
     iso_version: bytes = _ISO_VERSION  # the primary's ISO 21496-1 block (after the namespace)
+    table: tuple[int, ...] | None = None  # applied to the decoded map's values (Apple's map → Ultra HDR)
 
 
 def find(data: bytes) -> Source | None:
-    """The gain map of an Ultra HDR / ISO 21496-1 JPEG: the first picture its MPF index lists
-    after the primary whose header carries usable gain-map metadata. None when there is none
-    (no MPF index, Apple's gain map, metadata that does not parse). Headers only: nothing decoded."""
-    mpf, iso_version = None, _ISO_VERSION
+    """The gain map of a JPEG: the first picture its MPF index lists after the primary whose
+    header carries usable gain-map metadata (hdrgm XMP or ISO 21496-1), else Apple's gain map
+    with the headroom its maker note gives. None when there is none (no MPF index, metadata that
+    does not parse, an Apple map without its headroom). Headers only: nothing decoded."""
+    mpf, iso_version, exif = None, _ISO_VERSION, None
     for marker, start, payload in segments(data, 0):
         if marker == APP2 and payload.startswith(MPF) and mpf is None:
             mpf = (start + len(MPF), payload[len(MPF):])
         elif marker == APP2 and payload.startswith(ISO_NS):
             iso_version = payload[len(ISO_NS):]
+        elif marker == APP1 and payload.startswith(b"Exif\0\0") and exif is None:
+            exif = payload
     if mpf is None:
         return None
+    apple = None
     for _, size, offset in mpf_entries(*mpf)[1:_MAX_PICTURES + 1]:
         if not offset or size < 4 or offset + size > len(data):
             continue
@@ -98,9 +114,16 @@ def find(data: bytes) -> Source | None:
         if parsed_iso is None:
             iso = None
         if from_xmp is None and iso is None:
+            if apple is None and xmp and (APPLE_AUX in xmp or APPLE_XMP in xmp):
+                apple = picture
             continue
-        from_iso = parsed_iso if isinstance(parsed_iso, Metadata) else None
-        return Source(picture, from_xmp or from_iso, iso, iso_version)
+        metadata = from_xmp or (parsed_iso if isinstance(parsed_iso, Metadata) else None)
+        return Source(picture, metadata, iso if iso is not None else encode_iso(metadata), iso_version)
+    if apple is not None and exif is not None:
+        headroom = apple_headroom(exif)
+        if headroom is not None:
+            metadata = Metadata((0.0,), (math.log2(headroom),), (1.0,), (0.0,), (0.0,), 0.0, math.log2(headroom))
+            return Source(apple, metadata, encode_iso(metadata), iso_version, apple_table(headroom))
     return None
 
 
@@ -182,6 +205,91 @@ def parse_iso(payload: bytes) -> Metadata | bool | None:
     if not all(g > 0 for g in gamma):
         return None
     return Metadata(minimum, maximum, gamma, offset_sdr, offset_hdr, base_headroom, alternate_headroom)
+
+
+def encode_iso(metadata: Metadata | None) -> bytes | None:
+    """hdrgm values as ISO 21496-1 metadata (minimum and writer version 0, no common
+    denominator, one or three channels, the base colour space), or None where ISO cannot say
+    them (an HDR base, a negative base headroom) or there are none."""
+    if metadata is None or metadata.base_rendition_is_hdr or metadata.hdr_capacity_min < 0:
+        return None
+    channels = (metadata.gain_map_min, metadata.gain_map_max, metadata.gamma, metadata.offset_sdr, metadata.offset_hdr)
+    count = 3 if any(len(set(values)) > 1 for values in channels) else 1
+    try:
+        out = struct.pack(">HHB", 0, 0, 0x40 | (0x80 if count == 3 else 0))
+        out += _fraction(metadata.hdr_capacity_min, "I") + _fraction(metadata.hdr_capacity_max, "I")
+        for c in range(count):
+            minimum, maximum, gamma, offset_sdr, offset_hdr = (v[c] if len(v) == 3 else v[0] for v in channels)
+            out += _fraction(minimum, "i") + _fraction(maximum, "i") + _fraction(gamma, "I")
+            out += _fraction(offset_sdr, "i") + _fraction(offset_hdr, "i")
+    except struct.error:  # out of a 32-bit fraction's range
+        return None
+    return out
+
+
+_DENOMINATOR = 1_000_000  # 6 decimals: finer than any renderer's float
+
+
+def _fraction(value: float, kind: str) -> bytes:
+    """One ISO 21496-1 fraction: a 32-bit numerator (`i` signed, `I` unsigned) over 10^6."""
+    return struct.pack(">" + kind + "I", round(value * _DENOMINATOR), _DENOMINATOR)
+
+
+def apple_headroom(exif: bytes) -> float | None:
+    """The HDR headroom of an Apple gain map, from the maker note's tags 33 and 48 (Apple's
+    published formula), or None without them (or with a headroom of one: nothing to carry)."""
+    tags = _apple_maker_note(exif)
+    if tags is None or 33 not in tags or 48 not in tags:
+        return None
+    maker33, maker48 = tags[33], tags[48]
+    if maker33 < 1.0:
+        stops = -20.0 * maker48 + 1.8 if maker48 <= 0.01 else -0.101 * maker48 + 1.601
+    else:
+        stops = -70.0 * maker48 + 3.0 if maker48 <= 0.01 else -0.303 * maker48 + 2.303
+    return 2.0 ** stops if math.isfinite(stops) and stops > 0 else None
+
+
+def _apple_maker_note(exif: bytes) -> dict[int, float] | None:
+    """The numeric tags of an Apple maker note ("Apple iOS", its own byte order, offsets from its
+    own start), read from an Exif APP1 payload with Pillow's reader; None without one."""
+    try:
+        parsed = Image.Exif()
+        parsed.load(exif)
+        note = parsed.get_ifd(0x8769).get(0x927C)
+    except (OSError, ValueError, SyntaxError, struct.error, KeyError, TypeError):
+        return None
+    if not isinstance(note, bytes) or not note.startswith(b"Apple iOS\0") or len(note) < 16:
+        return None
+    order = {b"MM": ">", b"II": "<"}.get(note[12:14])
+    if order is None:
+        return None
+    tags: dict[int, float] = {}
+    try:
+        (count,) = struct.unpack_from(order + "H", note, 14)
+        for i in range(min(count, 256)):
+            tag, kind, _count, value = struct.unpack_from(order + "HHI4s", note, 16 + 12 * i)
+            if kind in (5, 10):  # (signed) rational, stored at an offset from the note's start
+                (at,) = struct.unpack(order + "I", value)
+                numerator, denominator = struct.unpack_from(order + ("ii" if kind == 10 else "II"), note, at)
+                if denominator:
+                    tags[tag] = numerator / denominator
+            elif kind == 11:  # float, in place
+                (tags[tag],) = struct.unpack(order + "f", value)
+            elif kind in (4, 9):  # (signed) long, in place
+                (tags[tag],) = struct.unpack(order + ("i" if kind == 9 else "I"), value)
+    except struct.error:
+        return tags or None
+    return tags
+
+
+def apple_table(headroom: float) -> tuple[int, ...]:
+    """Apple map value → Ultra HDR map value for the same boost (see the module doc)."""
+    stops = math.log2(headroom)
+
+    def rec709(v: float) -> float:  # the Rec. 709 transfer function, inverted: encoded → linear
+        return v / 4.5 if v < 0.081 else ((v + 0.099) / 1.099) ** (1 / 0.45)
+
+    return tuple(round(255 * math.log2(1 + (headroom - 1) * rec709(v / 255)) / stops) for v in range(256))
 
 
 def _number(value: float) -> str:
