@@ -5,8 +5,9 @@
     pip install -r bench/requirements.txt   (numpy for SSIM; pyvips + pyvips-binary, bench-only)
 
 Inputs: Ultra HDR JPEGs made by libvips (`uhdrsave`, libultrahdr inside, gain map at 1/4 size as
-phones write it) from the corpus photos in DIR (default `.corpus`, see bench/fetch-corpus): each
-photo in linear light with its highlights lifted by up to 2 stops (×4). Four flavours per photo:
+phones write it) from the corpus photos in DIR (default `.corpus`, see bench/fetch-corpus) larger
+than the 1920 px box (so that both sides really resize), the first N by name: each photo in
+linear light with its highlights lifted by up to 2 stops (×4). Four flavours per photo:
 
     iso    as libultrahdr 1.4 writes it: ISO 21496-1 metadata only
     xmp    the same two pictures with `hdrgm` XMP only (as Android 14 phones write it), re-wrapped
@@ -244,7 +245,7 @@ def timed(data: bytes, repeat: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("corpus", nargs="?", default=str(ROOT / ".corpus"))
-    parser.add_argument("--limit", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--out", help="keep the inputs and both sides' outputs here")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child)
         return 0
-    photos = sorted(p for p in Path(args.corpus).glob("*.jpg"))[: args.limit]
+    largest = max(width for width, _, _ in BOXES.values())
+    photos = [p for p in sorted(Path(args.corpus).glob("*.jpg")) if max(Image.open(p).size) > largest][: args.limit]
     if not photos:
         parser.error(f"no JPEG photos in {args.corpus} (bench/fetch-corpus {args.corpus})")
     out = Path(args.out) if args.out else None

@@ -131,23 +131,23 @@ def test_a_plain_jpeg_and_a_plain_two_picture_mpo_have_no_gain_map():
     _assert_made_from_the_sdr_picture(processed)
 
 
+def _record(processed) -> dict:
+    """The manifest `manifest.build` writes for `processed`."""
+    return manifest.build(
+        bucket="b", key="raw/hdr.jpg", etag="e", processed=processed,
+        variant_keys={v.name: f"processed/hdr/{v.name}" for v in processed.variants}, total_ms=1.0, fingerprint="f",
+    )
+
+
 def test_the_manifest_says_the_gain_map_was_dropped(ultra_hdr):
     processed = ImageProcessor(VARIANTS).process_image(ultra_hdr)
-    record = manifest.build(
-        bucket="b", key="raw/hdr.jpg", etag="e", processed=processed,
-        variant_keys={v.name: f"processed/hdr/{v.name}.jpg" for v in processed.variants}, total_ms=1.0, fingerprint="f",
-    )
+    record = _record(processed)
     assert record["source"]["gain_map"] == {"type": "ultrahdr", "kept": False}
     assert {k: record["source"][k] for k in ("type", "width", "height", "frames")} == {
         "type": "jpeg", "width": 640, "height": 480, "frames": 1,
     }
     assert [(v["width"], v["height"]) for v in record["variants"]] == [(640, 480), (400, 300), (64, 48)]
-    plain = ImageProcessor(VARIANTS).process_image(decode_to_jpeg(ultra_hdr))
-    plain_record = manifest.build(
-        bucket="b", key="raw/p.jpg", etag="e", processed=plain,
-        variant_keys={v.name: v.name for v in plain.variants}, total_ms=1.0, fingerprint="f",
-    )
-    assert plain_record["source"]["gain_map"] is None
+    assert _record(ImageProcessor(VARIANTS).process_image(decode_to_jpeg(ultra_hdr)))["source"]["gain_map"] is None
 
 
 def decode_to_jpeg(data: bytes) -> bytes:
@@ -185,14 +185,15 @@ def _app2(payload: bytes) -> bytes:
 
 
 def _ultra_hdr(primary: Image.Image, gain_map: Image.Image, *, primary_xmp=ULTRA_HDR_PRIMARY,
-               gain_map_xmp=ULTRA_HDR_GAIN_MAP, iso: bytes | None = None, orientation: int = 1) -> bytes:
+               gain_map_xmp=ULTRA_HDR_GAIN_MAP, iso: bytes | None = None, orientation: int = 1,
+               exif: Image.Exif | None = None) -> bytes:
     """A phone-style gain-map JPEG: `primary`, then `gain_map` behind an MPF index (Pillow's MPO
     writer), hdrgm XMP on each where given, ISO 21496-1 (the primary's version block, the map's
-    metadata) where given, EXIF orientation on the primary."""
+    metadata) where given, EXIF (with the orientation) on the primary."""
     gain_map.encoderinfo = {"xmp": gain_map_xmp or b"", "exif": b"", "extra": _app2(ISO_NS + iso) if iso else b""}
     options = {"xmp": primary_xmp} if primary_xmp else {}
-    if orientation != 1:
-        exif = Image.Exif()
+    if orientation != 1 or exif is not None:
+        exif = exif or Image.Exif()
         exif[0x0112] = orientation
         options["exif"] = exif.tobytes()
     buffer = io.BytesIO()
@@ -553,10 +554,7 @@ def test_qauto_and_hdr_together():
 
 def test_the_manifest_records_which_variants_kept_the_gain_map(hdr_input):
     processed = ImageProcessor(HDR).process_image(hdr_input)
-    record = manifest.build(
-        bucket="b", key="raw/hdr.jpg", etag="e", processed=processed,
-        variant_keys={v.name: f"processed/hdr/{v.name}" for v in processed.variants}, total_ms=1.0, fingerprint="f",
-    )
+    record = _record(processed)
     assert record["source"]["gain_map"] == {"type": "ultrahdr", "kept": True}
     assert [v.get("gain_map") for v in record["variants"]] == [{"type": "ultrahdr", "kept": True}] * 2 + [None]
     assert "gain_map" not in record["variants"][2]
@@ -629,3 +627,14 @@ def test_iso_21496_metadata_round_trips_through_our_encoder():
     assert (back.gain_map_min, back.gain_map_max, back.gamma) == (multi.gain_map_min, multi.gain_map_max, (1.0,) * 3)
     hdr_base = uhdr.Metadata((0.0,), (1.0,), (1.0,), (0.0,), (0.0,), 0.0, 1.0, base_rendition_is_hdr=True)
     assert uhdr.encode_iso(hdr_base) is None  # ISO would need the headrooms the other way round
+
+
+
+def test_a_gain_map_larger_than_its_picture_is_refused_before_it_is_decoded():
+    """A hostile 'gain map' declaring more pixels than the picture is never decoded: the variant
+    is SDR, the record says the map was not kept."""
+    data = _ultra_hdr(_scene((160, 120)), _quadrants((640, 480)))
+    processed = ImageProcessor([VariantConfig("a", 100, 100, format="jpeg", hdr=True)]).process_image(data)
+    plain = ImageProcessor([VariantConfig("a", 100, 100, format="jpeg")]).process_image(data)
+    assert processed.variants[0].gain_map == {"type": "ultrahdr", "kept": False}
+    assert processed.variants[0].data == plain.variants[0].data

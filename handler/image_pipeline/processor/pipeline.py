@@ -397,13 +397,13 @@ class ImageProcessor:
         then each variant's region of the upright frame (its `cover` crop, or all of it) is
         resized to the variant's size × the upload's gain-map-to-picture ratio."""
         scale = max(geometry.scale_for(spec, job.width, job.height) for spec in specs) * geometry.DRAFT_HEADROOM
-        picture, stored, extent = uhdr.open_map(source, scale)
+        swapped = job.orientation in _SWAPS_SIDES
+        primary = (job.height, job.width) if swapped else (job.width, job.height)  # as stored
+        picture, stored, extent = uhdr.open_map(source, scale, primary)
         icc = picture.info.get("icc_profile")
         if source.table is not None:  # Apple's map, as Ultra HDR values
             picture = picture.point(source.table * len(picture.getbands()))
-        full = stored[::-1] if job.orientation in _SWAPS_SIDES else stored  # upright, undrafted
-        if full[0] > job.width or full[1] > job.height:
-            raise ValueError("a gain map larger than its picture is not carried")
+        full = stored[::-1] if swapped else stored  # upright, undrafted
         if job.orientation != 1:
             picture = picture.transpose(_TRANSPOSE[job.orientation])
         box = geometry.content_box(picture.size, extent, job.orientation)

@@ -399,14 +399,19 @@ def assemble(primary: bytes, gain_map: bytes, source: Source) -> bytes:
     return primary[:at] + head + mpf + primary[at:] + gain_map
 
 
-def open_map(source: Source, scale: float) -> tuple[Image.Image, tuple[int, int], tuple[float, float]]:
-    """The gain map picture decoded at the smallest JPEG DCT scale that keeps `scale` of its pixels
-    (the largest `hdr` variant's scale with the draft headroom), its stored size, and the size its
-    whole frame covers in the decoded pixels (Pillow rounds a scaled decode up to whole pixels)."""
+def open_map(
+    source: Source, scale: float, picture: tuple[int, int]
+) -> tuple[Image.Image, tuple[int, int], tuple[float, float]]:
+    """The gain map decoded at the smallest JPEG DCT scale that keeps `scale` of its pixels (the
+    largest `hdr` variant's scale with the draft headroom), its stored size, and the size its whole
+    frame covers in the decoded pixels (Pillow rounds a scaled decode up to whole pixels). A map in
+    another mode, or larger than its `picture` (both as stored), is refused before decoding."""
     image = Image.open(io.BytesIO(source.jpeg), formats=["JPEG"])
     if image.mode not in ("L", "RGB"):
         raise ValueError(f"a gain map in mode {image.mode} is not carried (L or RGB)")
     stored = image.size
+    if stored[0] > picture[0] or stored[1] > picture[1]:
+        raise ValueError(f"a {stored[0]}×{stored[1]} gain map is larger than its {picture[0]}×{picture[1]} picture")
     extent = (float(image.width), float(image.height))
     if scale < 1.0:
         target = (math.ceil(image.width * scale), math.ceil(image.height * scale))
