@@ -7,6 +7,8 @@ import struct
 
 from PIL import Image
 
+from image_pipeline.processor.tonemap import matrix_profile
+
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
@@ -71,35 +73,10 @@ def apple_exif(maker33: float, maker48: float) -> bytes:
     return exif.tobytes()
 
 
-def _s15(value: float) -> bytes:
-    return struct.pack(">i", round(value * 65536))
-
-
 def icc_profile(description: str, red, green, blue, gamma: float = 2.2) -> bytes:
-    """A minimal ICC v2 RGB matrix/TRC profile (primaries as D50-adapted XYZ colorants)."""
-    desc = description.encode("ascii") + b"\0"
-    tags = {
-        b"desc": b"desc" + b"\0" * 4 + struct.pack(">I", len(desc)) + desc + b"\0" * (4 + 4 + 2 + 1 + 67),
-        b"wtpt": b"XYZ " + b"\0" * 4 + _s15(0.9642) + _s15(1.0) + _s15(0.8249),
-        b"rXYZ": b"XYZ " + b"\0" * 4 + b"".join(_s15(v) for v in red),
-        b"gXYZ": b"XYZ " + b"\0" * 4 + b"".join(_s15(v) for v in green),
-        b"bXYZ": b"XYZ " + b"\0" * 4 + b"".join(_s15(v) for v in blue),
-        b"rTRC": b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0",
-        b"cprt": b"text" + b"\0" * 4 + b"none\0\0\0\0",
-    }
-    tags[b"gTRC"] = tags[b"bTRC"] = tags[b"rTRC"]
-    table, data = b"", b""
-    offset = 128 + 4 + 12 * len(tags)
-    for signature, body in tags.items():
-        body += b"\0" * (-len(body) % 4)
-        table += signature + struct.pack(">II", offset + len(data), len(body))
-        data += body
-    size = offset + len(data)
-    header = struct.pack(">I", size) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12
-    header += b"acsp" + b"\0" * 4 + b"\0" * 4 + b"\0" * 8 + b"\0" * 8 + struct.pack(">I", 0)
-    header += _s15(0.9642) + _s15(1.0) + _s15(0.8249) + b"\0" * 4
-    header += b"\0" * (128 - len(header))
-    return header + struct.pack(">I", len(tags)) + table + data
+    """A minimal ICC v2 RGB matrix/TRC profile (primaries as D50-adapted XYZ colorants): the
+    processor's own builder (it makes one for tone-mapped HDR10 HEICs)."""
+    return matrix_profile(description, red, green, blue, gamma)
 
 
 # Display P3 colorants, Bradford-adapted to D50 (as in Apple's Display P3 profile).

@@ -638,3 +638,32 @@ def test_a_gain_map_larger_than_its_picture_is_refused_before_it_is_decoded():
     plain = ImageProcessor([VariantConfig("a", 100, 100, format="jpeg")]).process_image(data)
     assert processed.variants[0].gain_map == {"type": "ultrahdr", "kept": False}
     assert processed.variants[0].data == plain.variants[0].data
+
+
+RGB_GAIN_MAP_XMP = BOTH.format(
+    attributes='xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/"',
+    body="<hdrgm:Version>1.0</hdrgm:Version>"
+    "<hdrgm:GainMapMin><rdf:Seq><rdf:li>0</rdf:li><rdf:li>0.1</rdf:li><rdf:li>0.2</rdf:li></rdf:Seq></hdrgm:GainMapMin>"
+    "<hdrgm:GainMapMax><rdf:Seq><rdf:li>2</rdf:li><rdf:li>2.5</rdf:li><rdf:li>3</rdf:li></rdf:Seq></hdrgm:GainMapMax>"
+    "<hdrgm:HDRCapacityMax>3</hdrgm:HDRCapacityMax>",
+).encode()
+
+
+def test_an_rgb_gain_map_with_per_channel_values_in_element_form():
+    """Adobe's other spelling (elements, rdf:Seq per channel) and a three-channel map: kept as RGB
+    (no chroma subsampling: its channels are gains), values per channel in the XMP and the ISO block."""
+    gain_map = Image.merge("RGB", [_quadrants((160, 120))] * 3)
+    data = _ultra_hdr(_scene(), gain_map, gain_map_xmp=RGB_GAIN_MAP_XMP)
+    variant = ImageProcessor(HDR[:1]).process_image(data).variants[0]
+    container = _read(variant.data)
+    mine = Image.open(io.BytesIO(container.gain_map))
+    assert mine.mode == "RGB" and [(h, v) for _, h, v, _ in mine.layer] == [(1, 1)] * 3  # 4:4:4
+    seqs = {
+        element.tag.split("}")[1]: [float(li.text) for li in element.findall("rdf:Seq/rdf:li", NS)]
+        for element in _description(container.gain_map_xmp)
+    }
+    assert seqs == {"GainMapMin": [0, 0.1, 0.2], "GainMapMax": [2, 2.5, 3]}
+    assert float(_hdrgm(container.gain_map_xmp)["HDRCapacityMax"]) == 3
+    iso = container.gain_map_iso
+    assert iso[4] & 0x80  # multi-channel
+    assert struct.unpack_from(">iI", iso, 21 + 40 * 2 + 8) == (3_000_000, 1_000_000)  # blue's GainMapMax

@@ -7,8 +7,9 @@ One ordered list of small steps over one `Job`, like imgproxy's:
               (WebP stills straight into a buffer of ours) → normalise (mode; real alpha
               premultiplied once) → reduce (integer box shrink for formats without shrink-on-load)
               → orient (EXIF) → resize (largest first, each smaller variant from the previous
-              result) → colour (→ sRGB, on the small results, as libvips does) → focus (focal
-              point of the whole frame)
+              result) → tone map (HDR10 HEICs: PQ/HLG → SDR, processor/tonemap.py) → colour
+              (→ sRGB, on the small results, as libvips does) → focus (focal point of the whole
+              frame)
               → crop (content-aware gravities: entropy, attention, auto = around the focal point)
     FINALIZE  encode (mode fitted to the encoder, metadata only when kept) → gain map (`hdr` JPEG
               variants of an Ultra HDR / ISO 21496-1 upload: its gain map decoded, oriented,
@@ -30,7 +31,7 @@ from time import perf_counter
 from PIL import Image, ImageOps, ImageSequence
 
 from ..errors import CorruptImage, EmptyFile, ImageRejected, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
-from . import gainmap, geometry, plugins, quality, uhdr
+from . import gainmap, geometry, plugins, quality, tonemap, uhdr
 from .colour import convert_profile, drop_opaque_alpha, is_rgb_profile, normalise_mode, to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color, thumbhash
@@ -78,7 +79,7 @@ class Job:
     orientation: int = 1
     width: int = 0  # upright
     height: int = 0
-    icc: bytes | None = None
+    icc: bytes | None = None  # the source's profile (for an HDR10 HEIC: the one its tone-mapped pixels get)
     extent: tuple[float, float] = (0.0, 0.0)  # where the whole frame lies in the decoded pixels
     working: Image.Image | None = None  # the decoded (drafted/reduced/oriented) image
     frame: geometry.Box = (0.0, 0.0, 0.0, 0.0)
@@ -303,6 +304,20 @@ class ImageProcessor:
         job.preview = base.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0)
         job.working = None
 
+    def _tone_map(self, job: Job) -> None:
+        """HDR10 HEICs (PQ or HLG in the nclx box, no gain map): on the small results, each
+        channel through a table that tone-maps the signal to SDR (processor/tonemap.py), and the
+        profile of that result handed to `_colour`, which converts it to sRGB."""
+        if job.kind != "heif" or (found := tonemap.curve(job.image.info)) is None:
+            return
+        table, job.icc = found
+        done: dict[int, Image.Image] = {}
+        for name, still in job.stills.items():
+            if id(still) not in done:
+                done[id(still)] = _through(still, table)
+            job.stills[name] = done[id(still)]
+        job.preview = _through(job.preview, table)
+
     def _colour(self, job: Job) -> None:
         """To sRGB (or the kept profile) on the small results, converting each distinct image once."""
         done: dict[int, Image.Image] = {}
@@ -437,7 +452,8 @@ class ImageProcessor:
         job.dominant_color = dominant_color(job.preview)
 
     PIPELINE = (
-        _prepare, _gain_map, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _focus, _crop,
+        _prepare, _gain_map, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _tone_map, _colour,
+        _focus, _crop,
     )
     FINALIZE = (_encode, _attach_gain_map, _placeholder)
 
@@ -541,6 +557,14 @@ def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, 
         resized = base.resize(full, Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
         bases.append((resized, (0.0, 0.0, *resized.size)))
     return resized  # content-aware cover crops come after the colour conversion (`_crop`)
+
+
+def _through(image: Image.Image, table: tuple[int, ...]) -> Image.Image:
+    """`table` on every colour channel (alpha, premultiplied or not, untouched)."""
+    if image.mode in ("RGBa", "RGBX"):
+        image = image.convert("RGBA" if image.mode == "RGBa" else "RGB")
+    identity = tuple(range(256))
+    return image.point([v for band in image.getbands() for v in (identity if band == "A" else table)])
 
 
 def _crop(
