@@ -26,7 +26,8 @@ The HDR rendition: both outputs are decoded by the same decoder (libvips `uhdrlo
 libultrahdr) and rendered at full headroom with `uhdr2scRGB` (linear, 1.0 = SDR white). Compared:
 
     SSIM HDR   SSIM of the two renditions' luminance, each encoded for viewing (linear ÷ the
-               file's peak boost, then the sRGB curve, 0-255): the HDR picture as a whole
+               file's peak boost, then a 2.2 gamma, 0-255): the HDR picture as a whole; beside
+               it the SSIM of the two SDR pictures alone (the resizes' own difference)
     Δ boost    what the gain map adds: log2(HDR / SDR luminance) per pixel, ours vs libvips, in
                stops (mean and 99th percentile of |Δ|); pixels darker than 1 % are left out
     vs source  the same Δ boost of each output against the full-size source's own boost (its
@@ -201,7 +202,10 @@ def compare(renditions, name: str, mine: bytes, theirs: bytes | None) -> dict:
         h2, s2, _ = rendition(theirs)
         assert h1.shape == h2.shape, (name, h1.shape, h2.shape)
         b2 = _log_boost(h2, s2)
-        row.update(ssim=ssim(_viewable(h1, p1), _viewable(h2, p1)), boost=_stops(b1, b2), vips_vs_source=_stops(b2, truth))
+        row.update(
+            ssim=ssim(_viewable(h1, p1), _viewable(h2, p1)), sdr_ssim=ssim(_viewable(s1, 1.0), _viewable(s2, 1.0)),
+            boost=_stops(b1, b2), vips_vs_source=_stops(b2, truth),
+        )
     return row
 
 
@@ -287,26 +291,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ssims(row: dict) -> str:
+    return "—" if row["ssim"] is None else f"{row['ssim']:.4f} ({row['sdr_ssim']:.4f})"
+
+
 def _pair(stops: tuple[float, float] | None) -> str:
     return "—" if stops is None else f"{stops[0]:.3f} / {stops[1]:.3f}"
 
 
 def _line(row: dict) -> str:
-    ssim_text = "—" if row["ssim"] is None else f"{row['ssim']:.4f}"
-    return (f"{row['photo']:<12} {row['flavour']:<5} {row['variant']:<6} {row['size']:>9}  SSIM {ssim_text}  "
+    return (f"{row['photo']:<12} {row['flavour']:<5} {row['variant']:<6} {row['size']:>9}  SSIM {_ssims(row)}  "
             f"Δboost {_pair(row.get('boost'))}  vs source {_pair(row['ours_vs_source'])}  +{row['added']} B")
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| input | variant | px | SSIM of the HDR renditions | Δ boost vs libvips (stops, mean / p99) "
+        "| input | variant | px | SSIM HDR (SDR) ours vs libvips | Δ boost vs libvips (stops, mean / p99) "
         "| Δ boost vs source: ours | libvips | bytes the map adds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['photo']} {row['flavour']} | {row['variant']} | {row['size']} "
-            f"| {'—' if row['ssim'] is None else format(row['ssim'], '.4f')} | {_pair(row.get('boost'))} "
+            f"| {_ssims(row)} "
+            f"| {_pair(row.get('boost'))} "
             f"| {_pair(row['ours_vs_source'])} | {_pair(row.get('vips_vs_source'))} "
             f"| {row['added']:,} (+{100 * row['added'] / row['bytes']:.0f} %) |"
         )
