@@ -108,15 +108,16 @@ def test_the_local_worker_and_uploads_share_one_bound(tmp_path, running):
 
     job = httpx.post(url + "/images/async", files={"file": ("bg.png", photo(320, 240, "PNG"), "image/png")}, timeout=30)
     assert job.status_code == 202
+    status_url = httpx.URL(url).join(job.json()["status_url"])  # a path unless PUBLIC_URL is set
     assert gated.entered.wait(30)
     try:
         refused = _post(url, "now.png")
         assert refused.status_code == 503 and refused.json()["error_code"] == "busy"
-        assert httpx.get(job.json()["status_url"], timeout=5).json()["status"] == "pending"
+        assert httpx.get(status_url, timeout=5).json()["status"] == "pending"
     finally:
         gated.gate.set()
     deadline = time.monotonic() + 60
-    while (status := httpx.get(job.json()["status_url"], timeout=5).json()["status"]) == "pending":
+    while (status := httpx.get(status_url, timeout=5).json()["status"]) == "pending":
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert status == "processed"
@@ -144,3 +145,32 @@ def test_over_s3_a_refused_upload_stores_nothing_in_the_bucket(s3, bucket, moto_
             gated.gate.set()
         assert first.result(60).status_code == 201
     assert not any(k.endswith("second.png") for k in listing(s3, bucket))
+
+
+def test_the_caller_is_authenticated_before_waiting_for_a_slot(tmp_path, running):
+    """With every slot taken, a request without a valid token is still a 401 at once (it neither
+    waits nor learns that the server is busy); an authenticated one gets 503 busy."""
+    from image_pipeline.api.auth import make_token
+
+    secret = "a-test-secret-of-at-least-32-bytes-0123456789"
+    directory = tmp_path / "images"
+    app = _fs_app(directory, PROCESS_CONCURRENCY="1", PROCESS_WAIT_MS="50", API_AUTH="jwt", JWT_SECRET=secret)
+    gated = GatedProcessor.replacing(app.state.api.service)
+    url = running(app)
+    alice = {"Authorization": f"Bearer {make_token(secret, 'alice')}"}
+
+    def post(headers):
+        return httpx.post(url + "/images", files={"file": ("a.png", photo(320, 240, "PNG"), "image/png")},
+                          headers=headers, timeout=60)
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, alice)
+        assert gated.entered.wait(30)
+        try:
+            assert post({}).status_code == 401
+            assert post({"Authorization": "Bearer not-a-token"}).status_code == 401
+            assert post(alice).status_code == 503
+        finally:
+            gated.gate.set()
+        assert first.result(60).status_code == 201
+    assert len(_raw_files(directory)) == 1
