@@ -464,13 +464,19 @@ _SLOT = "image_pipeline.image_slot"
 
 async def image_slot(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """The last guard of a route that processes an image in the request (see `ImageSlot`). A
-    refused body is drained (read and dropped) first, so the client, still sending, reads the 503."""
+    refused body is drained (read and dropped, up to the request size limit) first, so the client,
+    still sending, reads the 503."""
+    api = connection.app.state.api
     held = connection.scope["state"][_SLOT]
     try:
-        await held.enter_async_context(connection.app.state.api.service.pool.reserve())
+        await held.enter_async_context(api.service.pool.reserve())
     except Busy:
-        while (await connection.receive()).get("more_body"):
-            pass
+        left = api.settings.max_bytes + FORM_OVERHEAD
+        while left > 0:
+            message = await connection.receive()
+            left -= len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
         raise
 
 
