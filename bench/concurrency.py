@@ -117,7 +117,7 @@ class Server:
             env["BUCKET_NAME"] = f"bench-{port}"
         self.log = open(Path(self.tmp.name).with_suffix(".log"), "wb")
         self.proc = subprocess.Popen(
-            [PYTHON, *os.environ.get("BENCH_SERVE", "-m image_pipeline.cli").split(), "serve", "--host", "127.0.0.1", "--port", str(port), *where],
+            [PYTHON, "-m", "image_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *where],
             env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.tmp.name,
         )
         self.url = f"http://127.0.0.1:{port}"

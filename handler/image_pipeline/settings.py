@@ -134,7 +134,9 @@ class Settings:
             time_reserve_ms=integer("TIME_RESERVE_MS", low=0),
             event_bus_name=_event_bus(get("EVENT_BUS_NAME"), problems),
             # empty or unset: one image per CPU this process may use
-            process_concurrency=integer("PROCESS_CONCURRENCY", default="1") if env.get("PROCESS_CONCURRENCY", "").strip() else None,
+            process_concurrency=(
+                integer("PROCESS_CONCURRENCY", default="1") if env.get("PROCESS_CONCURRENCY", "").strip() else None
+            ),
             process_wait_ms=integer("PROCESS_WAIT_MS", low=0, default=str(PROCESS_WAIT_MS_DEFAULT)),
         )
         if problems:

@@ -93,8 +93,9 @@ def test_a_process_that_ends_without_closing_the_runtime_closes_its_sessions(s3,
         "if sys.argv[1] == 'raise': raise SystemExit('stopped on purpose')\n"
     )
     for how in ("return", "raise"):
-        done = subprocess.run([sys.executable, "-c", code, how], cwd=ROOT, env={**os.environ, "AWS_ENDPOINT_URL_S3": moto_server},
-                              capture_output=True, text=True, timeout=120)
+        env = {**os.environ, "AWS_ENDPOINT_URL_S3": moto_server}
+        done = subprocess.run([sys.executable, "-c", code, how], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
         assert done.stdout.split()[0] in ("processed", "skipped"), done.stderr
         assert "Unclosed" not in done.stderr, done.stderr
 

@@ -128,7 +128,13 @@ class FaultProxy:
         return f"http://{host}:{port}"
 
     def add(
-        self, fault: Fault, *, method: str | None = None, path: str = "", times: int | None = 1, header: str | None = None
+        self,
+        fault: Fault,
+        *,
+        method: str | None = None,
+        path: str = "",
+        times: int | None = 1,
+        header: str | None = None,
     ) -> Rule:
         rule = Rule(fault, method, re.compile(path), times, header)
         with self._lock:
