@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .errors import ConfigError
 
+    from botocore.exceptions import EndpointConnectionError
+
     try:
         if args.command == "backfill":
             return _backfill(args)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "token":
             return _token(args)
         return _invoke(args)
-    except (ConfigError, FileNotFoundError, json.JSONDecodeError) as exc:
+    except (ConfigError, FileNotFoundError, json.JSONDecodeError, EndpointConnectionError) as exc:
         print(f"image-pipeline: {exc}", file=sys.stderr)
         return 2
 
@@ -141,15 +143,28 @@ def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
         put = s3.put_object(Bucket=ref.bucket, Key=ref.key, Body=data)
         _set_etag(event, ref.key, put["ETag"].strip('"'), len(data))
 
-    from .handler import lambda_handler, runtime  # imported after the endpoint is set: cold start
+    from .handler import RetryLater, lambda_handler, runtime  # after the endpoint is set: cold start
 
-    for ref in (r for r in refs if r.kind == "removed"):  # a deletion: process the upload, then delete it
-        print(f"{runtime.handle(type(ref)(ref.bucket, ref.key)).status}, then deleted: s3://{ref.bucket}/{ref.key}")
-        s3.delete_object(Bucket=ref.bucket, Key=ref.key)
-    started = time.perf_counter()
-    result = lambda_handler(event, LocalContext())
-    elapsed = (time.perf_counter() - started) * 1000
-    print(f"\nhandler returned in {elapsed:.0f} ms: {json.dumps(result)}\n")
+    try:
+        for ref in (r for r in refs if r.kind == "removed"):  # a deletion: process the upload, then delete it
+            print(f"{runtime.handle(type(ref)(ref.bucket, ref.key)).status}, then deleted: s3://{ref.bucket}/{ref.key}")
+            s3.delete_object(Bucket=ref.bucket, Key=ref.key)
+        started = time.perf_counter()
+        try:
+            result = lambda_handler(event, LocalContext())
+        except RetryLater as exc:  # a storage failure or lack of time: Lambda would retry the event
+            print(f"image-pipeline: the handler raised for a retry: {exc}", file=sys.stderr)
+            return 1
+        elapsed = (time.perf_counter() - started) * 1000
+        print(f"\nhandler returned in {elapsed:.0f} ms: {json.dumps(result)}\n")
+        _report(s3, refs, runtime, out)
+        return 0
+    finally:
+        runtime.close()  # the S3 client and its sessions, on every way out
+
+
+def _report(s3, refs: list, runtime, out: Path | None) -> None:
+    """What the handler wrote for each object, and its tags; the variants copied to `out`."""
     for ref in refs:
         prefix = _prefix_of(ref.key, runtime)
         rows = []
@@ -177,8 +192,6 @@ def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
             print("raw object: deleted")
     if out is not None and out.exists():
         print(f"\nvariants copied to {out}/")
-    runtime.close()
-    return 0
 
 
 def _set_etag(event: dict, key: str, etag: str, size: int) -> None:

@@ -13,7 +13,8 @@ report it so it is retried).
     │   ├── StorageFailure (transient): storage_error
     │   ├── StorageDenied (permanent): storage_denied
     │   └── ObjectNotFound, ObjectChanged (permanent; storage/base.py): answers, not failures
-    └── OutOfTime (transient): out_of_time
+    ├── OutOfTime (transient): out_of_time
+    └── Busy (transient): busy — every image slot of the process taken (the API's 503)
 """
 
 from __future__ import annotations
@@ -124,6 +125,19 @@ class OutOfTime(PipelineError):
     permanent = False
 
 
+class Busy(PipelineError):
+    """Every image slot of this process (`PROCESS_CONCURRENCY`) stayed taken for the whole wait
+    (`PROCESS_WAIT_MS`): nothing was stored; try again after `retry_after_s` (the API answers 503
+    with `Retry-After`). Never raised where the wait is unbounded (Lambda, invoke, backfill)."""
+
+    code = "busy"
+    permanent = False
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ConfigError(ValueError):
     """Settings from the environment are invalid; raised once, at cold start."""
 
@@ -142,5 +156,6 @@ ERROR_CODES = tuple(
         StorageFailure,
         OutOfTime,
         StorageDenied,
+        Busy,
     )
 )

@@ -24,6 +24,7 @@ from time import perf_counter
 from . import ids, keys, manifest
 from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, StorageDenied, StorageFailure
 from .processor import ImageFormat, ImageProcessor, ProcessedImage
+from .pool import ProcessingPool
 from .processor.fingerprint import fingerprint
 from .storage import ObjectChanged, ObjectNotFound, ObjectStore, RawObject
 from .storage.base import merge_tags
@@ -70,13 +71,17 @@ class ImageService:
         raw_prefix: str = "raw/",
         processed_prefix: str = "processed/",
         disposition: str = "tag",
+        pool: ProcessingPool | None = None,
     ) -> None:
+        """`pool`: where image work runs (a worker thread, the process's bounded slots; see
+        pool.py). Default: the process's slots, one per CPU, waiting as long as it takes."""
         if disposition not in ("tag", "delete"):
             raise ValueError("disposition must be 'tag' or 'delete'")
         self.processor = processor
         self.raw_prefix = raw_prefix
         self.processed_prefix = processed_prefix
         self.disposition = disposition
+        self.pool = pool or ProcessingPool.of_process()
         names = [v.name for v in processor.variants] + (["original"] if processor.preserve_original else [])
         self._longest_leaf = keys.longest_leaf(names)
         self.fingerprint = fingerprint(processor)
@@ -239,7 +244,8 @@ class ImageService:
             )
 
         try:
-            processed = self.processor.process_image(raw.data)
+            # Off the event loop, under the process's bound (Busy when the API's wait runs out).
+            processed = await self.pool.run(self.processor.process_image, raw.data)
         except ImageRejected as exc:
             return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         except PipelineError:

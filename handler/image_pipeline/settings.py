@@ -30,6 +30,9 @@ DEFAULTS: dict[str, str] = {
     "TIME_RESERVE_MS": "10000",
     "EVENT_BUS_NAME": "",  # empty: no completion events (see notify.py)
 }
+# Where images are processed in a long-running process (the API, `serve`): not in the template,
+# since a Lambda function processes one record at a time and waits for its slot without bound.
+PROCESS_WAIT_MS_DEFAULT = 30_000  # how long an upload waits, unread, for a free slot before 503 busy
 DISPOSITIONS = ("tag", "delete")
 _TYPE_ALIASES = {"jpg": "jpeg", "heic": "heif", "tif": "tiff"}
 KNOWN_TYPES = frozenset(Limits().allowed_types)
@@ -48,6 +51,8 @@ class Settings:
     s3_max_attempts: int = 5
     time_reserve_ms: int = 10000
     event_bus_name: str | None = None
+    process_concurrency: int | None = None  # images processed at once (PROCESS_CONCURRENCY); None: the CPUs
+    process_wait_ms: int = PROCESS_WAIT_MS_DEFAULT  # the API's wait for a slot before 503 busy (PROCESS_WAIT_MS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -57,13 +62,13 @@ class Settings:
         def get(name: str) -> str:
             return env.get(name, DEFAULTS[name]).strip()
 
-        def integer(name: str, low: int = 1) -> int:
-            raw = get(name)
+        def integer(name: str, low: int = 1, default: str | None = None) -> int:
+            raw = get(name) if default is None else env.get(name, default).strip()
             try:
                 value = int(raw.replace("_", ""))
             except ValueError:
                 problems.append(f"{name}={raw!r} is not an integer")
-                return int(DEFAULTS[name])
+                return int(DEFAULTS[name] if default is None else default)
             if value < low:
                 problems.append(f"{name}={value} must be at least {low}")
             return value
@@ -128,6 +133,11 @@ class Settings:
             s3_max_attempts=integer("S3_MAX_ATTEMPTS"),
             time_reserve_ms=integer("TIME_RESERVE_MS", low=0),
             event_bus_name=_event_bus(get("EVENT_BUS_NAME"), problems),
+            # empty or unset: one image per CPU this process may use
+            process_concurrency=(
+                integer("PROCESS_CONCURRENCY", default="1") if env.get("PROCESS_CONCURRENCY", "").strip() else None
+            ),
+            process_wait_ms=integer("PROCESS_WAIT_MS", low=0, default=str(PROCESS_WAIT_MS_DEFAULT)),
         )
         if problems:
             raise ConfigError("invalid image-pipeline settings:\n  - " + "\n  - ".join(problems))

@@ -8,6 +8,7 @@ with `error_code` where the pipeline has one) and leaves nothing stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -18,16 +19,20 @@ from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
 from litestar.exceptions import NotFoundException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, JSONBody, MultipartBody, Parameter
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from litestar.response import Redirect
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, ids, keys
-from ..errors import PipelineError, StorageFailure
+from ..errors import Busy, PipelineError, StorageFailure
+from ..pool import ProcessingPool, return_freed_memory
 from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
@@ -123,6 +128,9 @@ class Api:
             raw_prefix=pipeline.raw_prefix,
             processed_prefix=pipeline.processed_prefix,
             disposition=pipeline.raw_disposition,
+            # The process's image slots (uploads, the local worker, the local event source's
+            # handler): at most PROCESS_CONCURRENCY at once; beyond it, 503 busy after PROCESS_WAIT_MS.
+            pool=ProcessingPool.of_process(pipeline.process_concurrency, wait_s=pipeline.process_wait_ms / 1000),
         )
 
     @property
@@ -201,13 +209,9 @@ class Api:
         """Check a multipart file (size while reading, type from its bytes), then store it under
         `raw/<new id>/<leaf>`, the caller's id and owner metadata. Nothing is stored when it is refused."""
         limit = self.settings.max_bytes
-        chunks, size = [], 0
-        while chunk := await upload.read(1024 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise problem(413, f"the file is over the {limit}-byte limit", "too_large")
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        data = await upload.read(limit + 1)  # one copy (chunks + join held two at once)
+        if len(data) > limit:
+            raise problem(413, f"the file is over the {limit}-byte limit", "too_large")
         if not data:
             raise problem(400, "the file is empty", "empty_file")
         kind = sniff(data)
@@ -438,13 +442,54 @@ async def _multipart_file(data: dict[str, Any]) -> UploadFile:
     return upload
 
 
-@post("/images", status_code=201, summary="Upload and process an image in the request", guards=AUTHENTICATED)
+class ImageSlot:
+    """Route middleware with the `image_slot` guard: one of the process's image slots
+    (`Api.service.pool`) is taken after the caller is authenticated and before the request's body
+    is read, so uploads beyond PROCESS_CONCURRENCY wait unread (in the socket, not in memory) and,
+    after PROCESS_WAIT_MS, get 503 `busy` with nothing read or stored. The image work inside the
+    request runs in this slot; the middleware gives it back when the request is done, however it
+    ends (a guard has no way out of its own)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with contextlib.AsyncExitStack() as held:
+            scope.setdefault("state", {})[_SLOT] = held
+            await self.app(scope, receive, send)
+
+
+_SLOT = "image_pipeline.image_slot"
+
+
+async def image_slot(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The last guard of a route that processes an image in the request (see `ImageSlot`). A
+    refused body is drained (read and dropped, up to the request size limit) first, so the client,
+    still sending, reads the 503."""
+    api = connection.app.state.api
+    held = connection.scope["state"][_SLOT]
+    try:
+        await held.enter_async_context(api.service.pool.reserve())
+    except Busy:
+        left = api.settings.max_bytes + FORM_OVERHEAD
+        while left > 0:
+            message = await connection.receive()
+            left -= len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        raise
+
+
+@post("/images", status_code=201, summary="Upload and process an image in the request",
+      guards=[*AUTHENTICATED, image_slot], middleware=[ImageSlot])
 async def upload_image(
     request: Request, data: MultipartBody[dict[str, Any]]
 ) -> ImageInfo:
     """Multipart field `file`. Refused before anything is stored when too large (413) or not an
     accepted image type judged from its bytes (415); a file that fails to decode is removed
-    again and answered 422 with the pipeline's error code."""
+    again and answered 422 with the pipeline's error code. When PROCESS_CONCURRENCY images are
+    already being processed and none finishes within PROCESS_WAIT_MS: 503 `busy` with
+    Retry-After, nothing stored."""
     api = api_of(request)
     image_id, key = await api.store_upload(await _multipart_file(data), caller_of(request))
     try:
@@ -524,6 +569,11 @@ def _undecodable_form(request: Request, exc: UnicodeDecodeError) -> Response:
     return ProblemDetailsException(status_code=500, detail="Internal Server Error").to_response(request)
 
 
+def _busy(request: Request, exc: Busy) -> Response:
+    return ProblemDetailsException(detail=exc.message, status_code=503, extra={"error_code": exc.code},
+                                   headers={"Retry-After": str(exc.retry_after_s)}).to_response(request)
+
+
 def create_app(
     settings: ApiSettings | None = None,
     *,
@@ -548,6 +598,7 @@ def create_app(
                 max_attempts=settings.pipeline.s3_max_attempts,
             )
     api = Api(settings, backend)
+    return_freed_memory()  # a long-running process: each image's memory goes back when it is done
     if settings.auth == "open":
         log.warning("API_AUTH=open: anyone who can reach this API may upload, read and delete every image")
 
@@ -585,7 +636,7 @@ def create_app(
                 )
             )
         ],
-        exception_handlers={StorageFailure: _storage_failure, UnicodeDecodeError: _undecodable_form},
+        exception_handlers={StorageFailure: _storage_failure, UnicodeDecodeError: _undecodable_form, Busy: _busy},
         guards=[trusted_request],
         openapi_config=OpenAPIConfig(title="s3-image-pipeline upload API", version=__version__, path="/schema"),
         cors_config=cors,

@@ -138,10 +138,10 @@ class FileBackend:
         while True:
             key = await self._queue.get()
             try:
-                # Pillow's work runs in a thread with its own loop, so the API keeps answering
-                # (status polls, uploads) while an image is processed; files need no shared client.
-                ref = ObjectRef(self.bucket, key)
-                outcome = await asyncio.to_thread(asyncio.run, self._service.handle(self.store, ref))
+                # The image work runs in the service's pool (a worker thread, off this loop), in one
+                # of the slots uploads use too; a queued upload waits for its slot, never refused.
+                async with self._service.pool.reserve(wait_s=None):
+                    outcome = await self._service.handle(self.store, ObjectRef(self.bucket, key))
                 log.info("local worker: %s %s %s", key, outcome.status, outcome.error_code or "")
             except Exception:  # a storage failure: logged; the upload stays unmarked for the next start
                 log.exception("local worker could not process %s", key)
