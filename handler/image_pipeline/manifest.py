@@ -29,6 +29,7 @@ def build(
     total_ms: float,
     fingerprint: str,
     lazy: list[dict] | None = None,
+    owner: str | None = None,
 ) -> dict:
     """`lazy`: the configured lazy variants ({name, key, format, content_type}), made on their first
     request (ondemand/): listed so status and completion events can say they are not made yet."""
@@ -36,6 +37,9 @@ def build(
     record = {
         "schema_version": SCHEMA_VERSION,
         "pipeline_version": __version__,
+        # Whom the upload belongs to (the API's token `sub`, or its OWNER_CLAIM; an IAM principal):
+        # null for uploads made without an owner. Manifests written before owners have no key.
+        "owner": owner,
         "producer": {"fingerprint": fingerprint, "output_version": OUTPUT_VERSION, "pipeline_version": __version__},
         "source": {
             "bucket": bucket,
@@ -47,9 +51,9 @@ def build(
             "height": source.height,
             "frames": source.frames,
             "alpha": source.alpha,  # real transparency: the width URLs' fallback format is PNG, not JPEG
-            # An HDR gain map the upload carried: the variants are made from its SDR picture and
-            # never carry it. null when there was none.
-            "gain_map": {"type": source.gain_map, "kept": False} if source.gain_map else None,
+            # An HDR gain map the upload carried (null when none): the variants are made from its SDR
+            # picture; `kept` says whether any variant (an `hdr` JPEG) carries the map on.
+            "gain_map": {"type": source.gain_map, "kept": _kept(processed)} if source.gain_map else None,
         },
         "placeholder": {
             "blurhash": processed.blurhash,
@@ -81,7 +85,13 @@ def _variant(variant, key: str, source_type: str) -> dict:
         entry["quality"] = variant.quality  # the encoder quality used: fixed, or chosen per image (qauto)
     if variant.qauto is not None:
         entry["qauto"] = variant.qauto  # {"target": SSIM asked for, "ssim": reached, "trials": encodes}
+    if variant.gain_map is not None:
+        entry["gain_map"] = variant.gain_map  # `hdr` variants: {"type": …, "kept": an Ultra HDR JPEG or not}
     return entry
+
+
+def _kept(processed: ProcessedImage) -> bool:
+    return any(v.gain_map is not None and v.gain_map.get("kept") for v in processed.variants)
 
 
 def dumps(manifest: dict) -> bytes:
