@@ -12,7 +12,6 @@ Templates are read with cfn-lint's CloudFormation-aware YAML loader, so short-fo
 
 from __future__ import annotations
 
-import functools
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from image_pipeline.settings import DEFAULTS
+from tests.cfn import RuleFailed, Stack, deploy, load
 
-cfn_yaml = pytest.importorskip("cfnlint.decode.cfn_yaml")
+pytest.importorskip("cfnlint.decode.cfn_yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 DIRECT = "template.yaml"  # S3 notification -> Lambda (async), on-failure destination -> SQS
@@ -47,11 +47,6 @@ S3_OBJECT_ACTIONS_ALLOWED = {
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@functools.cache
-def load(name: str) -> dict[str, Any]:
-    return cfn_yaml.load(str(ROOT / name))
 
 
 @pytest.fixture(scope="module", params=[DIRECT, BUFFERED])
@@ -1123,32 +1118,6 @@ def test_api_s3_permissions_are_least_privilege() -> None:
     assert granted == allowed
 
 
-def test_api_jwt_authorizer_is_optional_and_guards_every_route() -> None:
-    api = load(API_STACK)
-    assert api["Conditions"]["HasJwt"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "JwtIssuer"}, ""]}]}
-    _, authorizer = only(resources_of_type(api, "AWS::ApiGatewayV2::Authorizer"), "authorizer")
-    assert authorizer["Condition"] == "HasJwt"
-    config = authorizer["Properties"]
-    assert config["AuthorizerType"] == "JWT"
-    assert config["JwtConfiguration"] == {"Issuer": {"Ref": "JwtIssuer"}, "Audience": [{"Ref": "JwtAudience"}]}
-    routes = resources_of_type(api, "AWS::ApiGatewayV2::Route")
-    assert [r["Properties"]["RouteKey"] for r in routes.values()] == ["$default"]  # one route: all paths
-    (route,) = routes.values()
-    assert route["Properties"]["AuthorizationType"] == {"Fn::If": ["HasJwt", "JWT", "NONE"]}
-    _, stage = only(resources_of_type(api, "AWS::ApiGatewayV2::Stage"), "stage")
-    assert stage["Properties"]["DefaultRouteSettings"]["ThrottlingRateLimit"] == {"Ref": "ThrottleRate"}
-
-
-def test_bucket_cors_and_api_cors_follow_allowed_origins(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -> None:
-    _, props = bucket
-    (rule,) = props["CorsConfiguration"]["CorsRules"]
-    assert rule["AllowedOrigins"] == {"Fn::Split": [",", {"Ref": "AllowedOrigins"}]}
-    assert "POST" in rule["AllowedMethods"] and "PUT" not in rule["AllowedMethods"]  # presigned POST only
-    api = load(API_STACK)
-    _, http_api = only(resources_of_type(api, "AWS::ApiGatewayV2::Api"), "HTTP API")
-    assert http_api["Properties"]["CorsConfiguration"]["AllowOrigins"] == {"Fn::Split": [",", {"Ref": "AllowedOrigins"}]}
-
-
 def test_pipeline_may_put_events_on_the_configured_bus_only(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
     name, props = function
     assert props["Environment"]["Variables"]["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
@@ -1158,3 +1127,238 @@ def test_pipeline_may_put_events_on_the_configured_bus_only(template: dict[str, 
     (policy,) = [r for r in resources_of_type(template, "AWS::IAM::Policy").values() if "events:" in str(r)]
     assert policy["Condition"] == "HasEventBus"
     assert policy["Properties"]["Roles"] == [{"Ref": f"{name}Role"}]
+
+
+# ---------------------------------------------------------------- who may call what (issue #20)
+# Every check below runs on the stack as it would deploy (tests/cfn.py: parameters resolved,
+# conditions evaluated, the nested API stack deployed with what its parent passes).
+
+ISSUER = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Example"
+JWT = {"ApiAuth": "jwt", "JwtIssuer": ISSUER, "JwtAudience": "app-client-id"}
+REQUIRED = {EXISTING: {"ExistingBucketName": "my-photos"}}  # parameters without a Default
+API_AUTH_CASES = {
+    "jwt, no issuer (the default)": ({}, None),
+    "jwt with an issuer": (JWT, "JWT"),
+    "iam": ({"ApiAuth": "iam"}, "AWS_IAM"),
+    "open, asked for by name": ({"ApiAuth": "open"}, "NONE"),
+}
+
+
+def open_entry_points(stack: Stack) -> list[str]:
+    """Every way in that admits anyone (routes, methods, function URLs, invoke permissions),
+    through the whole deploy. Written over resource types, not over our templates' logical ids,
+    so a function URL or API added later is checked the day it appears."""
+    found = []
+    for s, name, props in stack.everywhere("AWS::ApiGatewayV2::Route"):
+        kind = props.get("AuthorizationType", "NONE")
+        if kind == "NONE" or (kind in ("JWT", "CUSTOM") and not props.get("AuthorizerId")):
+            found.append(f"{s.name}: route {name} ({props.get('RouteKey')}) AuthorizationType {kind}")
+    for s, name, props in stack.everywhere("AWS::ApiGateway::Method"):
+        if props.get("AuthorizationType", "NONE") == "NONE" and props.get("HttpMethod") != "OPTIONS":
+            found.append(f"{s.name}: method {name} without authorization")
+    for s, name, props in stack.everywhere("AWS::Lambda::Url"):
+        if props.get("AuthType") != "AWS_IAM":
+            found.append(f"{s.name}: function URL {name} AuthType {props.get('AuthType')}")
+    for s, name, props in stack.everywhere("AWS::Serverless::Function"):
+        url = props.get("FunctionUrlConfig")
+        if url is not None and url.get("AuthType") != "AWS_IAM":
+            found.append(f"{s.name}: {name}'s FunctionUrlConfig AuthType {url.get('AuthType')}")
+        for event_name, event in props.get("Events", {}).items():
+            if event["Type"] in ("Api", "HttpApi"):
+                authorizer = event.get("Properties", {}).get("Auth", {}).get("Authorizer")
+                if authorizer in (None, "NONE"):
+                    found.append(f"{s.name}: {name}'s {event['Type']} event {event_name} without an authorizer")
+    for s, name, props in stack.everywhere("AWS::Serverless::Api", "AWS::Serverless::HttpApi"):
+        if not props.get("Auth", {}).get("DefaultAuthorizer"):
+            found.append(f"{s.name}: {name} has no DefaultAuthorizer")
+    for s, name, props in stack.everywhere("AWS::Lambda::Permission"):
+        if props.get("Principal") == "*" or props.get("FunctionUrlAuthType") == "NONE":
+            found.append(f"{s.name}: permission {name} lets anyone invoke {props.get('FunctionName')}")
+    return found
+
+
+def cors_origins(stack: Stack) -> list[tuple[str, list[Any]]]:
+    """(where, allowed origins) of every CORS configuration in the whole deploy."""
+    found: list[tuple[str, list[Any]]] = []
+    for s, name, props in stack.everywhere("AWS::S3::Bucket"):
+        for rule in props.get("CorsConfiguration", {}).get("CorsRules", []):
+            found.append((f"{s.name}: bucket {name}", as_list(rule.get("AllowedOrigins", []))))
+    for s, name, props in stack.everywhere("AWS::ApiGatewayV2::Api", "AWS::Serverless::HttpApi"):
+        cors = props.get("CorsConfiguration")
+        if cors is not None:
+            found.append((f"{s.name}: HTTP API {name}", ["*"] if cors is True else as_list(cors.get("AllowOrigins", []))))
+    for s, name, props in stack.everywhere("AWS::Serverless::Api"):
+        if "Cors" in props:
+            cors = props["Cors"]
+            found.append((f"{s.name}: API {name}", [cors.get("AllowOrigin", "*") if isinstance(cors, dict) else cors]))
+    for s, name, props in stack.everywhere("AWS::Lambda::Url"):
+        if "Cors" in props:
+            found.append((f"{s.name}: function URL {name}", as_list(props["Cors"].get("AllowOrigins", []))))
+    for s, name, props in stack.everywhere("AWS::Serverless::Function"):
+        cors = props.get("FunctionUrlConfig", {}).get("Cors")
+        if cors is not None:
+            found.append((f"{s.name}: {name}'s function URL", as_list(cors.get("AllowOrigins", []))))
+    return found
+
+
+def cors_wildcards(stack: Stack) -> list[str]:
+    """Origins that admit every site ('*', 'https://*.x') or are not origins at all ('' is what
+    !Split of an empty parameter gives, a list CloudFormation or the service then refuses)."""
+    return [f"{where}: {origin!r}" for where, origins in cors_origins(stack) for origin in origins
+            if not isinstance(origin, str) or "*" in origin or not origin] + [
+        f"{where}: no origins" for where, origins in cors_origins(stack) if not origins]
+
+
+def routes(stack: Stack) -> list[dict[str, Any]]:
+    return [props for _, _, props in stack.everywhere("AWS::ApiGatewayV2::Route")]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED, EXISTING])
+def test_a_default_deploy_opens_nothing_to_anyone(top: str) -> None:
+    """`sam deploy` with the defaults: the pipeline, and no route, function URL or invoke
+    permission that anyone may use, and no CORS rule admitting every origin."""
+    stack = deploy(top, REQUIRED.get(top))
+    assert stack.of_type("AWS::Serverless::Function"), "the pipeline itself must deploy with no parameters"
+    assert open_entry_points(stack) == []
+    assert cors_wildcards(stack) == []
+    assert routes(stack) == [], "no API until ApiAuth says who may call it"
+    assert cors_origins(stack) == [], "AllowedOrigins defaults to same-origin only: no CORS rule at all"
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+@pytest.mark.parametrize("case", API_AUTH_CASES)
+def test_api_auth_decides_every_routes_authorization(top: str, case: str) -> None:
+    overrides, authorization = API_AUTH_CASES[case]
+    stack = deploy(top, overrides)
+    found = routes(stack)
+    if authorization is None:
+        assert found == [] and "ApiUrl" not in stack.outputs and not stack.nested
+        return
+    assert found and {r["AuthorizationType"] for r in found} == {authorization}
+    assert [r["RouteKey"] for r in found] == ["$default"]  # one route: every path goes through it
+    (api,) = stack.nested.values()
+    assert stack.outputs["ApiUrl"]["Value"] == {"Fn::GetAtt": ["ApiStack", "Outputs.ApiUrl"]}
+    authorizers = api.of_type("AWS::ApiGatewayV2::Authorizer")
+    if authorization == "JWT":
+        (name, authorizer), = authorizers.items()
+        assert found[0]["AuthorizerId"] == {"Ref": name}
+        assert authorizer["AuthorizerType"] == "JWT"
+        assert authorizer["IdentitySource"] == ["$request.header.Authorization"]
+        assert authorizer["JwtConfiguration"] == {"Issuer": ISSUER, "Audience": ["app-client-id"]}
+    else:
+        assert not authorizers and "AuthorizerId" not in found[0]
+    # NONE (anyone) is there only when ApiAuth=open was asked for by name.
+    assert bool(open_entry_points(stack)) == (overrides.get("ApiAuth") == "open")
+    _, stage = only(api.of_type("AWS::ApiGatewayV2::Stage"), "stage")
+    assert stage["DefaultRouteSettings"]["ThrottlingRateLimit"] == "50"
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_open_is_asked_for_by_name_and_warned_about(top: str) -> None:
+    param = load(top)["Parameters"]["ApiAuth"]
+    assert param["Default"] == "jwt" and set(param["AllowedValues"]) == {"jwt", "iam", "open"}
+    assert "WARNING, NO AUTHORIZATION AT ALL" in param["Description"] and "DELETE" in param["Description"]
+    assert "NO AUTHORIZATION AT ALL" in load(API_STACK)["Parameters"]["ApiAuth"]["Description"]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_a_jwt_issuer_without_an_audience_is_refused_before_anything_is_created(top: str) -> None:
+    with pytest.raises(RuleFailed, match="JwtAudience"):
+        deploy(top, {"JwtIssuer": ISSUER})
+    # The nested stack refuses on its own too, so it can never carry a JWT route no one checks.
+    nested = deploy(top, JWT).nested["ApiStack"].parameters
+    for missing in ("JwtIssuer", "JwtAudience"):
+        with pytest.raises(RuleFailed, match=missing):
+            deploy(API_STACK, {**nested, missing: ""})
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (JWT, {"API_AUTH": "jwt", "OWNER_CLAIM": "sub", "ADMIN_SCOPE": "images:admin"}),
+        ({**JWT, "OwnerClaim": "custom:tenant_id", "ApiAdminScope": "photos/admin"},
+         {"API_AUTH": "jwt", "OWNER_CLAIM": "custom:tenant_id", "ADMIN_SCOPE": "photos/admin"}),
+        ({"ApiAuth": "iam"}, {"API_AUTH": "iam"}),
+        ({"ApiAuth": "open"}, {"API_AUTH": "open"}),
+    ],
+)
+def test_the_api_function_is_told_how_callers_are_authorised(top: str, overrides: dict[str, str], expected: dict[str, str]) -> None:
+    """The app reads the verified claims (or IAM principal) as API_AUTH says (AUTH-DESIGN)."""
+    _, props = only(deploy(top, overrides).nested["ApiStack"].of_type("AWS::Serverless::Function"), "API function")
+    env = props["Environment"]["Variables"]
+    assert {k: env[k] for k in expected} == expected
+    # API Gateway verifies tokens: the app must not be configured to verify them again itself.
+    assert not {"JWT_SECRET", "JWKS_URL"} & set(env)
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+@pytest.mark.parametrize(
+    ("origins", "expected"),
+    [
+        ("", []),
+        ("https://app.example.com", ["https://app.example.com"]),
+        ("https://app.example.com,http://localhost:5173", ["https://app.example.com", "http://localhost:5173"]),
+        ("*", ["*"]),
+    ],
+)
+def test_bucket_and_api_cors_follow_allowed_origins(top: str, origins: str, expected: list[str]) -> None:
+    stack = deploy(top, {"ApiAuth": "iam", "AllowedOrigins": origins})
+    found = dict(cors_origins(stack))
+    assert sorted(found) == ([] if not expected else sorted(
+        [f"{top}: bucket ImageBucket", "stacks/api.yaml: HTTP API HttpApi"]))
+    assert all(value == expected for value in found.values())
+    assert bool(cors_wildcards(stack)) == (origins == "*"), "a wildcard only when asked for by name"
+    _, api_function = only(stack.nested["ApiStack"].of_type("AWS::Serverless::Function"), "API function")
+    assert api_function["Environment"]["Variables"]["ALLOWED_ORIGINS"] == origins
+    (_, _, bucket), = stack.everywhere("AWS::S3::Bucket")
+    if expected:
+        (rule,) = bucket["CorsConfiguration"]["CorsRules"]
+        assert "POST" in rule["AllowedMethods"] and "PUT" not in rule["AllowedMethods"]  # presigned POST only
+
+
+@pytest.mark.parametrize("origins", ["https://app.example.com/", "https://a.example.com, https://b.example.com", "app.example.com", "*,https://a.example.com"])
+def test_allowed_origins_that_would_never_match_are_refused(origins: str) -> None:
+    """A browser's Origin has no path and no spaces: such a value would silently match nothing."""
+    with pytest.raises(ValueError, match="AllowedOrigins"):
+        deploy(DIRECT, {"AllowedOrigins": origins})
+
+
+# ---------------------------------------------------------------- the evaluator itself
+
+
+def test_the_evaluator_follows_conditions_no_value_and_split_like_cloudformation() -> None:
+    template = {
+        "Parameters": {"Mode": {"Type": "String", "Default": "a", "AllowedValues": ["a", "b"]},
+                       "List": {"Type": "String", "Default": ""}},
+        "Conditions": {
+            "IsA": {"Fn::Equals": [{"Ref": "Mode"}, "a"]},
+            "IsB": {"Fn::Not": [{"Condition": "IsA"}]},
+            "AOrList": {"Fn::Or": [{"Condition": "IsA"}, {"Fn::Not": [{"Fn::Equals": [{"Ref": "List"}, ""]}]}]},
+            "BAndList": {"Fn::And": [{"Condition": "IsB"}, {"Fn::Not": [{"Fn::Equals": [{"Ref": "List"}, ""]}]}]},
+        },
+        "Resources": {
+            "OnlyB": {"Type": "AWS::SNS::Topic", "Condition": "IsB"},
+            "Always": {"Type": "AWS::SNS::Topic", "Properties": {
+                "Name": {"Fn::If": ["IsA", {"Fn::Sub": "t-${Mode}"}, {"Ref": "AWS::NoValue"}]},
+                "Split": {"Fn::Split": [",", {"Ref": "List"}]},
+                "Items": [{"Fn::If": ["BAndList", "x", {"Ref": "AWS::NoValue"}]}, {"Fn::GetAtt": ["OnlyB", "Arn"]}],
+                "Join": {"Fn::Join": ["-", [{"Ref": "Mode"}, "z"]]},
+                "Region": {"Fn::Sub": "${AWS::Region}-${Mode}"},
+            }},
+        },
+    }
+    a = deploy("inline.yaml", _template=template)
+    assert a.conditions == {"IsA": True, "IsB": False, "AOrList": True, "BAndList": False}
+    assert set(a.resources) == {"Always"}
+    assert a.of_type("AWS::SNS::Topic")["Always"] == {
+        "Name": "t-a", "Split": [""], "Items": [{"Fn::GetAtt": ["OnlyB", "Arn"]}], "Join": "a-z",
+        "Region": {"Fn::Sub": "${AWS::Region}-a"},
+    }
+    b = deploy("inline.yaml", {"Mode": "b", "List": "p,q"}, _template=template)
+    assert b.conditions == {"IsA": False, "IsB": True, "AOrList": True, "BAndList": True}
+    assert b.of_type("AWS::SNS::Topic")["Always"]["Split"] == ["p", "q"]
+    assert "Name" not in b.of_type("AWS::SNS::Topic")["Always"]
+    assert b.of_type("AWS::SNS::Topic")["Always"]["Items"][0] == "x"
+    with pytest.raises(ValueError, match="Mode"):
+        deploy("inline.yaml", {"Mode": "c"}, _template=template)
