@@ -12,8 +12,11 @@ Templates are read with cfn-lint's CloudFormation-aware YAML loader, so short-fo
 
 from __future__ import annotations
 
+import functools
+import re
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -617,39 +620,141 @@ def test_buffered_function_and_bucket_match_the_direct_template(
         assert resources_of_type(buffered, type_) == resources_of_type(direct, type_), type_
 
 
-# ---------------------------------------------------------------- dependencies
+# ---------------------------------------------------------------- dependencies: the locks (requirements/lock)
+
+RELOCK = "run `bash requirements/lock` (README, \"Update the locks\")"
+LOCK_FILES = {
+    # lock -> what it must lock directly, from pyproject.toml
+    "handler/requirements.txt": "runtime",  # what `sam build` ships in both functions
+    "stacks/api-layer/requirements.txt": "layer",  # the API function's layer
+    "requirements/dev.txt": "dev",  # README set-up and .ci/run
+    "bench/requirements.txt": "bench",
+}
 
 
-def _requirements_txt() -> dict[str, Requirement]:
-    reqs = {}
-    for line in (ROOT / "handler" / "requirements.txt").read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            req = Requirement(line)
-            reqs[canonicalize_name(req.name)] = req
-    return reqs
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    marker: str | None
+    hashes: int
+    via: tuple[str, ...]
+
+    @property
+    def direct(self) -> bool:
+        """Asked for by pyproject.toml (or the lock script's stdin), not only pulled in by a package."""
+        return "s3-image-pipeline (pyproject.toml)" in self.via or all(v.startswith(("-c ", "-r ")) for v in self.via)
 
 
-def _pyproject_dependencies() -> dict[str, Requirement]:
+@functools.cache
+def lock(path: str) -> tuple[Pin, ...]:
+    """The pins of a `uv pip compile --generate-hashes` lock, with their `# via` annotations."""
+    pins: list[Pin] = []
+    entry: dict[str, Any] | None = None
+
+    def flush() -> None:
+        if entry:
+            pins.append(Pin(entry["name"], entry["version"], entry["marker"], entry["hashes"], tuple(entry["via"])))
+
+    for line in (ROOT / path).read_text(encoding="utf-8").splitlines():
+        stripped = line.strip().removesuffix("\\").strip()
+        if line and not line[0].isspace() and not line.startswith("#"):
+            flush()
+            req = Requirement(stripped)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{path}: {stripped} is not pinned; {RELOCK}"
+            entry = {"name": canonicalize_name(req.name), "version": spec.version,
+                     "marker": str(req.marker) if req.marker else None, "hashes": 0, "via": []}
+        elif entry and stripped.startswith("--hash=sha256:"):
+            entry["hashes"] += 1
+        elif entry and stripped.startswith("# via "):
+            entry["via"].append(stripped.removeprefix("# via ").strip())
+        elif entry and stripped.startswith("#   "):
+            entry["via"].append(stripped.removeprefix("#").strip())
+    flush()
+    return tuple(pins)
+
+
+def declared(which: str) -> dict[str, Requirement]:
+    """What pyproject.toml asks each lock to hold directly (mirrors requirements/lock)."""
     with (ROOT / "pyproject.toml").open("rb") as fh:
-        deps = tomllib.load(fh)["project"]["dependencies"]
-    return {canonicalize_name(r.name): r for r in map(Requirement, deps)}
+        project = tomllib.load(fh)
+    extras = project["project"]["optional-dependencies"]
+    runtime = project["project"]["dependencies"]
+    chosen = {
+        "runtime": runtime,
+        "layer": [r for r in extras["api"] if canonicalize_name(Requirement(r).name) != "uvicorn"],
+        "bench": extras["bench"],
+        "dev": [*runtime, *project["build-system"]["requires"]],
+    }[which]
+    if which == "dev":  # the dev extra, with the project's own extras it names expanded
+        todo = ["dev"]
+        while todo:
+            for r in map(Requirement, extras[todo.pop()]):
+                if canonicalize_name(r.name) == canonicalize_name(project["project"]["name"]):
+                    todo.extend(r.extras)
+                else:
+                    chosen.append(str(r))
+    return {canonicalize_name(r.name): r for r in map(Requirement, chosen)}
 
 
-def test_requirements_txt_is_in_step_with_pyproject() -> None:
-    shipped, declared = _requirements_txt(), _pyproject_dependencies()
-    assert shipped, "handler/requirements.txt lists nothing"
-    for name, req in shipped.items():
-        assert name in declared, f"{req} is shipped by sam build but missing from pyproject.toml"
-        other = declared[name]
-        assert (req.specifier, req.extras, req.marker) == (other.specifier, other.extras, other.marker), (
-            f"requirements.txt has {req}, pyproject.toml has {other}"
-        )
+@pytest.mark.parametrize("path", LOCK_FILES)
+def test_every_lock_pins_every_package_with_hashes(path: str) -> None:
+    pins = lock(path)
+    assert pins, f"{path} pins nothing"
+    for pin in pins:
+        assert pin.hashes, f"{path}: {pin.name}=={pin.version} has no --hash; {RELOCK}"
+    # pip installs these with --require-hashes: nothing may come from elsewhere (-e, URLs, other files)
+    text = (ROOT / path).read_text(encoding="utf-8")
+    assert not re.search(r"^\s*(-e|-r|--index-url|--extra-index-url|--find-links)\b", text, re.M), path
 
 
-def test_every_pyproject_dependency_is_shipped_to_lambda() -> None:
-    missing = set(_pyproject_dependencies()) - set(_requirements_txt())
-    assert not missing, f"in pyproject.toml but not handler/requirements.txt (would be missing on Lambda): {missing}"
+@pytest.mark.parametrize("path", LOCK_FILES)
+def test_locks_are_in_step_with_pyproject(path: str) -> None:
+    """A dependency added to, removed from or re-ranged in pyproject.toml without re-locking fails here."""
+    wanted = declared(LOCK_FILES[path])
+    pins = lock(path)
+    direct = {pin.name for pin in pins if pin.direct}
+    assert direct == set(wanted), (
+        f"{path} locks {sorted(direct - set(wanted))} that pyproject.toml does not ask for and misses "
+        f"{sorted(set(wanted) - direct)}; {RELOCK}"
+    )
+    for pin in pins:
+        if pin.name in wanted:
+            assert wanted[pin.name].specifier.contains(pin.version, prereleases=True), (
+                f"{path} pins {pin.name}=={pin.version}, pyproject.toml asks for {wanted[pin.name]}; {RELOCK}"
+            )
+
+
+def test_a_package_has_the_same_version_in_every_lock() -> None:
+    """Resolved once (dev.txt) and constrained: the tests run what Lambda ships."""
+    versions: dict[tuple[str, str | None], dict[str, str]] = {}
+    for path in LOCK_FILES:
+        for pin in lock(path):
+            versions.setdefault((pin.name, pin.marker), {})[path] = pin.version
+    differ = {key: where for key, where in versions.items() if len(set(where.values())) > 1}
+    assert not differ, f"{differ}; {RELOCK}"
+    runtime = {pin.name for pin in lock("handler/requirements.txt")}
+    assert {"aioboto3", "pillow", "pillow-heif", "litestar-storages", "aws-lambda-powertools"} <= runtime
+    assert not {"litestar", "mangum", "uvicorn", "moto", "pytest", "numpy"} & runtime, "dev/API packages in the pipeline function"
+
+
+def _readme_command(after: str) -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split(after, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    (line,) = [line for line in block.splitlines() if line.strip()]
+    return line
+
+
+def test_ci_runs_the_readmes_set_up_and_test_command_verbatim() -> None:
+    test_command = _readme_command("## Run the tests")
+    try_command = _readme_command("## Try it")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert test_command in ci, ".ci/run must run the README's test command verbatim"
+    # One set-up, from the lock with plain pip, in both places.
+    set_up = test_command.rsplit(" && ", 1)[0]
+    assert try_command.startswith(set_up + " && "), (try_command, set_up)
+    assert "--require-hashes -r requirements/dev.txt" in set_up and "--no-deps" in set_up
 
 
 # ---------------------------------------------------------------- serving: CloudFront (Cdn=true)
@@ -1076,19 +1181,14 @@ def test_api_function_runs_the_same_code_with_litestar_from_its_own_layer() -> N
     (layer_ref,) = props["Layers"]
     layer = api["Resources"][layer_ref["Ref"]]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
-    layer_requirements = ROOT / "stacks" / layer["Properties"]["ContentUri"] / "requirements.txt"
-    names = {Requirement(line).name for line in layer_requirements.read_text().splitlines()
-             if line.strip() and not line.startswith("#")}
-    assert names == {"litestar", "mangum"}
+    layer_lock = (Path("stacks") / layer["Properties"]["ContentUri"] / "requirements.txt").as_posix()
+    assert layer_lock in LOCK_FILES, "the layer's requirements must be a lock (requirements/lock)"
+    names = {pin.name for pin in lock(layer_lock) if pin.direct}
+    assert names == {"litestar", "mangum", "pyjwt"}
     # ... and none of it in the pipeline function's artefact
-    assert not names & set(_requirements_txt())
+    assert not names & {pin.name for pin in lock("handler/requirements.txt")}
     with (ROOT / "pyproject.toml").open("rb") as fh:
         extras = tomllib.load(fh)["project"]["optional-dependencies"]
-    api_extra = {canonicalize_name(Requirement(r).name): Requirement(r) for r in extras["api"]}
-    for line in layer_requirements.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            req = Requirement(line)
-            assert str(api_extra[req.name].specifier) == str(req.specifier), f"{req} vs pyproject's api extra"
     assert any("[api]" in r for r in extras["dev"]), "the dev extra (README's test command) must pull in the API"
 
 
