@@ -1,8 +1,8 @@
 """CloudFormation templates as they would deploy with given parameters, for the template tests.
 
 `deploy("template.yaml", {"ApiAuth": "iam"})` resolves every parameter (the value given, else its
-Default; AllowedValues and AllowedPattern are checked as CloudFormation would), checks the
-template's Rules (a failing assertion raises `RuleFailed`, as CloudFormation refuses the stack),
+Default; AllowedValues, AllowedPattern and a Number's MinValue/MaxValue are checked as
+CloudFormation would), checks the template's Rules (a failing assertion raises `RuleFailed`, as CloudFormation refuses the stack),
 evaluates every condition, keeps only the resources and outputs whose condition holds, and
 renders their properties: `Fn::If` picks its branch, `AWS::NoValue` disappears, `Ref` to a
 parameter becomes its value, and `Fn::Split` / `Fn::Join` / `Fn::Select` / `Fn::Sub` over known
@@ -55,13 +55,15 @@ def _parameter_value(name: str, spec: Mapping[str, Any], given: Any) -> Any:
         raise KeyError(f"parameter {name} has no Default and was not given")
     if isinstance(value, dict):  # passed by a parent as !GetAtt / !Ref to a resource: known at deploy time only
         return value
-    if isinstance(value, bool):
-        value = str(value).lower()
-    value = str(value)
-    if "AllowedValues" in spec and value not in [str(v).lower() if isinstance(v, bool) else str(v) for v in spec["AllowedValues"]]:
+    value = str(_scalar(value))
+    if "AllowedValues" in spec and value not in [str(_scalar(v)) for v in spec["AllowedValues"]]:
         raise ValueError(f"{name}={value!r} is not one of {spec['AllowedValues']}")
     if "AllowedPattern" in spec and not re.fullmatch(spec["AllowedPattern"], value):
         raise ValueError(f"{name}={value!r} does not match {spec['AllowedPattern']}")
+    if spec.get("Type") == "Number" and not (
+        float(spec.get("MinValue", "-inf")) <= float(value) <= float(spec.get("MaxValue", "inf"))
+    ):
+        raise ValueError(f"{name}={value} is outside {spec.get('MinValue')}..{spec.get('MaxValue')}")
     if spec.get("Type", "String").startswith("CommaDelimitedList") or spec.get("Type", "").startswith("List<"):
         return value.split(",")
     return value
@@ -180,7 +182,9 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def deploy(name: str | Path, parameters: Mapping[str, Any] | None = None, *, _template: dict[str, Any] | None = None) -> Stack:
+def deploy(
+    name: str | Path, parameters: Mapping[str, Any] | None = None, *, _template: dict[str, Any] | None = None
+) -> Stack:
     """The stack `name` (relative to the repository root) would create with these parameters."""
     template = _template if _template is not None else load(name)
     given = dict(parameters or {})
