@@ -622,7 +622,7 @@ def test_buffered_function_and_bucket_match_the_direct_template(
 
 # ---------------------------------------------------------------- dependencies: the locks (requirements/lock)
 
-RELOCK = "run `bash requirements/lock` (README, \"Update the locks\")"
+RELOCK = "run `bash requirements/lock` (README, \"The locks\")"
 LOCK_FILES = {
     # lock -> what it must lock directly, from pyproject.toml
     "handler/requirements.txt": "runtime",  # what `sam build` ships in both functions
