@@ -755,7 +755,7 @@ def test_ci_runs_the_readmes_set_up_and_test_command_verbatim() -> None:
     # One set-up, from the lock with plain pip, in both places.
     set_up = test_command.rsplit(" && ", 1)[0]
     assert try_command.startswith(set_up + " && "), (try_command, set_up)
-    assert "--require-hashes -r requirements/dev.txt" in set_up and "--no-deps" in set_up
+    assert "--require-hashes -r requirements/dev.txt" in set_up and "--no-deps --no-build-isolation" in set_up
 
 
 # ---------------------------------------------------------------- serving: CloudFront (Cdn=true)
