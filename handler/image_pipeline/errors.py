@@ -18,14 +18,27 @@ report it so it is retried).
 
 from __future__ import annotations
 
+import re
+
+# `<_io.BytesIO object at 0x7f…>` and the like, which library messages carry (Pillow's "cannot
+# identify image file <…>"): an internal object and a memory address, never for a response.
+_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def without_reprs(text: str) -> str:
+    """`text` without object reprs that give memory addresses."""
+    return _REPR.sub("", text)
+
 
 class PipelineError(Exception):
-    """Base of every error the pipeline raises on purpose."""
+    """Base of every error the pipeline raises on purpose. Its message is shown to users (problem
+    details, completion events), so object reprs are taken out of it."""
 
     code = "pipeline_error"
     permanent = True
 
     def __init__(self, message: str) -> None:
+        message = without_reprs(message)
         super().__init__(message)
         self.message = message
 
@@ -37,6 +50,7 @@ class ImageRejected(PipelineError):
     """The input can never become variants; retrying will not help."""
 
     etag: str | None = None  # the version judged, when the store told us (see TooLarge.over)
+    metadata: dict[str, str] | None = None  # that version's metadata (its owner), when known
 
 
 class EmptyFile(ImageRejected):
@@ -51,9 +65,9 @@ class TooLarge(ImageRejected):
     code = "too_large"
 
     @classmethod
-    def over(cls, size: int, limit: int, etag: str | None = None) -> TooLarge:
+    def over(cls, size: int, limit: int, etag: str | None = None, metadata: dict[str, str] | None = None) -> TooLarge:
         error = cls(f"{size} bytes is over the {limit}-byte limit")
-        error.etag = etag
+        error.etag, error.metadata = etag, metadata
         return error
 
 

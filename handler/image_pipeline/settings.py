@@ -156,12 +156,13 @@ def _prefix(value: str, name: str, problems: list[str]) -> str:
 
 
 def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
-    """Parse `name:WxH[:fit][:gravity][:format][:qNN][:qauto[NN]]` entries separated by `;`.
+    """Parse `name:WxH[:fit][:gravity][:format][:qNN][:qauto[NN]][:hdr]` entries separated by `;`.
 
     Example: `thumbnail:150x150:cover:attention:webp:q80;large:1920x1920:jpeg:qauto`. Tokens after
     the size may come in any order; each is recognised by its value. A side of 0 (or left out:
     `hero:1600x`, `tall:x1200`) is free and follows the aspect ratio. `qauto` chooses the quality
     per image (luminance SSIM ≥ 0.98, `qauto985` for 0.985), with `qNN` (default 85) as the ceiling.
+    `hdr` (jpeg only) keeps an upload's HDR gain map: the variant becomes an Ultra HDR JPEG.
     """
     variants: list[VariantConfig] = []
     for entry in filter(None, (e.strip() for e in spec.split(";"))):
@@ -181,6 +182,8 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
                 options["gravity"] = token
             elif token in ("original", "auto"):
                 options["format"] = None
+            elif token == "hdr":
+                options["hdr"] = True
             elif token.startswith("qauto") and (token == "qauto" or token[5:].isdigit()):
                 options["qauto"] = float(f"0.{token[5:]}") if token[5:] else DEFAULT_QAUTO_TARGET
             elif token.startswith("q") and token[1:].isdigit():
@@ -191,7 +194,7 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
                 except ValueError:
                     raise ValueError(
                         f"{entry!r}: unknown option {token!r}; expected a fit ({_names(Fit)}), a gravity "
-                        f"({_names(Gravity)}), a format ({_names(ImageFormat)}, original), qNN or qauto[NN]"
+                        f"({_names(Gravity)}), a format ({_names(ImageFormat)}, original), qNN, qauto[NN] or hdr"
                     ) from None
         try:
             variants.append(VariantConfig(name.strip(), int(width), int(height), **options))

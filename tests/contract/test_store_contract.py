@@ -108,6 +108,50 @@ def test_read_refuses_an_oversize_object(with_store):
     with_store(body)
 
 
+def test_metadata_comes_back_with_the_read_and_is_replaced_by_the_next_write(with_store):
+    async def body(store):
+        await store.write("raw/m.jpg", b"data", "image/jpeg", {"owner": "alice%40example.com", "k": "v"})
+        assert (await store.read("raw/m.jpg")).metadata == {"owner": "alice%40example.com", "k": "v"}
+        with pytest.raises(TooLarge) as caught:  # refused before the body: the owner is still known
+            await store.read("raw/m.jpg", max_bytes=2)
+        assert caught.value.metadata == {"owner": "alice%40example.com", "k": "v"}
+        await store.set_tags("raw/m.jpg", {"image-pipeline-status": "processed"})  # tags leave it alone
+        assert (await store.read("raw/m.jpg")).metadata["owner"] == "alice%40example.com"
+        assert [o.key for o in await store.list("raw/")] == ["raw/m.jpg"]  # never listed beside it
+        await store.write("raw/m.jpg", b"other", "image/jpeg", {})  # S3 replaces metadata on a PUT
+        assert (await store.read("raw/m.jpg")).metadata == {}
+        await store.write("raw/m.jpg", b"third", "image/jpeg", {"owner": "bob"})
+        await store.delete("raw/m.jpg")
+        await store.write("raw/m.jpg", b"back", "image/jpeg", {})  # a new object: none of the old one's
+        assert (await store.read("raw/m.jpg")).metadata == {}
+
+    with_store(body)
+
+
+def test_the_service_records_the_owner_only_when_the_keys_tag_is_the_owners(with_store):
+    from image_pipeline import ids
+
+    service = ImageService(ImageProcessor([VariantConfig("small", 64, 64, format="webp")]))
+    owner = "élodie@example.com"
+    mine = ids.new_id(tag=ids.owner_tag(owner))
+    forged = ids.new_id(tag=ids.owner_tag("mallory"))
+    untagged = ids.new_id()
+
+    async def body(store):
+        owner_field = {"owner": ids.owner_metadata(owner)}
+        assert owner_field["owner"].isascii() and "%" in owner_field["owner"]
+        for image_id in (mine, forged, untagged):
+            await store.write(f"raw/{image_id}/a.jpg", photo(96, 64), "image/jpeg", owner_field)
+            assert (await service.handle(store, ObjectRef("bucket", f"raw/{image_id}/a.jpg"))).status == "processed"
+        recorded = {
+            image_id: json.loads(await store.read_optional(f"processed/{image_id}/a/manifest.json"))["owner"]
+            for image_id in (mine, forged, untagged)
+        }
+        assert recorded == {mine: owner, forged: None, untagged: None}
+
+    with_store(body)
+
+
 def test_tags_merge_and_survive_until_delete(with_store):
     async def body(store):
         await store.write("t.jpg", b"data", "image/jpeg", {})

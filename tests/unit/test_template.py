@@ -24,6 +24,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from image_pipeline.api.settings import ApiSettings
 from image_pipeline.settings import DEFAULTS
 from tests.cfn import RuleFailed, Stack, deploy, load
 
@@ -1391,6 +1392,14 @@ def test_the_api_function_is_told_how_callers_are_authorised(top: str, overrides
     assert {k: env[k] for k in expected} == expected
     # API Gateway verifies tokens: the app must not be configured to verify them again itself.
     assert not {"JWT_SECRET", "JWKS_URL"} & set(env)
+    # ... and the app starts with exactly this environment (its own validation, as on Lambda).
+    settings = api_settings(env)
+    assert (settings.auth, settings.owner_claim, settings.admin_scope)[: len(expected)] == tuple(expected.values())
+
+
+def api_settings(env: dict[str, Any]) -> ApiSettings:
+    """The API's settings from a rendered environment (the bucket's name is known only at deploy)."""
+    return ApiSettings.from_env({k: v if isinstance(v, str) else "example-stack-imagebucket" for k, v in env.items()})
 
 
 @pytest.mark.parametrize("top", [DIRECT, BUFFERED])
@@ -1412,6 +1421,7 @@ def test_bucket_and_api_cors_follow_allowed_origins(top: str, origins: str, expe
     assert bool(cors_wildcards(stack)) == (origins == "*"), "a wildcard only when asked for by name"
     _, api_function = only(stack.nested["ApiStack"].of_type("AWS::Serverless::Function"), "API function")
     assert api_function["Environment"]["Variables"]["ALLOWED_ORIGINS"] == origins
+    assert api_settings(api_function["Environment"]["Variables"]).allowed_origins == tuple(expected)
     (_, _, bucket), = stack.everywhere("AWS::S3::Bucket")
     if expected:
         (rule,) = bucket["CorsConfiguration"]["CorsRules"]

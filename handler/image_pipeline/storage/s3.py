@@ -146,12 +146,13 @@ class S3Store:
             response = await self.client.get_object(Bucket=self.bucket, Key=key)
             async with response["Body"] as body:
                 size = response["ContentLength"]
+                metadata = dict(response.get("Metadata") or {})
                 if max_bytes is not None and size > max_bytes:
-                    raise TooLarge.over(size, max_bytes, etag=response["ETag"].strip('"'))
+                    raise TooLarge.over(size, max_bytes, etag=response["ETag"].strip('"'), metadata=metadata)
                 data = await body.read()
         if len(data) != size:
             raise StorageFailure(f"short read of s3://{self.bucket}/{key}: {len(data)} of {size} bytes")
-        return RawObject(data, response["ETag"].strip('"'), size)
+        return RawObject(data, response["ETag"].strip('"'), size, metadata)
 
     async def read_optional(self, key: str) -> bytes | None:
         try:
