@@ -13,8 +13,10 @@ Templates are read with cfn-lint's CloudFormation-aware YAML loader, so short-fo
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,11 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from image_pipeline.api.settings import ApiSettings
 from image_pipeline.settings import DEFAULTS
+from tests.cfn import RuleFailed, Stack, deploy, load
 
-cfn_yaml = pytest.importorskip("cfnlint.decode.cfn_yaml")
+pytest.importorskip("cfnlint.decode.cfn_yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 DIRECT = "template.yaml"  # S3 notification -> Lambda (async), on-failure destination -> SQS
@@ -47,11 +51,6 @@ S3_OBJECT_ACTIONS_ALLOWED = {
 
 
 # ---------------------------------------------------------------- helpers
-
-
-@functools.cache
-def load(name: str) -> dict[str, Any]:
-    return cfn_yaml.load(str(ROOT / name))
 
 
 @pytest.fixture(scope="module", params=[DIRECT, BUFFERED])
@@ -622,39 +621,142 @@ def test_buffered_function_and_bucket_match_the_direct_template(
         assert resources_of_type(buffered, type_) == resources_of_type(direct, type_), type_
 
 
-# ---------------------------------------------------------------- dependencies
+# ---------------------------------------------------------------- dependencies: the locks (requirements/lock)
+
+RELOCK = "run `bash requirements/lock` (README, \"The locks\")"
+LOCK_FILES = {
+    # lock -> what it must lock directly, from pyproject.toml
+    "handler/requirements.txt": "runtime",  # what `sam build` ships in both functions
+    "stacks/api-layer/requirements.txt": "layer",  # the API function's layer
+    "requirements/dev.txt": "dev",  # README set-up and .ci/run
+    "bench/requirements.txt": "bench",
+}
 
 
-def _requirements_txt() -> dict[str, Requirement]:
-    reqs = {}
-    for line in (ROOT / "handler" / "requirements.txt").read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            req = Requirement(line)
-            reqs[canonicalize_name(req.name)] = req
-    return reqs
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+    marker: str | None
+    hashes: int
+    via: tuple[str, ...]
+
+    @property
+    def direct(self) -> bool:
+        """Asked for by pyproject.toml (or the lock script's stdin), not only pulled in by a package."""
+        return "s3-image-pipeline (pyproject.toml)" in self.via or all(v.startswith(("-c ", "-r ")) for v in self.via)
 
 
-def _pyproject_dependencies() -> dict[str, Requirement]:
+@functools.cache
+def lock(path: str) -> tuple[Pin, ...]:
+    """The pins of a `uv pip compile --generate-hashes` lock, with their `# via` annotations."""
+    pins: list[Pin] = []
+    entry: dict[str, Any] | None = None
+
+    def flush() -> None:
+        if entry:
+            pins.append(Pin(entry["name"], entry["version"], entry["marker"], entry["hashes"], tuple(entry["via"])))
+
+    for line in (ROOT / path).read_text(encoding="utf-8").splitlines():
+        stripped = line.strip().removesuffix("\\").strip()
+        if line and not line[0].isspace() and not line.startswith("#"):
+            flush()
+            req = Requirement(stripped)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{path}: {stripped} is not pinned; {RELOCK}"
+            entry = {"name": canonicalize_name(req.name), "version": spec.version,
+                     "marker": str(req.marker) if req.marker else None, "hashes": 0, "via": []}
+        elif entry and stripped.startswith("--hash=sha256:"):
+            entry["hashes"] += 1
+        elif entry and stripped.startswith("# via "):
+            entry["via"].append(stripped.removeprefix("# via ").strip())
+        elif entry and stripped.startswith("#   "):
+            entry["via"].append(stripped.removeprefix("#").strip())
+    flush()
+    return tuple(pins)
+
+
+def declared(which: str) -> dict[str, Requirement]:
+    """What pyproject.toml asks each lock to hold directly (mirrors requirements/lock)."""
     with (ROOT / "pyproject.toml").open("rb") as fh:
-        deps = tomllib.load(fh)["project"]["dependencies"]
-    return {canonicalize_name(r.name): r for r in map(Requirement, deps)}
+        project = tomllib.load(fh)
+    extras = project["project"]["optional-dependencies"]
+    runtime = project["project"]["dependencies"]
+    chosen = {
+        "runtime": runtime,
+        "layer": [r for r in extras["api"] if canonicalize_name(Requirement(r).name) != "uvicorn"],
+        "bench": extras["bench"],
+        "dev": [*runtime, *project["build-system"]["requires"]],
+    }[which]
+    if which == "dev":  # the dev extra, with the project's own extras it names expanded
+        todo = ["dev"]
+        while todo:
+            for r in map(Requirement, extras[todo.pop()]):
+                if canonicalize_name(r.name) == canonicalize_name(project["project"]["name"]):
+                    todo.extend(r.extras)
+                else:
+                    chosen.append(str(r))
+    return {canonicalize_name(r.name): r for r in map(Requirement, chosen)}
 
 
-def test_requirements_txt_is_in_step_with_pyproject() -> None:
-    shipped, declared = _requirements_txt(), _pyproject_dependencies()
-    assert shipped, "handler/requirements.txt lists nothing"
-    for name, req in shipped.items():
-        assert name in declared, f"{req} is shipped by sam build but missing from pyproject.toml"
-        other = declared[name]
-        assert (req.specifier, req.extras, req.marker) == (other.specifier, other.extras, other.marker), (
-            f"requirements.txt has {req}, pyproject.toml has {other}"
-        )
+@pytest.mark.parametrize("path", LOCK_FILES)
+def test_every_lock_pins_every_package_with_hashes(path: str) -> None:
+    pins = lock(path)
+    assert pins, f"{path} pins nothing"
+    for pin in pins:
+        assert pin.hashes, f"{path}: {pin.name}=={pin.version} has no --hash; {RELOCK}"
+    # pip installs these with --require-hashes: nothing may come from elsewhere (-e, URLs, other files)
+    text = (ROOT / path).read_text(encoding="utf-8")
+    assert not re.search(r"^\s*(-e|-r|--index-url|--extra-index-url|--find-links)\b", text, re.M), path
 
 
-def test_every_pyproject_dependency_is_shipped_to_lambda() -> None:
-    missing = set(_pyproject_dependencies()) - set(_requirements_txt())
-    assert not missing, f"in pyproject.toml but not handler/requirements.txt (would be missing on Lambda): {missing}"
+@pytest.mark.parametrize("path", LOCK_FILES)
+def test_locks_are_in_step_with_pyproject(path: str) -> None:
+    """A dependency added to, removed from or re-ranged in pyproject.toml without re-locking fails here."""
+    wanted = declared(LOCK_FILES[path])
+    pins = lock(path)
+    direct = {pin.name for pin in pins if pin.direct}
+    assert direct == set(wanted), (
+        f"{path} locks {sorted(direct - set(wanted))} that pyproject.toml does not ask for and misses "
+        f"{sorted(set(wanted) - direct)}; {RELOCK}"
+    )
+    for pin in pins:
+        if pin.name in wanted:
+            assert wanted[pin.name].specifier.contains(pin.version, prereleases=True), (
+                f"{path} pins {pin.name}=={pin.version}, pyproject.toml asks for {wanted[pin.name]}; {RELOCK}"
+            )
+
+
+def test_a_package_has_the_same_version_in_every_lock() -> None:
+    """Resolved once (dev.txt) and constrained: the tests run what Lambda ships."""
+    versions: dict[tuple[str, str | None], dict[str, str]] = {}
+    for path in LOCK_FILES:
+        for pin in lock(path):
+            versions.setdefault((pin.name, pin.marker), {})[path] = pin.version
+    differ = {key: where for key, where in versions.items() if len(set(where.values())) > 1}
+    assert not differ, f"{differ}; {RELOCK}"
+    runtime = {pin.name for pin in lock("handler/requirements.txt")}
+    assert {"aioboto3", "pillow", "pillow-heif", "litestar-storages", "aws-lambda-powertools"} <= runtime
+    dev_or_api = {"litestar", "mangum", "uvicorn", "moto", "pytest", "numpy"}
+    assert not dev_or_api & runtime, "dev/API packages in the pipeline function's artefact"
+
+
+def _readme_command(after: str) -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split(after, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    (line,) = [line for line in block.splitlines() if line.strip()]
+    return line
+
+
+def test_ci_runs_the_readmes_set_up_and_test_command_verbatim() -> None:
+    test_command = _readme_command("## Run the tests")
+    try_command = _readme_command("## Try it")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert test_command in ci, ".ci/run must run the README's test command verbatim"
+    # One set-up, from the lock with plain pip, in both places.
+    set_up = test_command.rsplit(" && ", 1)[0]
+    assert try_command.startswith(set_up + " && "), (try_command, set_up)
+    assert "--require-hashes -r requirements/dev.txt" in set_up and "--no-deps --no-build-isolation" in set_up
 
 
 # ---------------------------------------------------------------- serving: CloudFront (Cdn=true)
@@ -1081,19 +1183,14 @@ def test_api_function_runs_the_same_code_with_litestar_from_its_own_layer() -> N
     (layer_ref,) = props["Layers"]
     layer = api["Resources"][layer_ref["Ref"]]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
-    layer_requirements = ROOT / "stacks" / layer["Properties"]["ContentUri"] / "requirements.txt"
-    names = {Requirement(line).name for line in layer_requirements.read_text().splitlines()
-             if line.strip() and not line.startswith("#")}
+    layer_lock = (Path("stacks") / layer["Properties"]["ContentUri"] / "requirements.txt").as_posix()
+    assert layer_lock in LOCK_FILES, "the layer's requirements must be a lock (requirements/lock)"
+    names = {pin.name for pin in lock(layer_lock) if pin.direct}
     assert names == {"litestar", "mangum", "pyjwt"}
     # ... and none of it in the pipeline function's artefact
-    assert not names & set(_requirements_txt())
+    assert not names & {pin.name for pin in lock("handler/requirements.txt")}
     with (ROOT / "pyproject.toml").open("rb") as fh:
         extras = tomllib.load(fh)["project"]["optional-dependencies"]
-    api_extra = {canonicalize_name(Requirement(r).name): Requirement(r) for r in extras["api"]}
-    for line in layer_requirements.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            req = Requirement(line)
-            assert str(api_extra[req.name].specifier) == str(req.specifier), f"{req} vs pyproject's api extra"
     assert any("[api]" in r for r in extras["dev"]), "the dev extra (README's test command) must pull in the API"
 
 
@@ -1123,32 +1220,6 @@ def test_api_s3_permissions_are_least_privilege() -> None:
     assert granted == allowed
 
 
-def test_api_jwt_authorizer_is_optional_and_guards_every_route() -> None:
-    api = load(API_STACK)
-    assert api["Conditions"]["HasJwt"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "JwtIssuer"}, ""]}]}
-    _, authorizer = only(resources_of_type(api, "AWS::ApiGatewayV2::Authorizer"), "authorizer")
-    assert authorizer["Condition"] == "HasJwt"
-    config = authorizer["Properties"]
-    assert config["AuthorizerType"] == "JWT"
-    assert config["JwtConfiguration"] == {"Issuer": {"Ref": "JwtIssuer"}, "Audience": [{"Ref": "JwtAudience"}]}
-    routes = resources_of_type(api, "AWS::ApiGatewayV2::Route")
-    assert [r["Properties"]["RouteKey"] for r in routes.values()] == ["$default"]  # one route: all paths
-    (route,) = routes.values()
-    assert route["Properties"]["AuthorizationType"] == {"Fn::If": ["HasJwt", "JWT", "NONE"]}
-    _, stage = only(resources_of_type(api, "AWS::ApiGatewayV2::Stage"), "stage")
-    assert stage["Properties"]["DefaultRouteSettings"]["ThrottlingRateLimit"] == {"Ref": "ThrottleRate"}
-
-
-def test_bucket_cors_and_api_cors_follow_allowed_origins(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -> None:
-    _, props = bucket
-    (rule,) = props["CorsConfiguration"]["CorsRules"]
-    assert rule["AllowedOrigins"] == {"Fn::Split": [",", {"Ref": "AllowedOrigins"}]}
-    assert "POST" in rule["AllowedMethods"] and "PUT" not in rule["AllowedMethods"]  # presigned POST only
-    api = load(API_STACK)
-    _, http_api = only(resources_of_type(api, "AWS::ApiGatewayV2::Api"), "HTTP API")
-    assert http_api["Properties"]["CorsConfiguration"]["AllowOrigins"] == {"Fn::Split": [",", {"Ref": "AllowedOrigins"}]}
-
-
 def test_pipeline_may_put_events_on_the_configured_bus_only(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
     name, props = function
     assert props["Environment"]["Variables"]["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
@@ -1158,3 +1229,247 @@ def test_pipeline_may_put_events_on_the_configured_bus_only(template: dict[str, 
     (policy,) = [r for r in resources_of_type(template, "AWS::IAM::Policy").values() if "events:" in str(r)]
     assert policy["Condition"] == "HasEventBus"
     assert policy["Properties"]["Roles"] == [{"Ref": f"{name}Role"}]
+
+
+# ---------------------------------------------------------------- who may call what (issue #20)
+# Every check below runs on the stack as it would deploy (tests/cfn.py: parameters resolved,
+# conditions evaluated, the nested API stack deployed with what its parent passes).
+
+ISSUER = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Example"
+JWT = {"ApiAuth": "jwt", "JwtIssuer": ISSUER, "JwtAudience": "app-client-id"}
+REQUIRED = {EXISTING: {"ExistingBucketName": "my-photos"}}  # parameters without a Default
+API_AUTH_CASES = {
+    "jwt, no issuer (the default)": ({}, None),
+    "jwt with an issuer": (JWT, "JWT"),
+    "iam": ({"ApiAuth": "iam"}, "AWS_IAM"),
+    "open, asked for by name": ({"ApiAuth": "open"}, "NONE"),
+}
+
+
+def open_entry_points(stack: Stack) -> list[str]:
+    """Every way in that admits anyone (routes, methods, function URLs, invoke permissions),
+    through the whole deploy. Written over resource types, not over our templates' logical ids,
+    so a function URL or API added later is checked the day it appears."""
+    found = []
+    for s, name, props in stack.everywhere("AWS::ApiGatewayV2::Route"):
+        kind = props.get("AuthorizationType", "NONE")
+        if kind == "NONE" or (kind in ("JWT", "CUSTOM") and not props.get("AuthorizerId")):
+            found.append(f"{s.name}: route {name} ({props.get('RouteKey')}) AuthorizationType {kind}")
+    for s, name, props in stack.everywhere("AWS::ApiGateway::Method"):
+        if props.get("AuthorizationType", "NONE") == "NONE" and props.get("HttpMethod") != "OPTIONS":
+            found.append(f"{s.name}: method {name} without authorization")
+    for s, name, props in stack.everywhere("AWS::Lambda::Url"):
+        if props.get("AuthType") != "AWS_IAM":
+            found.append(f"{s.name}: function URL {name} AuthType {props.get('AuthType')}")
+    for s, name, props in stack.everywhere("AWS::Serverless::Function"):
+        url = props.get("FunctionUrlConfig")
+        if url is not None and url.get("AuthType") != "AWS_IAM":
+            found.append(f"{s.name}: {name}'s FunctionUrlConfig AuthType {url.get('AuthType')}")
+        for event_name, event in props.get("Events", {}).items():
+            if event["Type"] in ("Api", "HttpApi"):
+                authorizer = event.get("Properties", {}).get("Auth", {}).get("Authorizer")
+                if authorizer in (None, "NONE"):
+                    found.append(f"{s.name}: {name}'s {event['Type']} event {event_name} without an authorizer")
+    for s, name, props in stack.everywhere("AWS::Serverless::Api", "AWS::Serverless::HttpApi"):
+        if not props.get("Auth", {}).get("DefaultAuthorizer"):
+            found.append(f"{s.name}: {name} has no DefaultAuthorizer")
+    for s, name, props in stack.everywhere("AWS::Lambda::Permission"):
+        if props.get("Principal") == "*" or props.get("FunctionUrlAuthType") == "NONE":
+            found.append(f"{s.name}: permission {name} lets anyone invoke {props.get('FunctionName')}")
+    return found
+
+
+def cors_origins(stack: Stack) -> list[tuple[str, list[Any]]]:
+    """(where, allowed origins) of every CORS configuration in the whole deploy."""
+    found: list[tuple[str, list[Any]]] = []
+    for s, name, props in stack.everywhere("AWS::S3::Bucket"):
+        for rule in props.get("CorsConfiguration", {}).get("CorsRules", []):
+            found.append((f"{s.name}: bucket {name}", as_list(rule.get("AllowedOrigins", []))))
+    for s, name, props in stack.everywhere("AWS::ApiGatewayV2::Api", "AWS::Serverless::HttpApi"):
+        cors = props.get("CorsConfiguration")
+        if cors is not None:
+            found.append((f"{s.name}: HTTP API {name}", ["*"] if cors is True else as_list(cors.get("AllowOrigins", []))))
+    for s, name, props in stack.everywhere("AWS::Serverless::Api"):
+        if "Cors" in props:
+            cors = props["Cors"]
+            found.append((f"{s.name}: API {name}", [cors.get("AllowOrigin", "*") if isinstance(cors, dict) else cors]))
+    for s, name, props in stack.everywhere("AWS::Lambda::Url"):
+        if "Cors" in props:
+            found.append((f"{s.name}: function URL {name}", as_list(props["Cors"].get("AllowOrigins", []))))
+    for s, name, props in stack.everywhere("AWS::Serverless::Function"):
+        cors = props.get("FunctionUrlConfig", {}).get("Cors")
+        if cors is not None:
+            found.append((f"{s.name}: {name}'s function URL", as_list(cors.get("AllowOrigins", []))))
+    return found
+
+
+def cors_wildcards(stack: Stack) -> list[str]:
+    """Origins that admit every site ('*', 'https://*.x') or are not origins at all ('' is what
+    !Split of an empty parameter gives, a list CloudFormation or the service then refuses)."""
+    return [f"{where}: {origin!r}" for where, origins in cors_origins(stack) for origin in origins
+            if not isinstance(origin, str) or "*" in origin or not origin] + [
+        f"{where}: no origins" for where, origins in cors_origins(stack) if not origins]
+
+
+def routes(stack: Stack) -> list[dict[str, Any]]:
+    return [props for _, _, props in stack.everywhere("AWS::ApiGatewayV2::Route")]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED, EXISTING])
+def test_a_default_deploy_opens_nothing_to_anyone(top: str) -> None:
+    """`sam deploy` with the defaults: the pipeline, and no route, function URL or invoke
+    permission that anyone may use, and no CORS rule admitting every origin."""
+    stack = deploy(top, REQUIRED.get(top))
+    assert stack.of_type("AWS::Serverless::Function"), "the pipeline itself must deploy with no parameters"
+    assert open_entry_points(stack) == []
+    assert cors_wildcards(stack) == []
+    assert routes(stack) == [], "no API until ApiAuth says who may call it"
+    assert cors_origins(stack) == [], "AllowedOrigins defaults to same-origin only: no CORS rule at all"
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+@pytest.mark.parametrize("case", API_AUTH_CASES)
+def test_api_auth_decides_every_routes_authorization(top: str, case: str) -> None:
+    overrides, authorization = API_AUTH_CASES[case]
+    stack = deploy(top, overrides)
+    found = routes(stack)
+    if authorization is None:
+        assert found == [] and "ApiUrl" not in stack.outputs and not stack.nested
+        return
+    assert found and {r["AuthorizationType"] for r in found} == {authorization}
+    assert [r["RouteKey"] for r in found] == ["$default"]  # one route: every path goes through it
+    (api,) = stack.nested.values()
+    assert stack.outputs["ApiUrl"]["Value"] == {"Fn::GetAtt": ["ApiStack", "Outputs.ApiUrl"]}
+    authorizers = api.of_type("AWS::ApiGatewayV2::Authorizer")
+    if authorization == "JWT":
+        (name, authorizer), = authorizers.items()
+        assert found[0]["AuthorizerId"] == {"Ref": name}
+        assert authorizer["AuthorizerType"] == "JWT"
+        assert authorizer["IdentitySource"] == ["$request.header.Authorization"]
+        assert authorizer["JwtConfiguration"] == {"Issuer": ISSUER, "Audience": ["app-client-id"]}
+    else:
+        assert not authorizers and "AuthorizerId" not in found[0]
+    # NONE (anyone) is there only when ApiAuth=open was asked for by name.
+    assert bool(open_entry_points(stack)) == (overrides.get("ApiAuth") == "open")
+    _, stage = only(api.of_type("AWS::ApiGatewayV2::Stage"), "stage")
+    assert stage["DefaultRouteSettings"]["ThrottlingRateLimit"] == "50"
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_open_is_asked_for_by_name_and_warned_about(top: str) -> None:
+    param = load(top)["Parameters"]["ApiAuth"]
+    assert param["Default"] == "jwt" and set(param["AllowedValues"]) == {"jwt", "iam", "open"}
+    assert "WARNING, NO AUTHORIZATION AT ALL" in param["Description"] and "DELETE" in param["Description"]
+    assert "NO AUTHORIZATION AT ALL" in load(API_STACK)["Parameters"]["ApiAuth"]["Description"]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_a_jwt_issuer_without_an_audience_is_refused_before_anything_is_created(top: str) -> None:
+    with pytest.raises(RuleFailed, match="JwtAudience"):
+        deploy(top, {"JwtIssuer": ISSUER})
+    # The nested stack refuses on its own too, so it can never carry a JWT route no one checks.
+    nested = deploy(top, JWT).nested["ApiStack"].parameters
+    for missing in ("JwtIssuer", "JwtAudience"):
+        with pytest.raises(RuleFailed, match=missing):
+            deploy(API_STACK, {**nested, missing: ""})
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (JWT, {"API_AUTH": "jwt", "OWNER_CLAIM": "sub", "ADMIN_SCOPE": "images:admin"}),
+        ({**JWT, "OwnerClaim": "custom:tenant_id", "ApiAdminScope": "photos/admin"},
+         {"API_AUTH": "jwt", "OWNER_CLAIM": "custom:tenant_id", "ADMIN_SCOPE": "photos/admin"}),
+        ({"ApiAuth": "iam"}, {"API_AUTH": "iam"}),
+        ({"ApiAuth": "open"}, {"API_AUTH": "open"}),
+    ],
+)
+def test_the_api_function_is_told_how_callers_are_authorised(top: str, overrides: dict[str, str], expected: dict[str, str]) -> None:
+    """The app reads the verified claims (or IAM principal) as API_AUTH says (AUTH-DESIGN)."""
+    _, props = only(deploy(top, overrides).nested["ApiStack"].of_type("AWS::Serverless::Function"), "API function")
+    env = props["Environment"]["Variables"]
+    assert {k: env[k] for k in expected} == expected
+    # API Gateway verifies tokens: the app must not be configured to verify them again itself.
+    assert not {"JWT_SECRET", "JWKS_URL"} & set(env)
+    # ... and the app starts with exactly this environment (its own validation, as on Lambda).
+    settings = api_settings(env)
+    assert (settings.auth, settings.owner_claim, settings.admin_scope)[: len(expected)] == tuple(expected.values())
+
+
+def api_settings(env: dict[str, Any]) -> ApiSettings:
+    """The API's settings from a rendered environment (the bucket's name is known only at deploy)."""
+    return ApiSettings.from_env({k: v if isinstance(v, str) else "example-stack-imagebucket" for k, v in env.items()})
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+@pytest.mark.parametrize(
+    ("origins", "expected"),
+    [
+        ("", []),
+        ("https://app.example.com", ["https://app.example.com"]),
+        ("https://app.example.com,http://localhost:5173", ["https://app.example.com", "http://localhost:5173"]),
+        ("*", ["*"]),
+    ],
+)
+def test_bucket_and_api_cors_follow_allowed_origins(top: str, origins: str, expected: list[str]) -> None:
+    stack = deploy(top, {"ApiAuth": "iam", "AllowedOrigins": origins})
+    found = dict(cors_origins(stack))
+    assert sorted(found) == ([] if not expected else sorted(
+        [f"{top}: bucket ImageBucket", "stacks/api.yaml: HTTP API HttpApi"]))
+    assert all(value == expected for value in found.values())
+    assert bool(cors_wildcards(stack)) == (origins == "*"), "a wildcard only when asked for by name"
+    _, api_function = only(stack.nested["ApiStack"].of_type("AWS::Serverless::Function"), "API function")
+    assert api_function["Environment"]["Variables"]["ALLOWED_ORIGINS"] == origins
+    assert api_settings(api_function["Environment"]["Variables"]).allowed_origins == tuple(expected)
+    (_, _, bucket), = stack.everywhere("AWS::S3::Bucket")
+    if expected:
+        (rule,) = bucket["CorsConfiguration"]["CorsRules"]
+        assert "POST" in rule["AllowedMethods"] and "PUT" not in rule["AllowedMethods"]  # presigned POST only
+
+
+@pytest.mark.parametrize("origins", ["https://app.example.com/", "https://a.example.com, https://b.example.com", "app.example.com", "*,https://a.example.com"])
+def test_allowed_origins_that_would_never_match_are_refused(origins: str) -> None:
+    """A browser's Origin has no path and no spaces: such a value would silently match nothing."""
+    with pytest.raises(ValueError, match="AllowedOrigins"):
+        deploy(DIRECT, {"AllowedOrigins": origins})
+
+
+# ---------------------------------------------------------------- the evaluator itself
+
+
+def test_the_evaluator_follows_conditions_no_value_and_split_like_cloudformation() -> None:
+    template = {
+        "Parameters": {"Mode": {"Type": "String", "Default": "a", "AllowedValues": ["a", "b"]},
+                       "List": {"Type": "String", "Default": ""}},
+        "Conditions": {
+            "IsA": {"Fn::Equals": [{"Ref": "Mode"}, "a"]},
+            "IsB": {"Fn::Not": [{"Condition": "IsA"}]},
+            "AOrList": {"Fn::Or": [{"Condition": "IsA"}, {"Fn::Not": [{"Fn::Equals": [{"Ref": "List"}, ""]}]}]},
+            "BAndList": {"Fn::And": [{"Condition": "IsB"}, {"Fn::Not": [{"Fn::Equals": [{"Ref": "List"}, ""]}]}]},
+        },
+        "Resources": {
+            "OnlyB": {"Type": "AWS::SNS::Topic", "Condition": "IsB"},
+            "Always": {"Type": "AWS::SNS::Topic", "Properties": {
+                "Name": {"Fn::If": ["IsA", {"Fn::Sub": "t-${Mode}"}, {"Ref": "AWS::NoValue"}]},
+                "Split": {"Fn::Split": [",", {"Ref": "List"}]},
+                "Items": [{"Fn::If": ["BAndList", "x", {"Ref": "AWS::NoValue"}]}, {"Fn::GetAtt": ["OnlyB", "Arn"]}],
+                "Join": {"Fn::Join": ["-", [{"Ref": "Mode"}, "z"]]},
+                "Region": {"Fn::Sub": "${AWS::Region}-${Mode}"},
+            }},
+        },
+    }
+    a = deploy("inline.yaml", _template=template)
+    assert a.conditions == {"IsA": True, "IsB": False, "AOrList": True, "BAndList": False}
+    assert set(a.resources) == {"Always"}
+    assert a.of_type("AWS::SNS::Topic")["Always"] == {
+        "Name": "t-a", "Split": [""], "Items": [{"Fn::GetAtt": ["OnlyB", "Arn"]}], "Join": "a-z",
+        "Region": {"Fn::Sub": "${AWS::Region}-a"},
+    }
+    b = deploy("inline.yaml", {"Mode": "b", "List": "p,q"}, _template=template)
+    assert b.conditions == {"IsA": False, "IsB": True, "AOrList": True, "BAndList": True}
+    assert b.of_type("AWS::SNS::Topic")["Always"]["Split"] == ["p", "q"]
+    assert "Name" not in b.of_type("AWS::SNS::Topic")["Always"]
+    assert b.of_type("AWS::SNS::Topic")["Always"]["Items"][0] == "x"
+    with pytest.raises(ValueError, match="Mode"):
+        deploy("inline.yaml", {"Mode": "c"}, _template=template)
