@@ -84,3 +84,43 @@ def test_turning_a_variant_lazy_leaves_stored_outputs_current_and_its_spec_still
     assert describe(lazy) == describe(plain)  # when it is made does not change its bytes
     assert fingerprint(lazy) == fingerprint(plain)
     assert fingerprint(bigger) != fingerprint(lazy)  # its box does: its stored output is made again
+
+
+class ReprocessedMeanwhile:
+    """A real store in which the image is processed again (a new manifest) right after an output
+    made on request is written: what a new upload's invocation does while a request makes a size."""
+
+    def __init__(self, store, manifest_key: str) -> None:
+        self.store, self.manifest_key = store, manifest_key
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    async def write_if(self, key, data, content_type, metadata, *, etag):
+        await self.store.write_if(key, data, content_type, metadata, etag=etag)
+        if key != self.manifest_key:
+            current = await self.store.read(self.manifest_key)
+            await self.store.write(self.manifest_key, current.data + b"\n", "application/json", {})
+
+
+def test_an_output_made_while_its_image_is_processed_again_is_not_left_behind(s3, bucket, cdn):
+    miss = cdn()
+    upload(s3, bucket)
+    process(miss, bucket, "raw/od/pic.jpg")
+    wanted = miss.ondemand.wanted_width(miss.ondemand.width("w640.webp", f"/{PREFIX}w640.webp", None))
+
+    async def make():
+        store = ReprocessedMeanwhile(await miss.runtime.store(bucket), f"{PREFIX}manifest.json")
+        return await miss.ondemand.get(store, PREFIX, wanted)
+
+    made = miss.runtime.run(make)
+    assert made.made and made.data  # this request still gets its bytes
+    assert f"{PREFIX}w640.webp" not in keys(s3, bucket)  # but they are not kept for the next one
+
+
+def test_in_delete_mode_there_is_no_upload_to_make_sizes_from(s3, bucket, cdn):
+    miss = cdn(RAW_DISPOSITION="delete")
+    upload(s3, bucket)
+    assert process(miss, bucket, "raw/od/pic.jpg").status == "processed"
+    assert call(miss, f"/{PREFIX}w640.webp")["statusCode"] == 404
+    assert f"{PREFIX}w640.webp" not in keys(s3, bucket)
