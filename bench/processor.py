@@ -75,6 +75,7 @@ ROOT = HERE.parent
 IMPLS = ("ours", "vips", "naive", "plain")
 MIXED_IMPLS = ("ours", "vips", "naive")  # the mixed set's table (plain adds nothing there)
 TARGET_IMPL = "naive"  # the targets are ratios against this one
+ICC_FILE = "input.icc"  # in each image's output folder: its ICC profile, for the warm-up
 PIXEL_IMPLS = ("ours-lossless", "vips-lossless", "plain-lossless")  # SSIM only: geometry without codec loss
 EXTS = {".jpg", ".jpeg", ".png", ".webp", ".heic"}
 SYNTH_SIZE = (6028, 3391)
@@ -263,17 +264,17 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
-def _warm_up(base: str, path: Path, variants, lossless: bool) -> None:
+def _warm_up(base: str, path: Path, outdir: Path, variants, lossless: bool) -> None:
     """One tiny image of the input's type through the same implementation, carrying the input's
-    ICC profile when it has one, so that both engines' colour path (LittleCMS, the sRGB profile)
-    is warm too, and neither pays a one-off the other does not."""
+    ICC profile when it has one (`ICC_FILE`, written by the parent: opening a WebP here would
+    read the whole file twice and raise this process's peak), so that both engines' colour path
+    (LittleCMS, the sRGB profile) is warm too, and neither pays a one-off the other does not."""
     from PIL import Image
 
     suffix = path.suffix.lower()
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".heic": "HEIF"}.get(suffix, "JPEG")
     try:
-        with Image.open(path) as source:
-            icc = source.info.get("icc_profile")
+        icc = (outdir / ICC_FILE).read_bytes() if (outdir / ICC_FILE).exists() else None
         buffer = io.BytesIO()
         tiny = Image.linear_gradient("L").convert("RGB").resize((64, 48))
         tiny.save(buffer, fmt, **({"icc_profile": icc} if icc else {}))
@@ -308,7 +309,7 @@ def child(impl: str, path: str, outdir: str) -> None:
     # Warm, as a container that has served a request is: one tiny image of the same type through
     # the same code first (codec set-up, libvips' thread pool and operation cache, LittleCMS's
     # sRGB profile, our lru caches), so one-off costs stay out of the timed call.
-    _warm_up(base, Path(path), variants, lossless)
+    _warm_up(base, Path(path), Path(outdir), variants, lossless)
 
     rss_before = peak_rss_kb()
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -585,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
         for i, path in enumerate([*paths, *extra], 1):
             outdir = tmpdir / f"out{i}"
             outdir.mkdir()
+            with Image.open(path) as im:  # the input's profile, for the children's warm-up image
+                if im.info.get("icc_profile"):
+                    (outdir / ICC_FILE).write_bytes(im.info["icc_profile"])
             # Interleaved (ours, libvips, naive, … then again), so that on a shared machine every
             # implementation sees the same load; the fastest run of each is kept.
             results = {}
