@@ -2,7 +2,7 @@
 same variants, same run.
 
     python bench/processor.py [DIR] [--limit N] [--repeat R] [--alpha white|drop] [--no-synthetic]
-                              [--variants SPEC] [--mixed DIR] [--no-mixed] [--no-corpus]
+                              [--variants SPEC] [--mixed DIR] [--no-mixed] [--no-corpus] [--baseline DIR]
 
     pip install -r bench/requirements.txt   (numpy for SSIM; pyvips + pyvips-binary, bench-only)
 
@@ -285,6 +285,8 @@ def _warm_up(base: str, path: Path, outdir: Path, variants, lossless: bool) -> N
 
 
 def child(impl: str, path: str, outdir: str) -> None:
+    if impl.startswith("before"):  # --baseline: the processor of another checkout
+        sys.path.insert(0, str(Path(os.environ["BENCH_BASELINE"]) / "handler"))
     data = Path(path).read_bytes()
     variants = _variants()
     lossless = impl.endswith("-lossless")
@@ -295,6 +297,7 @@ def child(impl: str, path: str, outdir: str) -> None:
 
         variants = tuple(dataclasses.replace(v, format=ImageFormat.PNG) for v in variants)
     base = impl.removesuffix("-lossless")
+    base = "ours" if base == "before" else base
     import PIL.Image  # imports done before the clock starts, Pillow's format plugins included:
     import image_pipeline  # noqa: F401
 
@@ -507,6 +510,40 @@ def mixed_table(paths: list[Path], per_image: dict[Path, dict], names: list[str]
     return "\n".join(lines)
 
 
+def baseline_table(paths: list[Path], per_image: dict[Path, dict], baseline: str) -> str:
+    """Before (`--baseline DIR`) and after (this checkout), from the same interleaved runs."""
+    lines = [
+        f"Before ({baseline}) and after (this checkout), same runs",
+        "",
+        "| input | ms before → after | CPU ms before → after | ours / libvips before → after (CPU) "
+        "| peak RSS MB before → after | bytes after / before | SSIM min before → after | pixels SSIM min before → after |",
+        "|---|---|---|---|---|---:|---|---|",
+    ]
+    for path in paths:
+        res, sc = per_image[path]["results"], per_image[path]["scores"]
+        b, a, v = res.get("before"), res.get("ours"), res.get("vips")
+
+        def pair(key: str, scale: float = 1000, fmt: str = ".0f") -> str:
+            return f"{b[key] * scale:{fmt}} → {a[key] * scale:{fmt}}"
+
+        vs = (
+            f"{b['wall'] / v['wall']:.2f}× → **{a['wall'] / v['wall']:.2f}×** "
+            f"({b['cpu'] / v['cpu']:.2f}× → {a['cpu'] / v['cpu']:.2f}×)"
+            if v
+            else "n/a"
+        )
+        nbytes = sum(o["bytes"] for o in a["outputs"]) / sum(o["bytes"] for o in b["outputs"])
+
+        def ssim_pair(impl: str) -> str:
+            return f"{min(sc[impl].values()):.4f} → {min(sc[impl.replace('before', 'ours')].values()):.4f}"
+
+        lines.append(
+            f"| {path.name} | {pair('wall')} | {pair('cpu')} | {vs} | {pair('rss_kb', 1 / 1024)} | {nbytes:.3f}× | "
+            f"{ssim_pair('before')} | {ssim_pair('before-lossless') if 'before-lossless' in sc else 'n/a'} |"
+        )
+    return "\n".join(lines)
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -530,6 +567,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed", help="the mixed set's folder (default DIR/mixed, made by bench/mixed.py)")
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed set")
     parser.add_argument("--no-corpus", action="store_true", help="only the synthetic JPEGs and the mixed set")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also run the processor of another checkout (e.g. `git archive main | tar -x -C DIR`) in the "
+        "same interleaved runs: the mixed table gets a before/after table",
+    )
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "PATH", "OUTDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.variants:
@@ -537,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child)
         return 0
+    if args.baseline:
+        os.environ["BENCH_BASELINE"] = str(Path(args.baseline).resolve())  # children inherit it
 
     sys.path.insert(0, str(HERE))
     from PIL import Image
@@ -552,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     impls, pixel_impls = IMPLS, PIXEL_IMPLS
     if args.no_corpus:  # only the mixed table: "plain" adds nothing there
         paths, impls, pixel_impls = [], MIXED_IMPLS, tuple(f"{i}-lossless" for i in MIXED_IMPLS if i != "naive")
+    if args.baseline:
+        impls, pixel_impls = ("before", *impls), ("before-lossless", *pixel_impls)
     mixed_paths: list[Path] = []
     if not args.no_mixed:
         import mixed
@@ -620,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     if mixed_paths:
         print(mixed_table([*synthetic.values(), *mixed_paths], per_image, names, args.repeat))
         print()
+        if args.baseline:
+            print(baseline_table([*synthetic.values(), *mixed_paths], per_image, args.baseline))
+            print()
     if not paths:
         return 0
 
