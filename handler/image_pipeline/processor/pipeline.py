@@ -3,9 +3,10 @@
 One ordered list of small steps over one `Job`, like imgproxy's:
 
     PIPELINE  prepare (limits, formats, orientation) → gain map (noted from the headers, never
-              decoded: variants come from the SDR picture) → scale on load (JPEG draft) → decode
-              (WebP stills straight into a buffer of ours) → normalise (mode; real alpha
-              premultiplied once) → reduce (integer box shrink for formats without shrink-on-load)
+              decoded: variants come from the SDR picture) → scale on load (JPEG draft, WebP
+              scaled decode) → decode (WebP stills straight into a buffer of ours) → normalise
+              (mode; real alpha premultiplied once) → reduce (integer box shrink for formats
+              without shrink-on-load)
               → orient (EXIF) → resize (largest first, each smaller variant from the previous
               result) → colour (→ sRGB, on the small results, as libvips does) → focus (focal
               point of the whole frame)
@@ -13,7 +14,8 @@ One ordered list of small steps over one `Job`, like imgproxy's:
     FINALIZE  encode (mode fitted to the encoder, metadata only when kept) → placeholder
 
 Memory stays low because a JPEG is decoded at the smallest DCT scale that still leaves 1.25×
-headroom over the largest variant, and nothing is ever held at full resolution twice.
+headroom over the largest variant (a large WebP still at 2× it, scaled by libwebp), and nothing
+is ever held at full resolution twice.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Job:
     height: int = 0
     icc: bytes | None = None
     extent: tuple[float, float] = (0.0, 0.0)  # where the whole frame lies in the decoded pixels
+    decode_size: tuple[int, int] | None = None  # a WebP still: scaled while decoding to this (stored sides)
     working: Image.Image | None = None  # the decoded (drafted/reduced/oriented) image
     frame: geometry.Box = (0.0, 0.0, 0.0, 0.0)
     stills: dict[str, Image.Image] = field(default_factory=dict)  # variant name → its pixels
@@ -220,14 +223,22 @@ class ImageProcessor:
         job.gain_map = gainmap.detect(job.image, job.data, job.kind)
 
     def _scale_on_load(self, job: Job) -> None:
-        """JPEG: decode at the smallest DCT scale that leaves DRAFT_HEADROOM over every variant."""
-        if job.kind != "jpeg":
+        """Decode no larger than needed: the smallest size that leaves the Lanczos its headroom
+        over every variant. JPEG: the DCT scale (½, ¼, ⅛) at or above DRAFT_HEADROOM; a WebP
+        still: exactly RESCALE_HEADROOM (libwebp scales while decoding, see `_webp_still`)."""
+        if job.kind not in ("jpeg", "webp") or (job.kind == "webp" and job.frames != 1):
             return
-        target = geometry.draft_size(self.variants, job.width, job.height)
-        if target:
-            drafted = job.image.draft(job.image.mode, target[::-1] if job.orientation in _SWAPS_SIDES else target)
-            if drafted is not None:
-                job.extent = drafted[1][2:]
+        headroom = geometry.DRAFT_HEADROOM if job.kind == "jpeg" else geometry.RESCALE_HEADROOM
+        target = geometry.draft_size(self.variants, job.width, job.height, headroom)
+        if target is None:
+            return
+        stored = target[::-1] if job.orientation in _SWAPS_SIDES else target
+        if job.kind == "webp":
+            job.decode_size = stored
+            return
+        drafted = job.image.draft(job.image.mode, stored)
+        if drafted is not None:
+            job.extent = drafted[1][2:]
 
     def _decode(self, job: Job) -> None:
         """Decode the pixels (the first frame); a WebP still straight into a buffer it owns."""
@@ -237,10 +248,11 @@ class ImageProcessor:
             job.working = job.image
 
     def _webp_still(self, job: Job) -> Image.Image | None:
-        """libwebp's simple API into our buffer (`webp.py`); Pillow's decoder is dropped first,
-        with its copy of the file and its canvases, before they are ever written. Where that API
-        is not reachable Pillow decodes without an extra copy (`_load_webp_still`); where libwebp
-        refuses the bitstream, Pillow's decoder, opened again, gives the verdict."""
+        """libwebp into our buffer (`webp.py`), scaled to `job.decode_size` where it can be;
+        Pillow's decoder is dropped first, with its copy of the file and its canvases, before
+        they are ever written. Where libwebp is not reachable Pillow decodes at full size
+        without an extra copy (`_load_webp_still`); where libwebp refuses the bitstream, Pillow's
+        decoder, opened again, gives the verdict."""
         from . import webp  # ctypes and the library lookup: on the first WebP, not at cold start
 
         found = webp.features(job.data)
@@ -249,7 +261,9 @@ class ImageProcessor:
         job.image._decoder = None
         webp.release_freed()
         try:
-            return webp.decode_still(job.data, found)
+            pixels = webp.decode_still(job.data, found, job.decode_size)
+            job.extent = (float(pixels.width), float(pixels.height))  # the whole frame, whatever the scale
+            return pixels
         except webp.Refused:
             job.image.close()
             job.image = _open(job.data, job.kind, self.limits.max_pixels)
@@ -261,7 +275,10 @@ class ImageProcessor:
         full-size step (mode change, alpha premultiply) runs on the smaller image."""
         if job.kind == "jpeg" or job.animated:
             return
+        # Relative to what was decoded (a WebP may already be scaled on load).
+        stored_width = job.height if job.orientation in _SWAPS_SIDES else job.width
         scale = max(geometry.scale_for(spec, job.width, job.height) for spec in self.variants)
+        scale *= stored_width / job.extent[0]
         factor = int(1 / scale / _REDUCING_GAP) if scale > 0 else 1
         if factor < 2 or job.working.mode not in _REDUCIBLE:
             return
