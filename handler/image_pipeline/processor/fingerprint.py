@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 OUTPUT_VERSION = 3
 # 2: placeholders from the whole frame, ThumbHash, focal point, colour converted after resizing
-# 3: a WebP still ≥ 2× the largest variant is scaled while decoding (libwebp's rescaler)
+# 3: a WebP still ≥ 2× the largest variant is scaled while decoding (libwebp's rescaler); the
+#    largest resize made as two bands of rows (a level here and there on some transparent images)
 """Bumped whenever the processor writes different outputs for the same input and specs (a new
 resampling filter, encoder defaults, colour handling): every stored manifest becomes stale."""
 
