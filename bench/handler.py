@@ -53,9 +53,8 @@ EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 
 
 # --------------------------------------------------------------------------------------- helpers
-def photo_jpeg(width: int = 4000, height: int = 3000, quality: int = 90, seed: int = 7) -> bytes:
-    """Photo-like JPEG: smooth colour gradients, soft shapes, fine grain (compresses like a photo:
-    ~0.3-0.4 bytes/pixel at q90, where a plain gradient would be ~0.05)."""
+def gradients_and_shapes(width: int, height: int, seed: int = 7):
+    """Smooth colour gradients and 40 soft shapes: the base of the generated photo-like images."""
     import random
 
     from PIL import Image, ImageDraw, ImageFilter
@@ -63,17 +62,23 @@ def photo_jpeg(width: int = 4000, height: int = 3000, quality: int = 90, seed: i
     rng = random.Random(seed)
     size = (width, height)
     g = Image.linear_gradient("L")
-    r = g.resize(size)
-    gr = g.rotate(90).resize(size)
-    b = Image.radial_gradient("L").resize(size)
-    image = Image.merge("RGB", (r, gr, b))
+    image = Image.merge("RGB", (g.resize(size), g.rotate(90).resize(size), Image.radial_gradient("L").resize(size)))
     draw = ImageDraw.Draw(image)
     for _ in range(40):
         x, y = rng.randrange(width), rng.randrange(height)
         w, h = rng.randrange(width // 20, width // 4), rng.randrange(height // 20, height // 4)
         colour = tuple(rng.randrange(256) for _ in range(3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=colour)
-    image = image.filter(ImageFilter.GaussianBlur(max(1, width // 800)))
+    return image.filter(ImageFilter.GaussianBlur(max(1, width // 800)))
+
+
+def photo_jpeg(width: int = 4000, height: int = 3000, quality: int = 90, seed: int = 7) -> bytes:
+    """Photo-like JPEG: smooth colour gradients, soft shapes, fine grain (compresses like a photo:
+    ~0.3-0.4 bytes/pixel at q90, where a plain gradient would be ~0.05)."""
+    from PIL import Image, ImageFilter
+
+    size = (width, height)
+    image = gradients_and_shapes(width, height, seed)
     grain = Image.effect_noise(size, 28).filter(ImageFilter.GaussianBlur(0.6))
     image = Image.blend(image, Image.merge("RGB", (grain, grain, grain)), 0.18)
     out = io.BytesIO()

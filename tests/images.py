@@ -7,6 +7,8 @@ import struct
 
 from PIL import Image
 
+from image_pipeline.processor.tonemap import matrix_profile
+
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
 
@@ -51,35 +53,30 @@ def with_gps_exif(image: Image.Image) -> bytes:
     return exif.tobytes()
 
 
-def _s15(value: float) -> bytes:
-    return struct.pack(">i", round(value * 65536))
+def apple_exif(maker33: float, maker48: float) -> bytes:
+    """EXIF with Apple's maker note ("Apple iOS", version 1, big-endian, offsets from its own
+    start) holding tags 33 and 48 as signed rationals: what an iPhone HDR gain map's headroom is
+    computed from. One more tag comes first, as in a real note."""
+    entries = [(0x0001, 9, 1, struct.pack(">i", 14)), (0x0021, 10, 1, maker33), (0x0030, 10, 1, maker48)]
+    data_at = 16 + 12 * len(entries) + 4
+    table, data = b"", b""
+    for tag, kind, count, value in entries:
+        if isinstance(value, bytes):
+            table += struct.pack(">HHI", tag, kind, count) + value
+        else:
+            table += struct.pack(">HHII", tag, kind, count, data_at + len(data))
+            data += struct.pack(">ii", round(value * 100000), 100000)
+    note = b"Apple iOS\0\0\x01MM" + struct.pack(">H", len(entries)) + table + b"\0\0\0\0" + data
+    exif = Image.Exif()
+    exif[0x010F] = "Apple"
+    exif.get_ifd(0x8769)[0x927C] = note
+    return exif.tobytes()
 
 
 def icc_profile(description: str, red, green, blue, gamma: float = 2.2) -> bytes:
-    """A minimal ICC v2 RGB matrix/TRC profile (primaries as D50-adapted XYZ colorants)."""
-    desc = description.encode("ascii") + b"\0"
-    tags = {
-        b"desc": b"desc" + b"\0" * 4 + struct.pack(">I", len(desc)) + desc + b"\0" * (4 + 4 + 2 + 1 + 67),
-        b"wtpt": b"XYZ " + b"\0" * 4 + _s15(0.9642) + _s15(1.0) + _s15(0.8249),
-        b"rXYZ": b"XYZ " + b"\0" * 4 + b"".join(_s15(v) for v in red),
-        b"gXYZ": b"XYZ " + b"\0" * 4 + b"".join(_s15(v) for v in green),
-        b"bXYZ": b"XYZ " + b"\0" * 4 + b"".join(_s15(v) for v in blue),
-        b"rTRC": b"curv" + b"\0" * 4 + struct.pack(">IH", 1, round(gamma * 256)) + b"\0\0",
-        b"cprt": b"text" + b"\0" * 4 + b"none\0\0\0\0",
-    }
-    tags[b"gTRC"] = tags[b"bTRC"] = tags[b"rTRC"]
-    table, data = b"", b""
-    offset = 128 + 4 + 12 * len(tags)
-    for signature, body in tags.items():
-        body += b"\0" * (-len(body) % 4)
-        table += signature + struct.pack(">II", offset + len(data), len(body))
-        data += body
-    size = offset + len(data)
-    header = struct.pack(">I", size) + b"none" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12
-    header += b"acsp" + b"\0" * 4 + b"\0" * 4 + b"\0" * 8 + b"\0" * 8 + struct.pack(">I", 0)
-    header += _s15(0.9642) + _s15(1.0) + _s15(0.8249) + b"\0" * 4
-    header += b"\0" * (128 - len(header))
-    return header + struct.pack(">I", len(tags)) + table + data
+    """A minimal ICC v2 RGB matrix/TRC profile (primaries as D50-adapted XYZ colorants): the
+    processor's own builder (it makes one for tone-mapped HDR10 HEICs)."""
+    return matrix_profile(description, red, green, blue, gamma)
 
 
 # Display P3 colorants, Bradford-adapted to D50 (as in Apple's Display P3 profile).

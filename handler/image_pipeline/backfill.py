@@ -18,6 +18,7 @@ import asyncio
 import csv
 import json
 import multiprocessing
+import multiprocessing.util
 import os
 import shlex
 import signal
@@ -136,7 +137,8 @@ class Worker:
 
     def close(self) -> None:
         if self._connection is not None:
-            self._runner.run(self._connection.close())
+            connection, self._connection = self._connection, None
+            self._runner.run(connection.close())
         self._runner.close()
         self.runtime.close()
 
@@ -212,6 +214,9 @@ def _init_worker() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     global _worker
     _worker = Worker()
+    # A pool's worker process ends through os._exit: only multiprocessing's own finalizers run, so
+    # the S3 sessions are closed by one of those (not left to the interpreter's teardown).
+    multiprocessing.util.Finalize(None, _worker.close, exitpriority=10)
 
 
 def _decide(refs: tuple[ObjectRef, ...], chosen: frozenset[str]) -> list[Result]:

@@ -13,27 +13,12 @@ import json
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
+from .lambda_context import LocalContext
+
 SAMPLE_IMAGE = "sample.jpg"
-
-
-class LocalContext:
-    """The parts of Lambda's context object the handler reads."""
-
-    def __init__(self, timeout_s: int = 120, memory_mb: int = 1024) -> None:
-        self.function_name = "image-pipeline-local"
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:image-pipeline-local"
-        self.memory_limit_in_mb = memory_mb
-        self.aws_request_id = str(uuid.uuid4())
-        self.log_group_name = "/aws/lambda/image-pipeline-local"
-        self.log_stream_name = "local"
-        self._deadline = time.monotonic() + timeout_s
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
+__all__ = ["LocalContext", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,16 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     invoke.add_argument("--endpoint-url", help="an S3 endpoint to use instead of the embedded one")
     _add_backfill(commands)
     _add_serve(commands)
+    _add_token(commands)
     args = parser.parse_args(argv)
     from .errors import ConfigError
+
+    from botocore.exceptions import EndpointConnectionError
 
     try:
         if args.command == "backfill":
             return _backfill(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "token":
+            return _token(args)
         return _invoke(args)
-    except (ConfigError, FileNotFoundError, json.JSONDecodeError) as exc:
+    except (ConfigError, FileNotFoundError, json.JSONDecodeError, EndpointConnectionError) as exc:
         print(f"image-pipeline: {exc}", file=sys.stderr)
         return 2
 
@@ -153,15 +143,28 @@ def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
         put = s3.put_object(Bucket=ref.bucket, Key=ref.key, Body=data)
         _set_etag(event, ref.key, put["ETag"].strip('"'), len(data))
 
-    from .handler import lambda_handler, runtime  # imported after the endpoint is set: cold start
+    from .handler import RetryLater, lambda_handler, runtime  # after the endpoint is set: cold start
 
-    for ref in (r for r in refs if r.kind == "removed"):  # a deletion: process the upload, then delete it
-        print(f"{runtime.handle(type(ref)(ref.bucket, ref.key)).status}, then deleted: s3://{ref.bucket}/{ref.key}")
-        s3.delete_object(Bucket=ref.bucket, Key=ref.key)
-    started = time.perf_counter()
-    result = lambda_handler(event, LocalContext())
-    elapsed = (time.perf_counter() - started) * 1000
-    print(f"\nhandler returned in {elapsed:.0f} ms: {json.dumps(result)}\n")
+    try:
+        for ref in (r for r in refs if r.kind == "removed"):  # a deletion: process the upload, then delete it
+            print(f"{runtime.handle(type(ref)(ref.bucket, ref.key)).status}, then deleted: s3://{ref.bucket}/{ref.key}")
+            s3.delete_object(Bucket=ref.bucket, Key=ref.key)
+        started = time.perf_counter()
+        try:
+            result = lambda_handler(event, LocalContext())
+        except RetryLater as exc:  # a storage failure or lack of time: Lambda would retry the event
+            print(f"image-pipeline: the handler raised for a retry: {exc}", file=sys.stderr)
+            return 1
+        elapsed = (time.perf_counter() - started) * 1000
+        print(f"\nhandler returned in {elapsed:.0f} ms: {json.dumps(result)}\n")
+        _report(s3, refs, runtime, out)
+        return 0
+    finally:
+        runtime.close()  # the S3 client and its sessions, on every way out
+
+
+def _report(s3, refs: list, runtime, out: Path | None) -> None:
+    """What the handler wrote for each object, and its tags; the variants copied to `out`."""
     for ref in refs:
         prefix = _prefix_of(ref.key, runtime)
         rows = []
@@ -189,8 +192,6 @@ def _run(event: dict, data: bytes, endpoint: str, out: Path | None) -> int:
             print("raw object: deleted")
     if out is not None and out.exists():
         print(f"\nvariants copied to {out}/")
-    runtime.close()
-    return 0
 
 
 def _set_etag(event: dict, key: str, etag: str, size: int) -> None:
@@ -244,11 +245,55 @@ def _add_serve(commands) -> None:
         description="Run the upload API. With no flags: an embedded S3 (moto server) with a CORS rule, and a "
         "local event source that delivers ObjectCreated events for new raw/ objects to the real lambda_handler.",
     )
-    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default: %(default)s; other names reach it only if in ALLOWED_HOSTS)")
     serve.add_argument("--port", type=int, default=8000)
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--storage", type=Path, metavar="DIR", help="keep images in DIR (no S3; processed in-process)")
     where.add_argument("--endpoint-url", help="an S3 endpoint (bucket: $BUCKET_NAME, default image-pipeline-local)")
+    auth = serve.add_argument_group(
+        "owners (without these: API_AUTH=open, no tokens, for this machine only)",
+        "Verify bearer tokens in the app, as API Gateway's JWT authorizer does on AWS: each image then belongs to "
+        "the token's sub (OWNER_CLAIM) and another user's image is a 404. `image-pipeline token` makes tokens "
+        "for --jwt-secret.",
+    )
+    keys = auth.add_mutually_exclusive_group()
+    keys.add_argument("--jwt-secret", metavar="SECRET", help="verify HS256 tokens with SECRET (at least 32 bytes; "
+                      "or set JWT_SECRET)")
+    keys.add_argument("--jwks-url", metavar="URL", help="verify tokens against an identity provider's keys (JWKS)")
+    auth.add_argument("--jwt-issuer", metavar="ISS", help="required iss claim")
+    auth.add_argument("--jwt-audience", metavar="AUD", help="required aud claim")
+
+
+def _add_token(commands) -> None:
+    token = commands.add_parser(
+        "token",
+        help="print an HS256 token for `serve --jwt-secret` (local use)",
+        description="Print a signed HS256 JWT for trying the owner rules locally against `image-pipeline serve "
+        "--jwt-secret SECRET`. The secret comes from --secret or JWT_SECRET.",
+    )
+    token.add_argument("--secret", help="the serve --jwt-secret (default: $JWT_SECRET)")
+    token.add_argument("--sub", required=True, help="the owner (the token's sub)")
+    token.add_argument("--admin", action="store_true", help="add the admin scope (ADMIN_SCOPE, default images:admin)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default: %(default)s)")
+    token.add_argument("--issuer", help="iss claim (serve --jwt-issuer)")
+    token.add_argument("--audience", help="aud claim (serve --jwt-audience)")
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .api.auth import make_token
+    from .errors import ConfigError
+
+    secret = args.secret or os.environ.get("JWT_SECRET", "")
+    if not secret:
+        raise ConfigError("token: give --secret or set JWT_SECRET (the secret serve --jwt-secret verifies with)")
+    from .api.settings import MIN_SECRET_BYTES
+
+    if len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        raise ConfigError(f"token: the secret must be at least {MIN_SECRET_BYTES} bytes, as serve requires")
+    scope = os.environ.get("ADMIN_SCOPE", "images:admin") if args.admin else None
+    print(make_token(secret, args.sub, ttl_s=args.ttl, scope=scope, issuer=args.issuer, audience=args.audience))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -270,6 +315,7 @@ def _serve(args: argparse.Namespace) -> int:
     for quiet in ("botocore", "aiobotocore", "boto3"):
         logging.getLogger(quiet).setLevel(logging.WARNING)
     url = f"http://{args.host}:{args.port}/"
+    auth = _serve_auth(args)
     server = source = None
     try:
         if args.storage is not None:
@@ -296,7 +342,8 @@ def _serve(args: argparse.Namespace) -> int:
             app = create_app(endpoint_url=endpoint)
             source = LocalEventSource(endpoint, bucket, os.environ.get("RAW_PREFIX", "raw/")).start()
             where = f"s3://{bucket} at {endpoint} (uploads go straight to S3; events to lambda_handler)"
-        print(f"image-pipeline API on {url}  ·  {where}\nopen {url} to upload; API schema at {url}schema", flush=True)
+        print(f"image-pipeline API on {url}  ·  {where}\n{auth}\nopen {url} to upload; API schema at {url}schema",
+              flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     finally:
@@ -304,6 +351,31 @@ def _serve(args: argparse.Namespace) -> int:
             source.stop()
         if server is not None:
             server.stop()
+
+
+def _serve_auth(args: argparse.Namespace) -> str:
+    """Put the token settings in the environment the app reads; the start-up line about them."""
+    for flag, name in (("jwt_secret", "JWT_SECRET"), ("jwks_url", "JWKS_URL"), ("jwt_issuer", "JWT_ISSUER"),
+                       ("jwt_audience", "JWT_AUDIENCE")):
+        if getattr(args, flag):
+            os.environ[name] = getattr(args, flag)
+    if os.environ.get("JWT_SECRET") or os.environ.get("JWKS_URL"):
+        os.environ.setdefault("API_AUTH", "jwt")
+    # Nothing asked for: open, by name. Local only: bound to this machine, Host and Origin checked.
+    mode = os.environ.setdefault("API_AUTH", "open")
+    if mode == "open":
+        return ("auth: API_AUTH=open: no tokens, no owners; anyone who can reach this address may upload, read and "
+                "delete every image (use --jwt-secret or --jwks-url for owners)")
+    if os.environ.get("JWT_SECRET"):
+        return ("auth: bearer tokens (HS256, JWT_SECRET); each image belongs to its token's "
+                f"{os.environ.get('OWNER_CLAIM', 'sub')}. A token: image-pipeline token --sub alice "
+                "(with JWT_SECRET set, or --secret)")
+    if os.environ.get("JWKS_URL"):
+        return f"auth: bearer tokens verified against {os.environ['JWKS_URL']}"
+    from .errors import ConfigError
+
+    # No API Gateway here to verify tokens or sign requests: every request would be refused.
+    raise ConfigError(f"serve: API_AUTH={mode} needs --jwt-secret or --jwks-url locally (or API_AUTH=open)")
 
 
 def _local_event_bus(endpoint: str) -> None:

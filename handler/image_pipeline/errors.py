@@ -13,19 +13,33 @@ report it so it is retried).
     │   ├── StorageFailure (transient): storage_error
     │   ├── StorageDenied (permanent): storage_denied
     │   └── ObjectNotFound, ObjectChanged (permanent; storage/base.py): answers, not failures
-    └── OutOfTime (transient): out_of_time
+    ├── OutOfTime (transient): out_of_time
+    └── Busy (transient): busy — every image slot of the process taken (the API's 503)
 """
 
 from __future__ import annotations
 
+import re
+
+# `<_io.BytesIO object at 0x7f…>` and the like, which library messages carry (Pillow's "cannot
+# identify image file <…>"): an internal object and a memory address, never for a response.
+_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def without_reprs(text: str) -> str:
+    """`text` without object reprs that give memory addresses."""
+    return _REPR.sub("", text)
+
 
 class PipelineError(Exception):
-    """Base of every error the pipeline raises on purpose."""
+    """Base of every error the pipeline raises on purpose. Its message is shown to users (problem
+    details, completion events), so object reprs are taken out of it."""
 
     code = "pipeline_error"
     permanent = True
 
     def __init__(self, message: str) -> None:
+        message = without_reprs(message)
         super().__init__(message)
         self.message = message
 
@@ -37,6 +51,7 @@ class ImageRejected(PipelineError):
     """The input can never become variants; retrying will not help."""
 
     etag: str | None = None  # the version judged, when the store told us (see TooLarge.over)
+    metadata: dict[str, str] | None = None  # that version's metadata (its owner), when known
 
 
 class EmptyFile(ImageRejected):
@@ -51,9 +66,9 @@ class TooLarge(ImageRejected):
     code = "too_large"
 
     @classmethod
-    def over(cls, size: int, limit: int, etag: str | None = None) -> TooLarge:
+    def over(cls, size: int, limit: int, etag: str | None = None, metadata: dict[str, str] | None = None) -> TooLarge:
         error = cls(f"{size} bytes is over the {limit}-byte limit")
-        error.etag = etag
+        error.etag, error.metadata = etag, metadata
         return error
 
 
@@ -110,6 +125,19 @@ class OutOfTime(PipelineError):
     permanent = False
 
 
+class Busy(PipelineError):
+    """Every image slot of this process (`PROCESS_CONCURRENCY`) stayed taken for the whole wait
+    (`PROCESS_WAIT_MS`): nothing was stored; try again after `retry_after_s` (the API answers 503
+    with `Retry-After`). Never raised where the wait is unbounded (Lambda, invoke, backfill)."""
+
+    code = "busy"
+    permanent = False
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ConfigError(ValueError):
     """Settings from the environment are invalid; raised once, at cold start."""
 
@@ -128,5 +156,6 @@ ERROR_CODES = tuple(
         StorageFailure,
         OutOfTime,
         StorageDenied,
+        Busy,
     )
 )

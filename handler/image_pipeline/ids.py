@@ -5,21 +5,36 @@ upload time in milliseconds *subtracted from 2^50* (so a newer upload sorts firs
 randomness (50 bits). Listing `raw/` or `processed/` in key order (S3 lists in UTF-8 byte order)
 therefore pages through the images newest first, and two uploads in the same millisecond still
 get distinct ids. The raw key of an API upload is `raw/<id>/<sanitised file name>`.
+
+An image made for an owner (a token's `sub`, an IAM principal) has the id `<tag>-<id20>`: the
+owner's 16-character tag (80 bits of a SHA-256 of the owner, never the owner itself, which may be
+an e-mail address) before the 20-character id. One owner's images are then one key prefix,
+`raw/<tag>-` (and `processed/<tag>-`), still newest first. An id without a tag (20 characters)
+was made by an open API or before owners existed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
+import string
 import time
 import unicodedata
+from collections.abc import Mapping
+from urllib.parse import quote, unquote
 
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # ascending in ASCII: string order is number order
 ID_LENGTH = 20
-ID_PATTERN = re.compile(r"[0-9a-hjkmnp-tv-z]{20}")
+TAG_LENGTH = 16
+_CHAR = "[0-9a-hjkmnp-tv-z]"
+ID_PATTERN = re.compile(rf"(?:({_CHAR}{{{TAG_LENGTH}}})-)?({_CHAR}{{{ID_LENGTH}}})")
 _TIME_CHARS = 10
 _TIME_SPAN = 32**_TIME_CHARS  # 2^50 ms: until the year 37648
 MAX_LEAF = 100
+_OWNER_DOMAIN = b"image-pipeline owner\0"
+OWNER_METADATA = "owner"  # the raw object's `x-amz-meta-owner`
+_METADATA_SAFE = "".join(c for c in string.punctuation if c != "%")  # printable ASCII stays readable
 
 
 def _encode(number: int, width: int) -> str:
@@ -30,33 +45,66 @@ def _encode(number: int, width: int) -> str:
     return "".join(reversed(chars))
 
 
-def new_id(now_ms: int | None = None) -> str:
-    """A fresh id; ids made later sort before ids made earlier."""
+def owner_tag(owner: str) -> str:
+    """The owner's 16-character tag: the first 80 bits of SHA-256("image-pipeline owner\\0" + owner)
+    in the id alphabet. Opaque and stable: the same owner always gets the same tag."""
+    digest = hashlib.sha256(_OWNER_DOMAIN + owner.encode("utf-8")).digest()
+    return _encode(int.from_bytes(digest[:10], "big"), TAG_LENGTH)
+
+
+def owner_metadata(owner: str) -> str:
+    """The owner as an object metadata value: S3 metadata travels in HTTP headers, so anything
+    outside printable ASCII (and `%`, and spaces) is percent-encoded; `owner_of` decodes it."""
+    return quote(owner, safe=_METADATA_SAFE)
+
+
+def owner_of(key: str, raw_prefix: str, metadata: Mapping[str, str]) -> str | None:
+    """The owner a raw object's metadata names, kept only when its tag is the tag in the key's id
+    (so metadata cannot move an image to another owner); None otherwise."""
+    image_id = id_of_key(key, raw_prefix)
+    value = metadata.get(OWNER_METADATA)
+    if image_id is None or not value:
+        return None
+    tag, _ = parse(image_id) or (None, "")
+    owner = unquote(value)
+    return owner if tag is not None and owner_tag(owner) == tag else None
+
+
+def new_id(now_ms: int | None = None, tag: str | None = None) -> str:
+    """A fresh id (`<tag>-<id20>` for an owner's tag); ids made later sort before ids made earlier."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return _encode(_TIME_SPAN - 1 - ms, _TIME_CHARS) + _encode(secrets.randbits(50), ID_LENGTH - _TIME_CHARS)
+    made = _encode(_TIME_SPAN - 1 - ms, _TIME_CHARS) + _encode(secrets.randbits(50), ID_LENGTH - _TIME_CHARS)
+    return f"{tag}-{made}" if tag else made
+
+
+def parse(image_id: str) -> tuple[str | None, str] | None:
+    """(owner tag or None, the 20-character id) of a well-formed id; None for anything else."""
+    match = ID_PATTERN.fullmatch(image_id)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def created_ms(image_id: str) -> int:
     """The upload time (ms since the epoch) an id records."""
     number = 0
-    for char in image_id[:_TIME_CHARS]:
+    for char in image_id[-ID_LENGTH:][:_TIME_CHARS]:
         number = number * 32 + ALPHABET.index(char)
     return _TIME_SPAN - 1 - number
 
 
 def is_valid(image_id: str) -> bool:
-    return bool(ID_PATTERN.fullmatch(image_id))
+    return parse(image_id) is not None
 
 
 def raw_key(raw_prefix: str, image_id: str, filename: str, default_extension: str = "") -> str:
     return f"{raw_prefix}{image_id}/{safe_leaf(filename, default_extension)}"
 
 
-def id_of_key(key: str, raw_prefix: str) -> str | None:
-    """The id in an API upload's raw key `raw/<id>/<leaf>`, or None for any other key."""
-    if not key.startswith(raw_prefix):
+def id_of_key(key: str, prefix: str) -> str | None:
+    """The id in an API upload's key `<prefix><id>/…` (`raw/<id>/<leaf>`, `processed/<id>/…`), or
+    None for any other key."""
+    if not key.startswith(prefix):
         return None
-    first, slash, _ = key[len(raw_prefix) :].partition("/")
+    first, slash, _ = key[len(prefix) :].partition("/")
     return first if slash and is_valid(first) else None
 
 

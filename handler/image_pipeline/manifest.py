@@ -28,11 +28,15 @@ def build(
     variant_keys: dict[str, str],
     total_ms: float,
     fingerprint: str,
+    owner: str | None = None,
 ) -> dict:
     source = processed.source
     return {
         "schema_version": SCHEMA_VERSION,
         "pipeline_version": __version__,
+        # Whom the upload belongs to (the API's token `sub`, or its OWNER_CLAIM; an IAM principal):
+        # null for uploads made without an owner. Manifests written before owners have no key.
+        "owner": owner,
         "producer": {"fingerprint": fingerprint, "output_version": OUTPUT_VERSION, "pipeline_version": __version__},
         "source": {
             "bucket": bucket,
@@ -43,9 +47,9 @@ def build(
             "width": source.width,
             "height": source.height,
             "frames": source.frames,
-            # An HDR gain map the upload carried: the variants are made from its SDR picture and
-            # never carry it. null when there was none.
-            "gain_map": {"type": source.gain_map, "kept": False} if source.gain_map else None,
+            # An HDR gain map the upload carried (null when none): the variants are made from its SDR
+            # picture; `kept` says whether any variant (an `hdr` JPEG) carries the map on.
+            "gain_map": {"type": source.gain_map, "kept": _kept(processed)} if source.gain_map else None,
         },
         "placeholder": {
             "blurhash": processed.blurhash,
@@ -74,7 +78,13 @@ def _variant(variant, key: str, source_type: str) -> dict:
         entry["quality"] = variant.quality  # the encoder quality used: fixed, or chosen per image (qauto)
     if variant.qauto is not None:
         entry["qauto"] = variant.qauto  # {"target": SSIM asked for, "ssim": reached, "trials": encodes}
+    if variant.gain_map is not None:
+        entry["gain_map"] = variant.gain_map  # `hdr` variants: {"type": …, "kept": an Ultra HDR JPEG or not}
     return entry
+
+
+def _kept(processed: ProcessedImage) -> bool:
+    return any(v.gain_map is not None and v.gain_map.get("kept") for v in processed.variants)
 
 
 def dumps(manifest: dict) -> bytes:

@@ -1,9 +1,12 @@
 """Completion events: one EventBridge event per image, when EVENT_BUS_NAME is set.
 
     source       image-pipeline
-    detail-type  Image Processed   {id, bucket, raw_key, etag, manifest_key, variants: [{name, key,
-                                     width, height, bytes, content_type}], placeholder}
-                 Image Rejected    {id, bucket, raw_key, error_code, reason}
+    detail-type  Image Processed   {id, owner, bucket, raw_key, etag, manifest_key, variants: [{name,
+                                     key, width, height, bytes, content_type}], placeholder}
+                 Image Rejected    {id, owner, bucket, raw_key, error_code, reason}
+
+`owner` is whom the image belongs to (the uploader's token claim, see the API's OWNER_CLAIM, or
+IAM principal), null for an upload without one.
 
 `id` is the image id of an upload made through the API (`raw/<id>/<name>`), otherwise the raw key
 without the raw prefix. Delivery is at least once: consumers key on (raw_key, etag).
@@ -73,7 +76,7 @@ class Notifier:
         image_id = ids.id_of_key(ref.key, self.raw_prefix) or ref.key.removeprefix(self.raw_prefix)
         base = {"id": image_id, "bucket": ref.bucket, "raw_key": ref.key}
         if outcome.status == "failed":
-            detail = {**base, "error_code": outcome.error_code, "reason": outcome.reason}
+            detail = {**base, "owner": outcome.owner, "error_code": outcome.error_code, "reason": outcome.reason}
             return self._entry(REJECTED, detail, ref)
         if outcome.status not in ("processed", "skipped"):
             return None
@@ -89,6 +92,7 @@ class Notifier:
             return None
         detail = {
             **base,
+            "owner": record.get("owner"),  # manifests written before owners have none
             "etag": record["source"]["etag"],
             "manifest_key": manifest_key,
             "source": {k: record["source"].get(k) for k in ("type", "width", "height", "bytes")},

@@ -1,12 +1,19 @@
 """What lives for a container's life: validated settings, one event loop, one S3 client, the
-service. Created once at cold start; every invocation and record reuses it."""
+service. Created once at cold start; every invocation and record reuses it.
+
+The Lambda container keeps its client until it is frozen and ended; any other process that ends
+(`image-pipeline invoke`, a backfill worker, a bench, a test) has it closed: by `close()`, or by the
+exit hook registered when the first connection opens (so a failure on the way out closes it too)."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 
 from .errors import OutOfTime
 from .notify import Notifier
+from .pool import ProcessingPool
 from .processor import ImageProcessor
 from .service import ImageService, ObjectRef, Outcome
 from .settings import Settings
@@ -24,16 +31,20 @@ class Runtime:
             raw_prefix=settings.raw_prefix,
             processed_prefix=settings.processed_prefix,
             disposition=settings.raw_disposition,
+            # One record at a time: it waits for its slot (a cut-off record's image) without bound.
+            pool=ProcessingPool.of_process(settings.process_concurrency),
         )
         # The aioboto3 client is bound to the loop that opened it, so the loop is kept too.
         self._runner = asyncio.Runner()
         self._connection: S3Connection | None = None
+        self._closed = False
         self.notifier = Notifier.from_settings(settings)  # None unless EVENT_BUS_NAME is set
 
     def handle(self, ref: ObjectRef, timeout_s: float | None = None) -> Outcome:
-        """One object; with `timeout_s`, all of its S3 work must end by then or it is cut off and
-        reported as `OutOfTime` (outputs are written before the manifest, so a cut leaves nothing
-        that claims to be done, and the retry finishes it)."""
+        """One object; with `timeout_s`, all of its work (S3 calls and the image) must end by then
+        or it is cut off and reported as `OutOfTime` (outputs are written before the manifest, so a
+        cut leaves nothing that claims to be done, and the retry finishes it). An image cut off
+        finishes in its thread and its result is dropped: nothing is written after the cut."""
         return self._runner.run(self._bounded(ref, timeout_s))
 
     async def _bounded(self, ref: ObjectRef, timeout_s: float | None) -> Outcome:
@@ -55,6 +66,7 @@ class Runtime:
                 cache_control=self.settings.cache_control,
                 max_attempts=self.settings.s3_max_attempts,
             )
+            atexit.register(self.close)
         store = self._connection.store(ref.bucket)
         if ref.kind == "removed":
             return await self.service.remove(store, ref.key)
@@ -64,9 +76,18 @@ class Runtime:
         return outcome
 
     def close(self) -> None:
+        """Close the S3 and EventBridge clients and the loop; idempotent."""
+        atexit.unregister(self.close)
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RuntimeError):  # at exit: the loop still running in another thread
+            self._runner.run(self._close_clients())
+            self._runner.close()
+
+    async def _close_clients(self) -> None:
         if self.notifier is not None:
-            self._runner.run(self.notifier.close())
+            await self.notifier.close()
         if self._connection is not None:
-            self._runner.run(self._connection.close())
-            self._connection = None
-        self._runner.close()
+            connection, self._connection = self._connection, None
+            await connection.close()

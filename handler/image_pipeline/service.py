@@ -21,9 +21,10 @@ import contextlib
 from dataclasses import dataclass, field
 from time import perf_counter
 
-from . import keys, manifest
+from . import ids, keys, manifest
 from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, StorageDenied, StorageFailure
 from .processor import ImageFormat, ImageProcessor, ProcessedImage
+from .pool import ProcessingPool
 from .processor.fingerprint import fingerprint
 from .storage import ObjectChanged, ObjectNotFound, ObjectStore, RawObject
 from .storage.base import merge_tags
@@ -59,6 +60,7 @@ class Outcome:
     total_ms: float = 0.0
     outputs: list[dict] = field(default_factory=list)
     tags_dropped: list[str] = field(default_factory=list)  # ours, no room beside the uploader's 10
+    owner: str | None = None  # whom the upload belongs to (its metadata, checked against its id)
 
 
 class ImageService:
@@ -69,13 +71,17 @@ class ImageService:
         raw_prefix: str = "raw/",
         processed_prefix: str = "processed/",
         disposition: str = "tag",
+        pool: ProcessingPool | None = None,
     ) -> None:
+        """`pool`: where image work runs (a worker thread, the process's bounded slots; see
+        pool.py). Default: the process's slots, one per CPU, waiting as long as it takes."""
         if disposition not in ("tag", "delete"):
             raise ValueError("disposition must be 'tag' or 'delete'")
         self.processor = processor
         self.raw_prefix = raw_prefix
         self.processed_prefix = processed_prefix
         self.disposition = disposition
+        self.pool = pool or ProcessingPool.of_process()
         names = [v.name for v in processor.variants] + (["original"] if processor.preserve_original else [])
         self._longest_leaf = keys.longest_leaf(names)
         self.fingerprint = fingerprint(processor)
@@ -216,12 +222,15 @@ class ImageService:
                 return Outcome("skipped", ref.key, reason="manifest already records this ETag")
             return Outcome("gone", ref.key, reason="raw object no longer exists")
         if isinstance(raw, ImageRejected):  # too large, measured on the object itself
-            return await self._reject(store, ref, raw, started, etag=raw.etag)
+            owner = ids.owner_of(ref.key, self.raw_prefix, raw.metadata or {})
+            return await self._reject(store, ref, raw, started, etag=raw.etag, owner=owner)
         if isinstance(raw, BaseException):
             raise raw
+        # The owner the API wrote beside the upload, kept only when the id in the key is the owner's.
+        uploader = ids.owner_of(ref.key, self.raw_prefix, raw.metadata)
         if owner != ref.key and await store.exists(owner):
             conflict = NameConflict(f"{owner!r} already owns {prefix!r}; rename this upload")
-            return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size)
+            return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         # Compare with the object as it is now, not with the event: a late event for an older
         # upload must neither skip nor delete/tag the newer one (which is processed instead).
         if not redo and owner == ref.key and recorded == raw.etag and previous.fingerprint == self.fingerprint:
@@ -230,26 +239,31 @@ class ImageService:
             if dropped is None:
                 return None
             return Outcome(
-                "skipped", ref.key, reason="manifest already records this ETag and configuration", tags_dropped=dropped
+                "skipped", ref.key, reason="manifest already records this ETag and configuration", tags_dropped=dropped,
+                owner=uploader,
             )
 
         try:
-            processed = self.processor.process_image(raw.data)
+            # Off the event loop, under the process's bound (Busy when the API's wait runs out).
+            processed = await self.pool.run(self.processor.process_image, raw.data)
         except ImageRejected as exc:
-            return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size)
+            return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         except PipelineError:
             raise
         except Exception as exc:  # a decoder crash on hostile input is still a bad image
             error = CorruptImage(f"{type(exc).__name__}: {exc}")
-            return await self._reject(store, ref, error, started, etag=raw.etag, bytes_in=raw.size)
+            return await self._reject(store, ref, error, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
 
         record, winner = await self._write_outputs(
-            store, ref, prefix, raw.etag, processed, started, stored_manifest.etag if stored_manifest else None
+            store, ref, prefix, raw.etag, processed, started, stored_manifest.etag if stored_manifest else None,
+            uploader,
         )
         if winner is not None:  # another name took the prefix while we wrote: see `_write_outputs`
             await self._repair(store, winner, prefix)
             conflict = NameConflict(f"{winner.key!r} owns {prefix!r} (uploaded at the same time); rename this upload")
-            return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size)
+            return await self._reject(
+                store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size, owner=uploader
+            )
         if previous is not None:  # variants no longer configured (or now of another format)
             written = {v["key"] for v in record["variants"]}
             leftovers = sorted(k for k in previous.output_keys if k.startswith(prefix) and k not in written)
@@ -266,6 +280,7 @@ class ImageService:
             total_ms=(perf_counter() - started) * 1000,
             outputs=record["variants"] + [{"name": "manifest", "key": manifest_key}],
             tags_dropped=dropped,
+            owner=uploader,
         )
 
     async def _write_outputs(
@@ -277,6 +292,7 @@ class ImageService:
         processed: ProcessedImage,
         started: float,
         manifest_etag: str | None,
+        owner: str | None = None,
     ) -> tuple[dict, manifest.Recorded | None]:
         """Every variant at once, then the manifest: its presence means all of them are there.
 
@@ -304,6 +320,7 @@ class ImageService:
             variant_keys=variant_keys,
             total_ms=(perf_counter() - started) * 1000,
             fingerprint=self.fingerprint,
+            owner=owner,
         )
         data, manifest_key = manifest.dumps(record), keys.manifest_key(prefix)
         for _ in range(MAX_ROUNDS):
@@ -371,6 +388,7 @@ class ImageService:
         *,
         etag: str | None,
         bytes_in: int = 0,
+        owner: str | None = None,
     ) -> Outcome | None:
         """Tag the raw object `failed` with the code, only while it is the version judged (`etag`;
         None for a key refused whatever it holds). None when a newer upload replaced it meanwhile:
@@ -390,6 +408,7 @@ class ImageService:
             bytes_in=bytes_in,
             total_ms=(perf_counter() - started) * 1000,
             tags_dropped=dropped,
+            owner=owner,
         )
 
 

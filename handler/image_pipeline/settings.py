@@ -30,6 +30,9 @@ DEFAULTS: dict[str, str] = {
     "TIME_RESERVE_MS": "10000",
     "EVENT_BUS_NAME": "",  # empty: no completion events (see notify.py)
 }
+# Where images are processed in a long-running process (the API, `serve`): not in the template,
+# since a Lambda function processes one record at a time and waits for its slot without bound.
+PROCESS_WAIT_MS_DEFAULT = 30_000  # how long an upload waits, unread, for a free slot before 503 busy
 DISPOSITIONS = ("tag", "delete")
 _TYPE_ALIASES = {"jpg": "jpeg", "heic": "heif", "tif": "tiff"}
 KNOWN_TYPES = frozenset(Limits().allowed_types)
@@ -48,6 +51,8 @@ class Settings:
     s3_max_attempts: int = 5
     time_reserve_ms: int = 10000
     event_bus_name: str | None = None
+    process_concurrency: int | None = None  # images processed at once (PROCESS_CONCURRENCY); None: the CPUs
+    process_wait_ms: int = PROCESS_WAIT_MS_DEFAULT  # the API's wait for a slot before 503 busy (PROCESS_WAIT_MS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -57,13 +62,13 @@ class Settings:
         def get(name: str) -> str:
             return env.get(name, DEFAULTS[name]).strip()
 
-        def integer(name: str, low: int = 1) -> int:
-            raw = get(name)
+        def integer(name: str, low: int = 1, default: str | None = None) -> int:
+            raw = get(name) if default is None else env.get(name, default).strip()
             try:
                 value = int(raw.replace("_", ""))
             except ValueError:
                 problems.append(f"{name}={raw!r} is not an integer")
-                return int(DEFAULTS[name])
+                return int(DEFAULTS[name] if default is None else default)
             if value < low:
                 problems.append(f"{name}={value} must be at least {low}")
             return value
@@ -128,6 +133,11 @@ class Settings:
             s3_max_attempts=integer("S3_MAX_ATTEMPTS"),
             time_reserve_ms=integer("TIME_RESERVE_MS", low=0),
             event_bus_name=_event_bus(get("EVENT_BUS_NAME"), problems),
+            # empty or unset: one image per CPU this process may use
+            process_concurrency=(
+                integer("PROCESS_CONCURRENCY", default="1") if env.get("PROCESS_CONCURRENCY", "").strip() else None
+            ),
+            process_wait_ms=integer("PROCESS_WAIT_MS", low=0, default=str(PROCESS_WAIT_MS_DEFAULT)),
         )
         if problems:
             raise ConfigError("invalid image-pipeline settings:\n  - " + "\n  - ".join(problems))
@@ -156,12 +166,13 @@ def _prefix(value: str, name: str, problems: list[str]) -> str:
 
 
 def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
-    """Parse `name:WxH[:fit][:gravity][:format][:qNN][:qauto[NN]]` entries separated by `;`.
+    """Parse `name:WxH[:fit][:gravity][:format][:qNN][:qauto[NN]][:hdr]` entries separated by `;`.
 
     Example: `thumbnail:150x150:cover:attention:webp:q80;large:1920x1920:jpeg:qauto`. Tokens after
     the size may come in any order; each is recognised by its value. A side of 0 (or left out:
     `hero:1600x`, `tall:x1200`) is free and follows the aspect ratio. `qauto` chooses the quality
     per image (luminance SSIM ≥ 0.98, `qauto985` for 0.985), with `qNN` (default 85) as the ceiling.
+    `hdr` (jpeg only) keeps an upload's HDR gain map: the variant becomes an Ultra HDR JPEG.
     """
     variants: list[VariantConfig] = []
     for entry in filter(None, (e.strip() for e in spec.split(";"))):
@@ -181,6 +192,8 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
                 options["gravity"] = token
             elif token in ("original", "auto"):
                 options["format"] = None
+            elif token == "hdr":
+                options["hdr"] = True
             elif token.startswith("qauto") and (token == "qauto" or token[5:].isdigit()):
                 options["qauto"] = float(f"0.{token[5:]}") if token[5:] else DEFAULT_QAUTO_TARGET
             elif token.startswith("q") and token[1:].isdigit():
@@ -191,7 +204,7 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
                 except ValueError:
                     raise ValueError(
                         f"{entry!r}: unknown option {token!r}; expected a fit ({_names(Fit)}), a gravity "
-                        f"({_names(Gravity)}), a format ({_names(ImageFormat)}, original), qNN or qauto[NN]"
+                        f"({_names(Gravity)}), a format ({_names(ImageFormat)}, original), qNN, qauto[NN] or hdr"
                     ) from None
         try:
             variants.append(VariantConfig(name.strip(), int(width), int(height), **options))

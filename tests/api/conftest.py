@@ -13,12 +13,16 @@ import uuid
 import pytest
 
 BASE = "http://api.test"
+HOST = "api.test"
+# The tests of unauthenticated behaviour ask for an open API by name, as a deployment must; the
+# owner tests (test_owners.py) pass API_AUTH=jwt and a secret. The test client's Host is allowed.
+OPEN = {"API_AUTH": "open", "ALLOWED_HOSTS": HOST}
 
 
 def api_settings(**env: str):
     from image_pipeline.api.settings import ApiSettings
 
-    return ApiSettings.from_env({**os.environ, **env}, need_bucket=False)
+    return ApiSettings.from_env({**os.environ, **OPEN, **env}, need_bucket=False)
 
 
 def _clients(build_app):
@@ -64,11 +68,11 @@ def api_of(client):
     return client.app.state.api
 
 
-def wait_for(client, status_url: str, timeout: float = 60) -> dict:
+def wait_for(client, status_url: str, timeout: float = 60, headers: dict | None = None) -> dict:
     """Poll the status URL until the image is no longer pending."""
     deadline = time.monotonic() + timeout
     while True:
-        body = client.get(status_url).json()
+        body = client.get(status_url, headers=headers).json()
         if body["status"] != "pending" or time.monotonic() > deadline:
             return body
         time.sleep(0.05)

@@ -41,10 +41,14 @@ def _received(sqs, queue_url: str, expected: int) -> list[dict]:
     return messages
 
 
-def _upload(s3, bucket: str, name: str, data: bytes) -> tuple[str, dict]:
-    image_id = ids.new_id()
+def _upload(s3, bucket: str, name: str, data: bytes, owner: str | None = None, tag: str | None = None
+            ) -> tuple[str, dict]:
+    """An upload as the API stores it: `raw/<id>/<name>`, the id carrying `tag` (the owner's by
+    default), `x-amz-meta-owner` when there is an owner."""
+    image_id = ids.new_id(tag=tag or (ids.owner_tag(owner) if owner else None))
     key = f"raw/{image_id}/{name}"
-    put = s3.put_object(Bucket=bucket, Key=key, Body=data)
+    metadata = {"owner": ids.owner_metadata(owner)} if owner else {}
+    put = s3.put_object(Bucket=bucket, Key=key, Body=data, Metadata=metadata)
     return image_id, s3_notification(bucket, key, put["ETag"].strip('"'), len(data))
 
 
@@ -72,6 +76,32 @@ def test_processed_and_rejected_images_each_publish_one_event(handler, settings_
         assert head["ContentLength"] == variant["bytes"] and head["ContentType"] == variant["content_type"]
     rejected = events["Image Rejected"]["detail"]
     assert (rejected["id"], rejected["error_code"]) == (bad_id, "corrupt_image")
+
+
+def test_events_name_the_owner_the_upload_was_made_for(handler, settings_env, events_env, s3, bucket, context):
+    bus = f"owners-{uuid.uuid4().hex[:8]}"
+    sqs, queue_url = _bus_to_queue(events_env, bus)
+    settings_env(EVENT_BUS_NAME=bus)
+    owner = "zoë@example.com"  # not ASCII: percent-encoded in the metadata, itself in the event
+    made = {
+        "mine": _upload(s3, bucket, "a.jpg", photo(200, 100), owner=owner),
+        "broken": _upload(s3, bucket, "b.jpg", b"\xff\xd8\xff\xe0" + b"\x07" * 200, owner=owner),
+        "forged": _upload(s3, bucket, "c.jpg", photo(64, 64), owner=owner, tag=ids.owner_tag("mallory")),
+        "nobody": _upload(s3, bucket, "d.jpg", photo(64, 64)),
+    }
+    for _, event in made.values():
+        handler.lambda_handler(event, context)
+    received = {e["detail"]["id"]: e for e in _received(sqs, queue_url, len(made))}
+    owners = {name: (received[image_id]["detail-type"], received[image_id]["detail"]["owner"])
+              for name, (image_id, _) in made.items()}
+    assert owners == {
+        "mine": ("Image Processed", owner),
+        "broken": ("Image Rejected", owner),
+        "forged": ("Image Processed", None),  # metadata naming someone whose tag is not in the id
+        "nobody": ("Image Processed", None),
+    }
+    manifest = s3.get_object(Bucket=bucket, Key=f"processed/{made['mine'][0]}/a/manifest.json")["Body"].read()
+    assert json.loads(manifest)["owner"] == owner
 
 
 def test_a_failed_publish_is_retried_without_redoing_or_losing_the_outputs(

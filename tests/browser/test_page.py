@@ -16,6 +16,7 @@ import pytest
 from PIL import Image, ImageFilter, ImageStat
 from playwright.sync_api import expect
 
+from image_pipeline.ids import owner_tag
 from tests.browser.conftest import start_server
 from tests.browser.test_blurhash import _reference_decode
 from tests.images import encode
@@ -332,5 +333,56 @@ def test_filesystem_backend_upload_and_gallery(browser, tmp_path_factory):
         page.locator(f".card{PROCESSED}").wait_for(timeout=20000)
         assert page.locator(".card").evaluate_all("(cards) => cards.map((c) => c.dataset.imageId)") == [image_id]
         page.close()
+    finally:
+        server.stop()
+
+
+def test_the_page_with_a_token_in_front_of_an_api_with_owners(browser, tmp_path_factory, tmp_path):
+    """`serve --jwt-secret`: the page sends the bearer token it was given (`?token=`, or the field),
+    keeps it for the tab only, and says clearly when a token is needed."""
+    from image_pipeline.api.auth import make_token
+
+    secret = "a-browser-test-secret-of-32-bytes-or-more"
+    server = start_server(tmp_path_factory, "--storage", str(tmp_path_factory.mktemp("owned")), "--jwt-secret", secret)
+    alice, bob = make_token(secret, "alice"), make_token(secret, "bob")
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(f"{server.url}/?token={alice}")
+        assert "token" not in page.url, "the token is taken out of the address bar"
+        assert page.evaluate("sessionStorage.getItem('image-pipeline-token')") == alice
+        page.set_input_files("#files", [{"name": PHOTO_NAME, "mimeType": "image/jpeg", "buffer": PHOTO}])
+        page.locator(f".card{PROCESSED}").wait_for(timeout=30000)
+        image_id = card(page, PHOTO_NAME).get_attribute("data-image-id")
+        assert image_id.split("-")[0] == owner_tag("alice")
+        page.goto(server.url + "/gallery")  # the same tab: the token is still there, not in the address
+        page.locator(f".card{PROCESSED}").wait_for(timeout=20000)
+        assert page.locator(".card").evaluate_all("(cards) => cards.map((c) => c.dataset.imageId)") == [image_id]
+        context.close()
+
+        # A new tab without a token: told what to do; given Bob's token, Bob's (empty) gallery.
+        for width, height in ((1280, 900), (390, 844)):
+            context = browser.new_context(viewport={"width": width, "height": height})
+            page = context.new_page()
+            page.goto(server.url + "/gallery")
+            expect(page.get_by_role("alert")).to_contain_text("needs an access token")
+            expect(page.locator("#summary")).to_contain_text("access token is needed")
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, "the token form scrolls sideways"
+            page.screenshot(path=tmp_path / f"token-{width}.png", full_page=True)
+            page.get_by_role("textbox", name="Access token").fill(bob)
+            page.get_by_role("button", name="Use token").click()
+            expect(page.locator("#summary")).to_have_text("Nothing processed yet: upload some images first.")
+            assert page.get_by_role("button", name="Forget token").is_visible()
+            context.close()
+
+        # Uploading without a token: the card says a token is needed, nothing is stored.
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.goto(server.url + "/")
+        assert page.locator("#access").is_hidden(), "no token field until the API asks for one"
+        page.set_input_files("#files", [{"name": "anon.jpg", "mimeType": "image/jpeg", "buffer": PHOTO}])
+        expect(card(page, "anon.jpg").get_by_role("status").first).to_have_text(re.compile("^Sign-in needed"))
+        assert page.locator("#access").is_visible()
+        context.close()
     finally:
         server.stop()

@@ -17,7 +17,9 @@ from image_pipeline.storage import LitestarStore, ObjectChanged, ObjectNotFound
 from image_pipeline.storage.s3 import S3Connection
 from tests.images import decode, photo
 
-BACKENDS = ["s3", "filesystem", "memory"]
+# "s3-no-conditional-delete": S3 behind a proxy that answers a DELETE with If-Match 501
+# NotImplemented, as LocalStack does: the store falls back to a HEAD and a plain DELETE.
+BACKENDS = ["s3", "s3-no-conditional-delete", "filesystem", "memory"]
 
 
 def run(coro):
@@ -25,6 +27,8 @@ def run(coro):
 
 
 async def _open(kind: str, tmp_path, endpoint: str):
+    if kind == "s3-no-conditional-delete":
+        return await _open("s3", tmp_path, endpoint)
     if kind == "memory":
         return LitestarStore(MemoryStorage()), None
     if kind == "filesystem":
@@ -41,9 +45,18 @@ async def _open(kind: str, tmp_path, endpoint: str):
 def with_store(request, tmp_path, moto_server):
     """Run an async test body against a fresh store of each kind."""
 
+    endpoint, proxy = moto_server, None
+    if request.param == "s3-no-conditional-delete":
+        from tests.reliability.faultproxy import Fault, FaultProxy
+
+        proxy = FaultProxy(upstream=moto_server).start()
+        proxy.add(Fault.not_implemented(), method="DELETE", header="If-Match", times=None)
+        endpoint = proxy.url
+        request.addfinalizer(proxy.stop)
+
     def call(body):
         async def main():
-            store, connection = await _open(request.param, tmp_path, moto_server)
+            store, connection = await _open(request.param, tmp_path, endpoint)
             try:
                 return await body(store)
             finally:
@@ -53,6 +66,7 @@ def with_store(request, tmp_path, moto_server):
 
         return run(main())
 
+    call.proxy = proxy
     return call
 
 
@@ -108,6 +122,50 @@ def test_read_refuses_an_oversize_object(with_store):
     with_store(body)
 
 
+def test_metadata_comes_back_with_the_read_and_is_replaced_by_the_next_write(with_store):
+    async def body(store):
+        await store.write("raw/m.jpg", b"data", "image/jpeg", {"owner": "alice%40example.com", "k": "v"})
+        assert (await store.read("raw/m.jpg")).metadata == {"owner": "alice%40example.com", "k": "v"}
+        with pytest.raises(TooLarge) as caught:  # refused before the body: the owner is still known
+            await store.read("raw/m.jpg", max_bytes=2)
+        assert caught.value.metadata == {"owner": "alice%40example.com", "k": "v"}
+        await store.set_tags("raw/m.jpg", {"image-pipeline-status": "processed"})  # tags leave it alone
+        assert (await store.read("raw/m.jpg")).metadata["owner"] == "alice%40example.com"
+        assert [o.key for o in await store.list("raw/")] == ["raw/m.jpg"]  # never listed beside it
+        await store.write("raw/m.jpg", b"other", "image/jpeg", {})  # S3 replaces metadata on a PUT
+        assert (await store.read("raw/m.jpg")).metadata == {}
+        await store.write("raw/m.jpg", b"third", "image/jpeg", {"owner": "bob"})
+        await store.delete("raw/m.jpg")
+        await store.write("raw/m.jpg", b"back", "image/jpeg", {})  # a new object: none of the old one's
+        assert (await store.read("raw/m.jpg")).metadata == {}
+
+    with_store(body)
+
+
+def test_the_service_records_the_owner_only_when_the_keys_tag_is_the_owners(with_store):
+    from image_pipeline import ids
+
+    service = ImageService(ImageProcessor([VariantConfig("small", 64, 64, format="webp")]))
+    owner = "élodie@example.com"
+    mine = ids.new_id(tag=ids.owner_tag(owner))
+    forged = ids.new_id(tag=ids.owner_tag("mallory"))
+    untagged = ids.new_id()
+
+    async def body(store):
+        owner_field = {"owner": ids.owner_metadata(owner)}
+        assert owner_field["owner"].isascii() and "%" in owner_field["owner"]
+        for image_id in (mine, forged, untagged):
+            await store.write(f"raw/{image_id}/a.jpg", photo(96, 64), "image/jpeg", owner_field)
+            assert (await service.handle(store, ObjectRef("bucket", f"raw/{image_id}/a.jpg"))).status == "processed"
+        recorded = {
+            image_id: json.loads(await store.read_optional(f"processed/{image_id}/a/manifest.json"))["owner"]
+            for image_id in (mine, forged, untagged)
+        }
+        assert recorded == {mine: owner, forged: None, untagged: None}
+
+    with_store(body)
+
+
 def test_tags_merge_and_survive_until_delete(with_store):
     async def body(store):
         await store.write("t.jpg", b"data", "image/jpeg", {})
@@ -134,6 +192,8 @@ def test_a_delete_for_one_version_never_removes_a_newer_upload(with_store):
             await store.delete("raw/v.jpg", etag=first.etag)
 
     with_store(body)
+    if with_store.proxy is not None:  # the server refused every conditional delete: the fallback ran
+        assert with_store.proxy.injected("not_implemented") == 3
 
 
 def test_a_conditional_write_lands_only_on_the_version_expected(with_store):

@@ -185,6 +185,7 @@ def test_failures_are_counted_listed_in_the_file_and_make_the_exit_status_non_ze
     assert (rows["processed"], rows["failed"], rows["retried"]) == ("1", "3", "0")
     assert (rows["corrupt_image"], rows["unsupported_type"], rows["empty_file"]) == ("1", "1", "1")
     assert f"3 failed; keys and error codes written to {tmp_path / 'failed.csv'}" in done.stderr
+    assert "Unclosed" not in done.stderr and "Traceback" not in done.stderr  # the worker closed its S3 client
     with (tmp_path / "failed.csv").open(newline="") as fh:
         listed = {row["key"]: row["error_code"] for row in csv.DictReader(fh)}
     assert listed == {

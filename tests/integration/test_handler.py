@@ -235,6 +235,8 @@ def test_logs_are_structured_json_with_the_key_and_error_code(s3, bucket, handle
         ({"ALLOWED_TYPES": "jpeg,svg"}, "ALLOWED_TYPES"),
         ({"CACHE_CONTROL": ""}, "CACHE_CONTROL"),
         ({"CACHE_CONTROL": "max-age=60 \u2014 immutable"}, "printable ASCII"),
+        ({"PROCESS_CONCURRENCY": "0"}, "PROCESS_CONCURRENCY=0 must be at least 1"),
+        ({"PROCESS_WAIT_MS": "soon"}, "PROCESS_WAIT_MS='soon' is not an integer"),
     ],
 )
 def test_bad_configuration_fails_at_cold_start_with_a_clear_message(env, message):
@@ -373,3 +375,16 @@ def test_s3_batch_operations_permanent_storage_failure_is_a_permanent_failure(s3
 
 def test_allowed_types_accept_common_aliases():
     assert Settings.from_env({"ALLOWED_TYPES": "jpg, heic,tif"}).limits.allowed_types == {"jpeg", "heif", "tiff"}
+
+
+def test_image_concurrency_defaults_to_the_cpus_and_the_wait_to_thirty_seconds():
+    from image_pipeline.pool import cpu_count
+    from image_pipeline.runtime import Runtime
+
+    default = Settings.from_env({})
+    assert default.process_concurrency is None and default.process_wait_ms == 30_000
+    runtime = Runtime(default)
+    assert runtime.service.pool.limit == cpu_count()
+    runtime.close()
+    chosen = Settings.from_env({"PROCESS_CONCURRENCY": "3", "PROCESS_WAIT_MS": "0"})
+    assert (chosen.process_concurrency, chosen.process_wait_ms) == (3, 0)

@@ -7,12 +7,14 @@ request to an upstream S3 endpoint (the moto server) unless a rule says to break
     assert proxy.injected("slow_down") == 1
 
 Faults: a 503 `SlowDown` (S3's throttling answer, retried by botocore), a 403 `AccessDenied`
-(permanent, never retried), a bare 404 with no error body (what some S3-compatible servers send
-for a missing key), a connection reset in the middle of the request body, and a delay before
-forwarding. A rule matches on method and a regular expression searched in the request
-path (`/<bucket>/<key>?<query>`, path-style as botocore uses it for an IP endpoint), and fires for
-the first `times` matching requests (None: every one). Every request is logged, so a test can
-prove its faults were actually hit.
+(permanent, never retried), a 501 `NotImplemented` (an S3-compatible server without a feature,
+e.g. LocalStack's answer to a conditional DELETE), a bare 404 with no error body (what some
+S3-compatible servers send for a missing key), a connection reset in the middle of the request
+body, and a delay before forwarding. A rule matches on method, a regular expression searched in
+the request path (`/<bucket>/<key>?<query>`, path-style as botocore uses it for an IP endpoint)
+and optionally a header the request carries (`header="If-Match"`), and fires for the first
+`times` matching requests (None: every one). Every request is logged, so a test can prove its
+faults were actually hit.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # slow_down | access_denied | bare_404 | reset | delay
+    kind: str  # slow_down | access_denied | not_implemented | bare_404 | reset | delay
     seconds: float = 0.0
 
     @classmethod
@@ -42,6 +44,11 @@ class Fault:
     @classmethod
     def access_denied(cls) -> Fault:
         return cls("access_denied")
+
+    @classmethod
+    def not_implemented(cls) -> Fault:
+        """501 NotImplemented with S3's XML error body: the server has no such feature."""
+        return cls("not_implemented")
 
     @classmethod
     def bare_404(cls) -> Fault:
@@ -65,10 +72,13 @@ class Rule:
     method: str | None
     path: re.Pattern
     times: int | None
+    header: str | None = None
     fired: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, headers) -> bool:
         if self.times is not None and self.fired >= self.times:
+            return False
+        if self.header is not None and self.header not in headers:
             return False
         return (self.method is None or self.method == method) and bool(self.path.search(path))
 
@@ -117,8 +127,16 @@ class FaultProxy:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def add(self, fault: Fault, *, method: str | None = None, path: str = "", times: int | None = 1) -> Rule:
-        rule = Rule(fault, method, re.compile(path), times)
+    def add(
+        self,
+        fault: Fault,
+        *,
+        method: str | None = None,
+        path: str = "",
+        times: int | None = 1,
+        header: str | None = None,
+    ) -> Rule:
+        rule = Rule(fault, method, re.compile(path), times, header)
         with self._lock:
             self.rules.append(rule)
         return rule
@@ -138,10 +156,10 @@ class FaultProxy:
 
     # -- used by the handler thread ---------------------------------------------------------------
 
-    def _choose(self, method: str, path: str) -> Fault | None:
+    def _choose(self, method: str, path: str, headers) -> Fault | None:
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, path):
+                if rule.matches(method, path, headers):
                     rule.fired += 1
                     return rule.fault
         return None
@@ -149,6 +167,13 @@ class FaultProxy:
     def _record(self, seen: Seen) -> None:
         with self._lock:
             self.log.append(seen)
+
+
+_ERRORS = {  # fault → what S3 (or an S3-compatible server) answers
+    "slow_down": (503, "SlowDown", "Please reduce your request rate."),
+    "access_denied": (403, "AccessDenied", "Access Denied"),
+    "not_implemented": (501, "NotImplemented", "A header you provided implies functionality that is not implemented"),
+}
 
 
 def _s3_error(code: str, message: str) -> bytes:
@@ -186,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _proxy(self) -> None:
         method, path = self.command, unquote(self.path)
-        fault = self.owner._choose(method, path)
+        fault = self.owner._choose(method, path, self.headers)
         if fault is not None and fault.kind == "reset":
             length = int(self.headers.get("Content-Length") or 0)
             if length:
@@ -205,12 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if fault is not None and fault.kind in ("slow_down", "access_denied"):
-            status, code, message = (
-                (503, "SlowDown", "Please reduce your request rate.")
-                if fault.kind == "slow_down"
-                else (403, "AccessDenied", "Access Denied")
-            )
+        if fault is not None and fault.kind in _ERRORS:
+            status, code, message = _ERRORS[fault.kind]
             self.owner._record(Seen(method, path, fault.kind, status))
             payload = _s3_error(code, message) if method != "HEAD" else b""
             self.send_response(status)

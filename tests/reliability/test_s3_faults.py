@@ -193,3 +193,54 @@ def test_s3_max_attempts_is_the_total_number_of_attempts(s3, bucket, handler, co
     with pytest.raises(handler.RetryLater):
         handler.lambda_handler(s3_event(bucket, [obj]), context)
     assert len(via_proxy.requests("GET", "raw/attempts/")) == handler.runtime.settings.s3_max_attempts == 2
+
+
+def test_delete_mode_on_a_server_without_conditional_deletes(s3, bucket, handler, context, proxy, settings_env):
+    """LocalStack answers a DELETE with If-Match 501 NotImplemented: the raw object is checked with
+    a HEAD (still the version processed?) and deleted plainly; the record is not retried forever."""
+    settings_env(AWS_ENDPOINT_URL_S3=proxy.url, RAW_DISPOSITION="delete")
+    proxy.add(Fault.not_implemented(), method="DELETE", header="If-Match", times=None)
+    obj = upload(s3, bucket, "raw/nocond/photo.jpg", photo(640, 480))
+
+    result = handler.lambda_handler(s3_event(bucket, [obj]), context)
+
+    assert [r["status"] for r in result["results"]] == ["processed"]
+    assert proxy.injected("not_implemented") == 1  # the conditional delete was refused, once
+    assert all_keys(s3, bucket, "raw/") == []  # raw deleted
+    prefix = output_prefix(obj.key)
+    assert all_keys(s3, bucket, prefix) == sorted([prefix + "manifest.json"] + [prefix + f for f in VARIANT_FILES])
+    assert manifest(s3, bucket, prefix)["source"]["etag"] == obj.etag
+
+
+def test_without_conditional_deletes_a_replaced_upload_is_processed_not_deleted(
+    s3, bucket, handler, context, proxy, settings_env
+):
+    """The raw object is replaced while its first version is processed: the fallback's HEAD sees
+    the new ETag, so the new upload is not deleted with the old one's outputs; it is processed
+    (the manifest records it), and only then deleted."""
+    from tests.gated import GatedProcessor
+    from tests.images import decode
+
+    runtime = settings_env(AWS_ENDPOINT_URL_S3=proxy.url, RAW_DISPOSITION="delete")
+    proxy.add(Fault.not_implemented(), method="DELETE", header="If-Match", times=None)
+    gated = GatedProcessor.replacing(runtime.service)
+    old = upload(s3, bucket, "raw/nocond/swap.jpg", photo(640, 480))
+
+    import threading
+
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(handler.lambda_handler(s3_event(bucket, [old]), context)))
+    worker.start()
+    assert gated.entered.wait(30)
+    new = upload(s3, bucket, old.key, photo(1200, 300))  # replaced while the old one is processed
+    gated.gate.set()
+    worker.join(60)
+
+    assert [r["status"] for r in outcome[0]["results"]] == ["processed"]
+    assert proxy.injected("not_implemented") >= 2  # the old version's delete was refused, then the new one's
+    prefix = output_prefix(old.key)
+    record = manifest(s3, bucket, prefix)
+    assert record["source"]["etag"] == new.etag != old.etag  # the outputs are the new upload's
+    large = s3.get_object(Bucket=bucket, Key=prefix + "large.jpg")["Body"].read()
+    assert decode(large).size == (1200, 300)
+    assert all_keys(s3, bucket, "raw/") == []  # deleted once it was processed

@@ -92,3 +92,36 @@ def test_the_reserve_is_configurable(s3, bucket, handler, objs, settings_env):
     settings_env(TIME_RESERVE_MS="0")
     result = handler.lambda_handler(sqs_event(bucket, objs[:2]), ScriptedClock(5_000))
     assert result == {"batchItemFailures": []}
+
+
+def test_an_image_still_being_processed_is_cut_off_at_the_time_bound_and_writes_nothing(
+    s3, bucket, handler, settings_env
+):
+    """The image runs in a worker thread, so the time bound cuts the record off while the image is
+    still being processed (not only at its next S3 call). The thread cannot be stopped: it finishes,
+    its result is dropped, and nothing is written; the retry processes the image."""
+    import time
+
+    from tests.gated import GatedProcessor
+
+    runtime = settings_env(TIME_RESERVE_MS="1000")
+    gated = GatedProcessor.replacing(runtime.service)
+    obj = upload(s3, bucket, "raw/slow/big.jpg", photo(640, 480))
+
+    try:
+        with pytest.raises(handler.RetryLater, match="slow/big.jpg"):
+            handler.lambda_handler(s3_event(bucket, [obj]), ScriptedClock(3_000))  # 2 s for the record
+        assert gated.entered.is_set() and not gated.done.is_set()  # cut off mid-image
+    finally:
+        gated.gate.set()
+    assert gated.done.wait(30)
+    deadline = time.monotonic() + 10
+    while runtime.service.pool.in_flight and time.monotonic() < deadline:  # the slot comes back with the thread
+        time.sleep(0.01)
+    assert runtime.service.pool.in_flight == 0
+    assert all_keys(s3, bucket, "processed/slow/") == []
+    assert tags(s3, bucket, obj.key) == {}
+
+    result = handler.lambda_handler(s3_event(bucket, [obj]), ScriptedClock(60_000))
+    assert [r["status"] for r in result["results"]] == ["processed"]
+    assert len(all_keys(s3, bucket, "processed/slow/big/")) == len(VARIANT_FILES) + 1

@@ -64,3 +64,43 @@ def test_api_settings_report_every_problem_at_once():
     assert ok.public_base_url == "https://cdn.example.com/i/"
     assert ok.allowed_origins == ("https://app.example.com", "http://localhost:3000")
     assert ok.image_type("image/JPEG; charset=x") == "jpeg" and ok.image_type("image/svg+xml") is None
+
+
+def test_owned_ids_carry_the_owners_tag_and_still_sort_newest_first():
+    tag = ids.owner_tag("alice")
+    assert len(tag) == ids.TAG_LENGTH and ids.is_valid(tag + "-" + ids.new_id())
+    assert tag == ids.owner_tag("alice") != ids.owner_tag("Alice")  # stable, and case matters
+    assert tag == "n1xd664dkdpdj5dj"  # a contract: stored keys depend on it, never change it
+    made = [ids.new_id(now_ms=ms, tag=tag) for ms in (1_700_000_000_000, 1_800_000_000_000)]
+    assert all(i.startswith(tag + "-") and len(i) == 37 for i in made)
+    assert sorted(made) == made[::-1]
+    assert [ids.created_ms(i) for i in made] == [1_700_000_000_000, 1_800_000_000_000]
+    assert ids.parse(made[0]) == (tag, made[0][17:]) and ids.parse(made[0][17:]) == (None, made[0][17:])
+    key = ids.raw_key("raw/", made[0], "a.jpg")
+    assert ids.id_of_key(key, "raw/") == made[0] and key.startswith(f"raw/{tag}-")
+    assert ids.id_of_key(f"processed/{made[0]}/a/manifest.json", "processed/") == made[0]
+
+
+@pytest.mark.parametrize("bad", [
+    "n1xd664dkdpdj5dj" + "-",  # a tag alone
+    "n1xd664dkdpdj5dj_" + "0" * 20,  # another separator
+    "n1xd664dkdpdj5d-" + "0" * 20,  # a short tag
+    "N1XD664DKDPDJ5DJ-" + "0" * 20,  # upper case
+    "-" + "0" * 20,
+    "n1xd664dkdpdj5dj-" + "0" * 20 + "/",
+])
+def test_malformed_owned_ids_are_not_ids(bad):
+    assert ids.parse(bad) is None and not ids.is_valid(bad)
+
+
+def test_the_owner_in_metadata_is_ascii_and_kept_only_with_its_tag():
+    owner = "ZoË <zoe@example.com> 100%"
+    value = ids.owner_metadata(owner)
+    assert value.isascii() and value.isprintable() and " " not in value
+    assert value == "Zo%C3%8B%20<zoe@example.com>%20100%25"
+    image_id = ids.new_id(tag=ids.owner_tag(owner))
+    assert ids.owner_of(f"raw/{image_id}/a.jpg", "raw/", {"owner": value}) == owner
+    assert ids.owner_of(f"raw/{ids.new_id(tag=ids.owner_tag('eve'))}/a.jpg", "raw/", {"owner": value}) is None
+    assert ids.owner_of(f"raw/{ids.new_id()}/a.jpg", "raw/", {"owner": value}) is None  # no tag in the key
+    assert ids.owner_of("raw/photos/a.jpg", "raw/", {"owner": value}) is None  # not an API upload
+    assert ids.owner_of(f"raw/{image_id}/a.jpg", "raw/", {}) is None

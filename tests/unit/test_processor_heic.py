@@ -151,3 +151,76 @@ def test_libheifs_other_security_limits_are_corrupt_image_naming_the_limit(heic)
     crowded = heic[:start] + meta + heic[start + size:]
     with pytest.raises(CorruptImage, match=r"security limit .*Maximum number of child boxes \(100\) in 'meta' box"):
         ImageProcessor().process(crowded)
+
+
+# -- HDR10 (PQ / HLG) HEICs: tone-mapped to SDR --------------------------------------------------------
+
+
+def _pq(nits: float) -> float:
+    m1, m2, c1, c2, c3 = 0.1593017578125, 78.84375, 0.8359375, 18.8515625, 18.6875
+    power = (nits / 10000) ** m1
+    return ((c1 + c2 * power) / (1 + c3 * power)) ** m2
+
+
+def _hlg(nits: float) -> float:
+    """The HLG signal a 1000-nit display shows as `nits` (per channel: OOTF γ 1.2, then the OETF)."""
+    import math
+
+    scene = (nits / 1000) ** (1 / 1.2)
+    a = 0.17883277
+    return math.sqrt(3 * scene) if scene <= 1 / 12 else a * math.log(12 * scene - (1 - 4 * a)) + 0.5 - a * math.log(4 * a)
+
+
+def _srgb(linear: float) -> int:
+    return round(255 * (12.92 * linear if linear <= 0.0031308 else 1.055 * linear ** (1 / 2.4) - 0.055))
+
+
+# BT.2020 linear of an sRGB-gamut green: sRGB (0, 1, 0) through the BT.709 → BT.2020 matrix.
+SRGB_GREEN_IN_BT2020 = (0.3293, 0.9195, 0.0880)
+
+
+def _hdr10_heic(transfer: int, encode_signal) -> bytes:
+    """A 10-bit BT.2020 HEIC (4:4:4) with four vertical patches, in display light: 36.5 nits (an
+    18 % grey under 203-nit reference white), 203 nits (reference white), 1000 nits, and 100-nit
+    sRGB-gamut green; signalled in its nclx box as PQ (16) or HLG (18)."""
+    import pillow_heif
+
+    width, height = 256, 64
+    patches = [(36.5,) * 3, (203.0,) * 3, (1000.0,) * 3, tuple(100 * c for c in SRGB_GREEN_IN_BT2020)]
+    row = b"".join(
+        struct.pack("<3H", *(round(encode_signal(n) * 65535) for n in patches[x * 4 // width])) for x in range(width)
+    )
+    heif = pillow_heif.from_bytes("RGB;16", (width, height), row * height)
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=-1, chroma=444, color_primaries=9, transfer_characteristics=transfer,
+              matrix_coefficients=9, full_range_flag=1)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("transfer", "encode_signal"), [(16, _pq), (18, _hlg)], ids=["pq", "hlg"])
+def test_an_hdr10_heic_is_tone_mapped_not_shown_flat(transfer, encode_signal):
+    data = _hdr10_heic(transfer, encode_signal)
+    assert Image.open(io.BytesIO(data)).info["nclx_profile"]["transfer_characteristics"] == transfer
+    (variant,) = ImageProcessor([VariantConfig("m", 256, 64, format="png")]).process(data)
+    grey, white, peak, green = (decode(variant.data).getpixel((32 + 64 * i, 32)) for i in range(4))
+    # Below the knee (~100 nits) display light is kept: 18 % of reference white is 18 % of SDR white.
+    assert _near(grey, (_srgb(0.18),) * 3, 4), grey
+    # Reference white just under SDR white (the BT.2390 roll-off starts below it), the peak at it.
+    assert all(222 <= c <= 236 for c in white) and _near(peak, (255, 255, 255), 1), (white, peak)
+    # A BT.2020-encoded sRGB green comes out as sRGB green (the primaries are converted) at 100/203.
+    assert green[1] > 180 and green[0] < 30 and green[2] < 30, green
+
+
+def test_a_flat_narrowing_is_what_an_hdr10_heic_used_to_get():
+    """The same PQ file read as if it were sRGB (today's behaviour for untagged 8-bit data) is
+    far off: 203-nit white lands at 148 of 255, an 18 % grey at 107."""
+    data = _hdr10_heic(16, _pq)
+    flat = Image.open(io.BytesIO(data)).convert("RGB")
+    assert _near(flat.getpixel((32, 32)), (107, 107, 107), 3) and _near(flat.getpixel((96, 32)), (148, 148, 148), 3)
+
+
+def test_an_sdr_10_bit_heic_is_not_tone_mapped():
+    """No PQ/HLG in the nclx box (here sRGB's 13): the pixels go through as before."""
+    data = _hdr10_heic(13, lambda nits: min(nits / 203, 1.0) ** (1 / 2.2))
+    (variant,) = ImageProcessor([VariantConfig("m", 256, 64, format="png")]).process(data)
+    assert _near(decode(variant.data).getpixel((32, 32)), (round(255 * (36.5 / 203) ** (1 / 2.2)),) * 3, 3)

@@ -8,7 +8,10 @@ with `error_code` where the pipeline has one) and leaves nothing stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,24 +19,37 @@ from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.config.cors import CORSConfig
+from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
 from litestar.exceptions import NotFoundException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.config import OpenAPIConfig
-from litestar.params import FromPath, JSONBody, MultipartBody
+from litestar.params import FromPath, JSONBody, MultipartBody, Parameter
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from litestar.response import Redirect
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, ids, keys
-from ..errors import PipelineError, StorageFailure
+from ..errors import Busy, PipelineError, StorageFailure
+from ..pool import ProcessingPool, return_freed_memory
 from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
+from ..storage import ListedObject
 from . import pages
+from .auth import Authenticator, Caller
 from .backends import FileBackend, S3Backend, UploadRefused
+from .guards import authenticated, caller_of, trusted_request
+from .links import api_base, object_link
+from .problems import NO_SUCH_IMAGE, not_found, problem
 from .settings import EXTENSIONS, ApiSettings
 
+log = logging.getLogger("image_pipeline.api")
+
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the other fields, beside the file itself
+MAX_PAGE = 100
+LIST_PAGE = 1000  # keys per listing request (S3's maximum)
 
 
 # --- bodies (also the OpenAPI schema) -------------------------------------------------------
@@ -63,7 +79,8 @@ class UploadGrant:
 @dataclass
 class VariantInfo:
     name: str
-    url: str
+    url: str  # stable: the API's /images/{id}/{variant} redirect, or PUBLIC_BASE_URL + key
+    src: str  # for showing it now without a token: a direct (possibly presigned, short-lived) URL
     width: int
     height: int
     bytes: int
@@ -74,11 +91,18 @@ class VariantInfo:
 class ImageInfo:
     id: str
     status: str  # pending | processed | failed
+    name: str  # the uploaded file's (sanitised) name
     error_code: str | None
     source: dict[str, Any] | None
     placeholder: dict[str, Any] | None
     variants: list[VariantInfo]
     created_at: str
+
+
+@dataclass
+class ImagePage:
+    items: list[ImageInfo]
+    next_cursor: str | None  # pass as ?cursor= for the next page; None on the last
 
 
 @dataclass
@@ -96,6 +120,7 @@ class Api:
     def __init__(self, settings: ApiSettings, backend: S3Backend | FileBackend) -> None:
         self.settings = settings
         self.backend = backend
+        self.auth = Authenticator(settings)
         pipeline = settings.pipeline
         processor = ImageProcessor(pipeline.variants, limits=pipeline.limits, keep_icc_profile=pipeline.keep_icc_profile)
         self.service = ImageService(
@@ -103,6 +128,9 @@ class Api:
             raw_prefix=pipeline.raw_prefix,
             processed_prefix=pipeline.processed_prefix,
             disposition=pipeline.raw_disposition,
+            # The process's image slots (uploads, the local worker, the local event source's
+            # handler): at most PROCESS_CONCURRENCY at once; beyond it, 503 busy after PROCESS_WAIT_MS.
+            pool=ProcessingPool.of_process(pipeline.process_concurrency, wait_s=pipeline.process_wait_ms / 1000),
         )
 
     @property
@@ -129,16 +157,25 @@ class Api:
                         pass
         return None, output_keys
 
-    async def describe(self, image_id: str, base_url: str) -> ImageInfo | None:
+    def base(self, request: Request) -> str:
+        """Where the API's own links start (PUBLIC_URL or the mount path; never the Host)."""
+        return api_base(request, self.settings.public_url)
+
+    async def describe(self, request: Request, image_id: str) -> ImageInfo | None:
         """Status from storage alone: manifest → processed; raw tagged failed → failed; raw → pending."""
         raws, (record, _) = await asyncio.gather(self.store.list(self.raw_dir(image_id), limit=1), self.manifest(image_id))
-        raw = raws[0] if raws else None
+        return await self.info(request, image_id, raws[0] if raws else None, record)
+
+    async def info(self, request: Request, image_id: str, raw: ListedObject | None, record: dict | None) -> ImageInfo | None:
+        """An image's body from its raw object and manifest (None when neither is there)."""
         created = datetime.fromtimestamp(ids.created_ms(image_id) / 1000, timezone.utc).isoformat(timespec="seconds")
+        base = self.base(request)
         if record is not None and (raw is None or (record["source"]["key"] == raw.key and record["source"]["etag"] == raw.etag)):
             variants = [
                 VariantInfo(
                     name=v["name"],
-                    url=self.variant_link(image_id, v, base_url),
+                    url=self.variant_link(image_id, v, base),
+                    src=await self.variant_src(v, base),
                     width=v["width"],
                     height=v["height"],
                     bytes=v["bytes"],
@@ -146,73 +183,140 @@ class Api:
                 )
                 for v in record["variants"]
             ]
-            return ImageInfo(image_id, "processed", None, record["source"], record.get("placeholder"), variants, created)
+            name = _leaf(record["source"]["key"])
+            return ImageInfo(image_id, "processed", name, None, record["source"], record.get("placeholder"), variants, created)
         if raw is None:
             return None
         tags = await self.store.get_tags(raw.key)
         source = {"key": raw.key, "etag": raw.etag, "bytes": raw.size}
         if tags.get(STATUS_TAG) == "failed":
-            return ImageInfo(image_id, "failed", tags.get(ERROR_TAG, "unknown"), source, None, [], created)
-        return ImageInfo(image_id, "pending", None, source, None, [], created)
+            return ImageInfo(image_id, "failed", _leaf(raw.key), tags.get(ERROR_TAG, "unknown"), source, None, [], created)
+        return ImageInfo(image_id, "pending", _leaf(raw.key), None, source, None, [], created)
 
-    def variant_link(self, image_id: str, variant: dict, base_url: str) -> str:
+    def variant_link(self, image_id: str, variant: dict, base: str) -> str:
+        """The variant's stable URL: PUBLIC_BASE_URL + key (public, cacheable), or the API's redirect."""
         if self.settings.public_base_url:
-            return self.settings.public_base_url + variant["key"]
-        return f"{base_url}images/{image_id}/{variant['name']}"
+            return object_link(self.settings.public_base_url, variant["key"])
+        return f"{base}images/{image_id}/{variant['name']}"
 
-    async def store_upload(self, upload: UploadFile) -> tuple[str, str]:
+    async def variant_src(self, variant: dict, base: str) -> str:
+        """A URL to show the variant now, no token needed (delivery is public by design)."""
+        if self.settings.public_base_url:
+            return object_link(self.settings.public_base_url, variant["key"])
+        return await self.backend.object_url(variant["key"], self.settings.url_expiry_s, base)
+
+    async def store_upload(self, upload: UploadFile, caller: Caller) -> tuple[str, str]:
         """Check a multipart file (size while reading, type from its bytes), then store it under
-        `raw/<new id>/<leaf>`. Nothing is stored when it is refused."""
+        `raw/<new id>/<leaf>`, the caller's id and owner metadata. Nothing is stored when it is refused."""
         limit = self.settings.max_bytes
-        chunks, size = [], 0
-        while chunk := await upload.read(1024 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise problem(413, f"the file is over the {limit}-byte limit", "too_large")
-            chunks.append(chunk)
-        data = b"".join(chunks)
+        data = await upload.read(limit + 1)  # one copy (chunks + join held two at once)
+        if len(data) > limit:
+            raise problem(413, f"the file is over the {limit}-byte limit", "too_large")
         if not data:
             raise problem(400, "the file is empty", "empty_file")
         kind = sniff(data)
         if kind not in DECODABLE or kind not in self.settings.pipeline.limits.allowed_types:
             allowed = ", ".join(sorted(self.settings.pipeline.limits.allowed_types))
             raise problem(415, f"the file is {kind or 'not an image we recognise'}; accepted: {allowed}", "unsupported_type")
-        image_id = ids.new_id()
+        image_id = ids.new_id(tag=caller.tag)
         key = ids.raw_key(self.settings.pipeline.raw_prefix, image_id, upload.filename or "", EXTENSIONS[kind])
-        await self.store.write(key, data, DECODABLE[kind][1], {})
+        await self.store.write(key, data, DECODABLE[kind][1], metadata_for(caller))
         return image_id, key
 
+    async def page(self, request: Request, caller: Caller, after: str | None, limit: int) -> ImagePage:
+        """The caller's images (every image for an admin), newest first: the ids under
+        `raw/<tag>-` and `processed/<tag>-` merged (delete mode removes raw objects once processed),
+        one LIST per 1000 keys, then one GET per image shown (its manifest, or a pending upload's tags)."""
+        pipeline = self.settings.pipeline
+        scope = "" if caller.admin else f"{caller.tag}-"
+        raws = _ids_under(self.store, pipeline.raw_prefix, scope, after)
+        outputs = _ids_under(self.store, pipeline.processed_prefix, scope, after)
+        found: list[tuple[str, list[ListedObject], list[ListedObject]]] = []
+        raw, out = await anext(raws, None), await anext(outputs, None)
+        while (raw or out) and len(found) <= limit:
+            if out is None or (raw is not None and raw[0] < out[0]):
+                found.append((raw[0], raw[1], []))
+                raw = await anext(raws, None)
+            elif raw is None or out[0] < raw[0]:
+                found.append((out[0], [], out[1]))
+                out = await anext(outputs, None)
+            else:
+                found.append((raw[0], raw[1], out[1]))
+                raw, out = await anext(raws, None), await anext(outputs, None)
+        await asyncio.gather(raws.aclose(), outputs.aclose())
+        more = len(found) > limit
+        found = found[:limit]
 
-def problem(status: int, detail: str, error_code: str | None = None) -> ProblemDetailsException:
-    extra = {"error_code": error_code} if error_code else None
-    return ProblemDetailsException(detail=detail, status_code=status, extra=extra)
+        async def item(image_id: str, raw_objects: list[ListedObject], output_objects: list[ListedObject]):
+            manifest_key = next((o.key for o in output_objects if o.key.endswith("/" + keys.MANIFEST_NAME)), None)
+            body = await self.store.read_optional(manifest_key) if manifest_key else None
+            try:
+                record = json.loads(body) if body else None
+            except ValueError:
+                record = None
+            return await self.info(request, image_id, raw_objects[0] if raw_objects else None, record)
+
+        items = [i for i in await asyncio.gather(*(item(*f) for f in found)) if i is not None]
+        return ImagePage(items=items, next_cursor=found[-1][0] if more and found else None)
+
+
+async def _ids_under(store, base: str, scope: str, after: str | None) -> AsyncIterator[tuple[str, list[ListedObject]]]:
+    """(id, its objects) for every API id under `base` + `scope` (`raw/<tag>-`…), in key order
+    (newest first), after the id `after`. Keys that are not an API id's are passed over."""
+    start = f"{base}{after}0" if after else None  # "0" sorts after every "<id>/…" key of that id
+    current: str | None = None
+    objects: list[ListedObject] = []
+    while True:
+        page = await store.list(base + scope, start_after=start, limit=LIST_PAGE)
+        for listed in page:
+            image_id = ids.id_of_key(listed.key, base)
+            if image_id is None:
+                continue
+            if image_id != current:
+                if current is not None:
+                    yield current, objects
+                current, objects = image_id, []
+            objects.append(listed)
+        if len(page) < LIST_PAGE:
+            break
+        start = page[-1].key
+    if current is not None:
+        yield current, objects
+
+
+def _leaf(key: str) -> str:
+    return key.rpartition("/")[2]
+
+
+def metadata_for(caller: Caller) -> dict[str, str]:
+    """The raw object's metadata for an upload by `caller`: `owner`, when there is one."""
+    return {ids.OWNER_METADATA: ids.owner_metadata(caller.owner)} if caller.owner is not None else {}
 
 
 def api_of(request: Request) -> Api:
     return request.app.state.api
 
 
-def base_url_of(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/"
+def own_id(request: Request, image_id: str) -> str:
+    """The id, if it is well formed and the caller may act on it; otherwise 404 (the same body
+    as an id that does not exist) before any storage call."""
+    return caller_of(request).resolve(image_id)
 
 
-def checked_id(image_id: str) -> str:
-    """The id, if it has the pattern ids are made with; otherwise 404 before any storage call."""
-    if not ids.is_valid(image_id):
-        raise problem(404, "no such image")
-    return image_id
+AUTHENTICATED = [authenticated]
 
 
 # --- routes ---------------------------------------------------------------------------------
 
 
-@post("/uploads", status_code=201, summary="Start a direct upload (presigned POST)")
+@post("/uploads", status_code=201, summary="Start a direct upload (presigned POST)", guards=AUTHENTICATED)
 async def create_upload(request: Request, data: JSONBody[UploadRequest]) -> UploadGrant:
     """A presigned POST for one image: the form must be sent to `upload.url` with every field of
     `upload.fields` and the file last, within `expires_at`. The policy pins the key
-    (`raw/<id>/<sanitised file name>`), caps the size at MAX_INPUT_BYTES and requires an
-    `image/` Content-Type."""
+    (`raw/<id>/<sanitised file name>`, the id carrying the caller's owner tag), the owner
+    (`x-amz-meta-owner`), caps the size at MAX_INPUT_BYTES and requires an `image/` Content-Type."""
     api = api_of(request)
+    caller = caller_of(request)
     if api.settings.image_type(data.content_type) is None:
         allowed = ", ".join(sorted(api.settings.pipeline.limits.allowed_types))
         raise problem(415, f"{data.content_type!r} is not an accepted image type ({allowed})", "unsupported_type")
@@ -220,12 +324,14 @@ async def create_upload(request: Request, data: JSONBody[UploadRequest]) -> Uplo
         raise problem(413, f"{data.size} bytes is over the {api.settings.max_bytes}-byte limit", "too_large")
     if data.size < 1:
         raise problem(400, "size must be at least 1 byte", "empty_file")
-    image_id = ids.new_id()
+    image_id = ids.new_id(tag=caller.tag)
     kind = api.settings.image_type(data.content_type)
     key = ids.raw_key(api.settings.pipeline.raw_prefix, image_id, data.filename, EXTENSIONS[kind])
-    base = base_url_of(request)
+    base = api.base(request)
     expires = api.settings.upload_expiry_s
-    form = await api.backend.presign_upload(key, data.content_type.split(";")[0].strip(), api.settings.max_bytes, expires, base)
+    form = await api.backend.presign_upload(
+        key, data.content_type.split(";")[0].strip(), api.settings.max_bytes, expires, base, metadata_for(caller)
+    )
     expires_at = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() + expires, timezone.utc)
     return UploadGrant(
         id=image_id,
@@ -241,57 +347,80 @@ async def receive_local_upload(
     request: Request, data: MultipartBody[dict[str, Any]]
 ) -> None:
     """Where `POST /uploads` points the browser when the images live in a directory: the same
-    form S3 would receive, checked against the policy this server signed."""
+    form S3 would receive, checked against the policy this server signed (no token: like S3's
+    presigned POST, the signed form is the permission)."""
     api = api_of(request)
     backend = api.backend
     if not isinstance(backend, FileBackend):
         raise NotFoundException()
     try:
         policy = backend.check_policy(data)
-    except (UploadRefused, ValueError, KeyError) as exc:
+    except UploadRefused as exc:
         raise problem(403, str(exc)) from None
+    except (ValueError, KeyError, TypeError):
+        raise problem(403, "the upload form is not signed by this server") from None
     upload = data.get("file")
     if not isinstance(upload, UploadFile):
-        raise problem(400, "the form has no file field")
+        raise problem(400, "the form has no file part (send the image as a file, with a filename)")
     body = await upload.read(policy["max_bytes"] + 1)
     if len(body) > policy["max_bytes"]:
         raise problem(413, f"the file is over the {policy['max_bytes']}-byte limit", "too_large")
     if not body:
         raise problem(400, "the file is empty", "empty_file")
-    await api.store.write(policy["key"], body, str(data["Content-Type"]), {})
+    await api.store.write(policy["key"], body, str(data["Content-Type"]), policy.get("metadata") or {})
     backend.uploaded(policy["key"])
 
 
-@get("/images/{image_id:str}", summary="An image's status, source, placeholder and variants")
+@get("/images", summary="The caller's images, newest first, a page at a time", guards=AUTHENTICATED)
+async def list_images(
+    request: Request,
+    cursor: str | None = Parameter(default=None, description="next_cursor of the previous page"),
+    limit: int = Parameter(default=24, ge=1, le=MAX_PAGE),
+) -> ImagePage:
+    """Pending, processed and failed images the caller owns (an admin: every image made through
+    the API). Each item is the `GET /images/{id}` body."""
+    api = api_of(request)
+    caller = caller_of(request)
+    if api.settings.auth == "open" and not pages.GALLERY_ENABLED:
+        raise problem(404, "listing is off on an open API: it would hand anyone every id (set GALLERY=true on a "
+                           "private network, or use API_AUTH=jwt)")
+    if cursor is not None:
+        parsed = ids.parse(cursor)
+        if parsed is None or not (caller.admin or parsed[0] == caller.tag):
+            raise problem(400, "cursor must be the next_cursor of a previous page")
+    return await api.page(request, caller, cursor, limit)
+
+
+@get("/images/{image_id:str}", summary="An image's status, source, placeholder and variants", guards=AUTHENTICATED)
 async def get_image(request: Request, image_id: FromPath[str]) -> ImageInfo:
     api = api_of(request)
-    info = await api.describe(checked_id(image_id), base_url_of(request))
+    info = await api.describe(request, own_id(request, image_id))
     if info is None:
-        raise problem(404, "no such image")
+        raise not_found()
     return info
 
 
-@get("/images/jobs/{job_id:str}", summary="A background job's status (same body as GET /images/{id})")
+@get("/images/jobs/{job_id:str}", summary="A background job's status (same body as GET /images/{id})",
+     guards=AUTHENTICATED)
 async def get_job(request: Request, job_id: FromPath[str]) -> ImageInfo:
     return await get_image.fn(request, job_id)
 
 
-@get("/images/{image_id:str}/{variant:str}", status_code=302, summary="Redirect to a variant's bytes")
+@get("/images/{image_id:str}/{variant:str}", status_code=302, summary="Redirect to a variant's bytes",
+     guards=AUTHENTICATED)
 async def get_variant(request: Request, image_id: FromPath[str], variant: FromPath[str]) -> Redirect:
     api = api_of(request)
-    record, _ = await api.manifest(checked_id(image_id))
+    record, _ = await api.manifest(own_id(request, image_id))
     found = next((v for v in (record or {}).get("variants", []) if v["name"] == variant), None)
     if found is None:
         raise problem(404, "no such image or variant")
-    if api.settings.public_base_url:
-        url = api.settings.public_base_url + found["key"]
-    else:
-        url = await api.backend.object_url(found["key"], api.settings.url_expiry_s, base_url_of(request))
+    url = await api.variant_src(found, api.base(request))
     return Redirect(url, status_code=302, headers={"Cache-Control": "private, max-age=60"})
 
 
 @get("/files/{key:path}", summary="A processed file (filesystem backend only)", include_in_schema=False)
 async def get_file(request: Request, key: FromPath[str]) -> Response[bytes]:
+    """Delivery, public by design like a CDN: outputs only (never `raw/`), no token."""
     api = api_of(request)
     key = key.lstrip("/")
     if not isinstance(api.backend, FileBackend) or not key.startswith(api.settings.pipeline.processed_prefix):
@@ -309,48 +438,92 @@ async def get_file(request: Request, key: FromPath[str]) -> Response[bytes]:
 async def _multipart_file(data: dict[str, Any]) -> UploadFile:
     upload = data.get("file")
     if not isinstance(upload, UploadFile):
-        raise problem(400, "send the image as the multipart field 'file'")
+        raise problem(400, "send the image as the multipart file part 'file' (with a filename)")
     return upload
 
 
-@post("/images", status_code=201, summary="Upload and process an image in the request")
+class ImageSlot:
+    """Route middleware with the `image_slot` guard: one of the process's image slots
+    (`Api.service.pool`) is taken after the caller is authenticated and before the request's body
+    is read, so uploads beyond PROCESS_CONCURRENCY wait unread (in the socket, not in memory) and,
+    after PROCESS_WAIT_MS, get 503 `busy` with nothing read or stored. The image work inside the
+    request runs in this slot; the middleware gives it back when the request is done, however it
+    ends (a guard has no way out of its own)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with contextlib.AsyncExitStack() as held:
+            scope.setdefault("state", {})[_SLOT] = held
+            await self.app(scope, receive, send)
+
+
+_SLOT = "image_pipeline.image_slot"
+
+
+async def image_slot(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The last guard of a route that processes an image in the request (see `ImageSlot`). A
+    refused body is drained (read and dropped, up to the request size limit) first, so the client,
+    still sending, reads the 503."""
+    api = connection.app.state.api
+    held = connection.scope["state"][_SLOT]
+    try:
+        await held.enter_async_context(api.service.pool.reserve())
+    except Busy:
+        left = api.settings.max_bytes + FORM_OVERHEAD
+        while left > 0:
+            message = await connection.receive()
+            left -= len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        raise
+
+
+@post("/images", status_code=201, summary="Upload and process an image in the request",
+      guards=[*AUTHENTICATED, image_slot], middleware=[ImageSlot])
 async def upload_image(
     request: Request, data: MultipartBody[dict[str, Any]]
 ) -> ImageInfo:
     """Multipart field `file`. Refused before anything is stored when too large (413) or not an
     accepted image type judged from its bytes (415); a file that fails to decode is removed
-    again and answered 422 with the pipeline's error code."""
+    again and answered 422 with the pipeline's error code. When PROCESS_CONCURRENCY images are
+    already being processed and none finishes within PROCESS_WAIT_MS: 503 `busy` with
+    Retry-After, nothing stored."""
     api = api_of(request)
-    image_id, key = await api.store_upload(await _multipart_file(data))
+    image_id, key = await api.store_upload(await _multipart_file(data), caller_of(request))
     try:
         outcome = await api.service.handle(api.store, ObjectRef(api.backend.bucket, key))
     except PipelineError as exc:
-        raise problem(503, f"storage failed, try again: {exc.message}", exc.code) from None
+        log.warning("POST /images: %s failed: %s", key, exc)
+        raise problem(503, "storage failed, try again", exc.code) from None
     if outcome.status == "failed":
         await api.service.remove(api.store, key, delete_raw=True)
         raise problem(422, outcome.reason, outcome.error_code)
-    info = await api.describe(image_id, base_url_of(request))
+    info = await api.describe(request, image_id)
     assert info is not None
     return info
 
 
-@post("/images/async", status_code=202, summary="Upload an image; process it in the background")
+@post("/images/async", status_code=202, summary="Upload an image; process it in the background",
+      guards=AUTHENTICATED)
 async def upload_image_async(
     request: Request, data: MultipartBody[dict[str, Any]]
 ) -> JobAccepted:
     api = api_of(request)
-    image_id, key = await api.store_upload(await _multipart_file(data))
+    image_id, key = await api.store_upload(await _multipart_file(data), caller_of(request))
     api.backend.uploaded(key)
-    return JobAccepted(job_id=image_id, status_url=f"{base_url_of(request)}images/jobs/{image_id}")
+    return JobAccepted(job_id=image_id, status_url=f"{api.base(request)}images/jobs/{image_id}")
 
 
-@delete("/images/{image_id:str}", status_code=204, summary="Delete an image: its upload and every output")
+@delete("/images/{image_id:str}", status_code=204, summary="Delete an image: its upload and every output",
+        guards=AUTHENTICATED)
 async def delete_image(request: Request, image_id: FromPath[str]) -> None:
     api = api_of(request)
-    checked_id(image_id)
+    own_id(request, image_id)
     raws, (record, outputs) = await asyncio.gather(api.store.list(api.raw_dir(image_id), limit=10), api.manifest(image_id))
     if not raws and not outputs:
-        raise problem(404, "no such image")
+        raise not_found()
     raw_keys = [r.key for r in raws] or ([record["source"]["key"]] if record else [])
     for raw_key in raw_keys:
         await api.service.remove(api.store, raw_key, delete_raw=True)
@@ -360,10 +533,10 @@ async def delete_image(request: Request, image_id: FromPath[str]) -> None:
         await api.store.delete(key)
 
 
-@delete("/images/{image_id:str}/{variant:str}", status_code=204, include_in_schema=False)
+@delete("/images/{image_id:str}/{variant:str}", status_code=204, include_in_schema=False, guards=AUTHENTICATED)
 async def delete_nested(image_id: FromPath[str], variant: FromPath[str]) -> None:
     """An id with a `/` in it: no such image (not 405), like every other malformed id."""
-    raise problem(404, "no such image")
+    raise not_found()
 
 
 @get("/healthz", summary="Liveness", include_in_schema=False, media_type=MediaType.TEXT)
@@ -380,8 +553,25 @@ def _body_too_large(exc: RequestEntityTooLarge) -> ProblemDetailsException:
 
 
 def _storage_failure(request: Request, exc: StorageFailure) -> Response:
-    return ProblemDetailsException(detail=f"storage failed, try again: {exc.message}", status_code=503,
-                                   extra={"error_code": exc.code}).to_response(request)
+    """Logged in full; answered without the bucket, key or endpoint it names."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return problem(503, "storage failed, try again", exc.code).to_response(request)
+
+
+def _undecodable_form(request: Request, exc: UnicodeDecodeError) -> Response:
+    """Litestar decodes a multipart part without a filename (`filename=""`, none, or only the
+    RFC 5987 `filename*=`) as UTF-8 text: image bytes there raise UnicodeDecodeError while the
+    body is parsed. That is the client's form, not our failure."""
+    if request.content_type[0] == "multipart/form-data":
+        return problem(400, "a form part without a filename must be text: send the image as a file part "
+                            "(Content-Disposition: form-data; name=\"file\"; filename=\"photo.jpg\")").to_response(request)
+    log.exception("%s %s failed", request.method, request.url.path)
+    return ProblemDetailsException(status_code=500, detail="Internal Server Error").to_response(request)
+
+
+def _busy(request: Request, exc: Busy) -> Response:
+    return ProblemDetailsException(detail=exc.message, status_code=503, extra={"error_code": exc.code},
+                                   headers={"Retry-After": str(exc.retry_after_s)}).to_response(request)
 
 
 def create_app(
@@ -408,6 +598,9 @@ def create_app(
                 max_attempts=settings.pipeline.s3_max_attempts,
             )
     api = Api(settings, backend)
+    return_freed_memory()  # a long-running process: each image's memory goes back when it is done
+    if settings.auth == "open":
+        log.warning("API_AUTH=open: anyone who can reach this API may upload, read and delete every image")
 
     async def start(app: Litestar) -> None:
         await backend.start(api.service)
@@ -420,6 +613,7 @@ def create_app(
         route_handlers=[
             create_upload,
             receive_local_upload,
+            list_images,
             get_image,
             get_job,
             get_variant,
@@ -442,7 +636,8 @@ def create_app(
                 )
             )
         ],
-        exception_handlers={StorageFailure: _storage_failure},
+        exception_handlers={StorageFailure: _storage_failure, UnicodeDecodeError: _undecodable_form, Busy: _busy},
+        guards=[trusted_request],
         openapi_config=OpenAPIConfig(title="s3-image-pipeline upload API", version=__version__, path="/schema"),
         cors_config=cors,
         request_max_body_size=settings.max_bytes + FORM_OVERHEAD,

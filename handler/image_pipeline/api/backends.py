@@ -19,6 +19,7 @@ from typing import Any
 from ..service import STATUS_TAG, ImageService, ObjectRef
 from ..storage import LitestarStore, ObjectStore
 from ..storage.s3 import S3Connection
+from .links import object_link
 
 log = logging.getLogger("image_pipeline.api")
 
@@ -52,15 +53,20 @@ class S3Backend:
             await self._connection.close()
             self._connection = None
 
-    async def presign_upload(self, key: str, content_type: str, max_bytes: int, expires_s: int, base_url: str) -> dict:
-        """A presigned POST pinning the exact key, the size range and an image/ Content-Type."""
+    async def presign_upload(
+        self, key: str, content_type: str, max_bytes: int, expires_s: int, base_url: str, metadata: dict[str, str]
+    ) -> dict:
+        """A presigned POST pinning the exact key, the size range, an image/ Content-Type and each
+        metadata field exactly (`x-amz-meta-owner`: the uploader cannot choose or drop it)."""
+        meta = {f"x-amz-meta-{name}": value for name, value in metadata.items()}
         return await self._signer.generate_presigned_post(
             Bucket=self.bucket,
             Key=key,  # adds the exact {"key": key} condition
-            Fields={"Content-Type": content_type},
+            Fields={"Content-Type": content_type, **meta},
             Conditions=[
                 ["starts-with", "$Content-Type", "image/"],
                 ["content-length-range", 1, max_bytes],
+                *({field: value} for field, value in meta.items()),  # exact match (Fields adds none)
             ],
             ExpiresIn=expires_s,
         )
@@ -132,22 +138,26 @@ class FileBackend:
         while True:
             key = await self._queue.get()
             try:
-                # Pillow's work runs in a thread with its own loop, so the API keeps answering
-                # (status polls, uploads) while an image is processed; files need no shared client.
-                ref = ObjectRef(self.bucket, key)
-                outcome = await asyncio.to_thread(asyncio.run, self._service.handle(self.store, ref))
+                # The image work runs in the service's pool (a worker thread, off this loop), in one
+                # of the slots uploads use too; a queued upload waits for its slot, never refused.
+                async with self._service.pool.reserve(wait_s=None):
+                    outcome = await self._service.handle(self.store, ObjectRef(self.bucket, key))
                 log.info("local worker: %s %s %s", key, outcome.status, outcome.error_code or "")
             except Exception:  # a storage failure: logged; the upload stays unmarked for the next start
                 log.exception("local worker could not process %s", key)
             finally:
                 self._queue.task_done()
 
-    async def presign_upload(self, key: str, content_type: str, max_bytes: int, expires_s: int, base_url: str) -> dict:
-        policy = {"key": key, "max_bytes": max_bytes, "expires": int(time.time()) + expires_s}
+    async def presign_upload(
+        self, key: str, content_type: str, max_bytes: int, expires_s: int, base_url: str, metadata: dict[str, str]
+    ) -> dict:
+        policy = {"key": key, "max_bytes": max_bytes, "expires": int(time.time()) + expires_s, "metadata": metadata}
         encoded = base64.urlsafe_b64encode(json.dumps(policy, separators=(",", ":")).encode()).decode()
+        meta = {f"x-amz-meta-{name}": value for name, value in metadata.items()}
         return {
             "url": base_url + "uploads/local",
-            "fields": {"key": key, "Content-Type": content_type, "policy": encoded, "signature": self._sign(encoded)},
+            "fields": {"key": key, "Content-Type": content_type, **meta, "policy": encoded,
+                       "signature": self._sign(encoded)},
         }
 
     def check_policy(self, fields: dict[str, Any]) -> dict:
@@ -160,12 +170,15 @@ class FileBackend:
             raise UploadRefused("the upload form has expired")
         if fields.get("key") != policy["key"]:
             raise UploadRefused("the key is not the one the form was signed for")
+        for name, value in (policy.get("metadata") or {}).items():  # S3's exact-match conditions
+            if fields.get(f"x-amz-meta-{name}") != value:
+                raise UploadRefused(f"x-amz-meta-{name} is not the one the form was signed for")
         if not str(fields.get("Content-Type", "")).startswith("image/"):
             raise UploadRefused("Content-Type must start with image/")
         return policy
 
     async def object_url(self, key: str, expires_s: int, base_url: str) -> str:
-        return base_url + "files/" + key
+        return object_link(base_url + "files/", key)
 
     def _sign(self, encoded: str) -> str:
         return hmac.new(self._secret, encoded.encode(), hashlib.sha256).hexdigest()

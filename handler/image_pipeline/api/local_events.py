@@ -56,7 +56,7 @@ class LocalEventSource:
 
     def poll_once(self, s3, handler) -> int:
         """Deliver what is new since the last poll; the number of events delivered."""
-        from ..cli import LocalContext
+        from ..lambda_context import LocalContext
 
         delivered = 0
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.raw_prefix):

@@ -1,10 +1,12 @@
-"""The web page: `/` (upload and look at the results), `/gallery` (a contact sheet of everything
-under `processed/`, newest first), their static files, and the gallery's JSON (`/api/gallery`).
+"""The web page: `/` (upload and look at the results), `/gallery` (a contact sheet of the caller's
+processed images, newest first; an admin's or an open API's: everything under `processed/`),
+their static files, and the gallery's JSON (`/api/gallery`).
 
 The page is plain HTML, JS and CSS from `static/` (package data; no build step). It uses only the
 API's own endpoints (`POST /uploads`, the presigned form, `GET /images/{id}`) plus `/api/gallery`,
-which pages through the manifests with the store contract's `list` (one ListObjectsV2 page per
-1000 keys on S3; the filesystem backend lists its directory) and reads the page's manifests.
+which pages through the manifests under `processed/<owner tag>-` with the store contract's `list`
+(one ListObjectsV2 page per 1000 keys on S3; the filesystem backend lists its directory) and reads
+the page's manifests. The pages send the bearer token the user gave them (static/auth.js).
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from typing import Any
 from litestar import MediaType, Request, Response, get
 from litestar.datastructures import CacheControlHeader
 from litestar.params import Parameter
-from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.static_files import create_static_files_router
 
 from .. import ids, keys
 from ..errors import ConfigError
+from .guards import authenticated, caller_of
+from .problems import problem
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_PAGE = 100
@@ -32,9 +35,9 @@ _REVALIDATE = CacheControlHeader(no_cache=True)  # the page changes with the pac
 
 
 def gallery_setting(env) -> bool:
-    """GALLERY (default false; `serve` turns it on): whether `/api/gallery` lists every processed
-    image. Off, ids stay unlisted: on an API without the JWT authorizer a listing would hand
-    anyone every id (and so every image, and its DELETE)."""
+    """GALLERY (default false; `serve` turns it on): whether `/api/gallery` answers. Off, ids stay
+    unlisted there: on an open API a listing would hand anyone every id (and so every image, and
+    its DELETE). With owners it lists the caller's own images (an admin's: every one)."""
     raw = env.get("GALLERY", "").strip().lower()
     if raw in ("", "false", "off", "0", "no"):
         return False
@@ -90,10 +93,6 @@ async def gallery_page() -> Response[bytes]:
     return _html("gallery.html")
 
 
-def _bad_request(detail: str) -> ProblemDetailsException:
-    return ProblemDetailsException(detail=detail, status_code=400)
-
-
 async def _manifest_keys(store, prefix: str, after: str | None, wanted: int) -> list[str]:
     """Up to `wanted` manifest keys under `prefix` after `after`, in key order (newest first for
     API uploads, whose ids sort that way)."""
@@ -107,34 +106,35 @@ async def _manifest_keys(store, prefix: str, after: str | None, wanted: int) -> 
     return found[:wanted]
 
 
-@get("/api/gallery", summary="Processed images, newest first, a page at a time (for /gallery)")
+@get("/api/gallery", summary="The caller's processed images, newest first, a page at a time (for /gallery)",
+     guards=[authenticated])
 async def gallery(
     request: Request,
     cursor: str | None = Parameter(default=None, description="next_cursor of the previous page"),
     limit: int = Parameter(default=24, ge=1, le=MAX_PAGE),
 ) -> GalleryPage:
     if not GALLERY_ENABLED:
-        raise ProblemDetailsException(
-            detail="the gallery is off: set GALLERY=true to list every processed image", status_code=404
-        )
+        raise problem(404, "the gallery is off: set GALLERY=true to list processed images")
     api = request.app.state.api
-    prefix = api.settings.pipeline.processed_prefix
+    caller = caller_of(request)
+    processed = api.settings.pipeline.processed_prefix
+    prefix = processed if caller.admin else f"{processed}{caller.tag}-"
     if cursor is not None and (
         not cursor.startswith(prefix)
         or not cursor.endswith("/" + keys.MANIFEST_NAME)
         or len(cursor.encode("utf-8", "surrogatepass")) > keys.MAX_KEY_BYTES
         or any(ord(c) < 32 or ord(c) == 127 for c in cursor)
     ):
-        raise _bad_request("cursor must be the next_cursor of a previous page")
+        raise problem(400, "cursor must be the next_cursor of a previous page")
     manifest_keys = await _manifest_keys(api.store, prefix, cursor, limit + 1)
     more = len(manifest_keys) > limit
     manifest_keys = manifest_keys[:limit]
     bodies = await asyncio.gather(*(api.store.read_optional(k) for k in manifest_keys))
-    base = str(request.base_url).rstrip("/") + "/"
+    base = api.base(request)
     items = [
         item
         for key, body in zip(manifest_keys, bodies)
-        if (item := await _item(api, key, body, prefix, base)) is not None
+        if (item := await _item(api, key, body, processed, base)) is not None
     ]
     return GalleryPage(items=items, next_cursor=manifest_keys[-1] if more else None)
 
@@ -150,14 +150,10 @@ async def _item(api, key: str, body: bytes | None, prefix: str, base: str) -> Ga
     image_id = ids.id_of_key(str(source.get("key", "")), api.settings.pipeline.raw_prefix)
     if image_id is not None and not key.startswith(f"{prefix}{image_id}/"):
         image_id = None
-    settings = api.settings
     shown = []
     for v in variants:
-        if settings.public_base_url:
-            direct = stable = settings.public_base_url + v["key"]
-        else:
-            direct = await api.backend.object_url(v["key"], settings.url_expiry_s, base)
-            stable = f"{base}images/{image_id}/{v['name']}" if image_id else direct
+        direct = await api.variant_src(v, base)
+        stable = api.variant_link(image_id, v, base) if image_id else direct
         shown.append(GalleryVariant(v["name"], stable, direct, v["width"], v["height"], v["bytes"], v["content_type"]))
     return GalleryItem(
         id=image_id,

@@ -8,11 +8,27 @@ ALLOWED_ORIGINS   comma-separated origins allowed to call the API from a browser
                   same origin only. The bucket's CORS rule (template) takes the same list.
 UPLOAD_EXPIRY_SECONDS  lifetime of a presigned upload (default 600)
 URL_EXPIRY_SECONDS     lifetime of a presigned variant URL (default 900)
+
+Who may call it (see api/auth.py and SECURITY.md):
+API_AUTH          jwt (the default, also when unset) | iam | open. `open` (no owners, no token)
+                  only when asked for by name.
+OWNER_CLAIM       the JWT claim that names an image's owner (default `sub`)
+ADMIN_SCOPE       a scope that may act on every image (default `images:admin`)
+JWT_SECRET        verify HS256 tokens in the app with this secret (at least 32 bytes), or
+JWKS_URL          verify tokens in the app against this identity provider's keys; neither: the
+                  claims API Gateway's JWT authorizer verified are read from the Lambda event
+JWT_ISSUER, JWT_AUDIENCE  required `iss` / `aud` of self-verified tokens
+ALLOWED_HOSTS     comma-separated Host values accepted besides localhost, 127.0.0.1 and [::1]
+                  (`host` for any port, or `host:port`), and besides PUBLIC_URL's host and, on
+                  Lambda, the API Gateway domain the event names. Any other Host: 400.
+PUBLIC_URL        the API's own external base URL for absolute links (status_url, variant url);
+                  unset: links are paths (`/images/<id>`), never built from the request's Host
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -36,6 +52,10 @@ MIME_TYPES = {
     "image/bmp": "bmp",
     "image/x-ms-bmp": "bmp",
 }
+AUTH_MODES = ("jwt", "iam", "open")
+_HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+MIN_SECRET_BYTES = 32  # HS256 needs a key of at least the hash's size (RFC 7518 3.2)
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "avif": "avif", "heif": "heic",
               "tiff": "tif", "bmp": "bmp"}
 
@@ -48,6 +68,15 @@ class ApiSettings:
     allowed_origins: tuple[str, ...] = ()
     upload_expiry_s: int = 600
     url_expiry_s: int = 900
+    auth: str = "jwt"
+    owner_claim: str = "sub"
+    admin_scope: str = "images:admin"
+    jwt_secret: str | None = field(default=None, repr=False)
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    allowed_hosts: tuple[str, ...] = DEFAULT_HOSTS
+    public_url: str | None = None
 
     @property
     def max_bytes(self) -> int:
@@ -72,18 +101,55 @@ class ApiSettings:
         if need_bucket and not bucket:
             problems.append("BUCKET_NAME must name the bucket the API presigns uploads to")
 
-        public = env.get("PUBLIC_BASE_URL", "").strip() or None
-        if public:
-            parts = urlsplit(public)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
-                problems.append(f"PUBLIC_BASE_URL={public!r} must be an http(s) URL without query or fragment")
-            public = public.rstrip("/") + "/"
+        def base_url(name: str) -> str | None:
+            """An http(s) base URL without query or fragment, ending with `/`; None when unset."""
+            value = env.get(name, "").strip() or None
+            if value:
+                parts = urlsplit(value)
+                if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+                    problems.append(f"{name}={value!r} must be an http(s) URL without query or fragment")
+                value = value.rstrip("/") + "/"
+            return value
+
+        public = base_url("PUBLIC_BASE_URL")
 
         origins = tuple(o.strip().rstrip("/") for o in env.get("ALLOWED_ORIGINS", "").split(",") if o.strip())
         for origin in origins:
             parts = urlsplit(origin)
             if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
                 problems.append(f"ALLOWED_ORIGINS: {origin!r} must be '*' or scheme://host[:port]")
+
+        auth = env.get("API_AUTH", "").strip().lower() or "jwt"
+        if auth not in AUTH_MODES:
+            problems.append(f"API_AUTH={auth!r} must be jwt, iam or open")
+        owner_claim = env.get("OWNER_CLAIM", "").strip() or "sub"
+        admin_scope = env.get("ADMIN_SCOPE", "").strip() or "images:admin"
+        if any(c.isspace() for c in admin_scope):
+            problems.append(f"ADMIN_SCOPE={admin_scope!r} must be one scope (no spaces)")
+        secret = env.get("JWT_SECRET", "") or None
+        jwks = env.get("JWKS_URL", "").strip() or None
+        issuer = env.get("JWT_ISSUER", "").strip() or None
+        audience = env.get("JWT_AUDIENCE", "").strip() or None
+        if secret and jwks:
+            problems.append("JWT_SECRET and JWKS_URL: set one way to verify tokens, not both")
+        if secret and len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+            problems.append(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256); e.g. `openssl rand -hex 32`")
+        if jwks:
+            parts = urlsplit(jwks)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                problems.append(f"JWKS_URL={jwks!r} must be an http(s) URL")
+        if auth != "jwt" and (secret or jwks or issuer or audience):
+            problems.append(f"JWT_SECRET, JWKS_URL, JWT_ISSUER and JWT_AUDIENCE apply to API_AUTH=jwt, not {auth}")
+        if (issuer or audience) and not (secret or jwks):
+            problems.append("JWT_ISSUER/JWT_AUDIENCE need JWT_SECRET or JWKS_URL (API Gateway's authorizer checks "
+                            "its own issuer and audience)")
+
+        hosts = tuple(h.strip().lower() for h in env.get("ALLOWED_HOSTS", "").split(",") if h.strip())
+        for host in hosts:
+            if not _HOST.fullmatch(host):
+                problems.append(f"ALLOWED_HOSTS: {host!r} must be a host name or host:port (no scheme, no '*')")
+
+        own = base_url("PUBLIC_URL")
 
         def seconds(name: str, default: int, high: int) -> int:
             raw = env.get(name, str(default)).strip()
@@ -99,6 +165,15 @@ class ApiSettings:
             allowed_origins=origins,
             upload_expiry_s=seconds("UPLOAD_EXPIRY_SECONDS", 600, 3600),
             url_expiry_s=seconds("URL_EXPIRY_SECONDS", 900, 7 * 24 * 3600),
+            auth=auth,
+            owner_claim=owner_claim,
+            admin_scope=admin_scope,
+            jwt_secret=secret,
+            jwks_url=jwks,
+            jwt_issuer=issuer,
+            jwt_audience=audience,
+            allowed_hosts=DEFAULT_HOSTS + tuple(h for h in hosts if h not in DEFAULT_HOSTS),
+            public_url=own,
         )
         if problems:
             raise ConfigError("invalid image-pipeline API settings:\n  - " + "\n  - ".join(problems))

@@ -3,8 +3,8 @@
 A manifest records `fingerprint(processor)`; when the running configuration's fingerprint differs,
 the outputs are stale and the image is processed again (on a replay, a backfill, the API). It
 covers everything that changes the bytes written for the same input: every variant spec (name,
-box, fit, gravity, format, quality), the encoder-affecting settings and `OUTPUT_VERSION`. It
-deliberately leaves out what never changes an output's pixels: limits, prefixes, Cache-Control,
+box, fit, gravity, format, quality, qauto, hdr), the encoder-affecting settings and
+`OUTPUT_VERSION`. It deliberately leaves out what never changes an output's pixels: limits, prefixes, Cache-Control,
 what happens to the raw object.
 """
 
@@ -49,6 +49,8 @@ def _variant(spec: Any) -> dict[str, Any]:
     }
     if getattr(spec, "qauto", None) is not None:  # only when set: existing fingerprints stay as they were
         described["qauto"] = spec.qauto
+    if getattr(spec, "hdr", False):  # likewise: configurations without `hdr` keep their fingerprint
+        described["hdr"] = True
     return described
 
 

@@ -28,8 +28,8 @@ _ORDER = (ULTRAHDR, APPLE, ISO21496)  # a file with several kinds of metadata is
 
 _HDRGM = b"http://ns.adobe.com/hdr-gain-map/1.0/"
 _ISO = b"urn:iso:std:iso:ts:21496:-1"
-_APPLE_AUX = b"urn:com:apple:photo:2020:aux:hdrgainmap"
-_APPLE_XMP = b"http://ns.apple.com/HDRGainMap/1.0/"
+APPLE_AUX = b"urn:com:apple:photo:2020:aux:hdrgainmap"
+APPLE_XMP = b"http://ns.apple.com/HDRGainMap/1.0/"
 _XMP = b"http://ns.adobe.com/xap/1.0/\0"
 _MPF = b"MPF\0"
 _APP1, _APP2, _SOS, _EOI = 0xE1, 0xE2, 0xDA, 0xD9
@@ -43,7 +43,7 @@ def detect(image: Image.Image, data: bytes, kind: str) -> str | None:
         return _in_jpeg(data)
     found = _in_xmp(image.info.get("xmp"))
     aux_types = image.info.get("aux") or {}  # pillow-heif: {auxiliary image type: [ids]}
-    if isinstance(aux_types, dict) and any(_APPLE_AUX.decode() in str(t) for t in aux_types):
+    if isinstance(aux_types, dict) and any(APPLE_AUX.decode() in str(t) for t in aux_types):
         found.add(APPLE)
     return _first(found)
 
@@ -51,13 +51,13 @@ def detect(image: Image.Image, data: bytes, kind: str) -> str | None:
 def _in_jpeg(data: bytes) -> str | None:
     found: set[str] = set()
     mpf = None
-    for marker, start, payload in _segments(data, 0):
+    for marker, start, payload in segments(data, 0):
         found |= _in_segment(marker, payload)
         if marker == _APP2 and payload.startswith(_MPF):
             mpf = (start + len(_MPF), payload[len(_MPF):])
     if not found and mpf is not None:
-        for offset in _mpf_pictures(*mpf):
-            for marker, _, payload in _segments(data, offset):
+        for _, _, offset in mpf_entries(*mpf)[1:_MAX_PICTURES + 1]:
+            for marker, _, payload in segments(data, offset) if offset else ():
                 found |= _in_segment(marker, payload)
     return _first(found)
 
@@ -81,12 +81,12 @@ def _in_xmp(xmp: bytes | str | None) -> set[str]:
     found = set()
     if _HDRGM in packet:
         found.add(ULTRAHDR)
-    if _APPLE_XMP in packet or _APPLE_AUX in packet:
+    if APPLE_XMP in packet or APPLE_AUX in packet:
         found.add(APPLE)
     return found
 
 
-def _segments(data: bytes, start: int) -> Iterator[tuple[int, int, bytes]]:
+def segments(data: bytes, start: int) -> Iterator[tuple[int, int, bytes]]:
     """(marker, payload offset, payload) of the JPEG header segments from the SOI at `start` up to
     the first scan; stops quietly at anything malformed."""
     if data[start:start + 2] != b"\xff\xd8":
@@ -108,9 +108,10 @@ def _segments(data: bytes, start: int) -> Iterator[tuple[int, int, bytes]]:
         pos += 2 + length
 
 
-def _mpf_pictures(base: int, tiff: bytes) -> list[int]:
-    """File offsets of the pictures after the first that an MPF index (CIPA DC-007) lists.
-    `base` is where its TIFF header lies in the file: the other pictures' offsets count from it."""
+def mpf_entries(base: int, tiff: bytes) -> list[tuple[int, int, int]]:
+    """(attribute, size, file offset) of every picture an MPF index (CIPA DC-007) lists, the
+    primary first. `base` is where its TIFF header lies in the file: the other pictures' offsets
+    count from it (the primary's is 0, the file's start). [] for anything malformed."""
     if tiff[:4] == b"II*\0":
         order = "<"
     elif tiff[:4] == b"MM\0*":
@@ -124,8 +125,8 @@ def _mpf_pictures(base: int, tiff: bytes) -> list[int]:
             tag, _type, length, value = struct.unpack(order + "HHII", tiff[ifd + 2 + 12 * i:ifd + 14 + 12 * i])
             if tag == 0xB002:  # MP Entry: 16 bytes per picture
                 entries = tiff[value:value + length]
-                offsets = [struct.unpack(order + "I", entries[j + 8:j + 12])[0] for j in range(0, len(entries) - 15, 16)]
-                return [base + o for o in offsets[1:_MAX_PICTURES + 1] if o > 0]
+                listed = [struct.unpack(order + "III", entries[j:j + 12]) for j in range(0, len(entries) - 15, 16)]
+                return [(attribute, size, base + offset if offset else 0) for attribute, size, offset in listed]
     except struct.error:
         return []
     return []

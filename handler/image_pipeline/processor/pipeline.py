@@ -2,16 +2,18 @@
 
 One ordered list of small steps over one `Job`, like imgproxy's:
 
-    PIPELINE  prepare (limits, formats, orientation) → gain map (noted from the headers, never
-              decoded: variants come from the SDR picture) → scale on load (JPEG draft, WebP
-              scaled decode) → decode (WebP stills straight into a buffer of ours) → normalise
-              (mode; real alpha premultiplied once) → reduce (integer box shrink for formats
-              without shrink-on-load)
+    PIPELINE  prepare (limits, formats, orientation) → gain map (noted from the headers: variants
+              come from the SDR picture) → scale on load (JPEG draft, WebP scaled decode) → decode
+              (WebP stills straight into a buffer of ours) → normalise (mode; real alpha
+              premultiplied once) → reduce (integer box shrink for formats without shrink-on-load)
               → orient (EXIF) → resize (largest first, each smaller variant from the previous
-              result) → colour (→ sRGB, on the small results, as libvips does) → focus (focal
-              point of the whole frame)
+              result) → tone map (HDR10 HEICs: PQ/HLG → SDR, processor/tonemap.py) → colour
+              (→ sRGB, on the small results, as libvips does) → focus (focal point of the whole
+              frame)
               → crop (content-aware gravities: entropy, attention, auto = around the focal point)
-    FINALIZE  encode (mode fitted to the encoder, metadata only when kept) → placeholder
+    FINALIZE  encode (mode fitted to the encoder, metadata only when kept) → gain map (`hdr` JPEG
+              variants of an Ultra HDR / ISO 21496-1 upload: its gain map decoded, oriented,
+              cropped and resized like them, written as an Ultra HDR JPEG) → placeholder
 
 Memory stays low because a JPEG is decoded at the smallest DCT scale that still leaves 1.25×
 headroom over the largest variant (a large WebP still at 2× it, scaled by libwebp), and nothing
@@ -26,14 +28,14 @@ import re
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from time import perf_counter
 
 from PIL import Image, ImageOps, ImageSequence
 
 from ..errors import CorruptImage, EmptyFile, ImageRejected, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
-from . import gainmap, geometry, plugins, quality
+from . import gainmap, geometry, plugins, quality, tonemap, uhdr
 from .colour import convert_profile, drop_opaque_alpha, is_rgb_profile, normalise_mode, to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color, thumbhash
@@ -76,16 +78,19 @@ class Job:
     formats: dict[str, ImageFormat] = field(default_factory=dict)
     frames: int = 1
     animated: bool = False
-    gain_map: str | None = None  # what gainmap.detect found (the variants never carry it)
+    gain_map: str | None = None  # what gainmap.detect found
+    hdr_source: uhdr.Source | None = None  # the gain map `hdr` variants carry on (found when one asks for it)
     orientation: int = 1
     width: int = 0  # upright
     height: int = 0
-    icc: bytes | None = None
+    icc: bytes | None = None  # the source's profile (for an HDR10 HEIC: the one its tone-mapped pixels get)
     extent: tuple[float, float] = (0.0, 0.0)  # where the whole frame lies in the decoded pixels
     decode_size: tuple[int, int] | None = None  # a WebP still: scaled while decoding to this (stored sides)
     working: Image.Image | None = None  # the decoded (drafted/reduced/oriented) image
     frame: geometry.Box = (0.0, 0.0, 0.0, 0.0)
     stills: dict[str, Image.Image] = field(default_factory=dict)  # variant name → its pixels
+    crops: dict[str, tuple[geometry.Box, tuple[int, int]]] = field(default_factory=dict)  # content-aware
+    # cover variant → (the window kept, the full-frame size it was cut from)
     preview: Image.Image | None = None  # ≤ 64 px, whole frame: what the placeholders describe
     keep_exif: bytes | None = None
     keep_icc: bytes | None = None
@@ -221,9 +226,12 @@ class ImageProcessor:
             job.keep_exif = exif.tobytes()
 
     def _gain_map(self, job: Job) -> None:
-        """An HDR gain map (Ultra HDR, ISO 21496-1, Apple), from the headers: it is recorded and
-        dropped, the variants are made from the SDR picture it belongs to."""
+        """An HDR gain map (Ultra HDR, ISO 21496-1, Apple), from the headers: it is recorded, the
+        variants are made from the SDR picture it belongs to. When a variant is marked `hdr`, a
+        JPEG's gain map is located (its MPF index; still not decoded)."""
         job.gain_map = gainmap.detect(job.image, job.data, job.kind)
+        if job.gain_map is not None and job.kind == "jpeg" and any(spec.hdr for spec in self.variants):
+            job.hdr_source = uhdr.find(job.data)
 
     def _scale_on_load(self, job: Job) -> None:
         """Decode no larger than needed: the smallest size that leaves the Lanczos its headroom
@@ -315,6 +323,20 @@ class ImageProcessor:
         job.preview = base.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0)
         job.working = None
 
+    def _tone_map(self, job: Job) -> None:
+        """HDR10 HEICs (PQ or HLG in the nclx box, no gain map): on the small results, each
+        channel through a table that tone-maps the signal to SDR (processor/tonemap.py), and the
+        profile of that result handed to `_colour`, which converts it to sRGB."""
+        if job.kind != "heif" or (found := tonemap.curve(job.image.info)) is None:
+            return
+        table, job.icc = found
+        done: dict[int, Image.Image] = {}
+        for name, still in job.stills.items():
+            if id(still) not in done:
+                done[id(still)] = _through(still, table)
+            job.stills[name] = done[id(still)]
+        job.preview = _through(job.preview, table)
+
     def _colour(self, job: Job) -> None:
         """To sRGB (or the kept profile) on the small results, converting each distinct image once."""
         done: dict[int, Image.Image] = {}
@@ -333,10 +355,14 @@ class ImageProcessor:
         job.focal_point = geometry.focal_point(job.preview)
 
     def _crop(self, job: Job) -> None:
-        """Content-aware `cover` crops, scored on the converted pixels."""
+        """Content-aware `cover` crops, scored on the converted pixels; the window is recorded (a
+        gain map is cut the same way)."""
         for spec in self.variants:
             if spec.fit is Fit.COVER and spec.gravity in geometry.CONTENT_AWARE:
-                job.stills[spec.name] = _crop(job.stills[spec.name], spec, job.width, job.height, job.focal_point)
+                still = job.stills[spec.name]
+                box = _crop_box(still, spec, job.width, job.height, job.focal_point)
+                job.crops[spec.name] = (box, still.size)
+                job.stills[spec.name] = still if box == (0, 0, *still.size) else still.crop(box)
 
     # -- finalize: encode and describe ---------------------------------------------------------------
 
@@ -379,6 +405,65 @@ class ImageProcessor:
             )
         job.outputs.extend(done[spec.name] for spec in self.variants)
 
+    def _attach_gain_map(self, job: Job) -> None:
+        """`hdr` variants of an upload with a gain map: the map, oriented, cropped and resized
+        with the variant's own geometry, appended as an Ultra HDR JPEG (processor/uhdr.py). The
+        SDR picture stays the bytes `_encode` made. A gain map we cannot carry (Apple's, one
+        that does not decode, a HEIC's) leaves the variant SDR, and its record says so."""
+        specs = [spec for spec in self.variants if spec.hdr]
+        if not specs or job.gain_map is None:
+            return
+        made: dict[str, bytes] = {}
+        if job.hdr_source is not None:
+            try:
+                made = self._gain_maps(job, job.hdr_source, specs)
+            except (*_DECODE_ERRORS, Image.DecompressionBombError):
+                made = {}
+        for i, variant in enumerate(job.outputs):
+            if variant.name in {spec.name for spec in specs}:
+                data = made.get(variant.name)
+                record = {"type": job.gain_map, "kept": data is not None}
+                job.outputs[i] = replace(variant, data=data or variant.data, gain_map=record)
+
+    def _gain_maps(self, job: Job, source: uhdr.Source, specs: list[VariantConfig]) -> dict[str, bytes]:
+        """{variant name: Ultra HDR JPEG} for the `hdr` specs. The gain map is decoded once (at
+        the DCT scale the largest of them needs, like the primary), oriented like the primary,
+        then each variant's region of the upright frame (its `cover` crop, or all of it) is
+        resized to the variant's size × the upload's gain-map-to-picture ratio."""
+        scale = max(geometry.scale_for(spec, job.width, job.height) for spec in specs) * geometry.DRAFT_HEADROOM
+        swapped = job.orientation in _SWAPS_SIDES
+        primary = (job.height, job.width) if swapped else (job.width, job.height)  # as stored
+        picture, stored, extent = uhdr.open_map(source, scale, primary)
+        icc = picture.info.get("icc_profile")
+        if source.table is not None:  # Apple's map, as Ultra HDR values
+            picture = picture.point(source.table * len(picture.getbands()))
+        full = stored[::-1] if swapped else stored  # upright, undrafted
+        if job.orientation != 1:
+            picture = picture.transpose(_TRANSPOSE[job.orientation])
+        box = geometry.content_box(picture.size, extent, job.orientation)
+        ratio = (full[0] / job.width, full[1] / job.height)
+        outputs = {variant.name: variant for variant in job.outputs}
+        made = {}
+        for spec in specs:
+            variant = outputs[spec.name]
+            size = (max(1, round(variant.width * ratio[0])), max(1, round(variant.height * ratio[1])))
+            region = self._region(job, spec)
+            sx, sy = (box[2] - box[0]) / job.width, (box[3] - box[1]) / job.height
+            area = (box[0] + region[0] * sx, box[1] + region[1] * sy, box[0] + region[2] * sx, box[1] + region[3] * sy)
+            resized = picture.resize(size, Image.Resampling.LANCZOS, box=area, reducing_gap=3.0)
+            made[spec.name] = uhdr.assemble(variant.data, uhdr.encode_map(resized, spec.quality, icc), source)
+        return made
+
+    def _region(self, job: Job, spec: VariantConfig) -> geometry.Box:
+        """The part of the upright frame a variant shows, in frame pixels."""
+        if spec.fit is not Fit.COVER:
+            return (0.0, 0.0, float(job.width), float(job.height))
+        if spec.name in job.crops:  # content-aware: the window `_crop` kept, in the resized frame
+            (x0, y0, x1, y1), (w, h) = job.crops[spec.name]
+            sx, sy = job.width / w, job.height / h
+            return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        return geometry.cover_region(spec, job.width, job.height)
+
     def _placeholder(self, job: Job) -> None:
         """BlurHash, ThumbHash and dominant colour of the whole frame (not of a cropped thumbnail)."""
         job.blurhash = blurhash(job.preview)
@@ -386,9 +471,10 @@ class ImageProcessor:
         job.dominant_color = dominant_color(job.preview)
 
     PIPELINE = (
-        _prepare, _gain_map, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _colour, _focus, _crop,
+        _prepare, _gain_map, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _tone_map, _colour,
+        _focus, _crop,
     )
-    FINALIZE = (_encode, _placeholder)
+    FINALIZE = (_encode, _attach_gain_map, _placeholder)
 
     def _animations(
         self, image: Image.Image, specs: list[VariantConfig], icc: bytes | None, width: int, height: int,
@@ -538,13 +624,29 @@ def _lanczos(image: Image.Image, size: tuple[int, int], box: geometry.Box) -> Im
     return out
 
 
+def _through(image: Image.Image, table: tuple[int, ...]) -> Image.Image:
+    """`table` on every colour channel (alpha, premultiplied or not, untouched)."""
+    if image.mode in ("RGBa", "RGBX"):
+        image = image.convert("RGBA" if image.mode == "RGBa" else "RGB")
+    identity = tuple(range(256))
+    return image.point([v for band in image.getbands() for v in (identity if band == "A" else table)])
+
+
 def _crop(
     image: Image.Image, spec: VariantConfig, width: int, height: int, focus: tuple[float, float] = (0.5, 0.5)
 ) -> Image.Image:
     if spec.fit is not Fit.COVER or spec.gravity not in geometry.CONTENT_AWARE:
         return image
+    box = _crop_box(image, spec, width, height, focus)
+    return image if box == (0, 0, *image.size) else image.crop(box)
+
+
+def _crop_box(
+    image: Image.Image, spec: VariantConfig, width: int, height: int, focus: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """The window a content-aware `cover` variant keeps of its full-frame `image`."""
     out = geometry.output_size(spec, width, height)
-    return image if image.size == out else image.crop(geometry.crop_box(image, out, spec.gravity, focus))
+    return (0, 0, *image.size) if image.size == out else geometry.crop_box(image, out, spec.gravity, focus)
 
 
 def _load_webp_still(image: Image.Image) -> Image.Image | None:

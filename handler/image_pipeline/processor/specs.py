@@ -111,6 +111,7 @@ class VariantConfig:
     fit: Fit = Fit.CONTAIN
     gravity: Gravity = Gravity.CENTRE
     qauto: float | None = None  # target luminance SSIM: `quality` per image, with `quality` as the ceiling
+    hdr: bool = False  # keep an upload's HDR gain map: an Ultra HDR JPEG (processor/uhdr.py); JPEG only
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
@@ -135,6 +136,13 @@ class VariantConfig:
             if self.format in (ImageFormat.PNG, ImageFormat.GIF):
                 raise ValueError(f"variant {self.name!r}: qauto needs a lossy format (jpeg, webp, avif), not {self.format.value}")
             object.__setattr__(self, "qauto", float(self.qauto))
+        if not isinstance(self.hdr, bool):
+            raise ValueError(f"variant {self.name!r}: hdr must be true or false")
+        if self.hdr and self.format is not ImageFormat.JPEG:
+            raise ValueError(
+                f"variant {self.name!r}: hdr needs the jpeg format (an Ultra HDR JPEG carries the gain map; "
+                "WebP, PNG and GIF have no gain map, and Pillow's AVIF encoder cannot write one)"
+            )
 
 
 DEFAULT_VARIANTS: tuple[VariantConfig, ...] = (
@@ -172,6 +180,7 @@ class ImageVariant:
     content_type: str
     quality: int | None = None  # the encoder quality used (lossy formats only)
     qauto: dict | None = None  # {"target": …, "ssim": …, "trials": …} when the quality was chosen per image
+    gain_map: dict | None = None  # `hdr` variants of an upload with a gain map: {"type": …, "kept": bool}
 
     @property
     def extension(self) -> str:
@@ -188,8 +197,8 @@ class SourceInfo:
     bytes: int
     frames: int = 1  # of an animation (pages of a TIFF); a JPEG's or a HEIC's other pictures are not frames
     had_icc_profile: bool = False
-    gain_map: str | None = None  # an HDR gain map the upload carried and the variants do not: "ultrahdr",
-    # "iso21496" or "apple" (processor/gainmap.py); the variants are made from the SDR picture
+    gain_map: str | None = None  # an HDR gain map the upload carried: "ultrahdr", "iso21496" or "apple"
+    # (processor/gainmap.py); the variants are made from the SDR picture, `hdr` ones carry the map on
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ store could not do after its own retries (transient); nothing else escapes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
@@ -50,6 +50,7 @@ class RawObject:
     data: bytes
     etag: str
     size: int
+    metadata: dict[str, str] = field(default_factory=dict)  # what `write` stored (S3: x-amz-meta-*)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class ListedObject:
 
 class ObjectStore(Protocol):
     async def read(self, key: str, max_bytes: int | None = None) -> RawObject:
-        """The object's bytes and ETag in one request; `TooLarge` before reading an oversize body."""
+        """The object's bytes, ETag and metadata in one request; `TooLarge` (with the `etag` and
+        `metadata` it saw) before reading an oversize body."""
 
     async def read_optional(self, key: str) -> bytes | None:
         """The object's bytes, or None when it does not exist."""
@@ -75,7 +77,8 @@ class ObjectStore(Protocol):
         """The key's current ETag (one HEAD), or None when it does not exist."""
 
     async def write(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> None:
-        """Store `data`; S3 adds the configured Cache-Control."""
+        """Store `data` with `metadata` (replacing any the key had); S3 adds the configured
+        Cache-Control."""
 
     async def write_if(
         self, key: str, data: bytes, content_type: str, metadata: dict[str, str], *, etag: str | None

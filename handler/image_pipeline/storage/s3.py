@@ -146,12 +146,13 @@ class S3Store:
             response = await self.client.get_object(Bucket=self.bucket, Key=key)
             async with response["Body"] as body:
                 size = response["ContentLength"]
+                metadata = dict(response.get("Metadata") or {})
                 if max_bytes is not None and size > max_bytes:
-                    raise TooLarge.over(size, max_bytes, etag=response["ETag"].strip('"'))
+                    raise TooLarge.over(size, max_bytes, etag=response["ETag"].strip('"'), metadata=metadata)
                 data = await body.read()
         if len(data) != size:
             raise StorageFailure(f"short read of s3://{self.bucket}/{key}: {len(data)} of {size} bytes")
-        return RawObject(data, response["ETag"].strip('"'), size)
+        return RawObject(data, response["ETag"].strip('"'), size, metadata)
 
     async def read_optional(self, key: str) -> bytes | None:
         try:
@@ -189,7 +190,7 @@ class S3Store:
         except StorageFailure as exc:
             # An S3-compatible server without conditional writes: write as before (the owner check
             # is then only as strong as the read before it; see README "Two names, one prefix").
-            if _error_code(exc.__cause__) not in ("NotImplemented", "501"):
+            if not _not_implemented(exc):
                 raise
             await self.write(key, data, content_type, metadata)
 
@@ -210,8 +211,20 @@ class S3Store:
 
     async def delete(self, key: str, etag: str | None = None) -> None:
         if etag is not None:  # S3 conditional delete (If-Match): 412 when a newer upload replaced it
-            await self._call("delete_object", key, IfMatch=f'"{etag}"')
-            return
+            try:
+                await self._call("delete_object", key, IfMatch=f'"{etag}"')
+                return
+            except StorageFailure as exc:
+                if not _not_implemented(exc):
+                    raise
+            # An S3-compatible server without conditional deletes (LocalStack: 501): check the
+            # version with a HEAD, then delete plainly. A replacement uploaded between the two
+            # requests would be deleted unprocessed (see README "Delete mode").
+            current = await self.etag(key)
+            if current is None:
+                raise ObjectNotFound(f"s3://{self.bucket}/{key} does not exist")
+            if current != etag:
+                raise ObjectChanged(f"s3://{self.bucket}/{key} is no longer the version read")
         try:
             await self.storage.delete(key)
         except StorageError as exc:
@@ -235,6 +248,11 @@ class S3Store:
             ListedObject(item["Key"], item.get("ETag", "").strip('"'), item["Size"], item["LastModified"])
             for item in response.get("Contents", [])
         ]
+
+
+def _not_implemented(exc: StorageFailure) -> bool:
+    """The server does not implement what the request asked for (a conditional write or delete)."""
+    return _error_code(exc.__cause__) in ("NotImplemented", "501")
 
 
 @contextlib.contextmanager

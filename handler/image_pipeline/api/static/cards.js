@@ -16,6 +16,7 @@ export const ERROR_WORDS = {
   storage_denied: "storage refused access (a permissions or bucket problem, not your image)",
   out_of_time: "ran out of time; try again",
   publish_error: "processed, but the completion event was not sent yet",
+  busy: "the server is busy with other images; try again in a moment",
 };
 
 const FORMAT_NAMES = { "image/avif": "AVIF", "image/webp": "WebP", "image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF" };

@@ -1,4 +1,5 @@
 // The gallery: a contact sheet of every processed image, newest first, a page at a time.
+import { apiFetch, initAccess } from "./auth.js";
 import { createCard } from "./cards.js";
 
 const list = document.getElementById("cards");
@@ -19,7 +20,8 @@ async function load() {
   if (limit) url.searchParams.set("limit", limit);
   let page;
   try {
-    const response = await fetch(url, { headers: { accept: "application/json" } });
+    const response = await apiFetch(url, { headers: { accept: "application/json" } });
+    if (response.status === 401) throw new Error("an access token is needed (see above)");
     if (!response.ok) throw new Error((await response.json().catch(() => ({}))).detail || `HTTP ${response.status}`);
     page = await response.json();
   } catch (error) {
@@ -48,4 +50,11 @@ async function load() {
 }
 
 more.addEventListener("click", load);
+// A token given or forgotten: start the list again, as that caller.
+initAccess(() => {
+  list.replaceChildren();
+  cursor = null;
+  shown = 0;
+  load();
+});
 load();

@@ -1,5 +1,6 @@
 // The upload page: each picked or dropped file goes straight to storage through a presigned POST
 // (POST /uploads), with real progress, then its status is polled until processed or rejected.
+import { apiFetch, initAccess } from "./auth.js";
 import { encode } from "./blurhash.js";
 import { createCard } from "./cards.js";
 
@@ -12,6 +13,7 @@ const MAX_PARALLEL = 3;
 const TYPES = { heic: "image/heic", heif: "image/heif", avif: "image/avif", webp: "image/webp", tif: "image/tiff",
   tiff: "image/tiff", bmp: "image/bmp", jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", gif: "image/gif" };
 const STATUS_CODES = { 413: "too_large", 415: "unsupported_type" };
+const NEEDS_TOKEN = "Sign-in needed: give an access token above, then pick the file again";
 
 let running = 0;
 const queue = [];
@@ -83,10 +85,11 @@ async function poll(statusUrl, card) {
     delay = Math.min(delay * 1.5, 3000);
     let response;
     try {
-      response = await fetch(statusUrl, { headers: { accept: "application/json" } });
+      response = await apiFetch(statusUrl, { headers: { accept: "application/json" } });
     } catch {
       continue; // the API restarted or the network blinked: the state lives in storage, ask again
     }
+    if (response.status === 401) return card.failed(NEEDS_TOKEN);
     if (response.status === 404 && ++notFound < 10) continue;
     if (!response.ok) {
       const body = await problem(response);
@@ -107,11 +110,15 @@ async function upload({ file, card }) {
   card.uploading();
   card.progress(0, file.size);
   try {
-    const response = await fetch("uploads", {
+    const response = await apiFetch("uploads", {
       method: "POST",
       headers: { "content-type": "application/json", accept: "application/json" },
       body: JSON.stringify({ filename: file.name, content_type: contentType(file), size: file.size }),
     });
+    if (response.status === 401) {
+      card.failed(NEEDS_TOKEN);
+      return;
+    }
     if (!response.ok) {
       const body = await problem(response);
       const code = body.code || body.error_code || body.extra?.code || STATUS_CODES[response.status];
@@ -161,6 +168,8 @@ function add(files) {
   queue.push(...batch);
   pump();
 }
+
+initAccess();
 
 input.addEventListener("change", () => {
   add([...input.files]);
