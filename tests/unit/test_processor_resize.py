@@ -49,7 +49,7 @@ def test_the_bands_do_not_depend_on_the_cpus(monkeypatch):
     data = encode(_photo_like(), "PNG")
     specs = [VariantConfig("large", 1920, 1920, format="png"), VariantConfig("small", 300, 300, format="png")]
     two = ImageProcessor(specs).process(data)
-    monkeypatch.setattr(pipeline, "_pool", lambda: None)
+    monkeypatch.setattr(pipeline, "_two_cpus", lambda: False)
     one = ImageProcessor(specs).process(data)
     assert [v.data for v in two] == [v.data for v in one]
     assert decode(two[0].data).size == (1920, 1280)
@@ -64,3 +64,13 @@ def test_small_and_reducing_resizes_are_one_call():
     assert pipeline._lanczos(big, (300, 200), (0.0, 0.0, 2400.0, 1600.0)).tobytes() == big.resize(
         (300, 200), Image.Resampling.LANCZOS, reducing_gap=3.0
     ).tobytes()
+
+
+def test_no_thread_outlives_a_banded_resize():
+    """A warm container keeps its thread count (tests/reliability/test_load.py counts them)."""
+    import threading
+
+    image = _photo_like()
+    before = threading.active_count()
+    pipeline._lanczos(image, (1920, 1280), (0.0, 0.0, 2400.0, 1600.0))
+    assert threading.active_count() == before

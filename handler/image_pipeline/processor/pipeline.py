@@ -25,9 +25,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 import warnings
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from time import perf_counter
@@ -582,13 +582,12 @@ _BAND_PIXELS = 1_000_000  # outputs at least this large are resized as two bands
 
 
 @lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor | None:
-    """Two threads when this process may run on two CPUs (Pillow's resize releases the GIL)."""
+def _two_cpus() -> bool:
+    """Whether this process may run on two CPUs at once (Pillow's resize releases the GIL)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0)) >= 2
     except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="resize") if cpus >= 2 else None
+        return (os.cpu_count() or 1) >= 2
 
 
 def _lanczos(image: Image.Image, size: tuple[int, int], box: geometry.Box) -> Image.Image:
@@ -616,12 +615,31 @@ def _lanczos(image: Image.Image, size: tuple[int, int], box: geometry.Box) -> Im
     def band(part: tuple) -> Image.Image:
         return image.resize(part[0], Image.Resampling.LANCZOS, box=part[1], reducing_gap=_REDUCING_GAP)
 
-    pool = _pool()
-    top, bottom = pool.map(band, bands) if pool is not None else map(band, bands)
+    if _two_cpus():  # the bottom band in a thread of its own for this call (none outlives it)
+        done: list = []
+        worker = threading.Thread(target=lambda: done.append(_outcome(band, bands[1])), name="resize-band")
+        worker.start()
+        try:
+            top = band(bands[0])
+        finally:
+            worker.join()
+        bottom, error = done[0]
+        if error is not None:
+            raise error
+    else:
+        top, bottom = band(bands[0]), band(bands[1])
     out = Image.new(image.mode, size)
     out.paste(top, (0, 0))
     out.paste(bottom, (0, middle))
     return out
+
+
+def _outcome(work, argument) -> tuple:
+    """(result, None) or (None, the exception): what a thread hands back to the one that joins it."""
+    try:
+        return work(argument), None
+    except Exception as exc:  # noqa: BLE001 — re-raised by the caller, in its own thread
+        return None, exc
 
 
 def _through(image: Image.Image, table: tuple[int, ...]) -> Image.Image:
