@@ -3,8 +3,10 @@ Pillow's decoder gives, animations still through Pillow, corrupt files typed, an
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
+import math
 import os
 import struct
 import subprocess
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageChops, ImageDraw, ImageStat
+from PIL import Image, ImageChops, ImageDraw, ImageOps, ImageStat
 
 from image_pipeline import ImageFormat, ImageProcessor, VariantConfig
 from image_pipeline.errors import CorruptImage
@@ -177,7 +179,8 @@ def peak_mb():  # this process's peak RSS
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
 
-processor = ImageProcessor([VariantConfig("w", 1024, 1024, format="webp")])
+box = int(sys.argv[2])
+processor = ImageProcessor([VariantConfig("w", box, box, format="webp")])
 processor.process(photo(64, 64, "WEBP"))  # warm up: imports, codecs, the library lookup
 with open(sys.argv[1], "rb") as f:
     data = f.read()
@@ -194,12 +197,162 @@ def test_a_large_still_costs_at_most_two_and_a_half_decoded_planes(tmp_path, opt
     libwebp's own ARGB plane for lossless, the file held twice) the job grew by 50 MB (lossy) and
     60 MB (lossless); now a lossy file needs the image plus the resize's work (28 MB) and a
     lossless one libwebp's ARGB plane plus the image (32 MB)."""
+    growth = _growth(tmp_path, options, 1024)  # 2048² is exactly 2× 1024: decoded whole
+    assert growth < 2.5 * 16, growth
+
+
+def _growth(tmp_path: Path, options: dict, box: int) -> float:
+    """MB the job grows by for a 2048² WebP and one `box`² variant, in a fresh process."""
     path = tmp_path / "large.webp"
     path.write_bytes(encode(_picture(2048, 2048), "WEBP", **options))
     done = subprocess.run(
-        [sys.executable, "-c", _PEAK_PROBE, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={"PYTHONPATH": os.pathsep.join([str(ROOT / "handler"), str(ROOT)]), "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-c", _PEAK_PROBE, str(path), str(box)], cwd=ROOT, capture_output=True, text=True,
+        timeout=60, env={"PYTHONPATH": os.pathsep.join([str(ROOT / "handler"), str(ROOT)]), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
-    growth = json.loads(done.stdout)
-    assert growth < 2.5 * 16, growth
+    return json.loads(done.stdout)
+
+
+# -- scaled on load: libwebp's advanced API decodes straight to the size the variants need ------------
+
+SMALL = [VariantConfig("big", 400, 400, format="png"), VariantConfig("small", 150, 150, format="png", fit="cover"),
+         VariantConfig("w", 200, 200, format="webp", quality=95)]
+LARGE = {name: data for name, data in {
+    "lossy": encode(_picture(1600, 1200), "WEBP", quality=90),
+    "lossless": encode(_picture(1600, 1200), "WEBP", lossless=True, method=0),
+}.items()}
+_rgba = _picture(1600, 1200)
+_rgba.putalpha(_alpha((1600, 1200)))
+LARGE["lossless-alpha"] = encode(_rgba, "WEBP", lossless=True, method=0)
+LARGE["lossy-alpha"] = encode(_rgba, "WEBP", quality=90)
+
+
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    """PSNR in dB of what is seen over black (RGB), the worst band."""
+    def seen(im: Image.Image) -> Image.Image:
+        return Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA")).convert("RGB")
+
+    rms = max(ImageStat.Stat(ImageChops.difference(seen(a), seen(b))).rms)
+    return 99.0 if rms == 0 else 20 * math.log10(255 / rms)
+
+
+def _reference(data: bytes, size: tuple[int, int], cover: bool = False) -> Image.Image:
+    """Pillow's full decode, then one Lanczos resize (premultiplied when there is alpha)."""
+    full = decode(data)
+    work = full.convert("RGBa") if full.mode == "RGBA" else full.convert("RGB")
+    if cover:
+        return ImageOps.fit(work, size, Image.Resampling.LANCZOS).convert("RGBA")
+    return work.resize(size, Image.Resampling.LANCZOS).convert("RGBA")
+
+
+def test_the_decoder_config_has_decode_hs_layout():
+    """WebPDecoderConfig as decode.h lays it out (ABI 0x02xx): 40 + 120 + 76 bytes, 8-aligned."""
+    assert ctypes.sizeof(webp._Config) == (240 if ctypes.sizeof(ctypes.c_void_p) == 8 else 212)
+    assert webp._Config.options.offset == ctypes.sizeof(webp._Features) + ctypes.sizeof(webp._DecBuffer)
+    assert webp.library().WebPGetDecoderVersion() >> 16 == 1  # libwebp 1.x: ABI major 0x02
+    assert webp._config((10, 10)) is not None  # the library accepts our ABI version
+
+
+@pytest.mark.parametrize("name", list(LARGE))
+def test_a_large_still_is_decoded_at_the_size_the_variants_need(name, monkeypatch):
+    """A 400 px variant of a 1600×1200 file: decoded at 800×600 (RESCALE_HEADROOM = 2), except a
+    lossy file with alpha (libwebp would rescale its colour without weighting by alpha)."""
+    sizes = []
+    real = webp.decode_still
+
+    def spy(*args):
+        pixels = real(*args)
+        sizes.append(pixels.size)
+        return pixels
+
+    monkeypatch.setattr(webp, "decode_still", spy)
+    big, small, thumb = ImageProcessor(SMALL).process(LARGE[name])
+    assert sizes == [(1600, 1200) if name == "lossy-alpha" else (800, 600)]
+    assert (big.width, big.height, small.width, small.height, thumb.width, thumb.height) == (400, 300, 150, 150, 200, 150)
+    assert _pixels(big).mode == ("RGBA" if "alpha" in name else "RGB")
+
+
+@pytest.mark.parametrize("name", ["lossy", "lossless"])
+def test_a_lossless_still_is_scaled_only_where_that_saves_time(name, monkeypatch):
+    """A 640 px variant of 1600×1200 wants 1280×960, 64 % of the pixels: a lossy file is decoded
+    at that size, a lossless one whole (its rescaler would cost more than the Lanczos saves)."""
+    sizes = []
+    real = webp.decode_still
+    monkeypatch.setattr(webp, "decode_still", lambda *args: sizes.append(real(*args).size) or real(*args))
+    (v,) = ImageProcessor([VariantConfig("w", 640, 640, format="png")]).process(LARGE[name])
+    assert sizes[0] == ((1280, 960) if name == "lossy" else (1600, 1200))
+    assert (v.width, v.height) == (640, 480)
+
+
+@pytest.mark.parametrize("name", list(LARGE))
+def test_scaled_variants_match_pillows_full_decode_and_resize(name):
+    """The pixels (PNG out, no codec loss) against a full decode + one Lanczos resize: as close
+    as a JPEG of the same picture drafted at ½ gets (34 / 38 dB on this noise and these hard
+    lines; a photo scores far higher), so the WebP headroom costs what the JPEG one does."""
+    data = LARGE[name]
+    jpeg = encode(_picture(1600, 1200), "JPEG", quality=95)
+    big, small, _ = ImageProcessor(SMALL).process(data)
+    jpeg_big, jpeg_small, _ = ImageProcessor(SMALL).process(jpeg)
+    floor_big = _psnr(_pixels(jpeg_big), _reference(jpeg, (400, 300))) - 0.5
+    floor_small = _psnr(_pixels(jpeg_small), _reference(jpeg, (150, 150), cover=True)) - 0.5
+    assert min(floor_big, floor_small) > 33
+    assert _psnr(_pixels(big), _reference(data, (400, 300))) > floor_big
+    assert _psnr(_pixels(small), _reference(data, (150, 150), cover=True)) > floor_small
+    if "alpha" in name:  # transparency where it was
+        assert _pixels(big).getpixel((3, 150))[3] >= 250 and _pixels(big).getpixel((397, 150))[3] < 8
+
+
+@pytest.mark.parametrize("name", ["lossy", "lossless"])
+def test_orientation_after_a_scaled_decode(name):
+    """EXIF orientation 6 (rotate 90° clockwise to view): the frame is turned after the scaled
+    decode, and the variant matches the upright full decode."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    options = {"quality": 90} if name == "lossy" else {"lossless": True, "method": 0}
+    data = encode(_picture(1600, 1200), "WEBP", exif=exif.tobytes(), **options)
+    big, small, _ = ImageProcessor(SMALL).process(data)
+    assert (big.width, big.height, small.width, small.height) == (300, 400, 150, 150)
+    upright = ImageOps.exif_transpose(decode(data)).convert("RGB")
+    # As close as unrotated (34 dB on this noise, see above); a frame turned wrong scores ~10 dB.
+    assert _psnr(_pixels(big), upright.resize((300, 400), Image.Resampling.LANCZOS)) > 33
+
+
+def test_without_the_advanced_api_the_still_is_decoded_at_full_size(monkeypatch):
+    """As with a libwebp that lacks `WebPDecode`: the simple API decodes the whole still."""
+    data = LARGE["lossy"]
+    monkeypatch.setattr(webp, "_advanced", lambda: None)
+    found = webp.features(data)
+    assert not webp.can_scale(found) and webp.decode_still(data, found, (800, 600)).size == (1600, 1200)
+    big, _, _ = ImageProcessor(SMALL).process(data)
+    assert (big.width, big.height) == (400, 300)
+    assert _psnr(_pixels(big), _reference(data, (400, 300))) > 45  # today's full-decode path
+
+
+def test_a_refused_configuration_falls_back_to_full_size(monkeypatch):
+    """A libwebp whose WebPInitDecoderConfig refuses our ABI version: decoded at full size."""
+    init, decode_, free = webp._advanced()
+    monkeypatch.setattr(webp, "_advanced", lambda: (lambda config, version: 0, decode_, free))
+    data = LARGE["lossless"]
+    assert webp.decode_still(data, webp.features(data), (800, 600)).size == (1600, 1200)
+    big, _, _ = ImageProcessor(SMALL).process(data)
+    assert (big.width, big.height) == (400, 300)
+
+
+@pytest.mark.parametrize("name", ["lossy", "lossless", "lossless-alpha"])
+def test_a_corrupt_bitstream_scaled_on_load_is_a_typed_corrupt_image(name):
+    data = _garbled(LARGE[name])
+    with pytest.raises(webp.Refused):
+        webp.decode_still(data, webp.features(data), (800, 600))
+    with pytest.raises(CorruptImage) as caught:
+        ImageProcessor(SMALL).process(data)
+    assert caught.value.code == "corrupt_image"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM")
+@pytest.mark.parametrize("options", [{"quality": 80}, {"lossless": True, "method": 0}], ids=["lossy", "lossless"])
+def test_a_still_scaled_on_load_costs_less_than_its_full_plane(tmp_path, options):
+    """2048² for a 256 px variant is decoded at 512² (1 MB): a lossy file grows the job by ~4 MB
+    (28 MB decoded whole), a lossless one by libwebp's own full ARGB plane (16 MB: the bitstream
+    refers back anywhere) and ~7 MB more (32 MB decoded whole)."""
+    growth = _growth(tmp_path, options, 256)
+    assert growth < (8 if "quality" in options else 26), growth

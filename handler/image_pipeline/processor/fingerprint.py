@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .pipeline import ImageProcessor
 
-OUTPUT_VERSION = 2  # 2: placeholders from the whole frame, ThumbHash, focal point, colour converted after resizing
+OUTPUT_VERSION = 3
+# 2: placeholders from the whole frame, ThumbHash, focal point, colour converted after resizing
+# 3: a WebP still ≥ 2× the largest variant is scaled while decoding (libwebp's rescaler); the
+#    largest resize made as two bands of rows (a level here and there on some transparent images)
 """Bumped whenever the processor writes different outputs for the same input and specs (a new
 resampling filter, encoder defaults, colour handling): every stored manifest becomes stale."""
 

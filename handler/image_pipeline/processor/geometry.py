@@ -12,6 +12,10 @@ from .specs import Fit, Gravity, VariantConfig
 # JPEG draft (DCT scaling) keeps this much more resolution than the largest output needs;
 # at 1.25× the result stays at SSIM ≥ 0.99 against a full decode (see bench/).
 DRAFT_HEADROOM = 1.25
+# libwebp's scaled decode averages the area each output pixel covers (a box filter), softer than
+# DCT scaling: at 2× it costs the SSIM a ½ JPEG draft costs on the same photo (−0.004 on the
+# large variant of a 5640×3172 photo; 1.6× cost −0.009, 1.25× −0.016: docs/performance.md).
+RESCALE_HEADROOM = 2.0
 
 
 def scale_for(spec: VariantConfig, width: int, height: int) -> float:
@@ -42,9 +46,11 @@ def output_size(spec: VariantConfig, width: int, height: int) -> tuple[int, int]
     return w, h
 
 
-def draft_size(specs: tuple[VariantConfig, ...], width: int, height: int) -> tuple[int, int] | None:
-    """The smallest decode size that still leaves DRAFT_HEADROOM over every variant, or None."""
-    scale = max(scale_for(spec, width, height) for spec in specs) * DRAFT_HEADROOM
+def draft_size(
+    specs: tuple[VariantConfig, ...], width: int, height: int, headroom: float = DRAFT_HEADROOM
+) -> tuple[int, int] | None:
+    """The smallest decode size that still leaves `headroom` over every variant, or None."""
+    scale = max(scale_for(spec, width, height) for spec in specs) * headroom
     if scale >= 1.0:
         return None
     return math.ceil(width * scale), math.ceil(height * scale)

@@ -14,6 +14,18 @@ Pillow 13's wheels; the simple API has been stable since 0.1, the features struc
 once, on the first WebP (`library()`); when it cannot be found, a symbol is missing or libwebp
 refuses the file, `decode_still` returns None and the caller takes Pillow's path.
 
+Scaled on load (`decode_still(..., size=)`): libwebp's advanced API (`WebPDecode` with
+`options.use_scaling`) decodes straight to a smaller size, as JPEG's DCT scaling does, the way
+libvips reads WebP for a thumbnail. Its rescaler averages the area each output pixel covers (in
+premultiplied ARGB for lossless files), a box filter softer than DCT scaling: the pipeline asks
+for 2× the largest variant (`geometry.RESCALE_HEADROOM`), which costs the SSIM a ½ JPEG draft
+costs on the same photo. A lossy file with alpha is not scaled: libwebp rescales its colour
+planes without weighting by alpha, so colour hidden under transparent pixels would bleed into
+the edges; a lossless one only where that saves time (`worth_scaling`). Where the advanced API
+is missing or refuses the configuration, the still is decoded at full size by the simple API.
+The advanced API also lets a lossy decode filter and convert rows in a second thread
+(`use_threads`, the same pixels): less wall time where a second CPU is free.
+
 Always 4 bytes per pixel: Pillow maps RGBA and RGBX buffers, but an RGB buffer would be
 copied into a 4-byte-per-pixel image. A file without alpha is read as RGBX (libwebp writes
 255 in the fourth byte); one whose alpha turns out to be 255 everywhere too, so nothing later
@@ -29,10 +41,13 @@ from functools import lru_cache
 from PIL import Image
 
 # decode.h: only the major byte has to match the library's (WEBP_ABI_IS_INCOMPATIBLE), 0x02 in
-# every libwebp 1.x, whose WebPBitstreamFeatures has the layout below (1.6, in Pillow 13's wheels,
-# accepts it: tests/unit/test_processor_webp.py reads headers through it).
+# every libwebp 1.x, whose WebPBitstreamFeatures and WebPDecoderConfig have the layouts below
+# (1.6, in Pillow 13's wheels, reports decoder version 0x010600 and ABI 0x0210 and accepts them:
+# tests/unit/test_processor_webp.py decodes through both).
 _DECODER_ABI_VERSION = 0x0209
 _VP8_STATUS_OK = 0
+_MODE_RGBA = 1  # WEBP_CSP_MODE: straight (not premultiplied) R, G, B, A bytes
+LOSSLESS_MAX_AREA = 0.5  # a lossless still is scaled on load only to at most half its pixels
 
 
 class _Features(ctypes.Structure):
@@ -46,6 +61,62 @@ class _Features(ctypes.Structure):
         ("format", ctypes.c_int),  # 0 mixed/undefined, 1 lossy, 2 lossless
         ("pad", ctypes.c_uint32 * 5),
     ]
+
+
+class _RGBABuffer(ctypes.Structure):
+    """decode.h's WebPRGBABuffer."""
+
+    _fields_ = [("rgba", ctypes.c_void_p), ("stride", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+
+class _YUVABuffer(ctypes.Structure):
+    """decode.h's WebPYUVABuffer (unused here; it sizes the union)."""
+
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in ("y", "u", "v", "a")),
+        *((name, ctypes.c_int) for name in ("y_stride", "u_stride", "v_stride", "a_stride")),
+        *((name, ctypes.c_size_t) for name in ("y_size", "u_size", "v_size", "a_size")),
+    ]
+
+
+class _BufferUnion(ctypes.Union):
+    _fields_ = [("RGBA", _RGBABuffer), ("YUVA", _YUVABuffer)]
+
+
+class _DecBuffer(ctypes.Structure):
+    """decode.h's WebPDecBuffer."""
+
+    _fields_ = [
+        ("colorspace", ctypes.c_int),
+        ("width", ctypes.c_int),
+        ("height", ctypes.c_int),
+        ("is_external_memory", ctypes.c_int),
+        ("u", _BufferUnion),
+        ("pad", ctypes.c_uint32 * 4),
+        ("private_memory", ctypes.c_void_p),
+    ]
+
+
+class _Options(ctypes.Structure):
+    """decode.h's WebPDecoderOptions."""
+
+    _fields_ = [
+        *(
+            (name, ctypes.c_int)
+            for name in (
+                "bypass_filtering", "no_fancy_upsampling", "use_cropping", "crop_left", "crop_top",
+                "crop_width", "crop_height", "use_scaling", "scaled_width", "scaled_height",
+                "use_threads", "dithering_strength", "flip", "alpha_dithering_strength",
+            )
+        ),
+        ("pad", ctypes.c_uint32 * 5),
+    ]
+
+
+class _Config(ctypes.Structure):
+    """decode.h's WebPDecoderConfig (240 bytes on 64-bit platforms)."""
+
+    _fields_ = [("input", _Features), ("output", _DecBuffer), ("options", _Options)]
 
 
 def _library_path() -> str | None:
@@ -90,6 +161,42 @@ def library() -> ctypes.CDLL | None:
 
 
 @lru_cache(maxsize=1)
+def _advanced() -> tuple | None:
+    """The advanced API's three functions (init, decode, free), typed, or None without them."""
+    lib = library()
+    if lib is None:
+        return None
+    try:
+        init, decode, free = lib.WebPInitDecoderConfigInternal, lib.WebPDecode, lib.WebPFreeDecBuffer
+    except AttributeError:
+        return None
+    init.argtypes = [ctypes.POINTER(_Config), ctypes.c_int]
+    init.restype = ctypes.c_int
+    decode.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(_Config)]
+    decode.restype = ctypes.c_int
+    free.argtypes = [ctypes.POINTER(_DecBuffer)]
+    free.restype = None
+    return init, decode, free
+
+
+def can_scale(found: _Features) -> bool:
+    """Whether `decode_still` can scale this still while decoding: the advanced API is there,
+    and the file is lossless or has no alpha (see the module's docstring)."""
+    return _advanced() is not None and not found.has_animation and (found.format == 2 or not found.has_alpha)
+
+
+def worth_scaling(found: _Features, size: tuple[int, int]) -> bool:
+    """Whether decoding at `size` saves time. A lossy bitstream's rescaler replaces the
+    upsampling and colour conversion of the full size, so any smaller size does; a lossless one
+    is decoded whole anyway (its ARGB plane), and the rescaler (premultiply, average, divide:
+    ~6 ns per source pixel) pays for itself only where the Lanczos after it gets at most
+    LOSSLESS_MAX_AREA of the pixels (measured: 4096² → 3840² costs 19 % more CPU time,
+    5640×3172 → 3840×2160 saves 9 %)."""
+    area = size[0] * size[1] / (found.width * found.height)
+    return area < 1 and (found.format != 2 or area <= LOSSLESS_MAX_AREA)
+
+
+@lru_cache(maxsize=1)
 def _malloc_trim():
     """glibc's malloc_trim, or None (musl, macOS)."""
     try:
@@ -128,17 +235,27 @@ def features(data: bytes) -> _Features | None:
     return found
 
 
-def decode_still(data: bytes, found: _Features) -> Image.Image:
-    """The still's pixels as RGBA (real alpha) or RGBX, in a buffer the image owns.
+def decode_still(data: bytes, found: _Features, size: tuple[int, int] | None = None) -> Image.Image:
+    """The still's pixels as RGBA (real alpha) or RGBX, in a buffer the image owns; at `size`
+    (scaled while decoding) when given, `can_scale(found)` and `worth_scaling`, else at full size.
 
-    `found` comes from `features(data)`. Raises `Refused` when libwebp returns NULL (a corrupt
-    or truncated bitstream): the caller lets Pillow's decoder give its verdict."""
-    width, height = found.width, found.height
+    Through the advanced API where it is there (a lossy bitstream then filters and converts its
+    rows in a second thread while the first parses, `options.use_threads`: the same pixels),
+    else the simple one. `found` comes from `features(data)`. Raises `Refused` when libwebp
+    cannot decode it (a corrupt or truncated bitstream): the caller lets Pillow's decoder give
+    its verdict."""
+    full = (found.width, found.height)
+    scaled = size is not None and can_scale(found) and worth_scaling(found, size)
+    config = _config(size if scaled else None)
+    width, height = size if scaled and config is not None else full
     stride = width * 4
     buffer = bytearray(stride * height)
     target = (ctypes.c_char * len(buffer)).from_buffer(buffer)
     try:
-        done = library().WebPDecodeRGBAInto(data, len(data), ctypes.addressof(target), len(buffer), stride)
+        if config is not None:
+            done = _decode_advanced(data, config, ctypes.addressof(target), len(buffer), stride)
+        else:
+            done = library().WebPDecodeRGBAInto(data, len(data), ctypes.addressof(target), len(buffer), stride)
     finally:
         del target  # releases the export, so the buffer can be handed over
     if not done:
@@ -149,3 +266,33 @@ def decode_still(data: bytes, found: _Features) -> Image.Image:
         # Opaque everywhere: the same buffer read as RGBX (no copy, nothing to premultiply).
         pixels = Image.frombuffer("RGBX", (width, height), buffer, "raw", "RGBX", 0, 1)
     return pixels
+
+
+def _config(size: tuple[int, int] | None) -> _Config | None:
+    """A decoder configuration (straight RGBA out, threads on; scaled to `size` if given), or
+    None without the advanced API or when the library refuses our ABI version."""
+    functions = _advanced()
+    if functions is None:
+        return None
+    config = _Config()
+    if not functions[0](ctypes.byref(config), _DECODER_ABI_VERSION):
+        return None
+    if size is not None:
+        config.options.use_scaling = 1
+        config.options.scaled_width, config.options.scaled_height = size
+    config.options.use_threads = 1
+    config.output.colorspace = _MODE_RGBA
+    config.output.is_external_memory = 1
+    return config
+
+
+def _decode_advanced(data: bytes, config: _Config, address: int, length: int, stride: int) -> bool:
+    """`WebPDecode` into our buffer at `address` (`length` bytes, rows `stride` apart)."""
+    _, decode, free = _advanced()
+    config.output.u.RGBA.rgba = address
+    config.output.u.RGBA.stride = stride
+    config.output.u.RGBA.size = length
+    try:
+        return decode(data, len(data), ctypes.byref(config)) == _VP8_STATUS_OK
+    finally:
+        free(ctypes.byref(config.output))  # frees nothing of ours: the memory is external
