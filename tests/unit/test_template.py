@@ -13,7 +13,6 @@ Templates are read with cfn-lint's CloudFormation-aware YAML loader, so short-fo
 from __future__ import annotations
 
 import functools
-import os
 import re
 import tomllib
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from packaging.utils import canonicalize_name
 from image_pipeline.api.settings import ApiSettings
 from image_pipeline.settings import DEFAULTS
 from tests.cfn import RuleFailed, Stack, deploy, load
+from tests.cloudfront import viewer_request_uris
 
 pytest.importorskip("cfnlint.decode.cfn_yaml")
 
@@ -82,7 +82,8 @@ def only(mapping: dict[str, Any], what: str) -> tuple[str, Any]:
 def function_of(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The pipeline's function: the one every deploy creates (no Condition). The on-demand function
     behind the CDN is `ondemand_function_of`."""
-    functions = {n: r for n, r in resources_of_type(template, "AWS::Serverless::Function").items() if "Condition" not in r}
+    functions = resources_of_type(template, "AWS::Serverless::Function")
+    functions = {n: r for n, r in functions.items() if "Condition" not in r}
     name, res = only(functions, "unconditional AWS::Serverless::Function")
     return name, res["Properties"]
 
@@ -838,7 +839,8 @@ def test_cdn_is_optional_and_off_by_default(top: str) -> None:
     # Cdn=true, OnDemand=false: the CDN as it was before sizes on demand, nothing more.
     cdn_only = deploy(top, CDN_WITHOUT_ONDEMAND)
     assert _types(cdn_only, set(cdn_only.resources) - set(off.resources)) == {
-        "AWS::CloudFront::Distribution": 1, "AWS::CloudFront::OriginAccessControl": 1, "AWS::CloudFront::CachePolicy": 1}
+        "AWS::CloudFront::Distribution": 1, "AWS::CloudFront::OriginAccessControl": 1,
+        "AWS::CloudFront::CachePolicy": 1}
     assert set(off.resources) <= set(cdn_only.resources)
     assert {"CdnDomain", "CdnDistributionId", "PublicBaseUrl"} <= set(cdn_only.outputs)
     assert "OnDemandFunctionName" not in cdn_only.outputs
@@ -933,7 +935,7 @@ def test_public_base_url_output_is_the_cdn_root(template: dict[str, Any]) -> Non
     assert all("OriginPath" not in o for o in dist["Properties"]["DistributionConfig"]["Origins"])
 
 
-# ---------------------------------------------------------------- sizes on demand through the CDN (Cdn=true, OnDemand=true)
+# ---------------------------------------------------------------- sizes on demand through the CDN (OnDemand=true)
 # Checked on the stack as it would deploy (tests/cfn.py) with Cdn=true and OnDemand at its default.
 
 ONDEMAND_HANDLER = "image_pipeline.ondemand.lambda_function.handler"
@@ -984,7 +986,8 @@ def test_only_this_distribution_may_invoke_the_ondemand_function(top: str) -> No
     assert not function.get("Events"), "nothing else triggers it"
     dist_name, _ = _distribution(stack)
     permissions = [p for p in stack.of_type("AWS::Lambda::Permission").values() if _ref(p["FunctionName"]) == name]
-    common = {"FunctionName": {"Ref": name}, "Principal": "cloudfront.amazonaws.com", "SourceArn": _distribution_arn(dist_name)}
+    common = {"FunctionName": {"Ref": name}, "Principal": "cloudfront.amazonaws.com",
+              "SourceArn": _distribution_arn(dist_name)}
     assert sorted(permissions, key=lambda p: p["Action"]) == [
         {**common, "Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True},
         {**common, "Action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "AWS_IAM"},
@@ -999,7 +1002,8 @@ def test_the_function_origin_is_its_url_signed_by_a_lambda_origin_access_control
     _, config = _distribution(stack)
     _, origin = _origins(config)
     # SAM names the function's URL resource <Function>Url; CloudFront wants its host alone.
-    assert origin["DomainName"] == {"Fn::Select": [2, {"Fn::Split": ["/", {"Fn::GetAtt": [f"{name}Url", "FunctionUrl"]}]}]}
+    url = {"Fn::GetAtt": [f"{name}Url", "FunctionUrl"]}
+    assert origin["DomainName"] == {"Fn::Select": [2, {"Fn::Split": ["/", url]}]}
     assert "https://abc.lambda-url.us-east-1.on.aws/".split("/")[2] == "abc.lambda-url.us-east-1.on.aws"
     custom = origin["CustomOriginConfig"]
     assert custom["OriginProtocolPolicy"] == "https-only" and custom["OriginSSLProtocols"] == ["TLSv1.2"]
@@ -1008,8 +1012,8 @@ def test_the_function_origin_is_its_url_signed_by_a_lambda_origin_access_control
     assert int(function["Environment"]["Variables"]["TIME_RESERVE_MS"]) < function["Timeout"] * 1000
     oac = stack.of_type("AWS::CloudFront::OriginAccessControl")[_ref(origin["OriginAccessControlId"])]
     assert oac["OriginAccessControlConfig"]["OriginAccessControlOriginType"] == "lambda"
-    assert (oac["OriginAccessControlConfig"]["SigningBehavior"], oac["OriginAccessControlConfig"]["SigningProtocol"]) == (
-        "always", "sigv4")
+    signing = oac["OriginAccessControlConfig"]
+    assert (signing["SigningBehavior"], signing["SigningProtocol"]) == ("always", "sigv4")
 
 
 @pytest.mark.parametrize("top", [DIRECT, BUFFERED])
@@ -1179,8 +1183,11 @@ def test_the_ondemand_function_may_touch_only_what_it_makes_outputs_from_and_int
 
 def test_ondemand_is_the_same_in_both_templates(direct: dict[str, Any], buffered: dict[str, Any]) -> None:
     """Everything sizes on demand adds (and the distribution it changes) is written once, twice."""
-    names = {n for n, r in direct["Resources"].items() if r.get("Condition") == "OnDemandEnabled"} | {"CdnDistribution"}
-    assert names == {n for n, r in buffered["Resources"].items() if r.get("Condition") == "OnDemandEnabled"} | {"CdnDistribution"}
+    def added(template: dict[str, Any]) -> set[str]:
+        return {n for n, r in template["Resources"].items() if r.get("Condition") == "OnDemandEnabled"}
+
+    names = added(direct) | {"CdnDistribution"}
+    assert added(buffered) == added(direct)
     for name in names:
         assert buffered["Resources"][name] == direct["Resources"][name], name
     for condition in ("CdnEnabled", "OnDemandEnabled", "HasOnDemandReservedConcurrency"):
@@ -1194,7 +1201,8 @@ ACCEPTS = [
     None, "", "*/*", "image/*",
     "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",  # Chrome
     "image/avif,image/webp,*/*",  # Firefox
-    "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5",  # Safari 17
+    "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,image/png,"
+    "image/svg+xml,image/*;q=0.8,*/*;q=0.5",  # Safari 17
     "image/png,image/*;q=0.8,*/*;q=0.5",  # an old Safari
     "image/webp,*/*", "IMAGE/AVIF", "image/avif;q=0,image/webp", "image/avif;q=0.0, image/webp;q=0",
     "image/avif ; q=0.001", "image/avif;q=1.000", "image/avif;q=0.5;q=0", "image/avif;q", "image/avif;q=",
@@ -1213,27 +1221,6 @@ URIS = [
 ]
 
 
-def _run_negotiate_in_node(code: str, cases: list[tuple[str, str | None]]) -> list[str]:
-    import json
-    import shutil
-    import subprocess
-
-    node = shutil.which("node")
-    if node is None:
-        if os.environ.get("CI") or os.environ.get("REQUIRE_NODE"):
-            pytest.fail("node is needed to run the CloudFront Function (apt-get install nodejs)")
-        pytest.skip("node is not installed: the CloudFront Function cannot be run")
-    harness = code + """
-const cases = JSON.parse(require('fs').readFileSync(0, 'utf8'));
-process.stdout.write(JSON.stringify(cases.map(function (c) {
-    var headers = c[1] === null ? {} : {accept: {value: c[1]}};
-    return handler({version: '1.0', request: {method: 'GET', uri: c[0], querystring: {}, headers: headers, cookies: {}}}).uri;
-})));
-"""
-    out = subprocess.run([node, "-e", harness], input=json.dumps(cases), capture_output=True, text=True, timeout=60, check=True)
-    return json.loads(out.stdout)
-
-
 def _stored_leaf(leaf: str, accept: str | None) -> str | None:
     """The key leaf a request for `leaf` is stored under, as Python decides it (None: 400/404)."""
     from image_pipeline.ondemand.paths import BadOutput, WidthRequest, is_width_leaf, negotiate, parse_width
@@ -1250,7 +1237,8 @@ def _stored_leaf(leaf: str, accept: str | None) -> str | None:
 def test_the_cloudfront_function_negotiates_as_the_python_code_does(direct: dict[str, Any]) -> None:
     (props,) = [r["Properties"] for r in resources_of_type(direct, "AWS::CloudFront::Function").values()]
     cases = [(uri, accept) for uri in URIS for accept in ACCEPTS]
-    rewritten = _run_negotiate_in_node(props["FunctionCode"], cases)
+    requests = [(uri, {} if accept is None else {"Accept": accept}) for uri, accept in cases]
+    rewritten = viewer_request_uris(props["FunctionCode"], requests)
     disagree = []
     for (uri, accept), edge in zip(cases, rewritten, strict=True):
         head, _, leaf = uri.rpartition("/")
@@ -1736,7 +1724,8 @@ def test_open_entry_points_sees_an_open_function_url_and_a_permission_for_anyone
             "Principal": "cloudfront.amazonaws.com", "FunctionUrlAuthType": "AWS_IAM"}},
         "OneDistribution": {"Type": "AWS::Lambda::Permission", "Properties": {
             "Action": "lambda:InvokeFunction", "FunctionName": {"Ref": "Signed"}, "InvokedViaFunctionUrl": True,
-            "Principal": "cloudfront.amazonaws.com", "SourceArn": {"Fn::Sub": "arn:aws:cloudfront::1:distribution/${D}"}}},
+            "Principal": "cloudfront.amazonaws.com",
+            "SourceArn": {"Fn::Sub": "arn:aws:cloudfront::1:distribution/${D}"}}},
     }}
     found = open_entry_points(deploy("inline.yaml", _template=template))
     assert len(found) == 2
