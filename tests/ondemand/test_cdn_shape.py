@@ -30,6 +30,7 @@ from tests.cfn import deploy
 from tests.cloudfront import viewer_request_uris
 from tests.images import decode, photo
 from tests.ondemand.conftest import process
+from tests.reliability.faultproxy import FaultProxy
 
 pytest.importorskip("cfnlint.decode.cfn_yaml")
 
@@ -92,6 +93,7 @@ class Edge:
     s3: object
     bucket: str
     function: Container
+    storage: FaultProxy  # every S3 request the function makes passes (unharmed) through it, logged
     cache: dict[str, Answer] = field(default_factory=dict)
 
     def get(self, path: str, query: str = "", accept: str | None = None) -> Answer:
@@ -151,16 +153,19 @@ def edge(moto_server, s3, bucket):
     (function,) = [p for p in stack.of_type("AWS::Serverless::Function").values() if "FunctionUrlConfig" in p]
     env = {k: v if isinstance(v, str) else "example-stack" for k, v in function["Environment"]["Variables"].items()}
     env["BUCKET_NAME"] = bucket
-    env.update({k: os.environ[k] for k in ("PATH", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION", "POWERTOOLS_TRACE_DISABLED") if k in os.environ})
+    env.update({k: os.environ[k] for k in ("PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "POWERTOOLS_TRACE_DISABLED") if k in os.environ})
+    storage = FaultProxy(upstream=moto_server).start()
+    env["AWS_ENDPOINT_URL_S3"] = storage.url
     container = Container(function["Handler"], function["Timeout"], env)
     forwarded = policy["OriginRequestPolicyConfig"]["QueryStringsConfig"]["QueryStrings"]
 
     def at_a_new_location() -> Edge:  # an empty cache, the same distribution and function
-        return Edge(distribution, negotiate["FunctionCode"], forwarded, s3, bucket, container)
+        return Edge(distribution, negotiate["FunctionCode"], forwarded, s3, bucket, container, storage)
 
     yield at_a_new_location
     container.close()
+    storage.stop()
 
 
 def test_a_first_request_makes_the_output_and_no_later_request_invokes_anything(s3, bucket, cdn, edge):
@@ -170,6 +175,15 @@ def test_a_first_request_makes_the_output_and_no_later_request_invokes_anything(
 
     first = paris.get("/processed/shop/shoe/w640", accept=CHROME)
     assert (first.status, first.served_by, first.headers["Content-Type"]) == (200, "function", "image/avif")
+    # What a first request costs in S3 requests (besides CloudFront's own GET to the bucket, a 403):
+    # the output looked for, the manifest, the upload, the output stored, the manifest checked again.
+    assert [(r.method, r.path.partition(bucket)[2], r.status) for r in paris.storage.log] == [
+        ("GET", "/processed/shop/shoe/w640.avif", 404),
+        ("GET", "/processed/shop/shoe/manifest.json", 200),
+        ("GET", "/raw/shop/shoe.jpg", 200),
+        ("PUT", "/processed/shop/shoe/w640.avif", 200),
+        ("HEAD", "/processed/shop/shoe/manifest.json", 200),
+    ]
     assert decode(first.body).size == (640, 400)
     stored = s3.get_object(Bucket=bucket, Key="processed/shop/shoe/w640.avif")
     assert stored["Body"].read() == first.body and stored["CacheControl"] == "public, max-age=31536000"
@@ -178,6 +192,7 @@ def test_a_first_request_makes_the_output_and_no_later_request_invokes_anything(
     elsewhere = tokyo.get("/processed/shop/shoe/w640", accept=CHROME)
     assert (again.served_by, elsewhere.served_by) == ("edge", "bucket")
     assert again.body == elsewhere.body == first.body
+    assert paris.function.invocations == 1 and len(paris.storage.log) == 5  # hits: nothing invoked, nothing more
     safari = paris.get("/processed/shop/shoe/w640", accept=SAFARI_16)  # another format: another key
     assert (safari.served_by, safari.headers["Content-Type"]) == ("function", "image/webp")
     fallback = paris.get("/processed/shop/shoe/w640", accept="*/*")
