@@ -1195,6 +1195,13 @@ def test_ondemand_is_the_same_in_both_templates(direct: dict[str, Any], buffered
     assert buffered["Outputs"]["OnDemandFunctionName"] == direct["Outputs"]["OnDemandFunctionName"]
 
 
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_every_parameter_is_documented_in_the_deploy_guide(top: str) -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert [p for p in load(top)["Parameters"] if f"`{p}`" not in guide] == []
+    assert "## Sizes on demand through the CDN" in guide
+
+
 # The negotiation at the edge (the CloudFront Function, JavaScript) and in Python (the upload API's
 # `GET /images/{id}/w640`, paths.negotiate) must store one request under one key.
 ACCEPTS = [
