@@ -223,3 +223,17 @@ def test_head_requests_make_the_output_and_answer_without_a_body(s3, bucket, cdn
     response = call(miss, f"/{PREFIX}w256.webp", method="HEAD")
     assert response["statusCode"] == 200 and response["body"] == ""
     assert int(response["headers"]["Content-Length"]) == s3.head_object(Bucket=bucket, Key=f"{PREFIX}w256.webp")["ContentLength"]
+
+
+def test_refusals_that_a_signature_or_time_can_change_are_never_cacheable(s3, bucket, cdn):
+    """CloudFront caches an error for the larger of its max-age and the distribution's
+    ErrorCachingMinTTL (0 for 403/404/5xx in the templates). The cache key has no `sig`, so a 403
+    kept for an unsigned request would answer the signed one too; a 404 kept while the image is
+    still being processed would hide it once it is. Malformed paths stay malformed: cacheable."""
+    miss = cdn()
+    unsigned = call(miss, f"/{PREFIX}w641.webp")
+    not_yet = call(miss, f"/{PREFIX}w640.webp")  # no manifest yet: still processing, or never uploaded
+    malformed = call(miss, f"/{PREFIX}w0640.webp")
+    assert (unsigned["statusCode"], unsigned["headers"]["Cache-Control"]) == (403, "no-store")
+    assert (not_yet["statusCode"], not_yet["headers"]["Cache-Control"]) == (404, "no-store")
+    assert (malformed["statusCode"], malformed["headers"]["Cache-Control"]) == (400, "public, max-age=300")

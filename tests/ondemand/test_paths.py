@@ -52,6 +52,16 @@ def test_variant_names_are_not_width_leaves(leaf):
         ("*/*", None),
         ("", None),
         (None, None),
+        # q outside RFC 9110's qvalue grammar (0 to 1, at most three decimals) refuses the type, as
+        # the CloudFront Function does (tests/unit/test_template.py runs both over one table)
+        ("image/avif;q=infinity,image/webp", ImageFormat.WEBP),
+        ("image/avif;q=0.5x", None),
+        ("image/avif;q=0.5=1", None),
+        ("image/avif;q=1_0", None),
+        ("image/avif;q=2", None),
+        ("image/avif;q=0.0001", None),
+        ("image/avif;q=1.000,image/webp", ImageFormat.AVIF),
+        ("image/avif; q= 0.001", ImageFormat.AVIF),
     ],
 )
 def test_negotiation_prefers_avif_then_webp_then_the_fallback(accept, fmt):

@@ -14,7 +14,10 @@ under Lambda's 6 MB buffered limit), or for a larger output a 302 back to the sa
 bucket now answers; 400 a malformed width URL, 403 a width that needs a signature, 404 no such
 image or variant (never processed, rejected, or another output name), 405 another method, 422 a
 size the limits refuse, 503 (Retry-After) when S3 failed or time ran out. Errors are
-`application/problem+json` with the pipeline's `error_code`.
+`application/problem+json` with the pipeline's `error_code`, and `Cache-Control: no-store` except
+400 (a malformed path stays malformed: `max-age=300`): the distribution caches no 403/404/5xx
+(ErrorCachingMinTTL 0), so a refusal never outlives what could change it (a signature, the end of
+processing).
 """
 
 from __future__ import annotations

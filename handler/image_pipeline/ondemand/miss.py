@@ -61,8 +61,8 @@ class MissFunction:
             made = self.runtime.run(lambda: self._make(prefix, wanted, leaf), timeout, what=raw_path)
         except BadOutput as exc:
             return _problem(400, str(exc), cache="public, max-age=300")
-        except Forbidden as exc:
-            return _problem(403, str(exc), cache="public, max-age=300")
+        except Forbidden as exc:  # never cached: the cache key has no `sig`, a signed request may follow
+            return _problem(403, str(exc))
         except (NotFound, ObjectNotFound):
             return _problem(404, "no such image or output")
         except ImageRejected as exc:

@@ -27,6 +27,9 @@ DEFAULT_WIDTHS = (16, 32, 48, 64, 96, 128, 256, 384, 640, 750, 828, 1080, 1200, 
 EXTENSIONS = {"jpg": ImageFormat.JPEG, "webp": ImageFormat.WEBP, "avif": ImageFormat.AVIF, "png": ImageFormat.PNG}
 _WIDTH_LEAF = re.compile(r"w(?P<width>[^.]*)(?:\.(?P<ext>.*))?", re.DOTALL)
 _DIGITS = re.compile(r"[1-9][0-9]{0,4}")
+# RFC 9110's qvalue: 0 to 1, at most three decimals. Anything else refuses the type, exactly as the
+# CloudFront Function in the templates does (the two must store one request under one key).
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 
 
 class BadOutput(ValueError):
@@ -78,7 +81,7 @@ def negotiate(accept: str | None) -> ImageFormat | None:
     """AVIF if `Accept` admits it, else WebP, else None (the fallback: JPEG, or PNG for alpha).
 
     Only an explicit `image/avif` / `image/webp` counts (a browser that sends `*/*` alone is not
-    assumed to decode either), and `;q=0` refuses a type."""
+    assumed to decode either), and `;q=0` (or a q that is no qvalue: `q=2`, `q=0.5x`) refuses a type."""
     accepted = set()
     for part in (accept or "").lower().split(","):
         media, *params = (p.strip() for p in part.split(";"))
@@ -86,10 +89,8 @@ def negotiate(accept: str | None) -> ImageFormat | None:
         for param in params:
             name, _, value = param.partition("=")
             if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+                value = value.strip()
+                q = float(value) if _QVALUE.fullmatch(value) else 0.0
         if q > 0:
             accepted.add(media)
     if "image/avif" in accepted:
