@@ -237,3 +237,11 @@ def test_refusals_that_a_signature_or_time_can_change_are_never_cacheable(s3, bu
     assert (unsigned["statusCode"], unsigned["headers"]["Cache-Control"]) == (403, "no-store")
     assert (not_yet["statusCode"], not_yet["headers"]["Cache-Control"]) == (404, "no-store")
     assert (malformed["statusCode"], malformed["headers"]["Cache-Control"]) == (400, "public, max-age=300")
+
+
+def test_an_eager_variant_named_like_a_width_url_is_404_never_a_cacheable_400(s3, bucket, cdn):
+    miss = cdn(VARIANTS="wide:2000x0:webp;thumbnail:150x150:cover:webp")
+    upload(s3, bucket)  # not processed yet: its wide.webp does not exist
+    response = call(miss, f"/{PREFIX}wide.webp")
+    assert response["statusCode"] == 404 and response["headers"]["Cache-Control"] == "no-store"
+    assert call(miss, f"/{PREFIX}wabc.webp")["statusCode"] == 400  # not a variant: a malformed width URL

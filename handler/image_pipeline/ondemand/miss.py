@@ -38,6 +38,8 @@ class MissFunction:
         if not bucket:
             raise ConfigError("BUCKET_NAME must name the bucket the outputs are made in")
         self.runtime, self.ondemand, self.bucket = runtime, ondemand, bucket
+        service = runtime.service
+        self.eager = {v.name for v in service.processor.variants} | ({"original"} if service.processor.preserve_original else set())
 
     @classmethod
     def from_env(cls) -> MissFunction:
@@ -101,12 +103,15 @@ class MissFunction:
         return prefix, leaf
 
     def _wanted(self, leaf: str, raw_path: str, sig: str | None) -> Wanted:
+        name = leaf.partition(".")[0]
+        if name in self.eager:  # made on upload (`wide.webp` still being processed): never here, never a 400
+            raise NotFound(leaf)
+        wanted = self.ondemand.wanted_lazy(name, leaf=leaf)  # a lazy variant, `xl.jpg`
+        if wanted is not None:
+            return wanted
         if is_width_leaf(leaf):  # already negotiated by the CloudFront Function: w640.avif / .webp / w640
             return self.ondemand.wanted_width(self.ondemand.width(leaf, raw_path, sig))
-        wanted = self.ondemand.wanted_lazy(leaf.partition(".")[0], leaf=leaf)  # a lazy variant, `xl.jpg`
-        if wanted is None:
-            raise NotFound(leaf)
-        return wanted
+        raise NotFound(leaf)
 
     async def _make(self, prefix: str, wanted: Wanted, leaf: str):
         # The CDN came here because the bucket had no such key; it may have been made since (a
