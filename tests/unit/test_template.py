@@ -1548,7 +1548,8 @@ def test_both_templates_nest_the_api_stack_with_the_pipeline_settings(template: 
     props = app["Properties"]
     assert props["Location"] == API_STACK and (ROOT / API_STACK).is_file()
     params = props["Parameters"]
-    for name in ("Variants", "RawDisposition", "AllowedTypes", "MaxInputBytes", "MaxPixels", "CacheControl"):
+    for name in ("Variants", "RawDisposition", "AllowedTypes", "MaxInputBytes", "MaxPixels", "CacheControl",
+                 "OnDemandWidths", "SigningKey"):  # width URLs: the same rules as the CDN's function
         assert params[name] == {"Ref": name}, f"the API processes uploads with other {name} than the pipeline"
     bucket_name, _ = bucket_of(template)
     assert params["BucketName"] == {"Ref": bucket_name}
