@@ -112,7 +112,8 @@ class Server:
         env.pop("AWS_ENDPOINT_URL_S3", None)
         if self.handler_dir:  # another checkout's code first on the path
             env["PYTHONPATH"] = self.handler_dir
-        where = ["--storage", self.tmp.name] if self.mode == "storage" else ["--endpoint-url", self.endpoint]
+        where = {"storage": ["--storage", self.tmp.name], "s3": ["--endpoint-url", self.endpoint or ""],
+                 "embedded": []}[self.mode]  # embedded: serve's own moto server, in its process
         if self.mode == "s3":
             env["BUCKET_NAME"] = f"bench-{port}"
         self.log = open(Path(self.tmp.name).with_suffix(".log"), "wb")

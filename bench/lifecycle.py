@@ -95,12 +95,14 @@ def main() -> None:
             began = time.perf_counter()
             status = run(key)
             times.append((time.perf_counter() - began) * 1000)
-            counts.append(Counter(s.method for s in proxy.log[start:]))
+            # A ListObjectsV2 is a GET on the bucket, priced as a PUT-class request: counted apart.
+            counts.append(Counter("LIST" if s.method == "GET" and "list-type=" in s.path else s.method
+                                  for s in proxy.log[start:]))
         methods = Counter()
         for c in counts:
             methods.update(c)
-        per = {m: methods[m] / args.runs for m in ("GET", "HEAD", "PUT", "DELETE")}
-        dollars = (per["PUT"] * PUT_CLASS + (per["GET"] + per["HEAD"]) * GET_CLASS) * 1e6
+        per = {m: methods[m] / args.runs for m in ("GET", "HEAD", "PUT", "LIST", "DELETE")}
+        dollars = ((per["PUT"] + per["LIST"]) * PUT_CLASS + (per["GET"] + per["HEAD"]) * GET_CLASS) * 1e6
         return {"step": label, **per, "usd_per_million": dollars, "ms_p50": statistics.median(times), "status": status}
 
     def handle(key: str, name: str = "ObjectCreated:Put") -> str:
@@ -174,11 +176,11 @@ def main() -> None:
     rows.append(measure(f"name race loser (wall incl. {HOLD_S} s hold)", race, lose))
 
     print(f"S3 requests and time per lifecycle step ({args.runs} runs each, {width}×{height} JPEG, moto on loopback)\n")
-    print("| step | GET | HEAD | PUT | DELETE | S3 $/M | wall ms p50 | status |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| step | GET | HEAD | PUT | LIST | DELETE | S3 $/M | wall ms p50 | status |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
-            f"| {r['step']} | {r['GET']:.1f} | {r['HEAD']:.1f} | {r['PUT']:.1f} | {r['DELETE']:.1f} "
+            f"| {r['step']} | {r['GET']:.1f} | {r['HEAD']:.1f} | {r['PUT']:.1f} | {r['LIST']:.1f} | {r['DELETE']:.1f} "
             f"| {r['usd_per_million']:.2f} | {r['ms_p50']:.0f} | {r['status']} |"
         )
     handler.runtime.close()

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     invoke.add_argument("--endpoint-url", help="an S3 endpoint to use instead of the embedded one")
     _add_backfill(commands)
     _add_serve(commands)
+    _add_sign(commands)
     _add_token(commands)
     args = parser.parse_args(argv)
     from .errors import ConfigError
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             return _backfill(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "sign":
+            return _sign(args)
         if args.command == "token":
             return _token(args)
         return _invoke(args)
@@ -231,6 +234,34 @@ def _table(headers: list[str], rows: list[tuple[str, ...]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+# --- sign: width URLs outside the allowlist -------------------------------------------------
+
+
+def _add_sign(commands) -> None:
+    sign = commands.add_parser(
+        "sign",
+        help="sign an on-demand width URL (widths outside ONDEMAND_WIDTHS need it)",
+        description="Print PATH_OR_URL with its `sig` parameter: HMAC-SHA256 with SIGNING_KEY over the path "
+        "without the format extension (one signature serves every format of that width). E.g. "
+        "`image-pipeline sign /images/<id>/w641.webp` or `image-pipeline sign https://<cdn>/processed/<…>/w641`.",
+    )
+    sign.add_argument("target", metavar="PATH_OR_URL")
+    sign.add_argument("--key", help="the signing key (default: $SIGNING_KEY)")
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .ondemand import OnDemandSettings
+    from .ondemand.signing import sign
+
+    key = args.key if args.key is not None else os.environ.get("SIGNING_KEY", "")
+    settings = OnDemandSettings.from_env({"SIGNING_KEY": key})
+    if settings.signing_key is None:
+        raise ConfigError("no signing key: pass --key or set SIGNING_KEY (the same key the API and the CDN's function use)")
+    print(sign(settings.signing_key, args.target))
+    return 0
 
 
 # --- serve: the upload API locally ----------------------------------------------------------

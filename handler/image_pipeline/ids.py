@@ -77,10 +77,16 @@ def new_id(now_ms: int | None = None, tag: str | None = None) -> str:
     return f"{tag}-{made}" if tag else made
 
 
+_LAST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z: the last time a date can show
+
+
 def parse(image_id: str) -> tuple[str | None, str] | None:
-    """(owner tag or None, the 20-character id) of a well-formed id; None for anything else."""
+    """(owner tag or None, the 20-character id) of a well-formed id; None for anything else (also an
+    id whose time lies past the year 9999: never made here, and no date could show it)."""
     match = ID_PATTERN.fullmatch(image_id)
-    return (match.group(1), match.group(2)) if match else None
+    if not match or created_ms(match.group(2)) > _LAST_MS:
+        return None
+    return match.group(1), match.group(2)
 
 
 def created_ms(image_id: str) -> int:

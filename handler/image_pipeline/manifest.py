@@ -28,10 +28,13 @@ def build(
     variant_keys: dict[str, str],
     total_ms: float,
     fingerprint: str,
+    lazy: list[dict] | None = None,
     owner: str | None = None,
 ) -> dict:
+    """`lazy`: the configured lazy variants ({name, key, format, content_type}), made on their first
+    request (ondemand/): listed so status and completion events can say they are not made yet."""
     source = processed.source
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "pipeline_version": __version__,
         # Whom the upload belongs to (the API's token `sub`, or its OWNER_CLAIM; an IAM principal):
@@ -47,6 +50,7 @@ def build(
             "width": source.width,
             "height": source.height,
             "frames": source.frames,
+            "alpha": source.alpha,  # real transparency: the width URLs' fallback format is PNG, not JPEG
             # An HDR gain map the upload carried (null when none): the variants are made from its SDR
             # picture; `kept` says whether any variant (an `hdr` JPEG) carries the map on.
             "gain_map": {"type": source.gain_map, "kept": _kept(processed)} if source.gain_map else None,
@@ -62,6 +66,9 @@ def build(
         "total_ms": round(total_ms, 1),
         "processed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if lazy:
+        record["lazy_variants"] = lazy
+    return record
 
 
 def _variant(variant, key: str, source_type: str) -> dict:
@@ -100,6 +107,20 @@ class Recorded:
     etag: str
     fingerprint: str | None  # None: written before fingerprints were recorded (always stale)
     output_keys: tuple[str, ...]  # the variants' keys (the manifest's own key not included)
+
+
+def parse(raw: bytes | None) -> dict | None:
+    """A stored manifest as a dict, or None when there is none readable (see `recorded`)."""
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    source = record.get("source") if isinstance(record, dict) else None
+    if not isinstance(source, dict) or "key" not in source or "etag" not in source:
+        return None
+    return record
 
 
 def recorded(raw: bytes | None) -> Recorded | None:

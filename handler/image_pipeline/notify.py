@@ -2,7 +2,8 @@
 
     source       image-pipeline
     detail-type  Image Processed   {id, owner, bucket, raw_key, etag, manifest_key, variants: [{name,
-                                     key, width, height, bytes, content_type}], placeholder}
+                                     key, width, height, bytes, content_type}], lazy_variants:
+                                     [{name, key, content_type, made: false}], placeholder}
                  Image Rejected    {id, owner, bucket, raw_key, error_code, reason}
 
 `owner` is whom the image belongs to (the uploader's token claim, see the API's OWNER_CLAIM, or
@@ -100,6 +101,11 @@ class Notifier:
             "variants": [
                 {k: v[k] for k in ("name", "key", "width", "height", "bytes", "content_type")}
                 for v in record["variants"]
+            ],
+            # Made on their first request (VARIANTS `lazy`): not there yet when the image is processed.
+            "lazy_variants": [
+                {"name": v["name"], "key": v["key"], "content_type": v.get("content_type"), "made": False}
+                for v in record.get("lazy_variants") or ()
             ],
         }
         return self._entry(PROCESSED, detail, ref)

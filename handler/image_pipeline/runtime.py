@@ -8,6 +8,8 @@ exit hook registered when the first connection opens (so a failure on the way ou
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 import atexit
 import contextlib
 
@@ -17,7 +19,10 @@ from .pool import ProcessingPool
 from .processor import ImageProcessor
 from .service import ImageService, ObjectRef, Outcome
 from .settings import Settings
+from .storage import ObjectStore
 from .storage.s3 import S3Connection
+
+T = TypeVar("T")
 
 
 class Runtime:
@@ -45,29 +50,38 @@ class Runtime:
         or it is cut off and reported as `OutOfTime` (outputs are written before the manifest, so a
         cut leaves nothing that claims to be done, and the retry finishes it). An image cut off
         finishes in its thread and its result is dropped: nothing is written after the cut."""
-        return self._runner.run(self._bounded(ref, timeout_s))
+        return self.run(lambda: self._handle(ref), timeout_s, what=ref.key)
 
-    async def _bounded(self, ref: ObjectRef, timeout_s: float | None) -> Outcome:
+    def run(self, work: Callable[[], Awaitable[T]], timeout_s: float | None = None, *, what: str = "request") -> T:
+        """`work()` on the container's loop; with `timeout_s`, cut off after it (`OutOfTime`)."""
+        return self._runner.run(self._bounded(work, timeout_s, what))
+
+    async def _bounded(self, work: Callable[[], Awaitable[T]], timeout_s: float | None, what: str) -> T:
         if timeout_s is None:
-            return await self._handle(ref)
+            return await work()
         deadline = asyncio.timeout(max(timeout_s, 0))
         try:
             async with deadline:
-                return await self._handle(ref)
+                return await work()
         except TimeoutError:
             if not deadline.expired():
                 raise
-            raise OutOfTime(f"{ref.key}: not finished in the {timeout_s:.1f} s left before the reserve") from None
+            raise OutOfTime(f"{what}: not finished in the {timeout_s:.1f} s left before the reserve") from None
 
-    async def _handle(self, ref: ObjectRef) -> Outcome:
-        if self._connection is None:  # first record, not import: no network at cold start
+    async def store(self, bucket: str) -> ObjectStore:
+        """The bucket's store, through the container's one S3 client (opened on first use, not at
+        import: no network at cold start)."""
+        if self._connection is None:
             self._connection = await S3Connection.open(
                 endpoint_url=self.settings.s3_endpoint_url,
                 cache_control=self.settings.cache_control,
                 max_attempts=self.settings.s3_max_attempts,
             )
             atexit.register(self.close)
-        store = self._connection.store(ref.bucket)
+        return self._connection.store(bucket)
+
+    async def _handle(self, ref: ObjectRef) -> Outcome:
+        store = await self.store(ref.bucket)
         if ref.kind == "removed":
             return await self.service.remove(store, ref.key)
         outcome = await self.service.handle(store, ref)

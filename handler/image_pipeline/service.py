@@ -18,14 +18,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter
 
 from . import ids, keys, manifest
-from .errors import CorruptImage, ImageRejected, NameConflict, PipelineError, StorageDenied, StorageFailure
-from .processor import ImageFormat, ImageProcessor, ProcessedImage
+from .errors import (
+    CorruptImage,
+    ImageRejected,
+    NameConflict,
+    PipelineError,
+    StorageDenied,
+    StorageFailure,
+    TooManyPixels,
+)
 from .pool import ProcessingPool
+from .processor import ImageFormat, ImageProcessor, ProcessedImage, VariantConfig
 from .processor.fingerprint import fingerprint
+from .processor.geometry import output_size
 from .storage import ObjectChanged, ObjectNotFound, ObjectStore, RawObject
 from .storage.base import merge_tags
 
@@ -44,6 +55,18 @@ class ObjectRef:
     etag: str | None = None
     size: int | None = None  # a hint only: the object itself is measured again
     kind: str = "created"
+
+
+@dataclass(frozen=True)
+class Made:
+    """One output made on request (`ImageService.make_variant`): its key and bytes. `made` is False
+    when another request stored it first; these are then the stored bytes, so every concurrent
+    first request answers the same."""
+
+    key: str
+    data: bytes
+    content_type: str
+    made: bool
 
 
 @dataclass
@@ -77,14 +100,19 @@ class ImageService:
         pool.py). Default: the process's slots, one per CPU, waiting as long as it takes."""
         if disposition not in ("tag", "delete"):
             raise ValueError("disposition must be 'tag' or 'delete'")
+        # Lazy variants are made on their first request (make_variant), not on upload; they are
+        # part of the configuration all the same (the fingerprint, removals, the manifest's list).
+        self.fingerprint = fingerprint(processor)
+        self.lazy = tuple(v for v in processor.variants if v.lazy)
+        if self.lazy:
+            processor = _with_variants(processor, [v for v in processor.variants if not v.lazy])
         self.processor = processor
         self.raw_prefix = raw_prefix
         self.processed_prefix = processed_prefix
         self.disposition = disposition
         self.pool = pool or ProcessingPool.of_process()
-        names = [v.name for v in processor.variants] + (["original"] if processor.preserve_original else [])
+        names = [v.name for v in (*processor.variants, *self.lazy)] + (["original"] if processor.preserve_original else [])
         self._longest_leaf = keys.longest_leaf(names)
-        self.fingerprint = fingerprint(processor)
 
     def _prefix(self, raw_key: str) -> str | None:
         """The output prefix of a raw key, or None for a key outside raw/ or one that is refused."""
@@ -141,7 +169,8 @@ class ImageService:
         if record is None or record.key != raw_key:
             reason = "no manifest" if record is None else f"the outputs belong to {record.key!r}"
             return Outcome("ignored", raw_key, reason=reason)
-        targets = {k for k in (*record.output_keys, *self._possible_outputs(prefix)) if k.startswith(prefix)}
+        made_on_request = await self._made_on_request(store, prefix)
+        targets = {k for k in (*record.output_keys, *self._possible_outputs(prefix), *made_on_request) if k.startswith(prefix)}
         targets.discard(manifest_key)
         await asyncio.gather(*(store.delete(k) for k in sorted(targets)))
         await store.delete(manifest_key)
@@ -156,18 +185,99 @@ class ImageService:
             outputs=[{"key": k} for k in sorted(targets)] + [{"name": "manifest", "key": manifest_key}],
         )
 
-    def _possible_outputs(self, prefix: str) -> set[str]:
-        """Every key a configured variant can have under `prefix` (a variant without a fixed format
-        takes the source's, so each extension it can have)."""
+    def _possible_outputs(self, prefix: str, specs: tuple[VariantConfig, ...] | None = None) -> set[str]:
+        """Every key a configured variant (of `specs`; default all, lazy ones included) can have
+        under `prefix` (a variant without a fixed format takes the source's, so each extension
+        it can have)."""
         extensions = sorted({f.extension for f in ImageFormat} | {"heif", "tiff", "bmp"})
-        names = [(v.name, v.format) for v in self.processor.variants]
-        if self.processor.preserve_original:
+        everything = specs is None
+        names = [(v.name, v.format) for v in ((*self.processor.variants, *self.lazy) if everything else specs)]
+        if everything and self.processor.preserve_original:
             names.append(("original", None))
         return {
             keys.variant_key(prefix, name, ext)
             for name, fmt in names
             for ext in ([fmt.extension] if fmt is not None else extensions)
         }
+
+    async def _made_on_request(self, store: ObjectStore, prefix: str) -> list[str]:
+        """The width URLs' outputs under `prefix` (`w640.webp`, `w640`): one listing of `prefix + "w"`,
+        keeping the leaves directly under it (another image's prefix can nest below this one)."""
+        from .ondemand.paths import BadOutput, parse_width  # the leaf grammar lives with the room that serves it
+
+        found, after = [], None
+        while True:
+            page = await store.list(prefix + "w", start_after=after, limit=1000)
+            for item in page:
+                leaf = item.key[len(prefix) :]
+                if "/" in leaf:
+                    continue
+                try:
+                    parse_width(leaf)
+                except BadOutput:
+                    continue
+                found.append(item.key)
+            if len(page) < 1000:
+                return found
+            after = page[-1].key
+
+    def output_format(self, spec: VariantConfig, source_type: str) -> ImageFormat:
+        """The format a variant is written in for a source of `source_type` (the processor's rule)."""
+        if spec.format is not None:
+            return spec.format
+        return ImageFormat(source_type) if source_type in {f.value for f in ImageFormat} else ImageFormat.JPEG
+
+    def lazy_key(self, prefix: str, spec: VariantConfig, source_type: str) -> str:
+        """The key a lazy variant is stored at: the one an eager variant of that spec would have."""
+        return keys.variant_key(prefix, spec.name, self.output_format(spec, source_type).extension)
+
+    def _lazy_entry(self, prefix: str, spec: VariantConfig, source_type: str) -> dict:
+        fmt = self.output_format(spec, source_type)
+        return {"name": spec.name, "key": self.lazy_key(prefix, spec, source_type), "format": fmt.value,
+                "content_type": fmt.content_type}
+
+    async def make_variant(
+        self, store: ObjectStore, prefix: str, spec_for: Callable[[dict], VariantConfig], key: str
+    ) -> Made:
+        """Make one output on request: `spec_for(manifest source)` (a width-only spec, or a lazy
+        variant's) from the raw object the manifest under `prefix` names, stored at `key` with
+        S3's conditional write.
+
+        The same limits as an upload: the raw object's size before its body is read, the source's
+        and the output's pixels, the types; image work under the same bound as uploads
+        (`_process`). Stored only if nobody stored it first (If-None-Match: *); otherwise the
+        stored bytes are returned, so concurrent first requests all answer the same bytes. If the
+        image was processed again meanwhile (the manifest changed: a new upload or configuration),
+        what we wrote is deleted again, as the reprocess's own clean-up would have. Raises
+        ObjectNotFound when the image has no manifest (never processed, rejected, or gone)."""
+        manifest_key = keys.manifest_key(prefix)
+        stored = await _read_if_any(store, manifest_key)
+        record = manifest.parse(stored.data) if stored else None
+        if record is None:
+            raise ObjectNotFound(f"{prefix} has no manifest")
+        source = record["source"]
+        spec = spec_for(source)
+        width, height = int(source.get("width") or 0), int(source.get("height") or 0)
+        out_w, out_h = output_size(spec, width, height) if width and height else (0, 0)
+        if out_w * out_h > self.processor.limits.max_pixels:
+            raise TooManyPixels(f"{out_w}×{out_h} is over the {self.processor.limits.max_pixels}-pixel limit")
+        raw = await store.read(str(source["key"]), max_bytes=self.processor.limits.max_bytes)
+        processed = await self._process(_with_variants(self.processor, [spec]), raw.data)
+        (variant,) = processed.variants
+        meta = {"width": str(variant.width), "height": str(variant.height), "variant": spec.name, "source-etag": raw.etag}
+        try:
+            await store.write_if(key, variant.data, variant.content_type, meta, etag=None)
+        except ObjectChanged:  # another request stored it first: answer with what is stored
+            return Made(key, (await store.read(key)).data, variant.content_type, made=False)
+        if await store.etag(manifest_key) != stored.etag:
+            with contextlib.suppress(ObjectNotFound, ObjectChanged):
+                await store.delete(key, etag=hashlib.md5(variant.data, usedforsecurity=False).hexdigest())
+        return Made(key, variant.data, variant.content_type, made=True)
+
+    async def _process(self, processor: ImageProcessor, data: bytes) -> ProcessedImage:
+        """The processor's work on `data`: off the event loop, under the process's bound (`Busy`
+        when the caller's wait runs out). The one place image work is started."""
+        return await self.pool.run(processor.process_image, data)
 
     async def handle(self, store: ObjectStore, ref: ObjectRef, *, force: bool = False) -> Outcome:
         """`force`: process even when the manifest is current (a backfill's `--all`)."""
@@ -245,7 +355,7 @@ class ImageService:
 
         try:
             # Off the event loop, under the process's bound (Busy when the API's wait runs out).
-            processed = await self.pool.run(self.processor.process_image, raw.data)
+            processed = await self._process(self.processor, raw.data)
         except ImageRejected as exc:
             return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         except PipelineError:
@@ -264,9 +374,13 @@ class ImageService:
             return await self._reject(
                 store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size, owner=uploader
             )
-        if previous is not None:  # variants no longer configured (or now of another format)
+        if previous is not None:
+            # Variants no longer configured (or now of another format), and everything made on
+            # request from the previous upload or configuration: width URLs and lazy variants are
+            # made again, from this one, on their next request.
             written = {v["key"] for v in record["variants"]}
-            leftovers = sorted(k for k in previous.output_keys if k.startswith(prefix) and k not in written)
+            stale = {*previous.output_keys, *await self._made_on_request(store, prefix), *self._possible_outputs(prefix, self.lazy)}
+            leftovers = sorted(k for k in stale if k.startswith(prefix) and k not in written and k != manifest_key)
             await asyncio.gather(*(store.delete(k) for k in leftovers))
         dropped = await self._dispose(store, ref.key, raw.etag)
         if dropped is None:
@@ -320,6 +434,7 @@ class ImageService:
             variant_keys=variant_keys,
             total_ms=(perf_counter() - started) * 1000,
             fingerprint=self.fingerprint,
+            lazy=[self._lazy_entry(prefix, spec, processed.source.type) for spec in self.lazy],
             owner=owner,
         )
         data, manifest_key = manifest.dumps(record), keys.manifest_key(prefix)
@@ -418,3 +533,14 @@ async def _read_if_any(store: ObjectStore, key: str) -> RawObject | None:
         return await store.read(key)
     except ObjectNotFound:
         return None
+
+
+def _with_variants(processor: ImageProcessor, variants: list[VariantConfig]) -> ImageProcessor:
+    """A processor with `processor`'s settings (limits, colour, metadata, background) and other specs."""
+    return ImageProcessor(
+        variants,
+        strip_metadata=processor.strip_metadata,
+        background_color=processor.background_color,
+        limits=processor.limits,
+        keep_icc_profile=processor.keep_icc_profile,
+    )

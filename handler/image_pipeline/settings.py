@@ -8,6 +8,7 @@ The names and defaults here are the ones `template.yaml` sets (a test keeps them
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -166,13 +167,15 @@ def _prefix(value: str, name: str, problems: list[str]) -> str:
 
 
 def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
-    """Parse `name:WxH[:fit][:gravity][:format][:qNN][:qauto[NN]][:hdr]` entries separated by `;`.
+    """Parse `name:WxH[:fit][:gravity][:format][:qNN][:qauto[NN]][:hdr][:lazy]` entries separated by `;`.
 
     Example: `thumbnail:150x150:cover:attention:webp:q80;large:1920x1920:jpeg:qauto`. Tokens after
     the size may come in any order; each is recognised by its value. A side of 0 (or left out:
     `hero:1600x`, `tall:x1200`) is free and follows the aspect ratio. `qauto` chooses the quality
     per image (luminance SSIM ≥ 0.98, `qauto985` for 0.985), with `qNN` (default 85) as the ceiling.
     `hdr` (jpeg only) keeps an upload's HDR gain map: the variant becomes an Ultra HDR JPEG.
+    `lazy`: not made on upload but on its first request (`GET /images/{id}/<name>`, or the CDN's miss),
+    then stored at the key an eager variant would have.
     """
     variants: list[VariantConfig] = []
     for entry in filter(None, (e.strip() for e in spec.split(";"))):
@@ -192,6 +195,8 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
                 options["gravity"] = token
             elif token in ("original", "auto"):
                 options["format"] = None
+            elif token == "lazy":
+                options["lazy"] = True
             elif token == "hdr":
                 options["hdr"] = True
             elif token.startswith("qauto") and (token == "qauto" or token[5:].isdigit()):
@@ -204,14 +209,18 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
                 except ValueError:
                     raise ValueError(
                         f"{entry!r}: unknown option {token!r}; expected a fit ({_names(Fit)}), a gravity "
-                        f"({_names(Gravity)}), a format ({_names(ImageFormat)}, original), qNN, qauto[NN] or hdr"
+                        f"({_names(Gravity)}), a format ({_names(ImageFormat)}, original), qNN, qauto[NN], hdr or lazy"
                     ) from None
+        if re.fullmatch(r"w[0-9].*", name.strip()):
+            raise ValueError(f"{entry!r}: names w<digits> are width URLs (w640.webp); choose another name")
         try:
             variants.append(VariantConfig(name.strip(), int(width), int(height), **options))
         except ValueError as exc:
             raise ValueError(f"{entry!r}: {exc}") from None
     if not variants:
         raise ValueError("at least one variant is required")
+    if all(v.lazy for v in variants):
+        raise ValueError("at least one variant must be made on upload (not lazy): it is what the upload's outputs are")
     names = [v.name for v in variants]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

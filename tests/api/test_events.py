@@ -140,3 +140,19 @@ def test_event_bus_name_is_validated_at_start_up():
     with pytest.raises(ConfigError, match="EVENT_BUS_NAME"):
         Settings.from_env({"EVENT_BUS_NAME": "bad bus name!"})
     assert Settings.from_env({"EVENT_BUS_NAME": "arn:aws:events:eu-west-1:123456789012:event-bus/images"}).event_bus_name
+
+
+def test_lazy_variants_are_announced_as_not_made_yet(handler, settings_env, events_env, s3, bucket, context):
+    bus = f"lazy-{uuid.uuid4().hex[:8]}"
+    sqs, queue_url = _bus_to_queue(events_env, bus)
+    settings_env(EVENT_BUS_NAME=bus, VARIANTS="thumbnail:150x150:cover:webp;xl:2400x2400:jpeg:lazy")
+    image_id, event = _upload(s3, bucket, "a.jpg", photo(640, 480))
+    handler.lambda_handler(event, context)
+
+    (received,) = _received(sqs, queue_url, 1)
+    detail = received["detail"]
+    assert [v["name"] for v in detail["variants"]] == ["thumbnail"]
+    assert detail["lazy_variants"] == [
+        {"name": "xl", "key": f"processed/{image_id}/a/xl.jpg", "content_type": "image/jpeg", "made": False}
+    ]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=f"processed/{image_id}/a/xl")

@@ -102,3 +102,37 @@ def test_alt_text_and_numbers(static_page):
     )
     assert got == ["IMG 2041 beach", "uploaded image", "72 kB", "5.7 kB", "812 B", "12.3 MB",
                    "−94%", "+30%", "0%", "−99.9%", "−99.9%"]
+
+
+def test_with_width_urls_the_snippet_offers_the_whole_ladder_in_avif_webp_and_the_fallback(static_page):
+    image = {
+        **IMAGE,
+        "width_urls": {"template": "/images/abc/w{width}.{ext}", "widths": [640, 1080, 1200, 1600], "fallback": "png"},
+    }
+    lines = _snippet(static_page, image).splitlines()
+    ladder = lambda ext: ", ".join(f"http://static.test/images/abc/w{w}.{ext} {w}w" for w in (640, 1080, 1200, 1600))
+    sizes = 'sizes="(max-width: 1600px) 100vw, 1600px"'
+    assert lines == [
+        "<picture>",
+        f'  <source type="image/avif" srcset="{ladder("avif")}" {sizes}>',
+        f'  <source type="image/webp" srcset="{ladder("webp")}" {sizes}>',
+        f'  <img src="http://static.test/images/abc/w1200.png" srcset="{ladder("png")}" {sizes} width="1600" '
+        'height="1067" alt="holiday" loading="lazy" decoding="async" style="background-color: #4f7da6">',
+        "</picture>",
+    ]
+
+
+def test_lazy_variants_are_shown_as_made_on_first_request(static_page):
+    image = {**IMAGE, "lazy_variants": [{"name": "xl", "url": "/images/abc/xl", "made": False,
+                                         "content_type": "image/jpeg"}]}
+    rows = static_page.evaluate(
+        """async (image) => {
+            const { createCard } = await import("/static/cards.js");
+            const card = createCard("holiday.jpg");
+            document.body.append(card.node);
+            card.processed(image);
+            return [...card.node.querySelectorAll("table.facts tbody tr")].map((tr) => tr.innerText.replace(/\\s+/g, " ").trim());
+        }""",
+        image,
+    )
+    assert rows[-1] == "xl made on first request"

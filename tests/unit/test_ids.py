@@ -104,3 +104,8 @@ def test_the_owner_in_metadata_is_ascii_and_kept_only_with_its_tag():
     assert ids.owner_of(f"raw/{ids.new_id()}/a.jpg", "raw/", {"owner": value}) is None  # no tag in the key
     assert ids.owner_of("raw/photos/a.jpg", "raw/", {"owner": value}) is None  # not an API upload
     assert ids.owner_of(f"raw/{image_id}/a.jpg", "raw/", {}) is None
+
+
+def test_an_id_whose_time_no_date_can_show_is_not_an_id():
+    assert not ids.is_valid("00000000000000000000")  # 2^50 - 1 ms: past the year 9999
+    assert ids.is_valid(ids.new_id())

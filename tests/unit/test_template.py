@@ -27,6 +27,7 @@ from packaging.utils import canonicalize_name
 from image_pipeline.api.settings import ApiSettings
 from image_pipeline.settings import DEFAULTS
 from tests.cfn import RuleFailed, Stack, deploy, load
+from tests.cloudfront import viewer_request_uris
 
 pytest.importorskip("cfnlint.decode.cfn_yaml")
 
@@ -79,7 +80,11 @@ def only(mapping: dict[str, Any], what: str) -> tuple[str, Any]:
 
 
 def function_of(template: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    name, res = only(resources_of_type(template, "AWS::Serverless::Function"), "AWS::Serverless::Function")
+    """The pipeline's function: the one every deploy creates (no Condition). The on-demand function
+    behind the CDN is `ondemand_function_of`."""
+    functions = resources_of_type(template, "AWS::Serverless::Function")
+    functions = {n: r for n, r in functions.items() if "Condition" not in r}
+    name, res = only(functions, "unconditional AWS::Serverless::Function")
     return name, res["Properties"]
 
 
@@ -420,12 +425,22 @@ def test_failures_go_to_an_encrypted_sqs_dead_letter_queue(direct: dict[str, Any
 
 
 def test_log_group_has_retention_and_is_the_functions(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
+    """Every function (the pipeline's, and the on-demand one behind the CDN) logs to a group of its
+    own, created with it (same condition), with the retention LogRetentionDays says."""
+    groups = resources_of_type(template, "AWS::Logs::LogGroup")
+    used = []
+    for name, fn in resources_of_type(template, "AWS::Serverless::Function").items():
+        group_name = fn["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        group = groups[group_name]
+        assert group.get("Condition") == fn.get("Condition"), f"{name} and its log group {group_name}"
+        retention = group["Properties"]["RetentionInDays"]
+        assert retention == {"Ref": "LogRetentionDays"}
+        assert int(resolve(template, retention)) == 30
+        used.append(group_name)
+    assert sorted(used) == sorted(groups), "a log group per function, and no other"
+    assert len({str(g["Properties"]["LogGroupName"]) for g in groups.values()}) == len(groups)
     _, props = function
-    group_name, group = only(resources_of_type(template, "AWS::Logs::LogGroup"), "AWS::Logs::LogGroup")
-    retention = group["Properties"]["RetentionInDays"]
-    assert retention == {"Ref": "LogRetentionDays"}
-    assert int(resolve(template, retention)) == 30
-    assert props["LoggingConfig"]["LogGroup"] == {"Ref": group_name}
+    assert props["LoggingConfig"]["LogGroup"]["Ref"] in groups
 
 
 def test_outputs(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -> None:
@@ -791,35 +806,75 @@ def _policy_statements(template: dict[str, Any]) -> list[tuple[str | None, dict[
     return found
 
 
-def test_cdn_is_optional_and_off_by_default(template: dict[str, Any]) -> None:
+CDN = {"Cdn": "true"}  # with it, OnDemand defaults to true
+CDN_WITHOUT_ONDEMAND = {"Cdn": "true", "OnDemand": "false"}
+ONDEMAND_TYPES = {  # what OnDemand=true adds to a CDN, by type (SAM adds the function's URL and role)
+    "AWS::Serverless::Function": 1,
+    "AWS::Logs::LogGroup": 1,
+    "AWS::Lambda::Permission": 2,
+    "AWS::CloudFront::OriginAccessControl": 1,
+    "AWS::CloudFront::OriginRequestPolicy": 1,
+    "AWS::CloudFront::Function": 1,
+}
+
+
+def _types(stack: Stack, names: set[str]) -> dict[str, int]:
+    counted: dict[str, int] = {}
+    for name in names:
+        counted[stack.resources[name]["Type"]] = counted.get(stack.resources[name]["Type"], 0) + 1
+    return counted
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_cdn_is_optional_and_off_by_default(top: str) -> None:
+    template = load(top)
     param = template["Parameters"]["Cdn"]
     assert param["Default"] == "false" and set(param["AllowedValues"]) == {"true", "false"}
-    cloudfront = {n: r for n, r in template["Resources"].items() if r["Type"].startswith("AWS::CloudFront::")}
-    assert set(r["Type"] for r in cloudfront.values()) >= {
-        "AWS::CloudFront::Distribution",
-        "AWS::CloudFront::OriginAccessControl",
-        "AWS::CloudFront::CachePolicy",
-    }
-    for name in cloudfront:
-        _cdn_condition_is_cdn_true(template, _conditional(template, name))
-    for output in ("CdnDomain", "CdnDistributionId", "PublicBaseUrl"):
-        _cdn_condition_is_cdn_true(template, template["Outputs"][output]["Condition"])
+    on_demand = template["Parameters"]["OnDemand"]
+    assert on_demand["Default"] == "true" and set(on_demand["AllowedValues"]) == {"true", "false"}
+    off = deploy(top)
+    assert not [n for n, r in off.resources.items() if r["Type"].startswith("AWS::CloudFront::")]
+    assert not {"CdnDomain", "CdnDistributionId", "PublicBaseUrl", "OnDemandFunctionName"} & set(off.outputs)
+    assert set(deploy(top, {"OnDemand": "true"}).resources) == set(off.resources), "OnDemand alone adds nothing"
+    # Cdn=true, OnDemand=false: the CDN as it was before sizes on demand, nothing more.
+    cdn_only = deploy(top, CDN_WITHOUT_ONDEMAND)
+    assert _types(cdn_only, set(cdn_only.resources) - set(off.resources)) == {
+        "AWS::CloudFront::Distribution": 1, "AWS::CloudFront::OriginAccessControl": 1,
+        "AWS::CloudFront::CachePolicy": 1}
+    assert set(off.resources) <= set(cdn_only.resources)
+    assert {"CdnDomain", "CdnDistributionId", "PublicBaseUrl"} <= set(cdn_only.outputs)
+    assert "OnDemandFunctionName" not in cdn_only.outputs
+    # Cdn=true (OnDemand by default): the on-demand function and what lets CloudFront reach it.
+    full = deploy(top, CDN)
+    assert set(cdn_only.resources) <= set(full.resources)
+    assert _types(full, set(full.resources) - set(cdn_only.resources)) == ONDEMAND_TYPES
+    assert full.outputs["OnDemandFunctionName"]["Value"] == {"Ref": ondemand_function(full)[0]}
 
 
-def test_cdn_reaches_only_processed_through_origin_access_control(template: dict[str, Any]) -> None:
+@pytest.mark.parametrize("overrides", [CDN_WITHOUT_ONDEMAND, CDN], ids=["cdn", "cdn+ondemand"])
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_cdn_reaches_only_processed_through_origin_access_control(top: str, overrides: dict[str, str]) -> None:
+    stack = deploy(top, overrides)
+    template = load(top)
     bucket_name, _ = bucket_of(template)
-    dist_name, dist = only(resources_of_type(template, "AWS::CloudFront::Distribution"), "distribution")
-    oac_name, oac = only(resources_of_type(template, "AWS::CloudFront::OriginAccessControl"), "OAC")
-    config = dist["Properties"]["DistributionConfig"]
-    (origin,) = config["Origins"]  # one origin: the bucket, nothing else
+    (dist_name, dist), = stack.of_type("AWS::CloudFront::Distribution").items()
+    config = dist["DistributionConfig"]
+    s3_origins = [o for o in config["Origins"] if "S3OriginConfig" in o]
+    (origin,) = s3_origins  # one bucket origin
     assert origin["DomainName"] == {"Fn::GetAtt": [bucket_name, "RegionalDomainName"]}
-    assert origin["OriginAccessControlId"] == {"Fn::GetAtt": [oac_name, "Id"]}
     assert origin["S3OriginConfig"] == {"OriginAccessIdentity": ""}, "OAC, not a legacy origin access identity"
     assert "CustomOriginConfig" not in origin, "an S3 website endpoint would need a public bucket"
-    assert "CacheBehaviors" not in config, "one behaviour; what it may read is the bucket policy's business"
-    oac_config = oac["Properties"]["OriginAccessControlConfig"]
+    oac_name = origin["OriginAccessControlId"]["Fn::GetAtt"][0]
+    oac_config = stack.of_type("AWS::CloudFront::OriginAccessControl")[oac_name]["OriginAccessControlConfig"]
     assert oac_config["OriginAccessControlOriginType"] == "s3"
     assert (oac_config["SigningBehavior"], oac_config["SigningProtocol"]) == ("always", "sigv4")
+    # Paths outside processed/ (and, without on-demand sizes, every path) go to the bucket alone.
+    default = config["DefaultCacheBehavior"]
+    assert default["TargetOriginId"] == origin["Id"]
+    assert "FunctionAssociations" not in default and "OriginRequestPolicyId" not in default
+    if overrides.get("OnDemand") == "false":
+        assert config["Origins"] == [origin], "one origin: the bucket, nothing else"
+        assert not {"CacheBehaviors", "OriginGroups", "CustomErrorResponses"} & set(config), "the CDN as before"
 
     allows = [(cond, st) for cond, st in _policy_statements(template) if st["Effect"] == "Allow"]
     (condition, statement), = allows  # the bucket policy allows this and nothing else
@@ -878,6 +933,333 @@ def test_public_base_url_output_is_the_cdn_root(template: dict[str, Any]) -> Non
     assert outputs["PublicBaseUrl"]["Value"] == {"Fn::Sub": "https://${" + dist_name + ".DomainName}/"}
     _, dist = only(resources_of_type(template, "AWS::CloudFront::Distribution"), "distribution")
     assert all("OriginPath" not in o for o in dist["Properties"]["DistributionConfig"]["Origins"])
+
+
+# ---------------------------------------------------------------- sizes on demand through the CDN (OnDemand=true)
+# Checked on the stack as it would deploy (tests/cfn.py) with Cdn=true and OnDemand at its default.
+
+ONDEMAND_HANDLER = "image_pipeline.ondemand.lambda_function.handler"
+ONDEMAND_S3_ACTIONS = {
+    # action -> the only key prefixes the on-demand function may have it on (and it has each)
+    "s3:GetObject": {"raw/", "processed/"},  # the upload an output is made from; manifest and outputs
+    "s3:PutObject": {"processed/"},  # the output (conditional write: one object per output)
+    "s3:DeleteObject": {"processed/"},  # what it wrote, when the image was processed again meanwhile
+}
+SIGNING_KEY = "0123456789abcdef" * 4  # `openssl rand -hex 32` gives 64 hex characters
+
+
+def ondemand_function(stack: Stack) -> tuple[str, dict[str, Any]]:
+    """(logical id, rendered Properties) of the function behind the CDN's function URL."""
+    found = {n: p for n, p in stack.of_type("AWS::Serverless::Function").items() if p["Handler"] == ONDEMAND_HANDLER}
+    return only(found, "on-demand function")
+
+
+def _distribution(stack: Stack) -> tuple[str, dict[str, Any]]:
+    (name, dist), = stack.of_type("AWS::CloudFront::Distribution").items()
+    return name, dist["DistributionConfig"]
+
+
+def _ref(value: dict[str, Any]) -> str:
+    """The logical id a {"Ref": X} or {"Fn::GetAtt": [X, attribute]} names."""
+    return value["Ref"] if "Ref" in value else value["Fn::GetAtt"][0]
+
+
+def _origins(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the bucket's origin, the on-demand function's origin)."""
+    (bucket,) = [o for o in config["Origins"] if "S3OriginConfig" in o]
+    (function,) = [o for o in config["Origins"] if "S3OriginConfig" not in o]
+    return bucket, function
+
+
+def _distribution_arn(dist_name: str) -> dict[str, str]:
+    return {"Fn::Sub": "arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/${" + dist_name + "}"}
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_only_this_distribution_may_invoke_the_ondemand_function(top: str) -> None:
+    """The function URL takes only SigV4-signed requests, and the only principal allowed to sign
+    for it is CloudFront on behalf of this distribution: both permissions a function URL needs
+    (lambda:InvokeFunctionUrl, and lambda:InvokeFunction through the URL only)."""
+    stack = deploy(top, CDN)
+    name, function = ondemand_function(stack)
+    assert function["FunctionUrlConfig"] == {"AuthType": "AWS_IAM", "InvokeMode": "BUFFERED"}  # no CORS either
+    assert not function.get("Events"), "nothing else triggers it"
+    dist_name, _ = _distribution(stack)
+    permissions = [p for p in stack.of_type("AWS::Lambda::Permission").values() if _ref(p["FunctionName"]) == name]
+    common = {"FunctionName": {"Ref": name}, "Principal": "cloudfront.amazonaws.com",
+              "SourceArn": _distribution_arn(dist_name)}
+    assert sorted(permissions, key=lambda p: p["Action"]) == [
+        {**common, "Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True},
+        {**common, "Action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "AWS_IAM"},
+    ]
+    assert open_entry_points(stack) == []
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_the_function_origin_is_its_url_signed_by_a_lambda_origin_access_control(top: str) -> None:
+    stack = deploy(top, CDN)
+    name, function = ondemand_function(stack)
+    _, config = _distribution(stack)
+    _, origin = _origins(config)
+    # SAM names the function's URL resource <Function>Url; CloudFront wants its host alone.
+    url = {"Fn::GetAtt": [f"{name}Url", "FunctionUrl"]}
+    assert origin["DomainName"] == {"Fn::Select": [2, {"Fn::Split": ["/", url]}]}
+    assert "https://abc.lambda-url.us-east-1.on.aws/".split("/")[2] == "abc.lambda-url.us-east-1.on.aws"
+    custom = origin["CustomOriginConfig"]
+    assert custom["OriginProtocolPolicy"] == "https-only" and custom["OriginSSLProtocols"] == ["TLSv1.2"]
+    # CloudFront waits as long as the function may run, and the function answers before its end.
+    assert custom["OriginReadTimeout"] == function["Timeout"] == 30
+    assert int(function["Environment"]["Variables"]["TIME_RESERVE_MS"]) < function["Timeout"] * 1000
+    oac = stack.of_type("AWS::CloudFront::OriginAccessControl")[_ref(origin["OriginAccessControlId"])]
+    assert oac["OriginAccessControlConfig"]["OriginAccessControlOriginType"] == "lambda"
+    signing = oac["OriginAccessControlConfig"]
+    assert (signing["SigningBehavior"], signing["SigningProtocol"]) == ("always", "sigv4")
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_processed_paths_try_the_bucket_first_and_fail_over_to_the_function_on_403_or_404_only(top: str) -> None:
+    stack = deploy(top, CDN)
+    _, config = _distribution(stack)
+    bucket, function = _origins(config)
+    assert config["OriginGroups"]["Quantity"] == 1
+    (group,) = config["OriginGroups"]["Items"]
+    assert group["Members"] == {"Quantity": 2, "Items": [{"OriginId": bucket["Id"]}, {"OriginId": function["Id"]}]}
+    assert group["FailoverCriteria"]["StatusCodes"] == {"Quantity": 2, "Items": [403, 404]}
+    # processed/* goes through the group; nothing else can reach the function.
+    (behaviour,) = config["CacheBehaviors"]
+    assert behaviour["PathPattern"] == DEFAULTS["PROCESSED_PREFIX"] + "*"
+    assert behaviour["TargetOriginId"] == group["Id"]
+    assert config["DefaultCacheBehavior"]["TargetOriginId"] == bucket["Id"]
+    assert behaviour["AllowedMethods"] == behaviour["CachedMethods"] == ["GET", "HEAD"]
+    assert behaviour["ViewerProtocolPolicy"] in ("redirect-to-https", "https-only") and behaviour["Compress"] is False
+    # The negotiation runs on every viewer request of the behaviour, before the cache is looked up.
+    (association,) = behaviour["FunctionAssociations"]
+    assert association["EventType"] == "viewer-request"
+    negotiate_name, attribute = association["FunctionARN"]["Fn::GetAtt"]
+    assert attribute == "FunctionARN"
+    cf_function = stack.of_type("AWS::CloudFront::Function")[negotiate_name]
+    assert cf_function["FunctionConfig"]["Runtime"] == "cloudfront-js-2.0" and cf_function["AutoPublish"] is True
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_the_signature_reaches_the_function_but_is_not_in_the_cache_key(top: str) -> None:
+    """`sig` is needed to create an output, never to read it: forwarded to the origins, kept out of
+    the cache key, so random `sig` values neither split the cache nor reach the origin again."""
+    from image_pipeline.ondemand import signing
+
+    stack = deploy(top, CDN)
+    _, config = _distribution(stack)
+    (behaviour,) = config["CacheBehaviors"]
+    assert behaviour["CachePolicyId"] == config["DefaultCacheBehavior"]["CachePolicyId"]
+    key = stack.of_type("AWS::CloudFront::CachePolicy")[_ref(behaviour["CachePolicyId"])]
+    key = key["CachePolicyConfig"]["ParametersInCacheKeyAndForwardedToOrigin"]
+    assert key["QueryStringsConfig"] == {"QueryStringBehavior": "none"}
+    assert key["HeadersConfig"] == {"HeaderBehavior": "none"}, "Accept is not in the key: the URI carries the format"
+    assert key["CookiesConfig"] == {"CookieBehavior": "none"}
+    policy = stack.of_type("AWS::CloudFront::OriginRequestPolicy")[_ref(behaviour["OriginRequestPolicyId"])]
+    config = policy["OriginRequestPolicyConfig"]
+    assert config["QueryStringsConfig"] == {"QueryStringBehavior": "whitelist", "QueryStrings": [signing.PARAM]}
+    assert signing.PARAM == "sig"
+    # No viewer header: the function URL verifies CloudFront's signature over CloudFront's own Host.
+    assert config["HeadersConfig"] == {"HeaderBehavior": "none"}
+    assert config["CookiesConfig"] == {"CookieBehavior": "none"}
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_no_error_a_later_request_could_see_differently_is_cached_at_the_edge(top: str) -> None:
+    """A 403 kept for an unsigned request would answer the signed one (`sig` is not in the key); a
+    404 kept while an image is being processed would hide it; a 5xx may pass on the next try."""
+    _, config = _distribution(deploy(top, CDN))
+    errors = {e["ErrorCode"]: e for e in config["CustomErrorResponses"]}
+    assert sorted(errors) == [403, 404, 500, 502, 503, 504]
+    for code, error in errors.items():
+        # Only the caching changes: the function's own answer (problem+json) reaches the viewer.
+        assert error == {"ErrorCode": code, "ErrorCachingMinTTL": 0}
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_the_ondemand_function_runs_the_pipelines_code_and_settings(top: str) -> None:
+    stack = deploy(top, CDN)
+    _, function = ondemand_function(stack)
+    _, pipeline = function_of(load(top))
+    pipeline = stack.render(pipeline)
+    module, _, attribute = function["Handler"].rpartition(".")
+    module_file = ROOT / function["CodeUri"] / Path(*module.split(".")).with_suffix(".py")
+    assert f"def {attribute}(" in module_file.read_text(encoding="utf-8")
+    for same in ("CodeUri", "Runtime", "Architectures", "MemorySize", "Tracing"):
+        assert function[same] == pipeline[same], same
+    assert function["Timeout"] == 30
+    assert "ReservedConcurrentExecutions" not in function  # -1: none, by default
+    bounded = ondemand_function(deploy(top, {**CDN, "OnDemandReservedConcurrency": "5"}))[1]
+    assert bounded["ReservedConcurrentExecutions"] == "5"
+
+
+def _deployed_env(env: dict[str, Any]) -> dict[str, str]:
+    """A rendered environment as Lambda would see it (a bucket's name is known only at deploy)."""
+    return {k: v if isinstance(v, str) else "example-stack-imagebucket" for k, v in env.items()}
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_the_ondemand_function_starts_with_the_settings_the_pipeline_has(top: str) -> None:
+    """The names are the ones the code reads, and the function makes outputs with the very settings
+    an upload is processed with (variants, limits, types, Cache-Control, prefixes)."""
+    from image_pipeline.ondemand import OnDemandSettings
+    from image_pipeline.ondemand.paths import DEFAULT_WIDTHS
+    from image_pipeline.settings import Settings
+
+    stack = deploy(top, CDN)
+    bucket_name, _ = bucket_of(load(top))
+    _, function = ondemand_function(stack)
+    env = function["Environment"]["Variables"]
+    pipeline_env = stack.render(function_of(load(top))[1])["Environment"]["Variables"]
+    read = set(DEFAULTS) | set(POWERTOOLS) | {"BUCKET_NAME", "ONDEMAND_WIDTHS", "SIGNING_KEY"}
+    assert set(env) <= read, f"{sorted(set(env) - read)}: names no code reads"
+    assert {"VARIANTS", "MAX_INPUT_BYTES", "MAX_PIXELS", "MAX_FRAMES", "ALLOWED_TYPES", "CACHE_CONTROL",
+            "KEEP_ICC_PROFILE", "RAW_PREFIX", "PROCESSED_PREFIX", "TIME_RESERVE_MS"} <= set(env)
+    for name in set(env) & set(pipeline_env) - {"TIME_RESERVE_MS"}:
+        assert env[name] == pipeline_env[name], name
+    assert env["BUCKET_NAME"] == {"Ref": bucket_name}
+    settings, upload = Settings.from_env(_deployed_env(env)), Settings.from_env(_deployed_env(pipeline_env))
+    for field in ("raw_prefix", "processed_prefix", "variants", "limits", "cache_control", "keep_icc_profile"):
+        assert getattr(settings, field) == getattr(upload, field), field
+    assert settings.time_reserve_ms == 2000
+    ondemand = OnDemandSettings.from_env(_deployed_env(env))
+    assert (ondemand.widths, ondemand.signing_key) == (frozenset(DEFAULT_WIDTHS), None)  # allowlist only
+    signed = deploy(top, {**CDN, "SigningKey": SIGNING_KEY, "OnDemandWidths": "640,1080"})
+    env = ondemand_function(signed)[1]["Environment"]["Variables"]
+    ondemand = OnDemandSettings.from_env(_deployed_env(env))
+    assert (ondemand.widths, ondemand.signing_key) == (frozenset({640, 1080}), SIGNING_KEY.encode())
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_ondemand_parameters_refuse_what_the_function_would_refuse(top: str) -> None:
+    from image_pipeline.ondemand import MIN_KEY_BYTES
+    from image_pipeline.ondemand.paths import DEFAULT_WIDTHS, MAX_WIDTH, parse_widths
+
+    params = load(top)["Parameters"]
+    assert params["OnDemandWidths"]["Default"] == ",".join(map(str, DEFAULT_WIDTHS))
+    for good in ("1", str(MAX_WIDTH), "640,1080", "999,1000,7999,8000,8099,8100,8189,8190"):
+        deploy(top, {**CDN, "OnDemandWidths": good})
+        assert parse_widths(good)
+    for bad in ("0", str(MAX_WIDTH + 1), "8199", "9000", "0640", "640, 1080", "640,", "", "w640"):
+        with pytest.raises(ValueError, match="OnDemandWidths"):
+            deploy(top, {**CDN, "OnDemandWidths": bad})
+    key = params["SigningKey"]
+    assert key["NoEcho"] is True and key["Default"] == "" and "openssl rand -hex 32" in key["Description"]
+    for good in ("", "k" * MIN_KEY_BYTES, SIGNING_KEY):
+        deploy(top, {**CDN, "SigningKey": good})
+    for bad in ("k" * (MIN_KEY_BYTES - 1), "with spaces " * 4, "k" * 40 + "\n"):
+        with pytest.raises(ValueError, match="SigningKey"):
+            deploy(top, {**CDN, "SigningKey": bad})
+    reserved = params["OnDemandReservedConcurrency"]
+    assert (reserved["Type"], reserved["Default"], reserved["MinValue"]) == ("Number", -1, -1)
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_the_ondemand_function_may_touch_only_what_it_makes_outputs_from_and_into(top: str) -> None:
+    """Least privilege, function by function: the on-demand function reads raw/ and reads, writes
+    and deletes processed/ (ONDEMAND_S3_ACTIONS), lists the bucket, and nothing else."""
+    stack = deploy(top, CDN)
+    bucket_name, _ = bucket_of(load(top))
+    _, function = ondemand_function(stack)
+    statements = [st for p in function["Policies"] for st in as_list(p["Statement"])]
+    assert all(isinstance(p, dict) and "Statement" in p for p in function["Policies"]), "no SAM policy templates"
+    granted: dict[str, set[str]] = {}
+    for st in statements:
+        assert st["Effect"] == "Allow" and "Condition" not in st
+        for action in as_list(st["Action"]):
+            resource = arn_text(st["Resource"])
+            if action == "s3:ListBucket":
+                assert resource == "${" + bucket_name + ".Arn}"
+                granted.setdefault(action, set()).add("")
+                continue
+            prefix = resource.removeprefix("${" + bucket_name + ".Arn}/")
+            assert prefix != resource and prefix.endswith("/*"), f"{action} on {resource}"
+            granted.setdefault(action, set()).add(prefix.removesuffix("*"))
+    assert granted == {**ONDEMAND_S3_ACTIONS, "s3:ListBucket": {""}}
+    for action, prefixes in ONDEMAND_S3_ACTIONS.items():  # and within what the pipeline's functions may have
+        assert prefixes <= S3_OBJECT_ACTIONS_ALLOWED[action], action
+
+
+def test_ondemand_is_the_same_in_both_templates(direct: dict[str, Any], buffered: dict[str, Any]) -> None:
+    """Everything sizes on demand adds (and the distribution it changes) is written once, twice."""
+    def added(template: dict[str, Any]) -> set[str]:
+        return {n for n, r in template["Resources"].items() if r.get("Condition") == "OnDemandEnabled"}
+
+    names = added(direct) | {"CdnDistribution"}
+    assert added(buffered) == added(direct)
+    for name in names:
+        assert buffered["Resources"][name] == direct["Resources"][name], name
+    for condition in ("CdnEnabled", "OnDemandEnabled", "HasOnDemandReservedConcurrency"):
+        assert buffered["Conditions"][condition] == direct["Conditions"][condition], condition
+    assert buffered["Outputs"]["OnDemandFunctionName"] == direct["Outputs"]["OnDemandFunctionName"]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_every_parameter_is_documented_in_the_deploy_guide(top: str) -> None:
+    guide = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert [p for p in load(top)["Parameters"] if f"`{p}`" not in guide] == []
+    assert "## Sizes on demand through the CDN" in guide
+
+
+# The negotiation at the edge (the CloudFront Function, JavaScript) and in Python (the upload API's
+# `GET /images/{id}/w640`, paths.negotiate) must store one request under one key.
+ACCEPTS = [
+    None, "", "*/*", "image/*",
+    "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",  # Chrome
+    "image/avif,image/webp,*/*",  # Firefox
+    "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,image/png,"
+    "image/svg+xml,image/*;q=0.8,*/*;q=0.5",  # Safari 17
+    "image/png,image/*;q=0.8,*/*;q=0.5",  # an old Safari
+    "image/webp,*/*", "IMAGE/AVIF", "image/avif;q=0,image/webp", "image/avif;q=0.0, image/webp;q=0",
+    "image/avif ; q=0.001", "image/avif;q=1.000", "image/avif;q=0.5;q=0", "image/avif;q", "image/avif;q=",
+    "text/html, image/webp ;q=0.5", "image/avif;Q=0", "image/avif; q= 0.5 ",
+    # q values outside RFC 9110's grammar (0 to 1, at most three decimals) refuse the type
+    "image/avif;q=abc,image/webp", "image/avif;q=0.5x", "image/avif;q=5e", "image/avif;q=infinity",
+    "image/avif;q=nan", "image/avif;q=1_0", "image/avif;q=0x1", "image/avif;q=-1", "image/avif;q=2",
+    "image/avif;q=0.0001", "image/avif;q=.5", "image/avif;q=1.5", "image/avif;q=0.5=1",
+]
+URIS = [
+    "/processed/photos/cat/w640", "/processed/photos/cat/w1", "/processed/photos/cat/w8192",
+    "/processed/photos/cat/w9999", "/processed/photos/cat/w0640", "/processed/photos/cat/w0",
+    "/processed/photos/cat/w640.webp", "/processed/photos/cat/w640.jpg", "/processed/photos/cat/w64x",
+    "/processed/photos/cat/xl", "/processed/photos/cat/medium.webp", "/processed/photos/w640/manifest.json",
+    "/processed/photos/cat/W640", "/processed/photos/cat/w12345",
+]
+
+
+def _stored_leaf(leaf: str, accept: str | None) -> str | None:
+    """The key leaf a request for `leaf` is stored under, as Python decides it (None: 400/404)."""
+    from image_pipeline.ondemand.paths import BadOutput, WidthRequest, is_width_leaf, negotiate, parse_width
+
+    if not is_width_leaf(leaf):
+        return leaf  # a lazy variant or an eager output: no negotiation
+    try:
+        request = parse_width(leaf)
+    except BadOutput:
+        return None
+    return WidthRequest(request.width, request.format or negotiate(accept)).leaf
+
+
+def test_the_cloudfront_function_negotiates_as_the_python_code_does(direct: dict[str, Any]) -> None:
+    (props,) = [r["Properties"] for r in resources_of_type(direct, "AWS::CloudFront::Function").values()]
+    cases = [(uri, accept) for uri in URIS for accept in ACCEPTS]
+    requests = [(uri, {} if accept is None else {"Accept": accept}) for uri, accept in cases]
+    rewritten = viewer_request_uris(props["FunctionCode"], requests)
+    disagree = []
+    for (uri, accept), edge in zip(cases, rewritten, strict=True):
+        head, _, leaf = uri.rpartition("/")
+        assert edge.startswith(head + "/" + leaf), (uri, edge)  # a format is added, nothing else changes
+        python = _stored_leaf(leaf, accept)  # what the upload API stores for this request
+        cdn = _stored_leaf(edge.rpartition("/")[2], None)  # what the miss function stores for the rewritten URI
+        if python != cdn:
+            disagree.append((uri, accept, edge, python, cdn))
+    assert disagree == []
+    chrome = dict(zip(cases, rewritten, strict=True))
+    assert chrome[("/processed/photos/cat/w640", ACCEPTS[4])] == "/processed/photos/cat/w640.avif"
+    assert chrome[("/processed/photos/cat/w640", "image/webp,*/*")] == "/processed/photos/cat/w640.webp"
+    assert chrome[("/processed/photos/cat/w640", "*/*")] == "/processed/photos/cat/w640"
+
 
 
 # ---------------------------------------------------------------- alarms and dashboard (all three templates)
@@ -1149,7 +1531,8 @@ def test_existing_bucket_function_matches_the_direct_template(direct: dict[str, 
             assert _without(param, "Description") == _without(direct["Parameters"][name], "Description"), name
     for name in ("Variants", "RawDisposition", "MaxPixels", "MemorySize", "ReservedConcurrency", "LogRetentionDays"):
         assert name in existing["Parameters"], name
-    assert resources_of_type(existing, "AWS::Logs::LogGroup") == resources_of_type(direct, "AWS::Logs::LogGroup")
+    pipeline_logs = {n: r for n, r in resources_of_type(direct, "AWS::Logs::LogGroup").items() if "Condition" not in r}
+    assert resources_of_type(existing, "AWS::Logs::LogGroup") == pipeline_logs
 # ---------------------------------------------------------------- upload API and completion events
 
 API_STACK = "stacks/api.yaml"
@@ -1165,7 +1548,8 @@ def test_both_templates_nest_the_api_stack_with_the_pipeline_settings(template: 
     props = app["Properties"]
     assert props["Location"] == API_STACK and (ROOT / API_STACK).is_file()
     params = props["Parameters"]
-    for name in ("Variants", "RawDisposition", "AllowedTypes", "MaxInputBytes", "MaxPixels", "CacheControl"):
+    for name in ("Variants", "RawDisposition", "AllowedTypes", "MaxInputBytes", "MaxPixels", "CacheControl",
+                 "OnDemandWidths", "SigningKey"):  # width URLs: the same rules as the CDN's function
         assert params[name] == {"Ref": name}, f"the API processes uploads with other {name} than the pipeline"
     bucket_name, _ = bucket_of(template)
     assert params["BucketName"] == {"Ref": bucket_name}
@@ -1276,6 +1660,10 @@ def open_entry_points(stack: Stack) -> list[str]:
     for s, name, props in stack.everywhere("AWS::Lambda::Permission"):
         if props.get("Principal") == "*" or props.get("FunctionUrlAuthType") == "NONE":
             found.append(f"{s.name}: permission {name} lets anyone invoke {props.get('FunctionName')}")
+        elif str(props.get("Principal", "")).endswith(".amazonaws.com") and not (
+            props.get("SourceArn") or props.get("SourceAccount")
+        ):  # a service principal alone: any account's distribution, rule, bucket ... may invoke
+            found.append(f"{s.name}: permission {name} lets {props['Principal']} invoke for anyone's resources")
     return found
 
 
@@ -1315,16 +1703,41 @@ def routes(stack: Stack) -> list[dict[str, Any]]:
     return [props for _, _, props in stack.everywhere("AWS::ApiGatewayV2::Route")]
 
 
-@pytest.mark.parametrize("top", [DIRECT, BUFFERED, EXISTING])
-def test_a_default_deploy_opens_nothing_to_anyone(top: str) -> None:
+@pytest.mark.parametrize(
+    ("top", "overrides"),
+    [(DIRECT, {}), (BUFFERED, {}), (EXISTING, {}),
+     # the CDN, and sizes on demand behind it (a function URL), as they deploy by default
+     (DIRECT, {"Cdn": "true"}), (BUFFERED, {"Cdn": "true"}),
+     (DIRECT, {"Cdn": "true", "SigningKey": "0123456789abcdef" * 4}), (BUFFERED, {"Cdn": "true", "OnDemand": "false"})],
+    ids=["direct", "buffered", "existing", "direct-cdn", "buffered-cdn", "direct-cdn-signed", "buffered-cdn-only"],
+)
+def test_a_default_deploy_opens_nothing_to_anyone(top: str, overrides: dict[str, str]) -> None:
     """`sam deploy` with the defaults: the pipeline, and no route, function URL or invoke
     permission that anyone may use, and no CORS rule admitting every origin."""
-    stack = deploy(top, REQUIRED.get(top))
+    stack = deploy(top, {**REQUIRED.get(top, {}), **overrides})
     assert stack.of_type("AWS::Serverless::Function"), "the pipeline itself must deploy with no parameters"
     assert open_entry_points(stack) == []
     assert cors_wildcards(stack) == []
     assert routes(stack) == [], "no API until ApiAuth says who may call it"
     assert cors_origins(stack) == [], "AllowedOrigins defaults to same-origin only: no CORS rule at all"
+
+
+def test_open_entry_points_sees_an_open_function_url_and_a_permission_for_anyones_distribution() -> None:
+    """The check above, on what it must catch (so a pass means something)."""
+    template = {"Resources": {
+        "Open": {"Type": "AWS::Serverless::Function", "Properties": {"FunctionUrlConfig": {"AuthType": "NONE"}}},
+        "Signed": {"Type": "AWS::Serverless::Function", "Properties": {"FunctionUrlConfig": {"AuthType": "AWS_IAM"}}},
+        "AnyDistribution": {"Type": "AWS::Lambda::Permission", "Properties": {
+            "Action": "lambda:InvokeFunctionUrl", "FunctionName": {"Ref": "Signed"},
+            "Principal": "cloudfront.amazonaws.com", "FunctionUrlAuthType": "AWS_IAM"}},
+        "OneDistribution": {"Type": "AWS::Lambda::Permission", "Properties": {
+            "Action": "lambda:InvokeFunction", "FunctionName": {"Ref": "Signed"}, "InvokedViaFunctionUrl": True,
+            "Principal": "cloudfront.amazonaws.com",
+            "SourceArn": {"Fn::Sub": "arn:aws:cloudfront::1:distribution/${D}"}}},
+    }}
+    found = open_entry_points(deploy("inline.yaml", _template=template))
+    assert len(found) == 2
+    assert "Open's FunctionUrlConfig AuthType NONE" in found[0] and "AnyDistribution" in found[1]
 
 
 @pytest.mark.parametrize("top", [DIRECT, BUFFERED])

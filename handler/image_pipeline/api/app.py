@@ -31,12 +31,14 @@ from litestar.response import Redirect
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, ids, keys
-from ..errors import Busy, PipelineError, StorageFailure
+from ..errors import Busy, ImageRejected, OutOfTime, PipelineError, StorageFailure
+from ..ondemand import BadOutput, Forbidden, OnDemand, Wanted, is_width_leaf
+from ..ondemand.paths import fallback_format, negotiate
 from ..pool import ProcessingPool, return_freed_memory
 from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
-from ..storage import ListedObject
+from ..storage import ListedObject, ObjectNotFound
 from . import pages
 from .auth import Authenticator, Caller
 from .backends import FileBackend, S3Backend, UploadRefused
@@ -50,6 +52,7 @@ log = logging.getLogger("image_pipeline.api")
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the other fields, beside the file itself
 MAX_PAGE = 100
 LIST_PAGE = 1000  # keys per listing request (S3's maximum)
+ONDEMAND_BUDGET_S = 25.0  # an output made in a request: within API Gateway's 29 s, like an upload's
 
 
 # --- bodies (also the OpenAPI schema) -------------------------------------------------------
@@ -88,6 +91,27 @@ class VariantInfo:
 
 
 @dataclass
+class LazyVariantInfo:
+    """A variant made on its first request (`lazy` in VARIANTS)."""
+
+    name: str
+    url: str  # the API's /images/{id}/{name} (makes it when missing), or PUBLIC_BASE_URL + key (the CDN's)
+    made: bool  # stored already
+    content_type: str
+
+
+@dataclass
+class WidthUrls:
+    """Sizes on demand for this image: `template` with `{width}` and `{ext}` filled in (ext one of
+    avif, webp, and `fallback`: jpg, or png where the image has alpha) gives a width URL; `widths`
+    are the allowlisted ones up to the image's own width (wider ones give the same pixels)."""
+
+    template: str
+    widths: list[int]
+    fallback: str
+
+
+@dataclass
 class ImageInfo:
     id: str
     status: str  # pending | processed | failed
@@ -97,6 +121,8 @@ class ImageInfo:
     placeholder: dict[str, Any] | None
     variants: list[VariantInfo]
     created_at: str
+    lazy_variants: list[LazyVariantInfo] | None = None
+    width_urls: WidthUrls | None = None
 
 
 @dataclass
@@ -132,6 +158,7 @@ class Api:
             # handler): at most PROCESS_CONCURRENCY at once; beyond it, 503 busy after PROCESS_WAIT_MS.
             pool=ProcessingPool.of_process(pipeline.process_concurrency, wait_s=pipeline.process_wait_ms / 1000),
         )
+        self.ondemand = OnDemand(self.service, settings.ondemand)
 
     @property
     def store(self):
@@ -163,10 +190,17 @@ class Api:
 
     async def describe(self, request: Request, image_id: str) -> ImageInfo | None:
         """Status from storage alone: manifest → processed; raw tagged failed → failed; raw → pending."""
-        raws, (record, _) = await asyncio.gather(self.store.list(self.raw_dir(image_id), limit=1), self.manifest(image_id))
-        return await self.info(request, image_id, raws[0] if raws else None, record)
+        raws, (record, listed) = await asyncio.gather(self.store.list(self.raw_dir(image_id), limit=1), self.manifest(image_id))
+        return await self.info(request, image_id, raws[0] if raws else None, record, set(listed))
 
-    async def info(self, request: Request, image_id: str, raw: ListedObject | None, record: dict | None) -> ImageInfo | None:
+    async def info(
+        self,
+        request: Request,
+        image_id: str,
+        raw: ListedObject | None,
+        record: dict | None,
+        stored: set[str] | None = None,
+    ) -> ImageInfo | None:
         """An image's body from its raw object and manifest (None when neither is there)."""
         created = datetime.fromtimestamp(ids.created_ms(image_id) / 1000, timezone.utc).isoformat(timespec="seconds")
         base = self.base(request)
@@ -184,7 +218,11 @@ class Api:
                 for v in record["variants"]
             ]
             name = _leaf(record["source"]["key"])
-            return ImageInfo(image_id, "processed", name, None, record["source"], record.get("placeholder"), variants, created)
+            return ImageInfo(
+                image_id, "processed", name, None, record["source"], record.get("placeholder"), variants, created,
+                lazy_variants=self.lazy_info(image_id, record, base, stored),
+                width_urls=self.width_urls(image_id, record, base),
+            )
         if raw is None:
             return None
         tags = await self.store.get_tags(raw.key)
@@ -192,6 +230,33 @@ class Api:
         if tags.get(STATUS_TAG) == "failed":
             return ImageInfo(image_id, "failed", _leaf(raw.key), tags.get(ERROR_TAG, "unknown"), source, None, [], created)
         return ImageInfo(image_id, "pending", _leaf(raw.key), None, source, None, [], created)
+
+    def lazy_info(self, image_id: str, record: dict, base: str, stored: set[str] | None) -> list[LazyVariantInfo]:
+        """The manifest's lazy variants; `made` from the listing (`stored`) when there is one."""
+        return [
+            LazyVariantInfo(
+                name=v["name"],
+                url=self.variant_link(image_id, v, base),
+                made=stored is not None and v["key"] in stored,
+                content_type=v.get("content_type", ""),
+            )
+            for v in record.get("lazy_variants") or ()
+            if isinstance(v, dict) and "name" in v and "key" in v
+        ]
+
+    def width_urls(self, image_id: str, record: dict, base: str) -> WidthUrls:
+        """Where this image's width URLs are: the CDN (PUBLIC_BASE_URL + its output prefix, made on a
+        miss there) or the API's /images/{id}/w{width}.{ext}."""
+        source = record["source"]
+        manifest_key = next(iter(v["key"] for v in record.get("variants", ())), "")
+        prefix = manifest_key.rpartition("/")[0] + "/" if manifest_key else ""
+        if self.settings.public_base_url and prefix:
+            template = object_link(self.settings.public_base_url, prefix) + "w{width}.{ext}"
+        else:
+            template = f"{base}images/{image_id}/w{{width}}.{{ext}}"
+        width = int(source.get("width") or 0)
+        widths = [w for w in self.ondemand.widths if w <= width]
+        return WidthUrls(template=template, widths=widths, fallback=fallback_format(source).extension)
 
     def variant_link(self, image_id: str, variant: dict, base: str) -> str:
         """The variant's stable URL: PUBLIC_BASE_URL + key (public, cacheable), or the API's redirect."""
@@ -406,16 +471,73 @@ async def get_job(request: Request, job_id: FromPath[str]) -> ImageInfo:
     return await get_image.fn(request, job_id)
 
 
-@get("/images/{image_id:str}/{variant:str}", status_code=302, summary="Redirect to a variant's bytes",
+@get("/images/{image_id:str}/{variant:str}", status_code=302, summary="Redirect to a variant's bytes (made on first request for width URLs and lazy variants)",
      guards=AUTHENTICATED)
 async def get_variant(request: Request, image_id: FromPath[str], variant: FromPath[str]) -> Redirect:
+    """A configured variant (`medium`), a lazy one (`xl`: made on its first request), or a width
+    URL: `w640.webp` (`jpg`, `webp`, `avif`, `png`), or `w640` with the format negotiated from
+    `Accept` (AVIF, else WebP, else JPEG, or PNG where the image has alpha; the answer varies on
+    Accept). Widths outside ONDEMAND_WIDTHS need `?sig=` (`image-pipeline sign`). A width above the
+    image's own gives the image's own width (never upscaled). Outputs made here are stored under
+    the image's output prefix; later requests find them with one listing and do no image work."""
     api = api_of(request)
-    record, _ = await api.manifest(own_id(request, image_id))
-    found = next((v for v in (record or {}).get("variants", []) if v["name"] == variant), None)
-    if found is None:
+    image_id = own_id(request, image_id)
+    wanted, vary = None, False
+    if is_width_leaf(variant):  # 400 / 403 here, before any storage call
+        try:
+            width = api.ondemand.width(variant, request.url.path, request.query_params.get("sig"))
+        except BadOutput as exc:
+            raise problem(400, str(exc)) from None
+        except Forbidden as exc:
+            raise problem(403, str(exc)) from None
+        vary = width.format is None
+        wanted = api.ondemand.wanted_width(width, negotiate(request.headers.get("accept")) if vary else None)
+    headers = {"Cache-Control": "private, max-age=60", **({"Vary": "Accept"} if vary else {})}
+    listed = await api.store.list(api.output_dir(image_id), limit=LIST_PAGE)
+    stored = {o.key for o in listed}
+    manifest_key = next((k for k in sorted(stored) if k.endswith("/" + keys.MANIFEST_NAME)), None)
+    if manifest_key is None:
         raise problem(404, "no such image or variant")
-    url = await api.variant_src(found, api.base(request))
-    return Redirect(url, status_code=302, headers={"Cache-Control": "private, max-age=60"})
+    prefix = manifest_key[: -len(keys.MANIFEST_NAME)]
+    if wanted is None:
+        record = await _record(api, manifest_key)
+        found = next((v for v in record.get("variants", []) if v["name"] == variant), None)
+        if found is not None:
+            return Redirect(await api.variant_src(found, api.base(request)), status_code=302, headers=headers)
+        lazy = next((v for v in record.get("lazy_variants") or () if v.get("name") == variant), None)
+        if lazy is None or not api.ondemand.is_lazy(variant):
+            raise problem(404, "no such image or variant")
+        wanted = api.ondemand.wanted_lazy(variant, leaf=lazy["key"][len(prefix) :])
+    key = prefix + wanted.leaf
+    if key not in stored:
+        await _make(api, prefix, wanted)
+    url = await api.variant_src({"key": key}, api.base(request))
+    return Redirect(url, status_code=302, headers=headers)
+
+
+async def _record(api: Api, manifest_key: str) -> dict:
+    body = await api.store.read_optional(manifest_key)
+    try:
+        record = json.loads(body) if body else None
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise problem(404, "no such image or variant")
+    return record
+
+
+async def _make(api: Api, prefix: str, wanted: Wanted) -> None:
+    """Make an output in the request, under the process's image slots and a time budget."""
+    try:
+        async with asyncio.timeout(ONDEMAND_BUDGET_S):
+            await api.ondemand.get(api.store, prefix, wanted)
+    except TimeoutError:
+        raise problem(503, f"the output was not made within {ONDEMAND_BUDGET_S:.0f} s; try again",
+                      OutOfTime.code, headers={"Retry-After": "5"}) from None
+    except ObjectNotFound:  # the image went away meanwhile, or its upload is no longer there (delete mode)
+        raise problem(404, "no such image or variant: its upload is not there to make it from") from None
+    except ImageRejected as exc:
+        raise problem(422, exc.message, exc.code) from None
 
 
 @get("/files/{key:path}", summary="A processed file (filesystem backend only)", include_in_schema=False)

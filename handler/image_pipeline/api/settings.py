@@ -23,6 +23,9 @@ ALLOWED_HOSTS     comma-separated Host values accepted besides localhost, 127.0.
                   Lambda, the API Gateway domain the event names. Any other Host: 400.
 PUBLIC_URL        the API's own external base URL for absolute links (status_url, variant url);
                   unset: links are paths (`/images/<id>`), never built from the request's Host
+
+Sizes on demand (see ondemand/): ONDEMAND_WIDTHS (widths anyone may ask for), SIGNING_KEY (HMAC
+key for any other width; unset: the allowlist only).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
+from ..ondemand import OnDemandSettings
 from ..settings import Settings
 
 MIME_TYPES = {
@@ -77,6 +81,7 @@ class ApiSettings:
     jwt_audience: str | None = None
     allowed_hosts: tuple[str, ...] = DEFAULT_HOSTS
     public_url: str | None = None
+    ondemand: OnDemandSettings = field(default_factory=OnDemandSettings)
 
     @property
     def max_bytes(self) -> int:
@@ -96,6 +101,11 @@ class ApiSettings:
         except ConfigError as exc:
             problems.extend(line.strip()[2:] for line in str(exc).splitlines()[1:])
             pipeline = Settings()
+        try:
+            ondemand = OnDemandSettings.from_env(env)
+        except ConfigError as exc:
+            problems.extend(line.strip()[2:] for line in str(exc).splitlines()[1:])
+            ondemand = OnDemandSettings()
 
         bucket = env.get("BUCKET_NAME", "").strip() or None
         if need_bucket and not bucket:
@@ -174,6 +184,7 @@ class ApiSettings:
             jwt_audience=audience,
             allowed_hosts=DEFAULT_HOSTS + tuple(h for h in hosts if h not in DEFAULT_HOSTS),
             public_url=own,
+            ondemand=ondemand,
         )
         if problems:
             raise ConfigError("invalid image-pipeline API settings:\n  - " + "\n  - ".join(problems))

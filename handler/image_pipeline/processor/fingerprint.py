@@ -51,6 +51,7 @@ def _variant(spec: Any) -> dict[str, Any]:
         described["qauto"] = spec.qauto
     if getattr(spec, "hdr", False):  # likewise: configurations without `hdr` keep their fingerprint
         described["hdr"] = True
+    # `lazy` is left out: when a variant is made (upload or first request) does not change its bytes.
     return described
 
 

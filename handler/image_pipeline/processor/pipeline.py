@@ -84,6 +84,7 @@ class Job:
     width: int = 0  # upright
     height: int = 0
     icc: bytes | None = None  # the source's profile (for an HDR10 HEIC: the one its tone-mapped pixels get)
+    alpha: bool = False  # real transparency in the first frame
     extent: tuple[float, float] = (0.0, 0.0)  # where the whole frame lies in the decoded pixels
     decode_size: tuple[int, int] | None = None  # a WebP still: scaled while decoding to this (stored sides)
     working: Image.Image | None = None  # the decoded (drafted/reduced/oriented) image
@@ -179,7 +180,9 @@ class ImageProcessor:
             web = ImageFormat(kind) if kind in _WEB_FORMATS else None
             job.outputs.append(ImageVariant("original", data, job.width, job.height, web, DECODABLE[kind][1]))
         return ProcessedImage(
-            source=SourceInfo(kind, job.width, job.height, len(data), job.frames, bool(job.icc), job.gain_map),
+            source=SourceInfo(
+                kind, job.width, job.height, len(data), job.frames, bool(job.icc), job.gain_map, alpha=job.alpha
+            ),
             variants=tuple(job.outputs),
             blurhash=job.blurhash,
             dominant_color=job.dominant_color,
@@ -306,6 +309,7 @@ class ImageProcessor:
         """8-bit modes a resize handles; real alpha premultiplied once for the whole cascade
         (Pillow's resize would premultiply and un-premultiply on every call)."""
         working = drop_opaque_alpha(normalise_mode(job.working))
+        job.alpha = working.mode in ("RGBA", "LA")
         if working.mode == "RGBA":
             working = working.convert("RGBa")
         job.working = working

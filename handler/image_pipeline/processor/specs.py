@@ -111,6 +111,7 @@ class VariantConfig:
     fit: Fit = Fit.CONTAIN
     gravity: Gravity = Gravity.CENTRE
     qauto: float | None = None  # target luminance SSIM: `quality` per image, with `quality` as the ceiling
+    lazy: bool = False  # not made on upload: made on its first request (ondemand/), then stored
     hdr: bool = False  # keep an upload's HDR gain map: an Ultra HDR JPEG (processor/uhdr.py); JPEG only
 
     def __post_init__(self) -> None:
@@ -199,6 +200,7 @@ class SourceInfo:
     had_icc_profile: bool = False
     gain_map: str | None = None  # an HDR gain map the upload carried: "ultrahdr", "iso21496" or "apple"
     # (processor/gainmap.py); the variants are made from the SDR picture, `hdr` ones carry the map on
+    alpha: bool = False  # real transparency (an alpha plane that is not opaque everywhere)
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,31 @@ export function picturePlan(image) {
 
 const srcset = (list, field = "url") => list.map((v) => `${absolute(v[field] || v.url)} ${v.width}w`).join(", ");
 
-/** A ready-to-paste <picture> element for `image` (null when it has no variants). */
+/** The width-URL ladder (sizes made on first request), when the API offers one: AVIF and WebP
+ * <source>s and a JPEG/PNG fallback, every allowlisted width up to the image's own. */
+export function ladderPlan(image) {
+  const ladder = image.width_urls;
+  const { width, height } = image.source || {};
+  if (!ladder || !ladder.widths?.length || !width || !height) return null;
+  const url = (w, ext) => ladder.template.replace("{width}", String(w)).replace("{ext}", ext);
+  const list = (ext) => ladder.widths.map((w) => ({ url: url(w, ext), width: w }));
+  const top = ladder.widths[ladder.widths.length - 1];
+  const largest = { width: top, height: Math.round((top * height) / width) };
+  const fallback = list(ladder.fallback);
+  const src = fallback.filter((v) => v.width <= 1200).pop() || fallback[0];
+  return {
+    sources: [{ type: "image/avif", list: list("avif") }, { type: "image/webp", list: list("webp") }],
+    fallback,
+    src,
+    largest,
+  };
+}
+
+/** A ready-to-paste <picture> element for `image` (null when it has no variants): the width-URL
+ * ladder where the API offers one, otherwise the variants made on upload. */
 export function pictureSnippet(image, alt) {
-  const { sources, fallback, largest } = picturePlan(image);
+  const plan = ladderPlan(image) || picturePlan(image);
+  const { sources, fallback, largest } = plan;
   if (!largest) return null;
   const sizes = `(max-width: ${largest.width}px) 100vw, ${largest.width}px`;
   const colour = image.placeholder?.dominant_color;
@@ -100,7 +122,7 @@ export function pictureSnippet(image, alt) {
   for (const s of sources) {
     lines.push(`  <source type="${s.type}" srcset="${escapeAttr(srcset(s.list))}" sizes="${sizes}">`);
   }
-  const src = fallback[fallback.length - 1];
+  const src = plan.src || fallback[fallback.length - 1];
   lines.push(
     `  <img src="${escapeAttr(absolute(src.url))}" srcset="${escapeAttr(srcset(fallback))}" sizes="${sizes}"` +
       ` width="${largest.width}" height="${largest.height}" alt="${escapeAttr(alt)}" loading="lazy" decoding="async"` +
@@ -245,6 +267,11 @@ function facts(image) {
     el("td", { text: formatBytes(v.bytes) }),
     el("td", { text: formatName(v) }),
     el("td", { text: saving(v.bytes, source.bytes) })));
+  for (const lazy of image.lazy_variants || []) {  // `lazy` in VARIANTS: made when first asked for
+    rows.push(el("tr", { class: "lazy" },
+      el("th", { scope: "row", text: lazy.name }),
+      el("td", { colSpan: 4, text: lazy.made ? "made on first request (stored)" : "made on first request" })));
+  }
   const caption = source.bytes
     ? `Original: ${source.width}×${source.height}, ${formatBytes(source.bytes)}, ${(source.type || "").toUpperCase()}`
     : "Variants";
