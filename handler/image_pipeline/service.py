@@ -221,19 +221,13 @@ class ImageService:
                 return found
             after = page[-1].key
 
-    def output_format(self, spec: VariantConfig, source_type: str) -> ImageFormat:
-        """The format a variant is written in for a source of `source_type` (the processor's rule)."""
-        if spec.format is not None:
-            return spec.format
-        return ImageFormat(source_type) if source_type in {f.value for f in ImageFormat} else ImageFormat.JPEG
-
     def lazy_key(self, prefix: str, spec: VariantConfig, source_type: str) -> str:
         """The key a lazy variant is stored at: the one an eager variant of that spec would have."""
-        return keys.variant_key(prefix, spec.name, self.output_format(spec, source_type).extension)
+        return keys.variant_key(prefix, spec.name, self.processor.format_for(spec, source_type).extension)
 
     def _lazy_entry(self, prefix: str, spec: VariantConfig, source_type: str) -> dict:
-        fmt = self.output_format(spec, source_type)
-        return {"name": spec.name, "key": self.lazy_key(prefix, spec, source_type), "format": fmt.value,
+        fmt = self.processor.format_for(spec, source_type)
+        return {"name": spec.name, "key": keys.variant_key(prefix, spec.name, fmt.extension), "format": fmt.value,
                 "content_type": fmt.content_type}
 
     async def make_variant(

@@ -125,7 +125,7 @@ class OnDemand:
 
     def lazy_leaf(self, name: str, source_type: str) -> str:
         spec = self._lazy[name]
-        return f"{name}.{self.service.output_format(spec, source_type).extension}"
+        return self.service.lazy_key("", spec, source_type)
 
     async def get(
         self, store: ObjectStore, prefix: str, wanted: Wanted, leaf: str | None = None, *, look_first: bool = False

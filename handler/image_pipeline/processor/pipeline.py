@@ -205,7 +205,7 @@ class ImageProcessor:
         # other pictures, not frames to play; a JPEG's (a gain map, a stereo view) and a HEIC's
         # (thumbnails, bursts) are not counted either. Variants come from the first (primary) one.
         job.frames = 1 if job.kind in _ONE_PICTURE else getattr(image, "n_frames", 1)
-        job.formats = {spec.name: self._format_for(spec, job.kind) for spec in self.variants}
+        job.formats = {spec.name: self.format_for(spec, job.kind) for spec in self.variants}
         job.animated = (
             job.kind in _ANIMATED_TYPES
             and getattr(image, "is_animated", False)
@@ -498,7 +498,9 @@ class ImageProcessor:
         image.seek(0)
         return {name: (images, durations) for name, images in frames.items()}
 
-    def _format_for(self, spec: VariantConfig, kind: str) -> ImageFormat:
+    def format_for(self, spec: VariantConfig, kind: str) -> ImageFormat:
+        """The format `spec` is written in for a source of type `kind` (the spec's, else the source's
+        web format, else JPEG)."""
         if spec.format is not None:
             return spec.format
         return ImageFormat(kind) if kind in _WEB_FORMATS else ImageFormat.JPEG
