@@ -114,7 +114,7 @@ class ImageService:
         names = [v.name for v in (*processor.variants, *self.lazy)] + (["original"] if processor.preserve_original else [])
         self._longest_leaf = keys.longest_leaf(names)
 
-    def _prefix(self, raw_key: str) -> str | None:
+    def output_prefix(self, raw_key: str) -> str | None:
         """The output prefix of a raw key, or None for a key outside raw/ or one that is refused."""
         try:
             return keys.output_prefix(raw_key, self.raw_prefix, self.processed_prefix, self._longest_leaf)
@@ -124,7 +124,7 @@ class ImageService:
     async def state(self, store: ObjectStore, raw_key: str, etag: str) -> str:
         """`missing` (no manifest for this key, or the prefix's manifest is another key's), `stale`
         (the manifest records another ETag or another configuration's fingerprint) or `current`."""
-        prefix = self._prefix(raw_key)
+        prefix = self.output_prefix(raw_key)
         if prefix is None:
             return "missing"
         record = manifest.recorded(await store.read_optional(keys.manifest_key(prefix)))
@@ -151,7 +151,7 @@ class ImageService:
           own invocation may have finished before the deletes.
         """
         started = perf_counter()
-        prefix = self._prefix(raw_key)
+        prefix = self.output_prefix(raw_key)
         if prefix is None:
             return Outcome("ignored", raw_key, reason=f"no outputs: outside {self.raw_prefix!r} or an invalid key")
         if delete_raw:

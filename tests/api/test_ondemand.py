@@ -214,3 +214,9 @@ def test_another_users_image_is_404_for_width_urls_too(client):
     assert api.get(f"/images/{image['id']}/w640.webp").status_code == 401
     assert api.get(f"/images/{image['id']}/w640.webp", headers=alice, follow_redirects=False).status_code == 302
     assert len([k for k in outputs(api) if "w640" in k]) == 1
+
+
+def test_with_a_cdn_the_ladder_points_at_the_cdns_copy_of_the_image_prefix(client):
+    api = client(PUBLIC_BASE_URL="https://cdn.example/")
+    image = upload(api)
+    assert image["width_urls"]["template"] == f"https://cdn.example/processed/{image['id']}/pic/w{{width}}.{{ext}}"

@@ -248,8 +248,7 @@ class Api:
         """Where this image's width URLs are: the CDN (PUBLIC_BASE_URL + its output prefix, made on a
         miss there) or the API's /images/{id}/w{width}.{ext}."""
         source = record["source"]
-        manifest_key = next(iter(v["key"] for v in record.get("variants", ())), "")
-        prefix = manifest_key.rpartition("/")[0] + "/" if manifest_key else ""
+        prefix = self.service.output_prefix(str(source["key"]))
         if self.settings.public_base_url and prefix:
             template = object_link(self.settings.public_base_url, prefix) + "w{width}.{ext}"
         else:
