@@ -100,8 +100,13 @@ def one_run(endpoint: str, files: list[Path], copies: int, workers: int) -> dict
         summary = backfill.Summary(target.url, "stale", workers)
         cpu_before, started = children_cpu(), time.perf_counter()
         backfill.run(
-            backfill.list_objects(s3, target), chosen=backfill.MODES["stale"], process=process, workers=workers,
-            summary=summary, stop=threading.Event(), on_result=results.append,
+            backfill.list_objects(s3, target),
+            chosen=backfill.MODES["stale"],
+            process=process,
+            workers=workers,
+            summary=summary,
+            stop=threading.Event(),
+            on_result=results.append,
         )
         return summary, time.perf_counter() - started, children_cpu() - cpu_before
 
@@ -153,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=ROOT / ".corpus")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--copies", type=int, default=1, help="upload the corpus this many times (distinct keys)")
-    parser.add_argument("--s3-wait-ms", type=float, default=37.0,
-                        help="S3 waits per image on Lambda (default: %(default)s)")
+    parser.add_argument(
+        "--s3-wait-ms", type=float, default=37.0, help="S3 waits per image on Lambda (default: %(default)s)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     files = sorted(p for p in args.corpus.iterdir() if p.suffix.lower() in EXTS) if args.corpus.is_dir() else []
@@ -174,16 +180,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average after: {loadavg()}", file=sys.stderr)
 
     images = runs[0]["images"]
-    print(f"\n### Local backfill: {images} corpus photos ({len(files)} files × {args.copies}, "
-          f"{runs[0]['bytes_in'] / 1e6:.1f} MB), moto server in its own process, {os.cpu_count()} shared cores\n")
-    print("| workers | images | failed | wall s | images/s | CPU s/image (work) | CPU s/image (all) "
-          "| handle ms p50 / p95 | MB out | rerun s (all current) |")
+    print(
+        f"\n### Local backfill: {images} corpus photos ({len(files)} files × {args.copies}, "
+        f"{runs[0]['bytes_in'] / 1e6:.1f} MB), moto server in its own process, {os.cpu_count()} shared cores\n"
+    )
+    print(
+        "| workers | images | failed | wall s | images/s | CPU s/image (work) | CPU s/image (all) "
+        "| handle ms p50 / p95 | MB out | rerun s (all current) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
-        print(f"| {r['workers']} | {r['images']} | {r['failed']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} "
-              f"| {r['cpu_work_per_image']:.3f} | {r['cpu_all_per_image']:.3f} "
-              f"| {r['handle_ms_p50']:.0f} / {r['handle_ms_p95']:.0f} | {r['bytes_out'] / 1e6:.1f} "
-              f"| {r['rerun_s']:.1f} |")
+        print(
+            f"| {r['workers']} | {r['images']} | {r['failed']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} "
+            f"| {r['cpu_work_per_image']:.3f} | {r['cpu_all_per_image']:.3f} "
+            f"| {r['handle_ms_p50']:.0f} / {r['handle_ms_p95']:.0f} | {r['bytes_out'] / 1e6:.1f} "
+            f"| {r['rerun_s']:.1f} |"
+        )
     if len(runs) > 1:
         scaling = runs[-1]["images_per_s"] / runs[0]["images_per_s"]
         print(f"\nscaling 1 → {runs[-1]['workers']} workers: {scaling:.2f}×")
@@ -193,21 +205,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n### 1,000,000 such images as an S3 Batch Operations job ({memory_mb} MB = {p['vcpu']:.2f} vCPU, arm64)\n")
     print("| | per million images |")
     print("|---|---:|")
-    print(f"| Lambda duration per image (projected: {runs[0]['cpu_work_per_image']:.3f} CPU s "
-          f"÷ {min(p['vcpu'], 1):.2f} "
-          f"vCPU + {args.s3_wait_ms:.0f} ms S3 waits) "
-          f"| {p['duration_s'] * 1000:.0f} ms |")
+    print(
+        f"| Lambda duration per image (projected: {runs[0]['cpu_work_per_image']:.3f} CPU s "
+        f"÷ {min(p['vcpu'], 1):.2f} "
+        f"vCPU + {args.s3_wait_ms:.0f} ms S3 waits) "
+        f"| {p['duration_s'] * 1000:.0f} ms |"
+    )
     print(f"| Lambda compute + requests | ${p['lambda']:.2f} |")
     print(f"| S3 requests of the pipeline ({PUTS} PUT-class + {GETS} GET-class per image) | ${p['s3']:.2f} |")
     print(f"| S3 Batch Operations ($0.25 per job + $1.00 per million objects) | ${p['batch']:.2f} |")
     print(f"| deciding which objects (1,000 LISTs + 1 manifest GET per object) + the CSV | ${p['decide']:.2f} |")
     print(f"| **total** | **${p['total']:.2f}** |")
-    print(f"| time at 100 / 1,000 concurrent executions | {p['hours_at'][100]:.1f} h "
-          f"/ {p['hours_at'][1000] * 60:.0f} min |")
+    print(
+        f"| time at 100 / 1,000 concurrent executions | {p['hours_at'][100]:.1f} h "
+        f"/ {p['hours_at'][1000] * 60:.0f} min |"
+    )
     print(f"| the same locally with {runs[0]['workers']} worker(s) here | {p['local_hours']:.0f} h |")
     if len(runs) > 1:
-        print(f"| the same locally with {runs[-1]['workers']} workers here | "
-              f"{projection(runs[-1], memory_mb, wait_s)['local_hours']:.0f} h |")
+        print(
+            f"| the same locally with {runs[-1]['workers']} workers here | "
+            f"{projection(runs[-1], memory_mb, wait_s)['local_hours']:.0f} h |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "projection": p, "memory_mb": memory_mb}, indent=2))
     return 0

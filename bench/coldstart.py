@@ -187,8 +187,13 @@ def first_event_runs(runs: int, hide: bool) -> list[dict]:
     data = photo_jpeg(1200, 850)
     results = []
     with MotoProcess() as endpoint:
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
         for run in range(runs):
             bucket = f"coldstart-{run}"
             s3.create_bucket(Bucket=bucket)
@@ -200,7 +205,10 @@ def first_event_runs(runs: int, hide: bool) -> list[dict]:
             env = lambda_env(hide=hide, extra={"AWS_ENDPOINT_URL_S3": endpoint})
             proc = subprocess.run(
                 [PYTHON, "-c", prelude(hide) + FIRST_EVENT_CHILD, json.dumps(events)],
-                env=env, capture_output=True, text=True, cwd=tempfile.gettempdir(),
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=tempfile.gettempdir(),
             )
             line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
@@ -242,11 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     totals = [t for t, _ in runs]
     median = statistics.median(totals)
     median_run = min(runs, key=lambda r: abs(r[0] - median))
-    print(f"### Cold start: `import image_pipeline.handler` ({len(runs)} fresh processes, "
-          f"{'SAM-artefact packages' if hide else 'venv as is'}, tracing on)\n")
+    print(
+        f"### Cold start: `import image_pipeline.handler` ({len(runs)} fresh processes, "
+        f"{'SAM-artefact packages' if hide else 'venv as is'}, tracing on)\n"
+    )
     print("| median ms | min ms | max ms | target |")
     print("|---:|---:|---:|---|")
-    print(f"| {median:.0f} | {min(totals):.0f} | {max(totals):.0f} | ≤ 400 ms: {'met' if median <= 400 else 'NOT met'} |")
+    print(
+        f"| {median:.0f} | {min(totals):.0f} | {max(totals):.0f} | ≤ 400 ms: {'met' if median <= 400 else 'NOT met'} |"
+    )
     print(f"\nTop {args.top} cumulative imports (run closest to the median, {median_run[0]:.0f} ms):\n")
     print("| module | cumulative ms | depth |")
     print("|---|---:|---:|")
@@ -261,9 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         second = statistics.median(r["events_ms"][1] for r in res)
         extra = statistics.median(r["events_ms"][0] - r["events_ms"][1] for r in res)
         client = statistics.median(r["second_client_ms"] for r in res)
-        print(f"### First invocation ({len(res)} fresh processes, 1200×850 JPEG, moto server in its own process, "
-              "tracing on)\n")
-        print("| import ms | 1st event ms | 2nd event ms | 1st − 2nd (first-invocation extra) ms | import + 1st event ms | S3Connection.open ms (warm imports) |")
+        print(
+            f"### First invocation ({len(res)} fresh processes, 1200×850 JPEG, moto server in its own process, "
+            "tracing on)\n"
+        )
+        print(
+            "| import ms | 1st event ms | 2nd event ms | 1st − 2nd (first-invocation extra) ms | import + 1st event ms | S3Connection.open ms (warm imports) |"
+        )
         print("|---:|---:|---:|---:|---:|---:|")
         print(f"| {imp:.0f} | {first:.0f} | {second:.0f} | {extra:.0f} | {imp + first:.0f} | {client:.0f} |")
     print(f"\nload average after: {loadavg()}", file=sys.stderr)

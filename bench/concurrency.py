@@ -107,19 +107,30 @@ class Server:
 
     def __enter__(self) -> Server:
         port = _free_port()
-        env = {**os.environ, **self.env, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-               "AWS_DEFAULT_REGION": "us-east-1"}
+        env = {
+            **os.environ,
+            **self.env,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
         env.pop("AWS_ENDPOINT_URL_S3", None)
         if self.handler_dir:  # another checkout's code first on the path
             env["PYTHONPATH"] = self.handler_dir
-        where = {"storage": ["--storage", self.tmp.name], "s3": ["--endpoint-url", self.endpoint or ""],
-                 "embedded": []}[self.mode]  # embedded: serve's own moto server, in its process
+        where = {
+            "storage": ["--storage", self.tmp.name],
+            "s3": ["--endpoint-url", self.endpoint or ""],
+            "embedded": [],
+        }[self.mode]  # embedded: serve's own moto server, in its process
         if self.mode == "s3":
             env["BUCKET_NAME"] = f"bench-{port}"
         self.log = open(Path(self.tmp.name).with_suffix(".log"), "wb")
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "image_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *where],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.tmp.name,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=self.tmp.name,
         )
         self.url = f"http://127.0.0.1:{port}"
         import httpx
@@ -216,11 +227,19 @@ def run_case(side: dict, case: str, files: dict[str, bytes], mode: str, endpoint
         hwm = vm_hwm_kb(server.proc.pid)
     health = result["health_ms"]
     return {
-        "side": side["name"], "case": case, "images": len(chosen),
-        "health_p50": statistics.median(health), "health_p95": pct(health, 95), "health_max": max(health),
+        "side": side["name"],
+        "case": case,
+        "images": len(chosen),
+        "health_p50": statistics.median(health),
+        "health_p95": pct(health, 95),
+        "health_max": max(health),
         "polls": len(health),
-        "rate": len(chosen) / result["wall_s"], "seq_rate": len(chosen) / sequential_s,
-        "refused": result["refused"], "peak_mb": hwm / 1024, "seq_peak_mb": seq_hwm / 1024, "base_mb": base_kb / 1024,
+        "rate": len(chosen) / result["wall_s"],
+        "seq_rate": len(chosen) / sequential_s,
+        "refused": result["refused"],
+        "peak_mb": hwm / 1024,
+        "seq_peak_mb": seq_hwm / 1024,
+        "base_mb": base_kb / 1024,
     }
 
 
@@ -244,8 +263,9 @@ def per_image_peak_mb(path: Path, warm: Path, handler_dir: str | None) -> float:
     """The processor's own peak for one image, its input bytes included: VmHWM − RSS before it,
     in a fresh process (after a warm-up image, so codecs and plugins are in the base)."""
     env = {**os.environ, **({"PYTHONPATH": handler_dir} if handler_dir else {})}
-    out = subprocess.run([PYTHON, "-c", PER_IMAGE, str(path), str(warm)], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [PYTHON, "-c", PER_IMAGE, str(path), str(warm)], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     return (int(out[1]) - int(out[0])) / 1024
 
 
@@ -291,27 +311,41 @@ def main(argv: list[str] | None = None) -> int:
     from image_pipeline.pool import cpu_count
 
     limit = args.concurrency or cpu_count()
-    print(f"### `serve {'--storage DIR' if args.mode == 'storage' else '--endpoint-url (moto in its own process)'}`: "
-          f"{args.rounds} round(s), median per side; load average at the cases' starts: "
-          f"{', '.join(r['load_before'].split()[0] for r in rows)} on {os.cpu_count()} cores\n")
-    print("| case | side | /healthz p50 ms | p95 ms | max ms | images/s in flight | one at a time | ratio "
-          "| 503 (retried) | API peak RSS MB | bound MB |")
+    print(
+        f"### `serve {'--storage DIR' if args.mode == 'storage' else '--endpoint-url (moto in its own process)'}`: "
+        f"{args.rounds} round(s), median per side; load average at the cases' starts: "
+        f"{', '.join(r['load_before'].split()[0] for r in rows)} on {os.cpu_count()} cores\n"
+    )
+    print(
+        "| case | side | /healthz p50 ms | p95 ms | max ms | images/s in flight | one at a time | ratio "
+        "| 503 (retried) | API peak RSS MB | bound MB |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for case in cases:
         for side in sides:
             mine = [r for r in rows if r["case"] == case and r["side"] == side["name"]]
-            med = {k: statistics.median(r[k] for r in mine) for k in
-                   ("health_p50", "health_p95", "health_max", "rate", "seq_rate", "refused", "peak_mb")}
+            med = {
+                k: statistics.median(r[k] for r in mine)
+                for k in ("health_p50", "health_p95", "health_max", "rate", "seq_rate", "refused", "peak_mb")
+            }
             worst = max(r["health_max"] for r in mine)
-            bound = f"{limit} × {peaks[side['name']]:.0f} + {base:.0f} = {limit * peaks[side['name']] + base:.0f}" \
-                if side["name"] == "after" else "none"
-            print(f"| {case} ({len(CASES[case])} in flight) | {side['name']} | {med['health_p50']:.0f} "
-                  f"| {med['health_p95']:.0f} | {med['health_max']:.0f} (worst {worst:.0f}) | {med['rate']:.2f} "
-                  f"| {med['seq_rate']:.2f} | {med['rate'] / med['seq_rate']:.2f}× | {med['refused']:.0f} "
-                  f"| {med['peak_mb']:.0f} (max {max(r['peak_mb'] for r in mine):.0f}) | {bound} |")
-    print(f"\nbound = PROCESS_CONCURRENCY × the processor's own peak for one 60 MP PNG, its input bytes included "
-          f"(fresh process: " + ", ".join(f"{k} {v:.0f} MB" for k, v in peaks.items())
-          + f") + the API's RSS after a warm-up upload ({base:.0f} MB)")
+            bound = (
+                f"{limit} × {peaks[side['name']]:.0f} + {base:.0f} = {limit * peaks[side['name']] + base:.0f}"
+                if side["name"] == "after"
+                else "none"
+            )
+            print(
+                f"| {case} ({len(CASES[case])} in flight) | {side['name']} | {med['health_p50']:.0f} "
+                f"| {med['health_p95']:.0f} | {med['health_max']:.0f} (worst {worst:.0f}) | {med['rate']:.2f} "
+                f"| {med['seq_rate']:.2f} | {med['rate'] / med['seq_rate']:.2f}× | {med['refused']:.0f} "
+                f"| {med['peak_mb']:.0f} (max {max(r['peak_mb'] for r in mine):.0f}) | {bound} |"
+            )
+    print(
+        "\nbound = PROCESS_CONCURRENCY × the processor's own peak for one 60 MP PNG, its input bytes included "
+        "(fresh process: "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in peaks.items())
+        + f") + the API's RSS after a warm-up upload ({base:.0f} MB)"
+    )
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "per_image_peak_mb": peaks}, indent=1))
     return 0

@@ -22,10 +22,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from PIL import Image, ImageOps  # noqa: E402
+from ssim import ssim  # noqa: E402
 
 from image_pipeline import ImageFormat  # noqa: E402
 from image_pipeline.processor.encode import _options, prepare  # noqa: E402
-from ssim import ssim  # noqa: E402
 
 # Three photos of different sizes/detail and two PNGs (RGBA with real transparency, RGB + ICC).
 DEFAULT_IMAGES = (

@@ -256,17 +256,21 @@ def worker(spec_path: str) -> None:
             "manifest GET + raw GET (concurrent)": dur([c for c in calls if c[0] in ("read_optional", "read")]),
             "variant PUTs (concurrent)": dur(variant_writes),
             "manifest PUT": dur(manifest_writes),
-            "HEAD (still that upload?) + tagging GET (concurrent)": dur([c for c in calls if c[0] in ("etag", "get_tags")]),
+            "HEAD (still that upload?) + tagging GET (concurrent)": dur(
+                [c for c in calls if c[0] in ("etag", "get_tags")]
+            ),
             "tagging PUT (or conditional DELETE)": dur([c for c in calls if c[0] in ("set_tags", "delete")]),
         }
-        rows.append({
-            "event": i,
-            "wall_ms": wall,
-            "processing_ms": outcome.processing_ms,
-            "total_ms": outcome.total_ms,
-            "bytes_in": outcome.bytes_in,
-            "steps": steps,
-        })
+        rows.append(
+            {
+                "event": i,
+                "wall_ms": wall,
+                "processing_ms": outcome.processing_ms,
+                "total_ms": outcome.total_ms,
+                "bytes_in": outcome.bytes_in,
+                "steps": steps,
+            }
+        )
 
     # moto floor: sequential small requests on the handler's own client and loop
     floor = []
@@ -281,14 +285,18 @@ def worker(spec_path: str) -> None:
     for _ in range(30):
         floor.append(h.runtime._runner.run(one()))
     h.runtime.close()
-    Path(spec["result"]).write_text(json.dumps({
-        "import_ms": import_ms,
-        "rss_after_import_kb": rss_after_import,
-        "peak_rss_kb": peak_rss_kb(),
-        "rows": rows,
-        "floor_ms": floor,
-        "failures": failures,
-    }))
+    Path(spec["result"]).write_text(
+        json.dumps(
+            {
+                "import_ms": import_ms,
+                "rss_after_import_kb": rss_after_import,
+                "peak_rss_kb": peak_rss_kb(),
+                "rows": rows,
+                "floor_ms": floor,
+                "failures": failures,
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------- parent
@@ -306,8 +314,9 @@ def prepare(endpoint: str, images: list[tuple[str, bytes]], n_events: int, bucke
     """Upload first + N raw objects (cycling through `images`); the events that name them."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id="bench", aws_secret_access_key="bench")
+    s3 = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench", aws_secret_access_key="bench"
+    )
     s3.create_bucket(Bucket=bucket)
     events, names = [], []
     for i in range(n_events + 1):
@@ -382,21 +391,29 @@ def print_tables(result: dict, label: str, tracing: str) -> None:
     s = summarize(result)
     failures = result.get("failures", [])
     if failures:
-        print(f"**{len(failures)} of {len(failures) + len(result['rows'])} events NOT processed** "
-              f"(tracing {tracing}); first: `{failures[0]}`\n")
+        print(
+            f"**{len(failures)} of {len(failures) + len(result['rows'])} events NOT processed** "
+            f"(tracing {tracing}); first: `{failures[0]}`\n"
+        )
     if s is None:
         return
     warm = [r for r in result["rows"] if r["event"] > 0]
     print(f"### Handler: {s['events']} warm events + 1 cold, {label}, tracing {tracing}\n")
-    print("| events | p50 ms | p95 ms | images/s | peak RSS MB | cold start ms (import + 1st event) "
-          "| S3 overhead p50 ms | S3 overhead p95 ms |")
+    print(
+        "| events | p50 ms | p95 ms | images/s | peak RSS MB | cold start ms (import + 1st event) "
+        "| S3 overhead p50 ms | S3 overhead p95 ms |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {s['events']} | {s['p50']:.0f} | {s['p95']:.0f} | {s['ips']:.2f} | {s['peak_rss_mb']:.0f} "
-          f"| {s['cold_ms']:.0f} ({s['import_ms']:.0f} + {s['first_ms']:.0f}) "
-          f"| {s['ovh_p50']:.1f} | {s['ovh_p95']:.1f} |")
-    print(f"\nprocessor (Outcome.processing_ms): p50 {s['proc_p50']:.0f} ms, p95 {s['proc_p95']:.0f} ms; "
-          f"S3 overhead = handler wall − processing_ms; target ≤ 60 ms/event: "
-          f"{'met' if s['ovh_p50'] <= 60 else 'NOT met'} (p50)\n")
+    print(
+        f"| {s['events']} | {s['p50']:.0f} | {s['p95']:.0f} | {s['ips']:.2f} | {s['peak_rss_mb']:.0f} "
+        f"| {s['cold_ms']:.0f} ({s['import_ms']:.0f} + {s['first_ms']:.0f}) "
+        f"| {s['ovh_p50']:.1f} | {s['ovh_p95']:.1f} |"
+    )
+    print(
+        f"\nprocessor (Outcome.processing_ms): p50 {s['proc_p50']:.0f} ms, p95 {s['proc_p95']:.0f} ms; "
+        f"S3 overhead = handler wall − processing_ms; target ≤ 60 ms/event: "
+        f"{'met' if s['ovh_p50'] <= 60 else 'NOT met'} (p50)\n"
+    )
     print("Where the overhead goes (warm events, ms):\n")
     print("| step | p50 | p95 |")
     print("|---|---:|---:|")
@@ -404,7 +421,9 @@ def print_tables(result: dict, label: str, tracing: str) -> None:
         vals = [r["steps"][step] for r in warm]
         print(f"| {step} | {statistics.median(vals):.1f} | {pct(vals, 95):.1f} |")
     rest = [r["wall_ms"] - r["processing_ms"] - sum(r["steps"].values()) for r in warm]
-    print(f"| rest (Powertools, event parsing, manifest JSON, loop) | {statistics.median(rest):.1f} | {pct(rest, 95):.1f} |")
+    print(
+        f"| rest (Powertools, event parsing, manifest JSON, loop) | {statistics.median(rest):.1f} | {pct(rest, 95):.1f} |"
+    )
     print(f"| *moto floor: one small sequential request* | {s['floor_p50']:.1f} | {s['floor_p95']:.1f} |")
 
 

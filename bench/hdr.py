@@ -103,7 +103,7 @@ def make_inputs(photo: Path) -> tuple[dict[str, bytes], tuple[pyvips.Image, pyvi
 def _as_apple(sdr: pyvips.Image, boost: pyvips.Image) -> bytes:
     """An iPhone-style HDR JPEG of `sdr` whose Apple gain map gives `boost` (see the module doc)."""
     g = (boost - 1) / (APPLE_HEADROOM - 1)
-    encoded = (g < 0.018).ifthenelse(g * 4.5, g ** 0.45 * 1.099 - 0.099)  # Rec. 709
+    encoded = (g < 0.018).ifthenelse(g * 4.5, g**0.45 * 1.099 - 0.099)  # Rec. 709
     gain_map = Image.fromarray((encoded.resize(0.5) * 255 + 0.5).cast("uchar").numpy(), "L")
     gain_map.encoderinfo = {"xmp": APPLE_XMP, "exif": b"", "extra": b""}
     primary = Image.fromarray(sdr.cast("uchar").numpy(), "RGB")
@@ -122,7 +122,7 @@ def _as_xmp_only(data: bytes) -> bytes:
     for marker, start, payload in segments(primary, 0):
         ours = payload.startswith((uhdr.MPF, uhdr.ISO_NS, uhdr.XMP_NS))
         if not ours:
-            out += primary[start - 4:start + len(payload)]
+            out += primary[start - 4 : start + len(payload)]
         pos = start + len(payload)
     primary = bytes(out + primary[pos:])
     gain_map = Image.open(io.BytesIO(found.jpeg))
@@ -203,8 +203,10 @@ def compare(renditions, name: str, mine: bytes, theirs: bytes | None) -> dict:
         assert h1.shape == h2.shape, (name, h1.shape, h2.shape)
         b2 = _log_boost(h2, s2)
         row.update(
-            ssim=ssim(_viewable(h1, p1), _viewable(h2, p1)), sdr_ssim=ssim(_viewable(s1, 1.0), _viewable(s2, 1.0)),
-            boost=_stops(b1, b2), vips_vs_source=_stops(b2, truth),
+            ssim=ssim(_viewable(h1, p1), _viewable(h2, p1)),
+            sdr_ssim=ssim(_viewable(s1, 1.0), _viewable(s2, 1.0)),
+            boost=_stops(b1, b2),
+            vips_vs_source=_stops(b2, truth),
         )
     return row
 
@@ -217,8 +219,9 @@ def child(configuration: str, path: str) -> None:
 
 
 def peak(configuration: str, path: Path) -> int:
-    done = subprocess.run([sys.executable, __file__, "--child", configuration, str(path)], capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", configuration, str(path)], capture_output=True, text=True, check=True
+    )
     return int(done.stdout.split()[-1])
 
 
@@ -282,8 +285,15 @@ def main(argv: list[str] | None = None) -> int:
             renditions = (lift[0], lift[1]) if apple else source_renditions(data)
             for name in BOXES:
                 row = compare(renditions, name, mine[name], theirs[name] if theirs else None)
-                row.update(photo=photo.stem, flavour=flavour, variant=name, added=len(mine[name]) - len(plain[name]),
-                           bytes=len(plain[name]), ms=times, rss=rss)
+                row.update(
+                    photo=photo.stem,
+                    flavour=flavour,
+                    variant=name,
+                    added=len(mine[name]) - len(plain[name]),
+                    bytes=len(plain[name]),
+                    ms=times,
+                    rss=rss,
+                )
                 rows.append(row)
                 print(_line(row), flush=True)
     print()
@@ -300,8 +310,10 @@ def _pair(stops: tuple[float, float] | None) -> str:
 
 
 def _line(row: dict) -> str:
-    return (f"{row['photo']:<12} {row['flavour']:<5} {row['variant']:<6} {row['size']:>9}  SSIM {_ssims(row)}  "
-            f"Δboost {_pair(row.get('boost'))}  vs source {_pair(row['ours_vs_source'])}  +{row['added']} B")
+    return (
+        f"{row['photo']:<12} {row['flavour']:<5} {row['variant']:<6} {row['size']:>9}  SSIM {_ssims(row)}  "
+        f"Δboost {_pair(row.get('boost'))}  vs source {_pair(row['ours_vs_source'])}  +{row['added']} B"
+    )
 
 
 def table(rows: list[dict]) -> str:

@@ -54,19 +54,22 @@ def main() -> None:
     upstream = "http://127.0.0.1:%d" % moto._server.server_port
     proxy = FaultProxy(upstream=upstream).start()
     os.environ.update(
-        AWS_ENDPOINT_URL_S3=proxy.url, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1", POWERTOOLS_TRACE_DISABLED="true", POWERTOOLS_METRICS_NAMESPACE="Bench",
+        AWS_ENDPOINT_URL_S3=proxy.url,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        POWERTOOLS_TRACE_DISABLED="true",
+        POWERTOOLS_METRICS_NAMESPACE="Bench",
     )
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    import image_pipeline.handler as handler
     from image_pipeline.cli import LocalContext
     from image_pipeline.runtime import Runtime
     from image_pipeline.service import ObjectRef
     from image_pipeline.settings import Settings
     from tests.images import photo
-
-    import image_pipeline.handler as handler
 
     handler.logger.setLevel("ERROR")
     s3 = boto3.client("s3", endpoint_url=upstream)
@@ -96,8 +99,9 @@ def main() -> None:
             status = run(key)
             times.append((time.perf_counter() - began) * 1000)
             # A ListObjectsV2 is a GET on the bucket, priced as a PUT-class request: counted apart.
-            counts.append(Counter("LIST" if s.method == "GET" and "list-type=" in s.path else s.method
-                                  for s in proxy.log[start:]))
+            counts.append(
+                Counter("LIST" if s.method == "GET" and "list-type=" in s.path else s.method for s in proxy.log[start:])
+            )
         methods = Counter()
         for c in counts:
             methods.update(c)

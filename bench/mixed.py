@@ -28,7 +28,10 @@ from tests.images import DISPLAY_P3, icc_profile  # noqa: E402
 
 # Adobe RGB (1998) colorants, Bradford-adapted to D50; gamma 563/256.
 ADOBE_RGB = icc_profile(
-    "Adobe RGB (1998) (bench)", (0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446),
+    "Adobe RGB (1998) (bench)",
+    (0.6097, 0.3111, 0.0195),
+    (0.2053, 0.6257, 0.0609),
+    (0.1492, 0.0632, 0.7446),
     gamma=563 / 256,
 )
 

@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from concurrency import PYTHON, Server, vm_hwm_kb  # noqa: E402
+
 from handler import gradients_and_shapes, loadavg, pct  # noqa: E402
 
 SIZES = {"12 MP": (4000, 3000), "24 MP": (6000, 4000)}
@@ -162,17 +163,31 @@ def main() -> None:
     print(f"load average before: {loadavg()}", file=sys.stderr)
     serve_times, peak_kb = through_serve(files, args.rounds)
     child = subprocess.run(
-        [PYTHON, "-c", "import json,sys; sys.path.insert(0, sys.argv[1]); from ondemand import engines; "
-         "print(json.dumps(engines(sys.argv[2:-1], int(sys.argv[-1]))))", str(HERE), *paths.values(), str(args.rounds)],
-        capture_output=True, text=True, check=True, cwd=ROOT,
+        [
+            PYTHON,
+            "-c",
+            "import json,sys; sys.path.insert(0, sys.argv[1]); from ondemand import engines; "
+            "print(json.dumps(engines(sys.argv[2:-1], int(sys.argv[-1]))))",
+            str(HERE),
+            *paths.values(),
+            str(args.rounds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
     engine = json.loads(child.stdout.strip().splitlines()[-1])
     print(f"load average after: {loadavg()}", file=sys.stderr)
 
-    print(f"\nSizes on demand, {args.rounds} rounds, through `serve` (embedded S3), load {loadavg()}; "
-          f"serve's peak RSS {peak_kb / 1024:.0f} MB\n")
-    print("| input | output | first request p50 / p95 ms | hit p50 / p95 ms | our processing p50 ms | "
-          "libvips p50 ms | **ours / libvips** | bytes ours / libvips | SSIM vs libvips |")
+    print(
+        f"\nSizes on demand, {args.rounds} rounds, through `serve` (embedded S3), load {loadavg()}; "
+        f"serve's peak RSS {peak_kb / 1024:.0f} MB\n"
+    )
+    print(
+        "| input | output | first request p50 / p95 ms | hit p50 / p95 ms | our processing p50 ms | "
+        "libvips p50 ms | **ours / libvips** | bytes ours / libvips | SSIM vs libvips |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     summary = {}
     for name, path in paths.items():
@@ -183,12 +198,20 @@ def main() -> None:
             vips = engine["times"][f"{path}|{target}|vips"]
             ratio = statistics.median(ours) / statistics.median(vips)
             b_ours, b_vips = engine["bytes"][f"{path}|{target}|ours"], engine["bytes"][f"{path}|{target}|vips"]
-            print(f"| {name} JPEG | {target} | {statistics.median(first):.0f} / {pct(first, 95):.0f} | "
-                  f"{statistics.median(hit):.1f} / {pct(hit, 95):.1f} | {statistics.median(ours):.0f} | "
-                  f"{statistics.median(vips):.0f} | **{ratio:.2f}×** | {b_ours / b_vips:.3f} | "
-                  f"{engine['ssim'][f'{path}|{target}']:.4f} |")
-            summary[f"{name}|{target}"] = {"first": first, "hit": hit, "ours": ours, "vips": vips,
-                                           "bytes": [b_ours, b_vips], "ssim": engine["ssim"][f"{path}|{target}"]}
+            print(
+                f"| {name} JPEG | {target} | {statistics.median(first):.0f} / {pct(first, 95):.0f} | "
+                f"{statistics.median(hit):.1f} / {pct(hit, 95):.1f} | {statistics.median(ours):.0f} | "
+                f"{statistics.median(vips):.0f} | **{ratio:.2f}×** | {b_ours / b_vips:.3f} | "
+                f"{engine['ssim'][f'{path}|{target}']:.4f} |"
+            )
+            summary[f"{name}|{target}"] = {
+                "first": first,
+                "hit": hit,
+                "ours": ours,
+                "vips": vips,
+                "bytes": [b_ours, b_vips],
+                "ssim": engine["ssim"][f"{path}|{target}"],
+            }
     processing = statistics.median([statistics.median(v["ours"]) for v in summary.values()])
     s3_ms = statistics.median([statistics.median(v["first"]) - statistics.median(v["ours"]) for v in summary.values()])
     lambda_first = (processing / VCPU_1024 + max(s3_ms, 0)) / 1000 * 1.0 * LAMBDA_GBS * 1e6 + LAMBDA_REQ
@@ -205,8 +228,10 @@ def main() -> None:
         lam_text = "(the API function's request)" if lam is None else f"{lam:.2f}"
         total = s3 + (lam or 0.0)
         print(f"| {label} | {requests} | {s3:.2f} | {lam_text} | {total:.2f} |")
-    print(f"\n(Lambda: {processing:.0f} ms of processing here ÷ {VCPU_1024} vCPU + {max(s3_ms, 0):.0f} ms of S3 and "
-          "HTTP, measured as first request minus processing.)")
+    print(
+        f"\n(Lambda: {processing:.0f} ms of processing here ÷ {VCPU_1024} vCPU + {max(s3_ms, 0):.0f} ms of S3 and "
+        "HTTP, measured as first request minus processing.)"
+    )
     if args.json:
         args.json.write_text(json.dumps({"serve": serve_times, "engines": engine, "peak_kb": peak_kb}, indent=1))
 

@@ -148,8 +148,10 @@ def _run_naive(data: bytes, variants, lossless: bool = False) -> list[tuple[str,
         if spec.fit is Fit.COVER:
             image = ImageOps.fit(clean, (spec.max_width, spec.max_height), Image.Resampling.LANCZOS)
         else:
-            scale = min(spec.max_width / clean.width if spec.max_width else 1e9,
-                        spec.max_height / clean.height if spec.max_height else 1e9)
+            scale = min(
+                spec.max_width / clean.width if spec.max_width else 1e9,
+                spec.max_height / clean.height if spec.max_height else 1e9,
+            )
             size = (max(1, int(clean.width * scale)), max(1, int(clean.height * scale)))
             image = clean if scale >= 1 else clean.resize(size, Image.Resampling.LANCZOS)
         image = prepare(image if image.mode != "P" else image.convert("RGBA"), fmt, (255, 255, 255))
@@ -299,6 +301,7 @@ def child(impl: str, path: str, outdir: str) -> None:
     base = impl.removesuffix("-lossless")
     base = "ours" if base == "before" else base
     import PIL.Image  # imports done before the clock starts, Pillow's format plugins included:
+
     import image_pipeline  # noqa: F401
 
     PIL.Image.init()  # a warm container has them; their one-off import is bench/coldstart.py's
@@ -357,9 +360,7 @@ def _viewable(image, alpha: str):
     """RGB as displayed: transparency composited on white (alpha='white') or dropped ('drop')."""
     from PIL import Image
 
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha and alpha == "white":
         rgba = image.convert("RGBA")
         base = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -397,9 +398,9 @@ class Reference:
 def score(path: Path, results: dict[str, dict], variants, alpha: str) -> dict[str, dict[str, float]]:
     """SSIM of every output of every implementation against the reference."""
     from PIL import Image
+    from ssim import ssim
 
     from image_pipeline import Fit
-    from ssim import ssim
 
     ref = Reference(path, alpha)
     fits = {v.name: v.fit is Fit.COVER for v in variants}

@@ -89,11 +89,16 @@ def main() -> None:
                     row["q"].append((v.name, v.quality, v.qauto["trials"], v.qauto["ssim"]))
             line[mode] = (size, ms)
         per_image.append(line)
-        print(f"{path.name}: " + ", ".join(f"{m} {line[m][0] / 1024:.0f} KB {line[m][1]:.0f} ms" for m in modes), flush=True)
+        print(
+            f"{path.name}: " + ", ".join(f"{m} {line[m][0] / 1024:.0f} KB {line[m][1]:.0f} ms" for m in modes),
+            flush=True,
+        )
 
     base = rows["q85 (default)"]
     print(f"\n{len(files)} images, target SSIM 0.{args.target} (qauto ceiling q85)\n")
-    print("| mode | bytes | vs q85 | mean ms/img | extra ms vs q85 | SSIM min (thumb / medium / large) | SSIM mean (all) |")
+    print(
+        "| mode | bytes | vs q85 | mean ms/img | extra ms vs q85 | SSIM min (thumb / medium / large) | SSIM mean (all) |"
+    )
     print("|---|---:|---:|---:|---:|---|---:|")
     for mode, row in rows.items():
         mins = " / ".join(f"{min(row['ssim'][n]):.4f}" for n in ("thumbnail", "medium", "large"))
@@ -110,13 +115,17 @@ def main() -> None:
         trials = [t for n, _, t, _ in chosen if n == name]
         fast = [s for n, _, _, s in chosen if n == name]
         if qs:
-            print(f"- {name}: q{min(qs)} / q{int(statistics.median(qs))} / q{max(qs)}, {statistics.mean(trials):.2f} encodes, {min(fast):.4f}")
+            print(
+                f"- {name}: q{min(qs)} / q{int(statistics.median(qs))} / q{max(qs)}, {statistics.mean(trials):.2f} encodes, {min(fast):.4f}"
+            )
     worst_auto = min(s for values in rows[auto]["ssim"].values() for s in values)
     print(f"\nqauto's worst variant SSIM (reference): {worst_auto:.4f}")
     for mode in ("q65", "q75", "q85 (default)"):
         worst = min(s for values in rows[mode]["ssim"].values() for s in values)
         verdict = "≥" if worst >= worst_auto else "<"
-        print(f"- {mode}: worst {worst:.4f} ({verdict} qauto's), bytes {rows[mode]['bytes'] / rows[auto]['bytes']:.3f}× qauto's")
+        print(
+            f"- {mode}: worst {worst:.4f} ({verdict} qauto's), bytes {rows[mode]['bytes'] / rows[auto]['bytes']:.3f}× qauto's"
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import argparse
 import io
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -136,8 +135,11 @@ class CpuCap:
 def photo_12mp(corpus: Path) -> tuple[str, bytes]:
     from PIL import Image
 
-    jpegs = sorted((p for p in corpus.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")),
-                   key=lambda p: p.stat().st_size, reverse=True)
+    jpegs = sorted(
+        (p for p in corpus.iterdir() if p.suffix.lower() in (".jpg", ".jpeg")),
+        key=lambda p: p.stat().st_size,
+        reverse=True,
+    )
     source = jpegs[0]
     with Image.open(source) as image:
         w, h = image.size
@@ -178,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     photo = photo_12mp(args.corpus)
     memories = [int(m) for m in args.memory.split(",")]
     cap = CpuCap(args.mode)
-    print(f"CPU limit: {cap.describe()}; load average before: {bench.loadavg()} (cores: {os.cpu_count()})",
-          file=sys.stderr)
+    print(
+        f"CPU limit: {cap.describe()}; load average before: {bench.loadavg()} (cores: {os.cpu_count()})",
+        file=sys.stderr,
+    )
 
     images = [corpus[0]] + corpus + [photo] * args.photo_events  # first = the cold event
     results = {}
@@ -215,40 +219,55 @@ def main(argv: list[str] | None = None) -> int:
         photo_ms = [per_event[i] for i in range(1 + n_corpus, len(images)) if i in per_event]
         result = {"peak_rss_kb": max(r["peak_rss_kb"] for r in reps)}
         gb = memory / 1024
-        rows.append({
-            "memory": memory,
-            "vcpu": memory / FULL_VCPU_MB,
-            "corpus_mean": statistics.fmean(corpus_ms),
-            "corpus_p95": pct(corpus_ms, 95),
-            "photo_mean": statistics.fmean(photo_ms),
-            "photo_p95": pct(photo_ms, 95),
-            "rss": result["peak_rss_kb"] / 1024,
-            "corpus_cost": statistics.fmean(corpus_ms) / 1000 * gb * GB_S_ARM64 * 1e6 + 0.20,
-            "photo_cost": statistics.fmean(photo_ms) / 1000 * gb * GB_S_ARM64 * 1e6 + 0.20,
-            "failures": len(failures),
-        })
+        rows.append(
+            {
+                "memory": memory,
+                "vcpu": memory / FULL_VCPU_MB,
+                "corpus_mean": statistics.fmean(corpus_ms),
+                "corpus_p95": pct(corpus_ms, 95),
+                "photo_mean": statistics.fmean(photo_ms),
+                "photo_p95": pct(photo_ms, 95),
+                "rss": result["peak_rss_kb"] / 1024,
+                "corpus_cost": statistics.fmean(corpus_ms) / 1000 * gb * GB_S_ARM64 * 1e6 + 0.20,
+                "photo_cost": statistics.fmean(photo_ms) / 1000 * gb * GB_S_ARM64 * 1e6 + 0.20,
+                "failures": len(failures),
+            }
+        )
 
-    print(f"### Memory sweep: {n_corpus} corpus photos + {args.photo_events}× 12 MP photo "
-          f"(per-event median of {args.repeat} workers) "
-          f"({photo[0]}, {len(photo[1]) / 1e6:.1f} MB) per size; CPU cap: {cap.describe()}\n")
-    print("| memory MB | vCPU | corpus mean ms | corpus p95 ms | 12 MP mean ms | 12 MP p95 ms | peak RSS MB "
-          "| Lambda $/M corpus | Lambda $/M 12 MP | S3 requests $/M | failed |")
+    print(
+        f"### Memory sweep: {n_corpus} corpus photos + {args.photo_events}× 12 MP photo "
+        f"(per-event median of {args.repeat} workers) "
+        f"({photo[0]}, {len(photo[1]) / 1e6:.1f} MB) per size; CPU cap: {cap.describe()}\n"
+    )
+    print(
+        "| memory MB | vCPU | corpus mean ms | corpus p95 ms | 12 MP mean ms | 12 MP p95 ms | peak RSS MB "
+        "| Lambda $/M corpus | Lambda $/M 12 MP | S3 requests $/M | failed |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['memory']} | {r['vcpu']:.2f} | {r['corpus_mean']:.0f} | {r['corpus_p95']:.0f} "
-              f"| {r['photo_mean']:.0f} | {r['photo_p95']:.0f} | {r['rss']:.0f} | {r['corpus_cost']:.2f} "
-              f"| {r['photo_cost']:.2f} | {s3_cost:.2f} | {r['failures']} |")
-    print(f"\nLambda $/M = mean handler seconds × GB × ${GB_S_ARM64} × 1e6 + $0.20 requests; "
-          f"S3 $/M = {puts} PUT-class × $0.005/1000 + {gets} GET-class × $0.0004/1000, per image, ×1e6 "
-          f"(same at every memory size).")
-    fits = [r for r in rows if r["photo_p95"] <= args.goal_p95_ms and r["rss"] <= (1 - args.headroom) * r["memory"]
-            and not r["failures"]]
+        print(
+            f"| {r['memory']} | {r['vcpu']:.2f} | {r['corpus_mean']:.0f} | {r['corpus_p95']:.0f} "
+            f"| {r['photo_mean']:.0f} | {r['photo_p95']:.0f} | {r['rss']:.0f} | {r['corpus_cost']:.2f} "
+            f"| {r['photo_cost']:.2f} | {s3_cost:.2f} | {r['failures']} |"
+        )
+    print(
+        f"\nLambda $/M = mean handler seconds × GB × ${GB_S_ARM64} × 1e6 + $0.20 requests; "
+        f"S3 $/M = {puts} PUT-class × $0.005/1000 + {gets} GET-class × $0.0004/1000, per image, ×1e6 "
+        f"(same at every memory size)."
+    )
+    fits = [
+        r
+        for r in rows
+        if r["photo_p95"] <= args.goal_p95_ms and r["rss"] <= (1 - args.headroom) * r["memory"] and not r["failures"]
+    ]
     if fits:
         best = min(fits, key=lambda r: r["photo_cost"])
-        print(f"\nChoice: **{best['memory']} MB** — cheapest 12 MP cost (${best['photo_cost']:.2f}/M Lambda) with "
-              f"12 MP p95 {best['photo_p95']:.0f} ms ≤ {args.goal_p95_ms:.0f} ms and peak RSS {best['rss']:.0f} MB "
-              f"≤ {(1 - args.headroom) * 100:.0f}% of {best['memory']} MB. Lambda ≤ $4/M 12 MP: "
-              f"{'met' if best['photo_cost'] <= 4 else 'NOT met'}.")
+        print(
+            f"\nChoice: **{best['memory']} MB** — cheapest 12 MP cost (${best['photo_cost']:.2f}/M Lambda) with "
+            f"12 MP p95 {best['photo_p95']:.0f} ms ≤ {args.goal_p95_ms:.0f} ms and peak RSS {best['rss']:.0f} MB "
+            f"≤ {(1 - args.headroom) * 100:.0f}% of {best['memory']} MB. Lambda ≤ $4/M 12 MP: "
+            f"{'met' if best['photo_cost'] <= 4 else 'NOT met'}."
+        )
     else:
         print("\nChoice: none of the sizes meets the time goal with the RSS headroom.")
     return 0

@@ -91,7 +91,7 @@ class Stack:
 
     def truth(self, expression: Any, _seen: tuple[str, ...] = ()) -> bool:
         """Fn::Equals / Fn::Not / Fn::And / Fn::Or / Condition, as CloudFormation evaluates them."""
-        (function, args), = expression.items()
+        ((function, args),) = expression.items()
         if function == "Condition":
             return self.condition(args, _seen)
         if function == "Fn::Not":
@@ -116,7 +116,7 @@ class Stack:
         if not isinstance(value, dict):
             return value
         if len(value) == 1:
-            (function, args), = value.items()
+            ((function, args),) = value.items()
             if function == "Ref":
                 if args == "AWS::NoValue":
                     return _NO_VALUE

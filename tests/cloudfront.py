@@ -38,6 +38,7 @@ def node() -> str:
 def viewer_request_uris(code: str, requests: list[tuple[str, dict[str, str]]], method: str = "GET") -> list[str]:
     """The URI each (uri, headers) request leaves the viewer-request function `code` with."""
     payload = json.dumps([{"uri": uri, "headers": headers, "method": method} for uri, headers in requests])
-    out = subprocess.run([node(), "-e", code + _HARNESS], input=payload, capture_output=True, text=True,
-                         timeout=60, check=True)
+    out = subprocess.run(
+        [node(), "-e", code + _HARNESS], input=payload, capture_output=True, text=True, timeout=60, check=True
+    )
     return json.loads(out.stdout)

@@ -19,8 +19,14 @@ class GatedProcessor(ImageProcessor):
     def replacing(cls, service) -> GatedProcessor:
         """Swap `service`'s processor for a gated one of the same configuration (same fingerprint)."""
         p = service.processor
-        gated = cls(p.variants, p.preserve_original, p.strip_metadata, p.background_color,
-                    limits=p.limits, keep_icc_profile=p.keep_icc_profile)
+        gated = cls(
+            p.variants,
+            p.preserve_original,
+            p.strip_metadata,
+            p.background_color,
+            limits=p.limits,
+            keep_icc_profile=p.keep_icc_profile,
+        )
         service.processor = gated
         return gated
 

@@ -21,8 +21,14 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 def photo(width: int = 1200, height: int = 800, fmt: str = "JPEG", **options) -> bytes:
     """A smooth gradient with some structure: compresses like a photo."""
     gradient = Image.linear_gradient("L").resize((width, height))
-    image = Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.ROTATE_90).resize((width, height)),
-                                Image.new("L", (width, height), 120)))
+    image = Image.merge(
+        "RGB",
+        (
+            gradient,
+            gradient.transpose(Image.Transpose.ROTATE_90).resize((width, height)),
+            Image.new("L", (width, height), 120),
+        ),
+    )
     return encode(image, fmt, **options)
 
 

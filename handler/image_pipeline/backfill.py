@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -182,13 +182,27 @@ class Worker:
                 outcome = await self.service.handle(store, ref, force=state == "current")
             except PipelineError as exc:  # storage failures: the service left the raw object as it was
                 if exc.permanent or attempt == RETRIES:
-                    return Result(ref.key, state, "failed", exc.code, exc.message, retried=attempt,
-                                  cpu_s=time.process_time() - started)
+                    return Result(
+                        ref.key,
+                        state,
+                        "failed",
+                        exc.code,
+                        exc.message,
+                        retried=attempt,
+                        cpu_s=time.process_time() - started,
+                    )
                 await asyncio.sleep(0.5 * 2**attempt)
                 continue
             except Exception as exc:  # a bug must not stop the other objects; it is listed like a failure
-                return Result(ref.key, state, "failed", "unexpected_error", f"{type(exc).__name__}: {exc}",
-                              retried=attempt, cpu_s=time.process_time() - started)
+                return Result(
+                    ref.key,
+                    state,
+                    "failed",
+                    "unexpected_error",
+                    f"{type(exc).__name__}: {exc}",
+                    retried=attempt,
+                    cpu_s=time.process_time() - started,
+                )
             return Result(
                 ref.key,
                 state,
@@ -650,8 +664,11 @@ def command(args: Any) -> int:
     if args.dry_run:
         _print_samples(summary, MODES[mode])
     if summary.interrupted:
-        print(f"\ninterrupted: {summary.processed} processed before stopping; run the same command again to "
-              "resume (images already current are skipped)", file=sys.stderr)
+        print(
+            f"\ninterrupted: {summary.processed} processed before stopping; run the same command again to "
+            "resume (images already current are skipped)",
+            file=sys.stderr,
+        )
         if manifest is not None:
             manifest.discard()
         return 128 + (received[0] if received else signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
@@ -681,8 +698,11 @@ def _install_signals(stop: threading.Event, received: list[int]) -> dict:
             raise KeyboardInterrupt
         received.append(signum)
         stop.set()
-        print(f"\nbackfill: {signal.Signals(signum).name}: finishing the images in progress "
-              "(again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\nbackfill: {signal.Signals(signum).name}: finishing the images in progress (again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     previous = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -724,8 +744,11 @@ def _batch_operations(
     manifest.close()
     try:
         if summary.failures:
-            print(f"\n{summary.failures} object(s) whose state could not be read are not in the job; "
-                  f"see {args.failed_keys}", file=sys.stderr)
+            print(
+                f"\n{summary.failures} object(s) whose state could not be read are not in the job; "
+                f"see {args.failed_keys}",
+                file=sys.stderr,
+            )
         if manifest.count == 0:
             print("\nnothing to do: no object needs processing; no job created")
             return 0
@@ -733,7 +756,7 @@ def _batch_operations(
 
         session = boto3.session.Session()
         region = args.region or session.region_name or "us-east-1"
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         manifest_key = f"{MANIFEST_PREFIX}manifests/backfill-{stamp}-{uuid.uuid4().hex[:8]}.csv"
         s3.upload_file(str(manifest.path), target.bucket, manifest_key, ExtraArgs={"ContentType": "text/csv"})
         etag = s3.head_object(Bucket=target.bucket, Key=manifest_key)["ETag"].strip('"')
@@ -745,8 +768,10 @@ def _batch_operations(
         role_arn = args.role_arn
         if not role_arn:
             if not args.print_only:
-                raise BackfillError("--batch-operations needs --role-arn: a role S3 Batch Operations can assume "
-                                    "(see README, 'Backfill and reprocess')")
+                raise BackfillError(
+                    "--batch-operations needs --role-arn: a role S3 Batch Operations can assume "
+                    "(see README, 'Backfill and reprocess')"
+                )
             role_arn = f"arn:aws:iam::{account_id}:role/YOUR-BATCH-OPERATIONS-ROLE"
         spec = JobSpec(
             account_id=account_id,
@@ -767,9 +792,11 @@ def _batch_operations(
             return 0
         s3control = session.client("s3control", region_name=region)
         job_id = s3control.create_job(**request)["JobId"]
-        print(f"\nS3 Batch Operations job {job_id} created (report of failed tasks: "
-              f"s3://{report_bucket}/{spec.report_prefix}/)\n  console: {console_link(job_id, region)}\n"
-              f"  status:  aws s3control describe-job --region {region} --account-id {account_id} --job-id {job_id}")
+        print(
+            f"\nS3 Batch Operations job {job_id} created (report of failed tasks: "
+            f"s3://{report_bucket}/{spec.report_prefix}/)\n  console: {console_link(job_id, region)}\n"
+            f"  status:  aws s3control describe-job --region {region} --account-id {account_id} --job-id {job_id}"
+        )
         return 0
     finally:
         manifest.path.unlink(missing_ok=True)

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_sign(commands)
     _add_token(commands)
     args = parser.parse_args(argv)
-    from .errors import ConfigError
-
     from botocore.exceptions import EndpointConnectionError
+
+    from .errors import ConfigError
 
     try:
         if args.command == "backfill":
@@ -64,33 +64,62 @@ def _add_backfill(commands: argparse._SubParsersAction) -> None:
     )
     backfill.add_argument("target", metavar="s3://BUCKET/RAW_PREFIX[PREFIX]", help="e.g. s3://my-bucket/raw/2024/")
     which = backfill.add_mutually_exclusive_group()
-    which.add_argument("--only-missing", dest="mode", action="store_const", const="only-missing",
-                       help="only objects that have no manifest yet")
-    which.add_argument("--stale", dest="mode", action="store_const", const="stale",
-                       help="objects with no manifest or a stale one (another ETag or configuration): the default")
-    which.add_argument("--all", dest="mode", action="store_const", const="all",
-                       help="every object, current ones included: each image is processed again (still only "
-                       "while the raw object is the version listed)")
+    which.add_argument(
+        "--only-missing",
+        dest="mode",
+        action="store_const",
+        const="only-missing",
+        help="only objects that have no manifest yet",
+    )
+    which.add_argument(
+        "--stale",
+        dest="mode",
+        action="store_const",
+        const="stale",
+        help="objects with no manifest or a stale one (another ETag or configuration): the default",
+    )
+    which.add_argument(
+        "--all",
+        dest="mode",
+        action="store_const",
+        const="all",
+        help="every object, current ones included: each image is processed again (still only "
+        "while the raw object is the version listed)",
+    )
     backfill.set_defaults(mode="stale")
     backfill.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     backfill.add_argument("--dry-run", action="store_true", help="print the counts and a sample; change nothing")
     backfill.add_argument("--endpoint-url", help="another S3 endpoint (moto, MinIO, LocalStack)")
-    backfill.add_argument("--failed-keys", default="backfill-failed.csv", metavar="FILE",
-                          help="where failed keys and their error codes go (default: %(default)s)")
+    backfill.add_argument(
+        "--failed-keys",
+        default="backfill-failed.csv",
+        metavar="FILE",
+        help="where failed keys and their error codes go (default: %(default)s)",
+    )
     backfill.add_argument("--quiet", action="store_true", help="no progress display")
     batch = backfill.add_argument_group("S3 Batch Operations (the large scale: AWS runs the deployed function)")
-    batch.add_argument("--batch-operations", action="store_true",
-                       help="write a CSV manifest of the chosen keys to the bucket and create the job")
+    batch.add_argument(
+        "--batch-operations",
+        action="store_true",
+        help="write a CSV manifest of the chosen keys to the bucket and create the job",
+    )
     batch.add_argument("--function", help="the function's name or ARN (default: the stack's FunctionArn output)")
-    batch.add_argument("--stack", default="image-pipeline",
-                       help="stack to read FunctionArn from (default: %(default)s)")
+    batch.add_argument(
+        "--stack", default="image-pipeline", help="stack to read FunctionArn from (default: %(default)s)"
+    )
     batch.add_argument("--role-arn", help="IAM role S3 Batch Operations assumes to invoke the function")
-    batch.add_argument("--report", metavar="s3://BUCKET/PREFIX",
-                       help="completion report of failed tasks (default: the bucket's batch-operations/reports)")
+    batch.add_argument(
+        "--report",
+        metavar="s3://BUCKET/PREFIX",
+        help="completion report of failed tasks (default: the bucket's batch-operations/reports)",
+    )
     batch.add_argument("--account-id", help="AWS account id (default: from STS)")
     batch.add_argument("--region", help="region of the bucket and function (default: the AWS configuration's)")
-    batch.add_argument("--print-only", action="store_true",
-                       help="write the manifest, print the `aws s3control create-job` command, create nothing")
+    batch.add_argument(
+        "--print-only",
+        action="store_true",
+        help="write the manifest, print the `aws s3control create-job` command, create nothing",
+    )
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -259,7 +288,9 @@ def _sign(args: argparse.Namespace) -> int:
     key = args.key if args.key is not None else os.environ.get("SIGNING_KEY", "")
     settings = OnDemandSettings.from_env({"SIGNING_KEY": key})
     if settings.signing_key is None:
-        raise ConfigError("no signing key: pass --key or set SIGNING_KEY (the same key the API and the CDN's function use)")
+        raise ConfigError(
+            "no signing key: pass --key or set SIGNING_KEY (the same key the API and the CDN's function use)"
+        )
     print(sign(settings.signing_key, args.target))
     return 0
 
@@ -276,8 +307,11 @@ def _add_serve(commands) -> None:
         description="Run the upload API. With no flags: an embedded S3 (moto server) with a CORS rule, and a "
         "local event source that delivers ObjectCreated events for new raw/ objects to the real lambda_handler.",
     )
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to bind (default: %(default)s; other names reach it only if in ALLOWED_HOSTS)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: %(default)s; other names reach it only if in ALLOWED_HOSTS)",
+    )
     serve.add_argument("--port", type=int, default=8000)
     where = serve.add_mutually_exclusive_group()
     where.add_argument("--storage", type=Path, metavar="DIR", help="keep images in DIR (no S3; processed in-process)")
@@ -289,8 +323,9 @@ def _add_serve(commands) -> None:
         "for --jwt-secret.",
     )
     keys = auth.add_mutually_exclusive_group()
-    keys.add_argument("--jwt-secret", metavar="SECRET", help="verify HS256 tokens with SECRET (at least 32 bytes; "
-                      "or set JWT_SECRET)")
+    keys.add_argument(
+        "--jwt-secret", metavar="SECRET", help="verify HS256 tokens with SECRET (at least 32 bytes; or set JWT_SECRET)"
+    )
     keys.add_argument("--jwks-url", metavar="URL", help="verify tokens against an identity provider's keys (JWKS)")
     auth.add_argument("--jwt-issuer", metavar="ISS", help="required iss claim")
     auth.add_argument("--jwt-audience", metavar="AUD", help="required aud claim")
@@ -373,8 +408,10 @@ def _serve(args: argparse.Namespace) -> int:
             app = create_app(endpoint_url=endpoint)
             source = LocalEventSource(endpoint, bucket, os.environ.get("RAW_PREFIX", "raw/")).start()
             where = f"s3://{bucket} at {endpoint} (uploads go straight to S3; events to lambda_handler)"
-        print(f"image-pipeline API on {url}  ·  {where}\n{auth}\nopen {url} to upload; API schema at {url}schema",
-              flush=True)
+        print(
+            f"image-pipeline API on {url}  ·  {where}\n{auth}\nopen {url} to upload; API schema at {url}schema",
+            flush=True,
+        )
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0
     finally:
@@ -386,8 +423,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _serve_auth(args: argparse.Namespace) -> str:
     """Put the token settings in the environment the app reads; the start-up line about them."""
-    for flag, name in (("jwt_secret", "JWT_SECRET"), ("jwks_url", "JWKS_URL"), ("jwt_issuer", "JWT_ISSUER"),
-                       ("jwt_audience", "JWT_AUDIENCE")):
+    for flag, name in (
+        ("jwt_secret", "JWT_SECRET"),
+        ("jwks_url", "JWKS_URL"),
+        ("jwt_issuer", "JWT_ISSUER"),
+        ("jwt_audience", "JWT_AUDIENCE"),
+    ):
         if getattr(args, flag):
             os.environ[name] = getattr(args, flag)
     if os.environ.get("JWT_SECRET") or os.environ.get("JWKS_URL"):
@@ -395,12 +436,16 @@ def _serve_auth(args: argparse.Namespace) -> str:
     # Nothing asked for: open, by name. Local only: bound to this machine, Host and Origin checked.
     mode = os.environ.setdefault("API_AUTH", "open")
     if mode == "open":
-        return ("auth: API_AUTH=open: no tokens, no owners; anyone who can reach this address may upload, read and "
-                "delete every image (use --jwt-secret or --jwks-url for owners)")
+        return (
+            "auth: API_AUTH=open: no tokens, no owners; anyone who can reach this address may upload, read and "
+            "delete every image (use --jwt-secret or --jwks-url for owners)"
+        )
     if os.environ.get("JWT_SECRET"):
-        return ("auth: bearer tokens (HS256, JWT_SECRET); each image belongs to its token's "
-                f"{os.environ.get('OWNER_CLAIM', 'sub')}. A token: image-pipeline token --sub alice "
-                "(with JWT_SECRET set, or --secret)")
+        return (
+            "auth: bearer tokens (HS256, JWT_SECRET); each image belongs to its token's "
+            f"{os.environ.get('OWNER_CLAIM', 'sub')}. A token: image-pipeline token --sub alice "
+            "(with JWT_SECRET set, or --secret)"
+        )
     if os.environ.get("JWKS_URL"):
         return f"auth: bearer tokens verified against {os.environ['JWKS_URL']}"
     from .errors import ConfigError
@@ -431,7 +476,12 @@ def _local_bucket(endpoint: str, bucket: str, origin: str) -> None:
         Bucket=bucket,
         CORSConfiguration={
             "CORSRules": [
-                {"AllowedOrigins": [origin], "AllowedMethods": ["POST", "GET"], "AllowedHeaders": ["*"], "MaxAgeSeconds": 600}
+                {
+                    "AllowedOrigins": [origin],
+                    "AllowedMethods": ["POST", "GET"],
+                    "AllowedHeaders": ["*"],
+                    "MaxAgeSeconds": 600,
+                }
             ]
         },
     )

@@ -21,7 +21,6 @@ from aws_lambda_powertools.utilities.data_classes import S3Event, S3EventBridgeN
 
 from .service import ObjectRef
 
-
 _S3_KINDS = {"ObjectCreated": "created", "ObjectRemoved": "removed"}
 
 

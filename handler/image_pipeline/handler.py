@@ -155,9 +155,7 @@ def _record(outcome: Outcome) -> None:
     elif outcome.status == "failed":
         logger.warning("image rejected", extra={**fields, "error_code": outcome.error_code, "error": outcome.reason})
         metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=1)
-        with single_metric(
-            name="ImagesFailedByCode", unit=MetricUnit.Count, value=1, namespace=NAMESPACE
-        ) as metric:
+        with single_metric(name="ImagesFailedByCode", unit=MetricUnit.Count, value=1, namespace=NAMESPACE) as metric:
             metric.add_dimension(name="ErrorCode", value=outcome.error_code or "unknown")
     elif outcome.status == "removed":  # the raw object was deleted: so are its outputs
         logger.info("outputs removed", extra={**fields, "reason": outcome.reason, "outputs": len(outcome.outputs)})

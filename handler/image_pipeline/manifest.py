@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from . import __version__
 from .processor import ProcessedImage
@@ -64,7 +64,7 @@ def build(
         "variants": [_variant(v, variant_keys[v.name], source.type) for v in processed.variants],
         "processing_ms": processed.processing_ms,
         "total_ms": round(total_ms, 1),
-        "processed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "processed_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if lazy:
         record["lazy_variants"] = lazy

@@ -140,8 +140,11 @@ class Notifier:
             from aiobotocore.config import AioConfig
 
             stack = contextlib.AsyncExitStack()
-            config = AioConfig(retries={"mode": "standard", "total_max_attempts": self.max_attempts}, connect_timeout=5,
-                               read_timeout=10)
+            config = AioConfig(
+                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+                connect_timeout=5,
+                read_timeout=10,
+            )
             self._client = await stack.enter_async_context(aioboto3.Session().client("events", config=config))
             self._stack = stack
         return self._client

@@ -8,10 +8,10 @@ exit hook registered when the first connection opens (so a failure on the way ou
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
 import atexit
 import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from .errors import OutOfTime
 from .notify import Notifier

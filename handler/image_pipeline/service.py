@@ -111,7 +111,9 @@ class ImageService:
         self.processed_prefix = processed_prefix
         self.disposition = disposition
         self.pool = pool or ProcessingPool.of_process()
-        names = [v.name for v in (*processor.variants, *self.lazy)] + (["original"] if processor.preserve_original else [])
+        names = [v.name for v in (*processor.variants, *self.lazy)] + (
+            ["original"] if processor.preserve_original else []
+        )
         self._longest_leaf = keys.longest_leaf(names)
 
     def output_prefix(self, raw_key: str) -> str | None:
@@ -157,7 +159,9 @@ class ImageService:
         if delete_raw:
             await store.delete(raw_key)
         elif self.disposition == "delete":
-            return Outcome("ignored", raw_key, reason="delete mode: raw objects are removed once processed; outputs stay")
+            return Outcome(
+                "ignored", raw_key, reason="delete mode: raw objects are removed once processed; outputs stay"
+            )
         manifest_key = keys.manifest_key(prefix)
         if delete_raw:
             stored, current = await store.read_optional(manifest_key), None
@@ -170,7 +174,9 @@ class ImageService:
             reason = "no manifest" if record is None else f"the outputs belong to {record.key!r}"
             return Outcome("ignored", raw_key, reason=reason)
         made_on_request = await self._made_on_request(store, prefix)
-        targets = {k for k in (*record.output_keys, *self._possible_outputs(prefix), *made_on_request) if k.startswith(prefix)}
+        targets = {
+            k for k in (*record.output_keys, *self._possible_outputs(prefix), *made_on_request) if k.startswith(prefix)
+        }
         targets.discard(manifest_key)
         await asyncio.gather(*(store.delete(k) for k in sorted(targets)))
         await store.delete(manifest_key)
@@ -227,8 +233,12 @@ class ImageService:
 
     def _lazy_entry(self, prefix: str, spec: VariantConfig, source_type: str) -> dict:
         fmt = self.processor.format_for(spec, source_type)
-        return {"name": spec.name, "key": keys.variant_key(prefix, spec.name, fmt.extension), "format": fmt.value,
-                "content_type": fmt.content_type}
+        return {
+            "name": spec.name,
+            "key": keys.variant_key(prefix, spec.name, fmt.extension),
+            "format": fmt.value,
+            "content_type": fmt.content_type,
+        }
 
     async def make_variant(
         self, store: ObjectStore, prefix: str, spec_for: Callable[[dict], VariantConfig], key: str
@@ -258,7 +268,12 @@ class ImageService:
         raw = await store.read(str(source["key"]), max_bytes=self.processor.limits.max_bytes)
         processed = await self._process(_with_variants(self.processor, [spec]), raw.data)
         (variant,) = processed.variants
-        meta = {"width": str(variant.width), "height": str(variant.height), "variant": spec.name, "source-etag": raw.etag}
+        meta = {
+            "width": str(variant.width),
+            "height": str(variant.height),
+            "variant": spec.name,
+            "source-etag": raw.etag,
+        }
         try:
             await store.write_if(key, variant.data, variant.content_type, meta, etag=None)
         except ObjectChanged:  # another request stored it first: answer with what is stored
@@ -300,7 +315,9 @@ class ImageService:
             outcome = await self._handle_current(store, ref, prefix, started, redo=force or attempt > 0)
             if outcome is not None:
                 if attempt:
-                    outcome.reason = outcome.reason or f"processed again ({attempt}×): the upload was replaced meanwhile"
+                    outcome.reason = (
+                        outcome.reason or f"processed again ({attempt}×): the upload was replaced meanwhile"
+                    )
                 return outcome
         raise StorageFailure(f"{ref.key} was replaced {MAX_ROUNDS} times while its outputs were written; retry later")
 
@@ -343,7 +360,10 @@ class ImageService:
             if dropped is None:
                 return None
             return Outcome(
-                "skipped", ref.key, reason="manifest already records this ETag and configuration", tags_dropped=dropped,
+                "skipped",
+                ref.key,
+                reason="manifest already records this ETag and configuration",
+                tags_dropped=dropped,
                 owner=uploader,
             )
 
@@ -359,21 +379,29 @@ class ImageService:
             return await self._reject(store, ref, error, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
 
         record, winner = await self._write_outputs(
-            store, ref, prefix, raw.etag, processed, started, stored_manifest.etag if stored_manifest else None,
+            store,
+            ref,
+            prefix,
+            raw.etag,
+            processed,
+            started,
+            stored_manifest.etag if stored_manifest else None,
             uploader,
         )
         if winner is not None:  # another name took the prefix while we wrote: see `_write_outputs`
             await self._repair(store, winner, prefix)
             conflict = NameConflict(f"{winner.key!r} owns {prefix!r} (uploaded at the same time); rename this upload")
-            return await self._reject(
-                store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size, owner=uploader
-            )
+            return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         if previous is not None:
             # Variants no longer configured (or now of another format), and everything made on
             # request from the previous upload or configuration: width URLs and lazy variants are
             # made again, from this one, on their next request.
             written = {v["key"] for v in record["variants"]}
-            stale = {*previous.output_keys, *await self._made_on_request(store, prefix), *self._possible_outputs(prefix, self.lazy)}
+            stale = {
+                *previous.output_keys,
+                *await self._made_on_request(store, prefix),
+                *self._possible_outputs(prefix, self.lazy),
+            }
             leftovers = sorted(k for k in stale if k.startswith(prefix) and k not in written and k != manifest_key)
             await asyncio.gather(*(store.delete(k) for k in leftovers))
         dropped = await self._dispose(store, ref.key, raw.etag)

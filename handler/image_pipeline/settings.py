@@ -85,8 +85,10 @@ class Settings:
 
         raw_prefix = _prefix(get("RAW_PREFIX"), "RAW_PREFIX", problems)
         processed_prefix = _prefix(get("PROCESSED_PREFIX"), "PROCESSED_PREFIX", problems)
-        if raw_prefix and processed_prefix and (
-            raw_prefix.startswith(processed_prefix) or processed_prefix.startswith(raw_prefix)
+        if (
+            raw_prefix
+            and processed_prefix
+            and (raw_prefix.startswith(processed_prefix) or processed_prefix.startswith(raw_prefix))
         ):
             problems.append(
                 f"RAW_PREFIX={raw_prefix!r} and PROCESSED_PREFIX={processed_prefix!r} overlap: "

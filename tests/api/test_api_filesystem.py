@@ -23,7 +23,7 @@ def test_upload_form_comes_back_to_the_api_and_is_processed_in_process(fs_client
     assert grant.status_code == 201, grant.text
     body = grant.json()
     upload = body["upload"]
-    assert upload["url"] == f"/uploads/local"
+    assert upload["url"] == "/uploads/local"
     assert upload["fields"]["key"] == f"raw/{body['id']}/sea.jpg"
     sent = client.post(upload["url"], data=upload["fields"], files={"file": ("sea.jpg", data, "image/jpeg")})
     assert sent.status_code == 204, sent.text
@@ -70,7 +70,9 @@ def test_async_job_is_processed_by_the_worker(fs_client):
 
 def test_a_corrupt_async_upload_reads_as_failed(fs_client):
     client = fs_client()
-    job = client.post("/images/async", files={"file": ("x.jpg", b"\xff\xd8\xff\xe0" + b"\x01" * 300, "image/jpeg")}).json()
+    job = client.post(
+        "/images/async", files={"file": ("x.jpg", b"\xff\xd8\xff\xe0" + b"\x01" * 300, "image/jpeg")}
+    ).json()
     done = wait_for(client, job["status_url"])
     assert (done["status"], done["error_code"]) == ("failed", "corrupt_image")
 

@@ -5,7 +5,7 @@ refusals that must leave the bucket untouched."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -21,14 +21,17 @@ MAX = 300_000
 
 def _post_form(upload: dict, data: bytes, content_type: str = "image/jpeg") -> httpx.Response:
     """What a browser's FormData POST sends: every signed field, then the file last."""
-    return httpx.post(upload["url"], data=upload["fields"], files={"file": ("photo.jpg", data, content_type)}, timeout=30)
+    return httpx.post(
+        upload["url"], data=upload["fields"], files={"file": ("photo.jpg", data, content_type)}, timeout=30
+    )
 
 
 def test_presigned_post_then_the_event_then_processed_then_the_302_gives_the_pixels(s3_client, s3, bucket, handler):
     client = s3_client(MAX_INPUT_BYTES=str(MAX))
     data = photo(1200, 800)
-    grant = client.post("/uploads", json={"filename": "../Holiday 2024/été.JPG", "content_type": "image/jpeg",
-                                          "size": len(data)})
+    grant = client.post(
+        "/uploads", json={"filename": "../Holiday 2024/été.JPG", "content_type": "image/jpeg", "size": len(data)}
+    )
     assert grant.status_code == 201, grant.text
     body = grant.json()
     image_id = body["id"]
@@ -37,7 +40,7 @@ def test_presigned_post_then_the_event_then_processed_then_the_302_gives_the_pix
     assert body["upload"]["fields"]["key"] == key
     assert body["status_url"] == f"/images/{image_id}"
     expires = datetime.fromisoformat(body["expires_at"])
-    assert 540 <= (expires - datetime.now(timezone.utc)).total_seconds() <= 660
+    assert 540 <= (expires - datetime.now(UTC)).total_seconds() <= 660
 
     policy = decode_policy(body["upload"]["fields"])
     conditions = policy["conditions"]
@@ -46,7 +49,7 @@ def test_presigned_post_then_the_event_then_processed_then_the_302_gives_the_pix
     assert ["starts-with", "$Content-Type", "image/"] in conditions
     assert body["upload"]["fields"]["x-amz-algorithm"] == "AWS4-HMAC-SHA256"  # SigV4, as every region needs
     signed_expiry = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
-    assert 540 <= (signed_expiry - datetime.now(timezone.utc)).total_seconds() <= 660
+    assert 540 <= (signed_expiry - datetime.now(UTC)).total_seconds() <= 660
 
     assert client.get(f"/images/{image_id}").status_code == 404  # nothing uploaded yet
     sent = _post_form(body["upload"], data)
@@ -143,8 +146,13 @@ def test_declared_type_or_size_is_refused_before_anything_is_signed(s3_client, s
 
 def test_a_type_not_in_allowed_types_is_refused(s3_client, bucket):
     client = s3_client(ALLOWED_TYPES="jpeg,png")
-    assert client.post("/uploads", json={"filename": "a.webp", "content_type": "image/webp", "size": 10}).status_code == 415
-    assert client.post("/uploads", json={"filename": "a.png", "content_type": "image/png", "size": 10}).status_code == 201
+    assert (
+        client.post("/uploads", json={"filename": "a.webp", "content_type": "image/webp", "size": 10}).status_code
+        == 415
+    )
+    assert (
+        client.post("/uploads", json={"filename": "a.png", "content_type": "image/png", "size": 10}).status_code == 201
+    )
 
 
 def test_malformed_upload_requests_are_400(s3_client):
@@ -153,7 +161,9 @@ def test_malformed_upload_requests_are_400(s3_client):
         response = client.post("/uploads", json=body)
         assert response.status_code == 400, body
         assert response.headers["content-type"].startswith("application/problem+json")
-    assert client.post("/uploads", json={"filename": "a.jpg", "content_type": "image/jpeg", "size": 0}).status_code == 400
+    assert (
+        client.post("/uploads", json={"filename": "a.jpg", "content_type": "image/jpeg", "size": 0}).status_code == 400
+    )
 
 
 @pytest.mark.parametrize(
@@ -181,7 +191,7 @@ def test_a_body_over_the_limit_is_refused_while_streaming(s3_client, s3, bucket)
     client = s3_client(MAX_INPUT_BYTES=str(MAX))
 
     def chunks():
-        boundary = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+        boundary = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
         yield boundary
         for _ in range(100):  # 6.4 MB announced by no Content-Length: counted as it arrives
             yield b"\xff" * 65536
@@ -207,11 +217,26 @@ def test_ids_are_validated_before_any_storage_call(s3_client):
     api = api_of(client)
     recording = api.backend.store = Recording(api.backend.store)
     valid_but_unknown = ids.new_id()
-    bad = ["%2e%2e", "." * 20, "a%2Fb", "%00", "u" * 20, "i" * 20, valid_but_unknown.upper(), valid_but_unknown + "0",
-           "..%2F..%2Fetc%2Fpasswd", "%20" + valid_but_unknown[1:], "ünïcödé"]
+    bad = [
+        "%2e%2e",
+        "." * 20,
+        "a%2Fb",
+        "%00",
+        "u" * 20,
+        "i" * 20,
+        valid_but_unknown.upper(),
+        valid_but_unknown + "0",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%20" + valid_but_unknown[1:],
+        "ünïcödé",
+    ]
     for image_id in bad:
-        for method, path in (("GET", f"/images/{image_id}"), ("GET", f"/images/{image_id}/thumbnail"),
-                             ("GET", f"/images/jobs/{image_id}"), ("DELETE", f"/images/{image_id}")):
+        for method, path in (
+            ("GET", f"/images/{image_id}"),
+            ("GET", f"/images/{image_id}/thumbnail"),
+            ("GET", f"/images/jobs/{image_id}"),
+            ("DELETE", f"/images/{image_id}"),
+        ):
             before = len(recording.calls)
             response = client.request(method, path, follow_redirects=False)
             assert response.status_code == 404, (method, path, response.status_code)
@@ -225,8 +250,14 @@ def test_ids_are_validated_before_any_storage_call(s3_client):
 def test_openapi_schema_lists_the_endpoints(s3_client):
     schema = s3_client().get("/schema/openapi.json").json()
     paths = schema["paths"]
-    for path in ("/uploads", "/images", "/images/async", "/images/{image_id}", "/images/{image_id}/{variant}",
-                 "/images/jobs/{job_id}"):
+    for path in (
+        "/uploads",
+        "/images",
+        "/images/async",
+        "/images/{image_id}",
+        "/images/{image_id}/{variant}",
+        "/images/jobs/{job_id}",
+    ):
         assert path in paths, path
     assert set(paths["/images/{image_id}"]) >= {"get", "delete"}
 
@@ -235,7 +266,9 @@ def test_ids_sort_newest_first(s3_client, s3, bucket):
     client = s3_client()
     made = []
     for _ in range(3):
-        made.append(client.post("/images/async", files={"file": ("a.jpg", photo(64, 64), "image/jpeg")}).json()["job_id"])
+        made.append(
+            client.post("/images/async", files={"file": ("a.jpg", photo(64, 64), "image/jpeg")}).json()["job_id"]
+        )
         time.sleep(0.002)
     listed = [k.split("/")[1] for k in listing(s3, bucket)]
     assert listed == made[::-1]

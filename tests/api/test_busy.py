@@ -127,8 +127,9 @@ def test_the_local_worker_and_uploads_share_one_bound(tmp_path, running):
 def test_over_s3_a_refused_upload_stores_nothing_in_the_bucket(s3, bucket, moto_server, running):
     from image_pipeline.api import create_app
 
-    app = create_app(api_settings(BUCKET_NAME=bucket, PROCESS_CONCURRENCY="1", PROCESS_WAIT_MS="20"),
-                     endpoint_url=moto_server)
+    app = create_app(
+        api_settings(BUCKET_NAME=bucket, PROCESS_CONCURRENCY="1", PROCESS_WAIT_MS="20"), endpoint_url=moto_server
+    )
     gated = GatedProcessor.replacing(app.state.api.service)
     url = running(app)
 
@@ -160,8 +161,9 @@ def test_the_caller_is_authenticated_before_waiting_for_a_slot(tmp_path, running
     alice = {"Authorization": f"Bearer {make_token(secret, 'alice')}"}
 
     def post(headers):
-        return httpx.post(url + "/images", files={"file": ("a.png", photo(320, 240, "PNG"), "image/png")},
-                          headers=headers, timeout=60)
+        return httpx.post(
+            url + "/images", files={"file": ("a.png", photo(320, 240, "PNG"), "image/png")}, headers=headers, timeout=60
+        )
 
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(post, alice)

@@ -41,8 +41,9 @@ def _received(sqs, queue_url: str, expected: int) -> list[dict]:
     return messages
 
 
-def _upload(s3, bucket: str, name: str, data: bytes, owner: str | None = None, tag: str | None = None
-            ) -> tuple[str, dict]:
+def _upload(
+    s3, bucket: str, name: str, data: bytes, owner: str | None = None, tag: str | None = None
+) -> tuple[str, dict]:
     """An upload as the API stores it: `raw/<id>/<name>`, the id carrying `tag` (the owner's by
     default), `x-amz-meta-owner` when there is an owner."""
     image_id = ids.new_id(tag=tag or (ids.owner_tag(owner) if owner else None))
@@ -92,8 +93,10 @@ def test_events_name_the_owner_the_upload_was_made_for(handler, settings_env, ev
     for _, event in made.values():
         handler.lambda_handler(event, context)
     received = {e["detail"]["id"]: e for e in _received(sqs, queue_url, len(made))}
-    owners = {name: (received[image_id]["detail-type"], received[image_id]["detail"]["owner"])
-              for name, (image_id, _) in made.items()}
+    owners = {
+        name: (received[image_id]["detail-type"], received[image_id]["detail"]["owner"])
+        for name, (image_id, _) in made.items()
+    }
     assert owners == {
         "mine": ("Image Processed", owner),
         "broken": ("Image Rejected", owner),
@@ -114,7 +117,9 @@ def test_a_failed_publish_is_retried_without_redoing_or_losing_the_outputs(
         handler.lambda_handler(event, context)
     manifest_key = f"processed/{image_id}/c/manifest.json"
     first = s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read()  # outputs were kept
-    outputs = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"processed/{image_id}/")["Contents"]}
+    outputs = {
+        o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"processed/{image_id}/")["Contents"]
+    }
 
     sqs, queue_url = _bus_to_queue(events_env, bus)  # the bus is back
     result = handler.lambda_handler(event, context)  # Lambda's retry
@@ -122,7 +127,9 @@ def test_a_failed_publish_is_retried_without_redoing_or_losing_the_outputs(
     (received,) = _received(sqs, queue_url, 1)
     assert received["detail-type"] == "Image Processed" and received["detail"]["id"] == image_id
     assert s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read() == first
-    again = {o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"processed/{image_id}/")["Contents"]}
+    again = {
+        o["Key"]: o["ETag"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"processed/{image_id}/")["Contents"]
+    }
     assert again == outputs
 
 
@@ -139,7 +146,9 @@ def test_event_bus_name_is_validated_at_start_up():
 
     with pytest.raises(ConfigError, match="EVENT_BUS_NAME"):
         Settings.from_env({"EVENT_BUS_NAME": "bad bus name!"})
-    assert Settings.from_env({"EVENT_BUS_NAME": "arn:aws:events:eu-west-1:123456789012:event-bus/images"}).event_bus_name
+    assert Settings.from_env(
+        {"EVENT_BUS_NAME": "arn:aws:events:eu-west-1:123456789012:event-bus/images"}
+    ).event_bus_name
 
 
 def test_lazy_variants_are_announced_as_not_made_yet(handler, settings_env, events_env, s3, bucket, context):

@@ -12,7 +12,6 @@ from image_pipeline.api import pages
 from tests.images import decode, photo
 
 
-
 @pytest.fixture(autouse=True)
 def gallery_on(monkeypatch):
     monkeypatch.setattr(pages, "GALLERY_ENABLED", True)
@@ -40,7 +39,9 @@ def _fetch(client, url: str) -> bytes:
 
 def test_gallery_pages_newest_first_with_each_images_facts(client, monkeypatch):
     monkeypatch.setattr(pages, "LIST_PAGE", 3)  # several listing requests per page of manifests
-    made = [_upload(client, name, width) for name, width in (("first.jpg", 300), ("second.jpg", 450), ("third.jpg", 600))]
+    made = [
+        _upload(client, name, width) for name, width in (("first.jpg", 300), ("second.jpg", 450), ("third.jpg", 600))
+    ]
 
     page = client.get("/api/gallery", params={"limit": 2})
     assert page.status_code == 200, page.text
@@ -90,18 +91,36 @@ def test_outputs_of_keys_not_uploaded_through_the_api_are_listed_with_direct_lin
     out = tmp_path / "images" / "processed" / "photos" / "2026" / "holiday"
     out.mkdir(parents=True)
     (out / "large.jpg").write_bytes(photo(300, 200))
-    (out / "manifest.json").write_text(json.dumps({
-        "source": {"key": "raw/photos/2026/holiday.jpg", "bytes": 9000, "type": "jpeg", "width": 300, "height": 200},
-        "placeholder": {"blurhash": "LEHV6nWB2yk8pyo0adR*.7kCMdnj", "dominant_color": "#336699"},
-        "variants": [{"name": "large", "key": "processed/photos/2026/holiday/large.jpg", "width": 300,
-                      "height": 200, "bytes": (out / "large.jpg").stat().st_size, "content_type": "image/jpeg"}],
-    }))
+    (out / "manifest.json").write_text(
+        json.dumps(
+            {
+                "source": {
+                    "key": "raw/photos/2026/holiday.jpg",
+                    "bytes": 9000,
+                    "type": "jpeg",
+                    "width": 300,
+                    "height": 200,
+                },
+                "placeholder": {"blurhash": "LEHV6nWB2yk8pyo0adR*.7kCMdnj", "dominant_color": "#336699"},
+                "variants": [
+                    {
+                        "name": "large",
+                        "key": "processed/photos/2026/holiday/large.jpg",
+                        "width": 300,
+                        "height": 200,
+                        "bytes": (out / "large.jpg").stat().st_size,
+                        "content_type": "image/jpeg",
+                    }
+                ],
+            }
+        )
+    )
     (out.parent / "broken").mkdir()
     (out.parent / "broken" / "manifest.json").write_text("{not json")
     items = client.get("/api/gallery").json()["items"]
     assert [(i["id"], i["name"]) for i in items] == [(None, "holiday.jpg")]  # the unreadable one is left out
     large = items[0]["variants"][0]
-    assert large["url"] == large["src"] == f"/files/processed/photos/2026/holiday/large.jpg"
+    assert large["url"] == large["src"] == "/files/processed/photos/2026/holiday/large.jpg"
     assert decode(_fetch(client, large["src"])).size == (300, 200)
 
 

@@ -23,7 +23,9 @@ SITE = "http://api.test"  # the test client's own origin
 
 
 def _stored(directory) -> list[str]:
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+    return (
+        sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()) if directory.exists() else []
+    )
 
 
 def _is_problem(response, status: int) -> None:
@@ -51,7 +53,9 @@ def test_writes_from_another_sites_page_are_refused_and_store_nothing(fs_client,
     attacks = [
         client.post("/images", files={"file": ("csrf.jpg", photo(64, 48), "image/jpeg")}, headers=headers),
         client.post("/images/async", files={"file": ("csrf.jpg", photo(64, 48), "image/jpeg")}, headers=headers),
-        client.post("/uploads", json={"filename": "csrf.jpg", "content_type": "image/jpeg", "size": 10}, headers=headers),
+        client.post(
+            "/uploads", json={"filename": "csrf.jpg", "content_type": "image/jpeg", "size": 10}, headers=headers
+        ),
         client.delete(f"/images/{kept}", headers=headers),
     ]
     for answer in attacks:
@@ -66,7 +70,9 @@ def test_writes_from_the_apis_own_pages_allowed_origins_and_non_browsers_pass(fs
     for headers in ({"Origin": SITE}, {"Referer": f"{SITE}/gallery"}, {"Origin": "https://app.example.com"}, {}):
         sent = client.post("/images", files={"file": ("a.jpg", photo(64, 48), "image/jpeg")}, headers=headers)
         assert sent.status_code == 201, (headers, sent.text)
-    assert client.get("/api/gallery", headers={"Origin": "https://evil.example"}).status_code != 403  # reads: CORS's job
+    assert (
+        client.get("/api/gallery", headers={"Origin": "https://evil.example"}).status_code != 403
+    )  # reads: CORS's job
 
 
 # --- DNS rebinding ---------------------------------------------------------------------------
@@ -90,8 +96,9 @@ def test_a_host_the_api_does_not_answer_to_is_refused(fs_client, tmp_path):
         assert "rebind" not in answer.text
     assert _stored(tmp_path / "images") == before
 
-    job = client.post("/images/async", files={"file": ("b.jpg", photo(64, 48), "image/jpeg")},
-                      headers={"Host": "localhost:8000"})  # loopback names are this machine's own
+    job = client.post(
+        "/images/async", files={"file": ("b.jpg", photo(64, 48), "image/jpeg")}, headers={"Host": "localhost:8000"}
+    )  # loopback names are this machine's own
     assert job.status_code == 202 and job.json()["status_url"] == f"/images/jobs/{job.json()['job_id']}"
     done = wait_for(client, job.json()["status_url"])
     assert all(v["url"].startswith(f"/images/{done['id']}/") for v in done["variants"])
@@ -100,10 +107,16 @@ def test_a_host_the_api_does_not_answer_to_is_refused(fs_client, tmp_path):
 
 def test_allowed_hosts_and_public_url(fs_client):
     client = fs_client(ALLOWED_HOSTS="api.test,images.example.com:8443", PUBLIC_URL="https://api.example.com/v1")
-    for host, status in (("images.example.com:8443", 202), ("images.example.com:9000", 400),
-                         ("api.example.com", 202), ("API.TEST", 202), ("api.test:1234", 202)):
-        sent = client.post("/images/async", files={"file": ("a.jpg", photo(40, 30), "image/jpeg")},
-                           headers={"Host": host})
+    for host, status in (
+        ("images.example.com:8443", 202),
+        ("images.example.com:9000", 400),
+        ("api.example.com", 202),
+        ("API.TEST", 202),
+        ("api.test:1234", 202),
+    ):
+        sent = client.post(
+            "/images/async", files={"file": ("a.jpg", photo(40, 30), "image/jpeg")}, headers={"Host": host}
+        )
         assert sent.status_code == status, (host, sent.text)
         if status == 202:  # absolute links come from configuration, whatever Host was used
             assert sent.json()["status_url"].startswith("https://api.example.com/v1/images/jobs/")
@@ -123,8 +136,13 @@ def test_allowed_hosts_and_public_url(fs_client):
 @pytest.mark.parametrize("route", ["/images", "/images/async", "/uploads/local"])
 def test_a_file_part_without_a_filename_is_a_4xx_problem(fs_client, tmp_path, disposition, route):
     client = fs_client()
-    body = (b"--b\r\nContent-Disposition: " + disposition.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n"
-            + photo(64, 48) + b"\r\n--b--\r\n")
+    body = (
+        b"--b\r\nContent-Disposition: "
+        + disposition.encode()
+        + b"\r\nContent-Type: image/jpeg\r\n\r\n"
+        + photo(64, 48)
+        + b"\r\n--b--\r\n"
+    )
     answer = client.post(route, content=body, headers={"content-type": "multipart/form-data; boundary=b"})
     assert 400 <= answer.status_code < 500, answer.text
     assert answer.headers["content-type"].startswith("application/problem+json")

@@ -85,8 +85,11 @@ def test_a_width_url_is_made_once_then_found_by_one_listing(client):
 
 @pytest.mark.parametrize(
     ("accept", "fmt", "leaf"),
-    [("image/avif,image/webp,*/*", "AVIF", "w640.avif"), ("image/webp,*/*", "WEBP", "w640.webp"),
-     ("image/png,*/*;q=0.5", "JPEG", "w640")],
+    [
+        ("image/avif,image/webp,*/*", "AVIF", "w640.avif"),
+        ("image/webp,*/*", "WEBP", "w640.webp"),
+        ("image/png,*/*;q=0.5", "JPEG", "w640"),
+    ],
 )
 def test_a_width_url_without_a_format_is_negotiated_and_varies_on_accept(client, accept, fmt, leaf):
     api = client()

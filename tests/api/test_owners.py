@@ -101,7 +101,9 @@ def test_each_image_belongs_to_its_uploader_and_is_a_404_to_everyone_else(owned)
     mine = _upload(client, ALICE, "cat.jpg")
     image_id = mine["id"]
     assert image_id.startswith(ids.owner_tag("alice") + "-") and mine["status"] == "processed"
-    assert mine["name"] == "cat.jpg" and mine["variants"][0]["url"] == f"/images/{image_id}/{mine['variants'][0]['name']}"
+    assert (
+        mine["name"] == "cat.jpg" and mine["variants"][0]["url"] == f"/images/{image_id}/{mine['variants'][0]['name']}"
+    )
     before = _stored(client)
     assert any(k.startswith(f"processed/{image_id}/cat/") for k in before)
 
@@ -195,13 +197,19 @@ def test_an_open_api_lists_images_only_where_the_gallery_is_on(fs_client, monkey
     assert [i["id"] for i in client.get("/images").json()["items"]] == [made]
 
 
-def test_pending_uploads_are_listed_as_pending_and_processed_ones_stay_listed_in_delete_mode(s3_client, s3, bucket,
-                                                                                             handler):
+def test_pending_uploads_are_listed_as_pending_and_processed_ones_stay_listed_in_delete_mode(
+    s3_client, s3, bucket, handler
+):
     client = s3_client(**OWNED)
-    grant = client.post("/uploads", json={"filename": "new.jpg", "content_type": "image/jpeg", "size": 2000},
-                        headers=ALICE).json()
-    sent = httpx.post(grant["upload"]["url"], data=grant["upload"]["fields"],
-                      files={"file": ("new.jpg", photo(300, 200), "image/jpeg")}, timeout=30)
+    grant = client.post(
+        "/uploads", json={"filename": "new.jpg", "content_type": "image/jpeg", "size": 2000}, headers=ALICE
+    ).json()
+    sent = httpx.post(
+        grant["upload"]["url"],
+        data=grant["upload"]["fields"],
+        files={"file": ("new.jpg", photo(300, 200), "image/jpeg")},
+        timeout=30,
+    )
     assert sent.status_code == 204, sent.text
     items = client.get("/images", headers=ALICE).json()["items"]
     assert [(i["id"], i["status"], i["name"]) for i in items] == [(grant["id"], "pending", "new.jpg")]
@@ -219,8 +227,11 @@ def test_pending_uploads_are_listed_as_pending_and_processed_ones_stay_listed_in
 def test_the_presigned_post_pins_the_key_and_the_owner(s3_client, s3, bucket, handler):
     client = s3_client(**OWNED)
     owner = "zoë"
-    grant = client.post("/uploads", json={"filename": "z.jpg", "content_type": "image/jpeg", "size": 5000},
-                        headers=bearer(make_token(SECRET, owner)))
+    grant = client.post(
+        "/uploads",
+        json={"filename": "z.jpg", "content_type": "image/jpeg", "size": 5000},
+        headers=bearer(make_token(SECRET, owner)),
+    )
     assert grant.status_code == 201, grant.text
     body = grant.json()
     key = f"raw/{body['id']}/z.jpg"
@@ -231,8 +242,12 @@ def test_the_presigned_post_pins_the_key_and_the_owner(s3_client, s3, bucket, ha
     assert {"x-amz-meta-owner": "zo%C3%AB"} in conditions  # exact match: cannot be changed or left out
     assert fields["x-amz-meta-owner"] == "zo%C3%AB" and fields["key"] == key
     # moto does not enforce POST policies (S3 does): the form as signed is what is sent.
-    assert httpx.post(body["upload"]["url"], data=fields, files={"file": ("z.jpg", photo(80, 60), "image/jpeg")},
-                      timeout=30).status_code == 204
+    assert (
+        httpx.post(
+            body["upload"]["url"], data=fields, files={"file": ("z.jpg", photo(80, 60), "image/jpeg")}, timeout=30
+        ).status_code
+        == 204
+    )
     assert s3.head_object(Bucket=bucket, Key=key)["Metadata"] == {"owner": "zo%C3%AB"}
     LocalEventSource("unused", bucket).poll_once(s3, handler.lambda_handler)
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"processed/{body['id']}/z/manifest.json")["Body"].read())
@@ -241,15 +256,19 @@ def test_the_presigned_post_pins_the_key_and_the_owner(s3_client, s3, bucket, ha
 
 def test_the_local_upload_form_pins_the_owner_too(fs_client, tmp_path):
     client = fs_client(**OWNED)
-    grant = client.post("/uploads", json={"filename": "a.jpg", "content_type": "image/jpeg", "size": 1000},
-                        headers=ALICE).json()
+    grant = client.post(
+        "/uploads", json={"filename": "a.jpg", "content_type": "image/jpeg", "size": 1000}, headers=ALICE
+    ).json()
     fields = grant["upload"]["fields"]
     assert fields["x-amz-meta-owner"] == "alice" and grant["upload"]["url"] == "/uploads/local"
 
     def send(fields):
         return client.post(grant["upload"]["url"], data=fields, files={"file": ("a.jpg", photo(60, 40), "image/jpeg")})
 
-    for changed in ({**fields, "x-amz-meta-owner": "bob"}, {k: v for k, v in fields.items() if k != "x-amz-meta-owner"}):
+    for changed in (
+        {**fields, "x-amz-meta-owner": "bob"},
+        {k: v for k, v in fields.items() if k != "x-amz-meta-owner"},
+    ):
         refused = send(changed)
         assert refused.status_code == 403, refused.text
     assert not (tmp_path / "images" / "raw").exists() or not list((tmp_path / "images" / "raw").rglob("*.jpg"))
@@ -275,6 +294,7 @@ def test_the_gallery_shows_the_callers_own_images(owned, monkeypatch):
 
 def _unsigned(claims: dict) -> str:
     """An `alg: none` token (no signature), as an attacker writes one."""
+
     def part(value: dict) -> str:
         return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
@@ -295,8 +315,13 @@ def _signed(**changes) -> str:
         ("garbage", bearer("not.a.token"), "not valid"),
         ("expired", bearer(make_token(SECRET, "alice", ttl_s=-120)), "expired"),
         ("other secret", bearer(make_token("another-secret-of-at-least-32-bytes-xyz", "alice")), "not valid"),
-        ("alg none", bearer(_unsigned({"sub": "alice", "iss": "https://id.test/", "aud": "images",
-                                       "exp": int(time.time()) + 600})), "not valid"),
+        (
+            "alg none",
+            bearer(
+                _unsigned({"sub": "alice", "iss": "https://id.test/", "aud": "images", "exp": int(time.time()) + 600})
+            ),
+            "not valid",
+        ),
         ("no exp", bearer(_signed(exp=None)), "'exp'"),
         ("no sub", bearer(_signed(sub=None)), "'sub'"),
         ("empty sub", bearer(_signed(sub=" ")), "'sub'"),
@@ -334,12 +359,28 @@ def test_settings_for_tokens_are_checked_at_start_up():
     from image_pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
-        ApiSettings.from_env({"API_AUTH": "maybe", "JWT_SECRET": "short", "JWKS_URL": "ftp://keys", "ADMIN_SCOPE": "a b",
-                              "ALLOWED_HOSTS": "https://x.example, *", "PUBLIC_URL": "api.example.com"},
-                             need_bucket=False)
+        ApiSettings.from_env(
+            {
+                "API_AUTH": "maybe",
+                "JWT_SECRET": "short",
+                "JWKS_URL": "ftp://keys",
+                "ADMIN_SCOPE": "a b",
+                "ALLOWED_HOSTS": "https://x.example, *",
+                "PUBLIC_URL": "api.example.com",
+            },
+            need_bucket=False,
+        )
     message = str(caught.value)
-    for words in ("API_AUTH='maybe'", "not both", "at least 32 bytes", "JWKS_URL='ftp://keys'", "ADMIN_SCOPE",
-                  "ALLOWED_HOSTS: 'https://x.example'", "ALLOWED_HOSTS: '*'", "PUBLIC_URL"):
+    for words in (
+        "API_AUTH='maybe'",
+        "not both",
+        "at least 32 bytes",
+        "JWKS_URL='ftp://keys'",
+        "ADMIN_SCOPE",
+        "ALLOWED_HOSTS: 'https://x.example'",
+        "ALLOWED_HOSTS: '*'",
+        "PUBLIC_URL",
+    ):
         assert words in message
     with pytest.raises(ConfigError, match="apply to API_AUTH=jwt"):
         ApiSettings.from_env({"API_AUTH": "open", "JWT_SECRET": SECRET}, need_bucket=False)
@@ -361,7 +402,7 @@ def identity_provider():
     fetched = []
 
     class Keys(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             fetched.append(self.path)
             self.send_response(200 if self.path == "/.well-known/jwks.json" else 404)
             self.send_header("content-type", "application/json")
@@ -398,7 +439,9 @@ def test_tokens_are_verified_against_a_jwks(fs_client, identity_provider):
     assert fetched == ["/.well-known/jwks.json"]
 
     impostor = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     # Algorithm confusion: HS256 "signed" with the public key (which anyone has) as the secret.
     head = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": "k1"}).encode()).rstrip(b"=")
     payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")

@@ -35,7 +35,10 @@ def serve(tmp_path):
         log = (tmp_path / f"serve-{port}.log").open("wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "image_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         started.append((process, log))
         url = f"http://127.0.0.1:{port}"
@@ -73,14 +76,20 @@ def _until_done(url: str, timeout: float = 90, headers: dict | None = None) -> d
 def test_serve_with_the_embedded_s3_processes_a_presigned_upload(serve, tmp_path):
     url = serve()
     data = photo(1000, 750)
-    grant = httpx.post(f"{url}/uploads", json={"filename": "dog.jpg", "content_type": "image/jpeg",
-                                                "size": len(data)}, timeout=10)
+    grant = httpx.post(
+        f"{url}/uploads", json={"filename": "dog.jpg", "content_type": "image/jpeg", "size": len(data)}, timeout=10
+    )
     assert grant.status_code == 201, grant.text
     body = grant.json()
     upload = body["upload"]
     assert upload["url"].startswith("http://127.0.0.1:") and not upload["url"].startswith(url)  # straight to S3
-    sent = httpx.post(upload["url"], data=upload["fields"], files={"file": ("dog.jpg", data, "image/jpeg")},
-                      headers={"Origin": url}, timeout=30)
+    sent = httpx.post(
+        upload["url"],
+        data=upload["fields"],
+        files={"file": ("dog.jpg", data, "image/jpeg")},
+        headers={"Origin": url},
+        timeout=30,
+    )
     assert sent.status_code == 204, sent.text
     assert body["status_url"] == f"/images/{body['id']}"  # a path: never built from the request's Host
     done = _until_done(url + body["status_url"])
@@ -110,17 +119,30 @@ def test_serve_refuses_other_hosts_and_cross_site_writes(serve, tmp_path):
     assert "API_AUTH=open" in serve.log()  # said out loud at start-up
 
     rebound = {"Host": "rebind.evil.example"}
-    for method, path in (("GET", "/api/gallery"), ("GET", "/"), ("DELETE", "/images/" + "0" * 20),
-                         ("POST", "/images/async")):
-        answer = httpx.request(method, url + path, headers=rebound, timeout=10,
-                               files={"file": ("a.png", photo(40, 30, "PNG"), "image/png")} if method == "POST" else None)
+    for method, path in (
+        ("GET", "/api/gallery"),
+        ("GET", "/"),
+        ("DELETE", "/images/" + "0" * 20),
+        ("POST", "/images/async"),
+    ):
+        answer = httpx.request(
+            method,
+            url + path,
+            headers=rebound,
+            timeout=10,
+            files={"file": ("a.png", photo(40, 30, "PNG"), "image/png")} if method == "POST" else None,
+        )
         assert answer.status_code == 400, (method, path, answer.text)
         assert answer.headers["content-type"].startswith("application/problem+json")
         assert "rebind" not in answer.text
 
     png = {"file": ("csrf.png", photo(40, 30, "PNG"), "image/png")}
-    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
-                    {"Referer": "http://evil.example/page.html"}, {"Origin": url.replace("127.0.0.1", "localhost")}):
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "http://evil.example/page.html"},
+        {"Origin": url.replace("127.0.0.1", "localhost")},
+    ):
         answer = httpx.post(f"{url}/images/async", files=png, headers=headers, timeout=10)
         assert answer.status_code == 403, (headers, answer.text)
         assert answer.headers["content-type"].startswith("application/problem+json")
@@ -138,8 +160,13 @@ def test_serve_with_a_jwt_secret_verifies_tokens_from_the_token_command(serve, t
     assert "bearer tokens (HS256" in serve.log() and "API_AUTH=open" not in serve.log()
 
     def token(*args: str) -> dict[str, str]:
-        made = subprocess.run([sys.executable, "-m", "image_pipeline.cli", "token", "--secret", secret, *args],
-                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+        made = subprocess.run(
+            [sys.executable, "-m", "image_pipeline.cli", "token", "--secret", secret, *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
         assert made.returncode == 0, made.stderr
         return {"Authorization": "Bearer " + made.stdout.strip()}
 
@@ -155,7 +182,12 @@ def test_serve_with_a_jwt_secret_verifies_tokens_from_the_token_command(serve, t
 
 def test_serve_will_not_start_with_owners_and_nothing_to_verify_tokens(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
-    done = subprocess.run([sys.executable, "-m", "image_pipeline.cli", "serve", "--storage", str(tmp_path),
-                           "--port", str(_free_port())], env={**env, "API_AUTH": "jwt"}, capture_output=True,
-                          text=True, cwd=ROOT, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "image_pipeline.cli", "serve", "--storage", str(tmp_path), "--port", str(_free_port())],
+        env={**env, "API_AUTH": "jwt"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert done.returncode == 2 and "--jwt-secret" in done.stderr

@@ -89,8 +89,21 @@ class Server:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
         self._out = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "image_pipeline.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args],
-            env={**clean, **env}, stdout=self._out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2],
+            [
+                sys.executable,
+                "-m",
+                "image_pipeline.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *args,
+            ],
+            env={**clean, **env},
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[2],
         )
 
     def wait_ready(self, timeout: float = 60) -> None:

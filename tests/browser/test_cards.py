@@ -15,12 +15,30 @@ IMAGE = {
     "source": {"bytes": 92493, "type": "jpeg", "width": 1600, "height": 1067},
     "placeholder": {"blurhash": "Lc9uy[NfxVWssKR:s*R:VsWFoIWY", "dominant_color": "#4f7da6"},
     "variants": [
-        {"name": "thumbnail", "url": "/images/abc/thumbnail", "width": 150, "height": 150, "bytes": 1170,
-         "content_type": "image/webp"},
-        {"name": "medium", "url": "/images/abc/medium", "width": 800, "height": 534, "bytes": 5664,
-         "content_type": "image/webp"},
-        {"name": "large", "url": "/images/abc/large", "width": 1600, "height": 1067, "bytes": 71762,
-         "content_type": "image/jpeg"},
+        {
+            "name": "thumbnail",
+            "url": "/images/abc/thumbnail",
+            "width": 150,
+            "height": 150,
+            "bytes": 1170,
+            "content_type": "image/webp",
+        },
+        {
+            "name": "medium",
+            "url": "/images/abc/medium",
+            "width": 800,
+            "height": 534,
+            "bytes": 5664,
+            "content_type": "image/webp",
+        },
+        {
+            "name": "large",
+            "url": "/images/abc/large",
+            "width": 1600,
+            "height": 1067,
+            "bytes": 71762,
+            "content_type": "image/jpeg",
+        },
     ],
 }
 
@@ -47,14 +65,38 @@ def test_snippet_prefers_avif_then_webp_per_width_and_escapes_attributes(static_
     image = {
         **IMAGE,
         "variants": [
-            {"name": "s-avif", "url": "/i/s.avif?a=1&b=2", "width": 400, "height": 267, "bytes": 900,
-             "content_type": "image/avif"},
-            {"name": "s-webp", "url": "/i/s.webp", "width": 400, "height": 267, "bytes": 1200,
-             "content_type": "image/webp"},
-            {"name": "s-jpeg", "url": "/i/s.jpg", "width": 400, "height": 267, "bytes": 3000,
-             "content_type": "image/jpeg"},
-            {"name": "l-webp", "url": "/i/l.webp", "width": 1200, "height": 800, "bytes": 9000,
-             "content_type": "image/webp"},
+            {
+                "name": "s-avif",
+                "url": "/i/s.avif?a=1&b=2",
+                "width": 400,
+                "height": 267,
+                "bytes": 900,
+                "content_type": "image/avif",
+            },
+            {
+                "name": "s-webp",
+                "url": "/i/s.webp",
+                "width": 400,
+                "height": 267,
+                "bytes": 1200,
+                "content_type": "image/webp",
+            },
+            {
+                "name": "s-jpeg",
+                "url": "/i/s.jpg",
+                "width": 400,
+                "height": 267,
+                "bytes": 3000,
+                "content_type": "image/jpeg",
+            },
+            {
+                "name": "l-webp",
+                "url": "/i/l.webp",
+                "width": 1200,
+                "height": 800,
+                "bytes": 9000,
+                "content_type": "image/webp",
+            },
         ],
     }
     lines = _snippet(static_page, image, alt='say "cheese" & <smile>').splitlines()
@@ -100,8 +142,19 @@ def test_alt_text_and_numbers(static_page):
                     c.saving(5664, 92493), c.saving(120000, 92493), c.saving(92400, 92493), c.saving(246, 199000), c.saving(99, 100000)];
         }"""
     )
-    assert got == ["IMG 2041 beach", "uploaded image", "72 kB", "5.7 kB", "812 B", "12.3 MB",
-                   "−94%", "+30%", "0%", "−99.9%", "−99.9%"]
+    assert got == [
+        "IMG 2041 beach",
+        "uploaded image",
+        "72 kB",
+        "5.7 kB",
+        "812 B",
+        "12.3 MB",
+        "−94%",
+        "+30%",
+        "0%",
+        "−99.9%",
+        "−99.9%",
+    ]
 
 
 def test_with_width_urls_the_snippet_offers_the_whole_ladder_in_avif_webp_and_the_fallback(static_page):
@@ -123,8 +176,10 @@ def test_with_width_urls_the_snippet_offers_the_whole_ladder_in_avif_webp_and_th
 
 
 def test_lazy_variants_are_shown_as_made_on_first_request(static_page):
-    image = {**IMAGE, "lazy_variants": [{"name": "xl", "url": "/images/abc/xl", "made": False,
-                                         "content_type": "image/jpeg"}]}
+    image = {
+        **IMAGE,
+        "lazy_variants": [{"name": "xl", "url": "/images/abc/xl", "made": False, "content_type": "image/jpeg"}],
+    }
     rows = static_page.evaluate(
         """async (image) => {
             const { createCard } = await import("/static/cards.js");

@@ -36,8 +36,11 @@ def two_tone(width: int, height: int, top, bottom) -> Image.Image:
     fade = Image.linear_gradient("L").resize(half)  # darker towards the horizon and the bottom
 
     def shaded(colour):
-        return Image.composite(Image.new("RGB", half, tuple(c * 8 // 10 for c in colour)),
-                               Image.new("RGB", half, tuple(min(255, c * 11 // 10) for c in colour)), fade)
+        return Image.composite(
+            Image.new("RGB", half, tuple(c * 8 // 10 for c in colour)),
+            Image.new("RGB", half, tuple(min(255, c * 11 // 10) for c in colour)),
+            fade,
+        )
 
     image = Image.new("RGB", (width, height))
     image.paste(shaded(top), (0, 0))
@@ -99,8 +102,12 @@ def uploaded(context, server):
             {"name": HUGE_NAME, "mimeType": "image/jpeg", "buffer": b"\xff\xd8\xff" + bytes(MAX_BYTES)},
         ],
     )
-    for name, state in [(PHOTO_NAME, PROCESSED), (SECOND_NAME, PROCESSED),
-                        (TEXT_NAME, '[data-state="failed"]'), (HUGE_NAME, '[data-state="failed"]')]:
+    for name, state in [
+        (PHOTO_NAME, PROCESSED),
+        (SECOND_NAME, PROCESSED),
+        (TEXT_NAME, '[data-state="failed"]'),
+        (HUGE_NAME, '[data-state="failed"]'),
+    ]:
         page.locator(f".card{state}", has=page.get_by_role("heading", name=name, exact=True)).wait_for(timeout=45000)
     assert not errors, errors
     yield page
@@ -122,12 +129,16 @@ def test_processed_card_shows_the_photo(uploaded):
 
 
 def test_blurhash_placeholder_is_painted_at_the_photos_shape(uploaded):
-    painted = card(uploaded, PHOTO_NAME).locator("canvas.placeholder").evaluate(
-        """(canvas) => {
+    painted = (
+        card(uploaded, PHOTO_NAME)
+        .locator("canvas.placeholder")
+        .evaluate(
+            """(canvas) => {
             const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
             const at = (y) => Array.from(data.slice(4 * (y * canvas.width + (canvas.width >> 1)), 4 * (y * canvas.width + (canvas.width >> 1)) + 3));
             return {w: canvas.width, h: canvas.height, top: at(2), bottom: at(canvas.height - 3)};
         }"""
+        )
     )
     assert (painted["w"], painted["h"]) == (32, 21)
     assert near(painted["top"], ORANGE, 60) and near(painted["bottom"], TEAL, 60), painted
@@ -217,13 +228,17 @@ def test_gallery_lists_both_images_newest_first_with_the_same_facts(uploaded, co
     page = context.new_page()
     page.goto(server.url + "/gallery")
     for name in ids:
-        page.locator(f".card{PROCESSED}", has=page.get_by_role("heading", name=name, exact=True)).wait_for(timeout=20000)
+        page.locator(f".card{PROCESSED}", has=page.get_by_role("heading", name=name, exact=True)).wait_for(
+            timeout=20000
+        )
     listed = page.locator(".card").evaluate_all("(cards) => cards.map((c) => c.dataset.imageId)")
     ours = [i for i in listed if i in ids.values()]
     assert ours == sorted(ids.values()), "newest first (ids sort newest first)"
     assert TEXT_NAME not in page.locator(".card-name").all_text_contents()
     assert page.get_by_role("button", name="Show more").is_hidden(), "everything fits one page"
-    clipped = page.locator(".facts-wrap").evaluate_all("(all) => all.filter((t) => t.scrollWidth > t.clientWidth).length")
+    clipped = page.locator(".facts-wrap").evaluate_all(
+        "(all) => all.filter((t) => t.scrollWidth > t.clientWidth).length"
+    )
     assert clipped == 0, "a facts table is wider than its card"
     rows = card(page, SECOND_NAME).locator("table.facts tbody tr")
     assert rows.count() >= 2
@@ -279,8 +294,10 @@ def test_phone_width_has_no_sideways_scrolling(browser, server, uploaded, tmp_pa
             page.set_input_files("#files", [{"name": "phone.jpg", "mimeType": "image/jpeg", "buffer": PHOTO}])
             page.locator(f".card{PROCESSED}").first.wait_for(timeout=30000)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, f"{path} scrolls sideways"
-        assert page.locator(".facts-wrap").evaluate_all(
-            "(all) => all.filter((t) => t.scrollWidth > t.clientWidth).length") == 0, f"{path}: a table is clipped"
+        assert (
+            page.locator(".facts-wrap").evaluate_all("(all) => all.filter((t) => t.scrollWidth > t.clientWidth).length")
+            == 0
+        ), f"{path}: a table is clipped"
         shot = page.screenshot(path=tmp_path / f"phone{path.replace('/', '-')}.png", full_page=True)
         if SCREENSHOTS and path == "/":
             Image.open(io.BytesIO(shot)).convert("RGB").save(Path(SCREENSHOTS) / "page-phone.webp", "WEBP", quality=80)
@@ -322,8 +339,13 @@ def test_filesystem_backend_upload_and_gallery(browser, tmp_path_factory):
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(server.url + "/")
-        page.set_input_files("#files", [{"name": PHOTO_NAME, "mimeType": "image/jpeg", "buffer": PHOTO},
-                                        {"name": TEXT_NAME, "mimeType": "image/jpeg", "buffer": b"just text\n"}])
+        page.set_input_files(
+            "#files",
+            [
+                {"name": PHOTO_NAME, "mimeType": "image/jpeg", "buffer": PHOTO},
+                {"name": TEXT_NAME, "mimeType": "image/jpeg", "buffer": b"just text\n"},
+            ],
+        )
         page.locator(f".card{PROCESSED}").wait_for(timeout=30000)
         assert card(page, TEXT_NAME).get_by_role("status").first.text_content().startswith("Rejected: not an image")
         shot = Image.open(io.BytesIO(card(page, PHOTO_NAME).locator(".frame").screenshot()))

@@ -36,7 +36,11 @@ def command(*args: str, env: dict[str, str] | None = None) -> list[str]:
 def run_backfill(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         command(*args, "--failed-keys", str(tmp_path / "failed.csv")),
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -137,7 +141,11 @@ def test_an_interrupted_run_resumes_and_every_image_is_processed_exactly_once(
         s3.put_object(Bucket=bucket, Key=key, Body=photo(900, 600))
     proc = subprocess.Popen(
         command(f"s3://{bucket}/raw/many/", "--workers", "2", "--failed-keys", str(tmp_path / "failed.csv")),
-        cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,  # its own process group, as in a terminal: Ctrl-C reaches every worker
     )
     try:
@@ -240,8 +248,18 @@ def _batch_job(s3, bucket: str, tmp_path: Path) -> tuple[subprocess.CompletedPro
     s3.put_object(Bucket=bucket, Key="raw/bo/done.jpg", Body=photo(300, 200))
     run_backfill(tmp_path, f"s3://{bucket}/raw/bo/done.jpg")  # current: must not be in the job
     done = run_backfill(
-        tmp_path, f"s3://{bucket}/raw/bo/", "--batch-operations", "--print-only", "--function", FUNCTION,
-        "--role-arn", ROLE, "--account-id", "123456789012", "--region", "eu-west-1",
+        tmp_path,
+        f"s3://{bucket}/raw/bo/",
+        "--batch-operations",
+        "--print-only",
+        "--function",
+        FUNCTION,
+        "--role-arn",
+        ROLE,
+        "--account-id",
+        "123456789012",
+        "--region",
+        "eu-west-1",
     )
     assert done.returncode == 0, done.stderr
     (manifest_key,) = [
@@ -279,7 +297,7 @@ def test_batch_operations_job_request_is_a_valid_create_job_call(s3, bucket, tmp
     key, etag = manifest_key.groups()
     assert etag == s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
 
-    printed = done.stdout[done.stdout.index("aws s3control create-job"):]
+    printed = done.stdout[done.stdout.index("aws s3control create-job") :]
     argv = shlex.split(printed.replace("\\\n", " "))
     assert argv[:3] == ["aws", "s3control", "create-job"]
     options, i = {}, 3
@@ -293,7 +311,9 @@ def test_batch_operations_job_request_is_a_valid_create_job_call(s3, bucket, tmp
     assert options["--region"] == "eu-west-1" and options["--account-id"] == "123456789012"
     assert json.loads(options["--operation"]) == {
         "LambdaInvoke": {
-            "FunctionArn": FUNCTION, "InvocationSchemaVersion": "2.0", "UserArguments": {"backfill": "stale"}
+            "FunctionArn": FUNCTION,
+            "InvocationSchemaVersion": "2.0",
+            "UserArguments": {"backfill": "stale"},
         }
     }
     assert json.loads(options["--manifest"]) == {
@@ -301,18 +321,28 @@ def test_batch_operations_job_request_is_a_valid_create_job_call(s3, bucket, tmp
         "Location": {"ObjectArn": f"arn:aws:s3:::{bucket}/{key}", "ETag": etag},
     }
     assert json.loads(options["--report"]) == {
-        "Bucket": f"arn:aws:s3:::{bucket}", "Format": "Report_CSV_20180820", "Enabled": True,
-        "Prefix": "batch-operations/reports", "ReportScope": "FailedTasksOnly",
+        "Bucket": f"arn:aws:s3:::{bucket}",
+        "Format": "Report_CSV_20180820",
+        "Enabled": True,
+        "Prefix": "batch-operations/reports",
+        "ReportScope": "FailedTasksOnly",
     }
     assert options["--role-arn"] == ROLE and options["--priority"] == "10"
     assert options["--no-confirmation-required"] is True
 
     request = backfill.job_request(
         backfill.JobSpec(
-            account_id="123456789012", region="eu-west-1", function_arn=FUNCTION, role_arn=ROLE,
-            manifest_arn=f"arn:aws:s3:::{bucket}/{key}", manifest_etag=etag,
-            report_bucket_arn=f"arn:aws:s3:::{bucket}", report_prefix="batch-operations/reports",
-            description=options["--description"], mode="stale", token=options["--client-request-token"],
+            account_id="123456789012",
+            region="eu-west-1",
+            function_arn=FUNCTION,
+            role_arn=ROLE,
+            manifest_arn=f"arn:aws:s3:::{bucket}/{key}",
+            manifest_etag=etag,
+            report_bucket_arn=f"arn:aws:s3:::{bucket}",
+            report_prefix="batch-operations/reports",
+            description=options["--description"],
+            mode="stale",
+            token=options["--client-request-token"],
         )
     )
     assert backfill.cli_command(request, "eu-west-1") == printed.strip()  # the command is this request
@@ -382,8 +412,15 @@ def test_batch_operations_with_nothing_to_do_creates_no_manifest_and_no_job(s3, 
     s3.put_object(Bucket=bucket, Key="raw/done/a.jpg", Body=photo(300, 200))
     assert run_backfill(tmp_path, f"s3://{bucket}/raw/done/").returncode == 0
     done = run_backfill(
-        tmp_path, f"s3://{bucket}/raw/done/", "--batch-operations", "--function", FUNCTION, "--role-arn", ROLE,
-        "--account-id", "123456789012",
+        tmp_path,
+        f"s3://{bucket}/raw/done/",
+        "--batch-operations",
+        "--function",
+        FUNCTION,
+        "--role-arn",
+        ROLE,
+        "--account-id",
+        "123456789012",
     )
     assert done.returncode == 0, done.stderr
     assert "nothing to do: no object needs processing; no job created" in done.stdout

@@ -19,7 +19,11 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_ENDPOINT_URL")}
     return subprocess.run(
         [sys.executable, "-m", "image_pipeline.cli", "invoke", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -78,7 +82,7 @@ def test_an_invoke_the_handler_fails_for_a_retry_exits_1_and_closes_its_sessions
 def test_an_unreachable_endpoint_is_one_clear_message(unused_port):
     done = invoke("events/s3-put.json", "--endpoint-url", f"http://127.0.0.1:{unused_port}")
     assert done.returncode == 2
-    assert f"image-pipeline: Could not connect to the endpoint URL: \"http://127.0.0.1:{unused_port}/" in done.stderr
+    assert f'image-pipeline: Could not connect to the endpoint URL: "http://127.0.0.1:{unused_port}/' in done.stderr
     assert_closed_cleanly(done.stderr)
 
 
@@ -94,8 +98,9 @@ def test_a_process_that_ends_without_closing_the_runtime_closes_its_sessions(s3,
     )
     for how in ("return", "raise"):
         env = {**os.environ, "AWS_ENDPOINT_URL_S3": moto_server}
-        done = subprocess.run([sys.executable, "-c", code, how], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", code, how], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert done.stdout.split()[0] in ("processed", "skipped"), done.stderr
         assert "Unclosed" not in done.stderr, done.stderr
 
@@ -114,7 +119,11 @@ def test_a_bad_setting_is_one_clear_message_not_a_traceback():
     env.update(RAW_DISPOSITION="move", VARIANTS="thumb:150x150:top-left")
     done = subprocess.run(
         [sys.executable, "-m", "image_pipeline.cli", "invoke", "events/s3-put.json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr

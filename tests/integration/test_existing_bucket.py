@@ -31,8 +31,12 @@ def _template(name: str) -> dict[str, Any]:
 
 def _rule_pattern(bucket: str) -> dict[str, Any]:
     """The rule's EventPattern with the ExistingBucketName parameter set to `bucket`."""
-    (rule,) = [r for r in _template("template-existing-bucket.yaml")["Resources"].values() if r["Type"] == "AWS::Events::Rule"]
-    text = json.dumps(rule["Properties"]["EventPattern"]).replace(json.dumps({"Ref": "ExistingBucketName"}), json.dumps(bucket))
+    (rule,) = [
+        r for r in _template("template-existing-bucket.yaml")["Resources"].values() if r["Type"] == "AWS::Events::Rule"
+    ]
+    text = json.dumps(rule["Properties"]["EventPattern"]).replace(
+        json.dumps({"Ref": "ExistingBucketName"}), json.dumps(bucket)
+    )
     return json.loads(text)
 
 
@@ -43,7 +47,7 @@ def _matches(pattern: Any, event: Any) -> bool:
     assert isinstance(pattern, list), pattern
     for option in pattern:
         if isinstance(option, dict):
-            (operator, value), = option.items()
+            ((operator, value),) = option.items()
             assert operator == "prefix", f"the test does not know {operator}"
             if isinstance(event, str) and event.startswith(value):
                 return True
@@ -78,7 +82,12 @@ def test_the_rule_passes_uploads_and_deletions_under_raw_of_that_bucket_only():
 
 @pytest.mark.parametrize(
     "key",
-    ["raw/summer holiday/café + friends.jpg", "raw/a+b/100% sure.jpg", "raw/日本/写真 1.jpeg", "raw/ümlaut/Ärger+Ölung.png"],
+    [
+        "raw/summer holiday/café + friends.jpg",
+        "raw/a+b/100% sure.jpg",
+        "raw/日本/写真 1.jpeg",
+        "raw/ümlaut/Ärger+Ölung.png",
+    ],
 )
 def test_eventbridge_keys_with_spaces_plus_and_non_ascii_reach_the_right_object(s3, bucket, handler, context, key):
     fmt = "PNG" if key.endswith(".png") else "JPEG"
@@ -93,7 +102,10 @@ def test_eventbridge_keys_with_spaces_plus_and_non_ascii_reach_the_right_object(
     stem = key.removeprefix("raw/").rsplit(".", 1)[0]
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"processed/{stem}/")["Contents"]
     assert sorted(o["Key"].rsplit("/", 1)[1] for o in listed) == [
-        "large.jpg", "manifest.json", "medium.webp", "thumbnail.webp"
+        "large.jpg",
+        "manifest.json",
+        "medium.webp",
+        "thumbnail.webp",
     ]
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"processed/{stem}/manifest.json")["Body"].read())
     assert manifest["source"]["key"] == key

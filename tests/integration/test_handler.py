@@ -39,7 +39,10 @@ def test_s3_put_writes_every_variant_then_the_manifest_then_tags_the_raw_object(
     assert result["results"] == [{"key": key, "status": "processed", "error_code": None}]
     prefix = "processed/albums/2026/beach/"
     assert keys_under(s3, bucket) == [
-        prefix + "large.jpg", prefix + "manifest.json", prefix + "medium.webp", prefix + "thumbnail.webp"
+        prefix + "large.jpg",
+        prefix + "manifest.json",
+        prefix + "medium.webp",
+        prefix + "thumbnail.webp",
     ]
     for name, (fmt, width, height) in EXPECTED.items():
         ext = "jpg" if fmt == "jpeg" else fmt
@@ -250,7 +253,9 @@ def test_cold_start_with_bad_configuration_names_every_problem():
     import sys
 
     env = {**os.environ, "RAW_DISPOSITION": "archive", "MAX_PIXELS": "-1"}
-    done = subprocess.run([sys.executable, "-c", "import image_pipeline.handler"], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import image_pipeline.handler"], env=env, capture_output=True, text=True
+    )
     assert done.returncode != 0
     assert "RAW_DISPOSITION='archive'" in done.stderr and "MAX_PIXELS=-1 must be at least 1" in done.stderr
 
@@ -261,8 +266,16 @@ def test_a_fixed_upload_loses_its_old_error_tag(s3, bucket, handler, context):
     handler.lambda_handler(load_event("s3-put.json", bucket=bucket, keys=[key]), context)
     assert tags(s3, bucket, key)["image-pipeline-error"] == "unsupported_type"
     etag = upload(s3, bucket, key, photo(300, 200))
-    s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": [
-        {"Key": "image-pipeline-status", "Value": "failed"}, {"Key": "image-pipeline-error", "Value": "unsupported_type"}]})
+    s3.put_object_tagging(
+        Bucket=bucket,
+        Key=key,
+        Tagging={
+            "TagSet": [
+                {"Key": "image-pipeline-status", "Value": "failed"},
+                {"Key": "image-pipeline-error", "Value": "unsupported_type"},
+            ]
+        },
+    )
     handler.lambda_handler(load_event("s3-put.json", bucket=bucket, keys=[key], etag=etag), context)
     assert tags(s3, bucket, key) == {"image-pipeline-status": "processed"}
 
@@ -311,7 +324,9 @@ def test_same_name_with_another_extension_does_not_overwrite_the_first_upload(s3
     assert statuses == ["processed", "failed"]
     assert manifest(s3, bucket, "processed/trip/IMG_0001/")["source"]["key"] == "raw/trip/IMG_0001.jpg"
     assert tags(s3, bucket, "raw/trip/IMG_0001.png") == {
-        "image-pipeline-status": "failed", "image-pipeline-error": "name_conflict"}
+        "image-pipeline-status": "failed",
+        "image-pipeline-error": "name_conflict",
+    }
 
 
 def test_a_replacement_with_another_extension_takes_over_once_the_first_is_gone(
@@ -332,7 +347,9 @@ def test_an_upload_with_ten_tags_of_its_own_is_still_processed_and_keeps_them(s3
     event = load_event("s3-put.json", bucket=bucket, keys=["raw/tagged/good.jpg", "raw/tagged/bad.jpg"])
     result = handler.lambda_handler(event, context)  # no RetryLater: S3's tag limit is not a storage failure
     assert [r["status"] for r in result["results"]] == ["processed", "failed"]
-    assert len(tags(s3, bucket, "raw/tagged/good.jpg")) == 10 and "processed/tagged/good/manifest.json" in keys_under(s3, bucket)
+    assert len(tags(s3, bucket, "raw/tagged/good.jpg")) == 10 and "processed/tagged/good/manifest.json" in keys_under(
+        s3, bucket
+    )
 
 
 def _batch_operation_event(bucket: str, key: str) -> dict:

@@ -190,11 +190,16 @@ def test_a_changed_configuration_processes_again_and_drops_variants_no_longer_co
 
     first, replay, written, changed, replay_after = on_s3(moto_server, bucket, body)
     assert (first.status, replay.status, changed.status, replay_after.status) == (
-        "processed", "skipped", "processed", "skipped"
+        "processed",
+        "skipped",
+        "processed",
+        "skipped",
     )
     assert replay.processing_ms == 0 and replay_after.processing_ms == 0  # no image work
     assert keys_under(s3, bucket) == [
-        "processed/c/a/avif.avif", "processed/c/a/large.jpg", "processed/c/a/manifest.json",
+        "processed/c/a/avif.avif",
+        "processed/c/a/large.jpg",
+        "processed/c/a/manifest.json",
         "processed/c/a/thumbnail.webp",
     ]  # medium.webp, no longer configured, is gone
     record = manifest(s3, bucket, "processed/c/a/")
@@ -292,7 +297,9 @@ def test_a_replay_or_batch_task_after_a_variants_change_processes_again(s3, buck
     settings_env(VARIANTS="thumbnail:150x150:cover:webp;large:2560x2560:jpeg;small:400x400:avif")
     assert handler.lambda_handler(event, context)["results"][0]["status"] == "processed"
     assert keys_under(s3, bucket, "processed/cfg/a/") == [
-        "processed/cfg/a/large.jpg", "processed/cfg/a/manifest.json", "processed/cfg/a/small.avif",
+        "processed/cfg/a/large.jpg",
+        "processed/cfg/a/manifest.json",
+        "processed/cfg/a/small.avif",
         "processed/cfg/a/thumbnail.webp",
     ]  # medium.webp is no longer configured: deleted once the new manifest was written
 
@@ -303,5 +310,7 @@ def test_a_replay_or_batch_task_after_a_variants_change_processes_again(s3, buck
     assert again["results"][0]["resultString"] == "skipped"
     assert [v["name"] for v in manifest(s3, bucket, "processed/cfg/a/")["variants"]] == ["thumbnail", "large"]
     assert keys_under(s3, bucket, "processed/cfg/a/") == [
-        "processed/cfg/a/large.jpg", "processed/cfg/a/manifest.json", "processed/cfg/a/thumbnail.webp"
+        "processed/cfg/a/large.jpg",
+        "processed/cfg/a/manifest.json",
+        "processed/cfg/a/thumbnail.webp",
     ]

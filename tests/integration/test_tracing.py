@@ -39,8 +39,13 @@ def test_images_are_processed_with_tracing_active(s3, bucket, tmp_path):
         AWS_XRAY_CONTEXT_MISSING="LOG_ERROR",
     )
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], input="\n".join(events), env=env, capture_output=True, text=True,
-        timeout=120, cwd=Path(__file__).resolve().parents[2],
+        [sys.executable, "-c", SCRIPT],
+        input="\n".join(events),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])

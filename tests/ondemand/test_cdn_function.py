@@ -3,7 +3,6 @@ is stored, and that stored outputs are answered without image work."""
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 
@@ -96,8 +95,12 @@ def test_widths_outside_the_allowlist_need_a_valid_signature(s3, bucket, cdn):
     assert [r["statusCode"] for r in (missing, tampered, other_size)] == [403, 403, 403]
     assert json.loads(missing["body"])["detail"].startswith("width 641 is not in the allowlist")
     assert missing["headers"]["Content-Type"] == "application/problem+json"
-    assert keys(s3, bucket) == [f"{PREFIX}large.jpg", f"{PREFIX}manifest.json", f"{PREFIX}medium.webp",
-                                f"{PREFIX}thumbnail.webp"]  # nothing made
+    assert keys(s3, bucket) == [
+        f"{PREFIX}large.jpg",
+        f"{PREFIX}manifest.json",
+        f"{PREFIX}medium.webp",
+        f"{PREFIX}thumbnail.webp",
+    ]  # nothing made
 
     query = sign(KEY.encode(), path).partition("?")[2]
     good = call(miss, path, query)
@@ -222,7 +225,10 @@ def test_head_requests_make_the_output_and_answer_without_a_body(s3, bucket, cdn
     process(miss, bucket, "raw/od/pic.jpg")
     response = call(miss, f"/{PREFIX}w256.webp", method="HEAD")
     assert response["statusCode"] == 200 and response["body"] == ""
-    assert int(response["headers"]["Content-Length"]) == s3.head_object(Bucket=bucket, Key=f"{PREFIX}w256.webp")["ContentLength"]
+    assert (
+        int(response["headers"]["Content-Length"])
+        == s3.head_object(Bucket=bucket, Key=f"{PREFIX}w256.webp")["ContentLength"]
+    )
 
 
 def test_refusals_that_a_signature_or_time_can_change_are_never_cacheable(s3, bucket, cdn):

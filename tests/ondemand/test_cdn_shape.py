@@ -58,8 +58,14 @@ class Container:
     def __init__(self, handler: str, timeout: int, env: dict[str, str]) -> None:
         self.invocations = 0
         self.events: list[dict] = []
-        self.proc = subprocess.Popen([sys.executable, "-c", CONTAINER, handler, str(timeout)], env=env, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CONTAINER, handler, str(timeout)],
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
 
     def __call__(self, event: dict) -> dict:
         self.invocations += 1
@@ -119,13 +125,22 @@ class Edge:
             got = self.s3.get_object(Bucket=self.bucket, Key=uri[1:])
         except self.s3.exceptions.NoSuchKey:
             return Answer(403, {}, b"", "bucket")  # CloudFront's OAC has no ListBucket: a missing key is a 403
-        return Answer(200, {"Content-Type": got["ContentType"], "Cache-Control": got.get("CacheControl", "")},
-                      got["Body"].read(), "bucket")
+        return Answer(
+            200,
+            {"Content-Type": got["ContentType"], "Cache-Control": got.get("CacheControl", "")},
+            got["Body"].read(),
+            "bucket",
+        )
 
     def _function(self, uri: str, query: str) -> Answer:
-        event = {"version": "2.0", "rawPath": uri, "rawQueryString": query,
-                 "headers": {"host": "abc.lambda-url.us-east-1.on.aws"},  # no viewer header is forwarded
-                 "requestContext": {"http": {"method": "GET", "path": uri}}, "isBase64Encoded": False}
+        event = {
+            "version": "2.0",
+            "rawPath": uri,
+            "rawQueryString": query,
+            "headers": {"host": "abc.lambda-url.us-east-1.on.aws"},  # no viewer header is forwarded
+            "requestContext": {"http": {"method": "GET", "path": uri}},
+            "isBase64Encoded": False,
+        }
         response = self.function(event)
         body = response.get("body", "").encode()
         if response.get("isBase64Encoded"):
@@ -153,8 +168,19 @@ def edge(moto_server, s3, bucket):
     (function,) = [p for p in stack.of_type("AWS::Serverless::Function").values() if "FunctionUrlConfig" in p]
     env = {k: v if isinstance(v, str) else "example-stack" for k, v in function["Environment"]["Variables"].items()}
     env["BUCKET_NAME"] = bucket
-    env.update({k: os.environ[k] for k in ("PATH", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                                            "POWERTOOLS_TRACE_DISABLED") if k in os.environ})
+    env.update(
+        {
+            k: os.environ[k]
+            for k in (
+                "PATH",
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_DEFAULT_REGION",
+                "POWERTOOLS_TRACE_DISABLED",
+            )
+            if k in os.environ
+        }
+    )
     storage = FaultProxy(upstream=moto_server).start()
     env["AWS_ENDPOINT_URL_S3"] = storage.url
     container = Container(function["Handler"], function["Timeout"], env)

@@ -16,8 +16,13 @@ KEY = b"k" * 32
 
 @pytest.mark.parametrize(
     ("leaf", "width", "fmt"),
-    [("w640.webp", 640, ImageFormat.WEBP), ("w1.jpg", 1, ImageFormat.JPEG), ("w8192.avif", 8192, ImageFormat.AVIF),
-     ("w750.png", 750, ImageFormat.PNG), ("w640", 640, None)],
+    [
+        ("w640.webp", 640, ImageFormat.WEBP),
+        ("w1.jpg", 1, ImageFormat.JPEG),
+        ("w8192.avif", 8192, ImageFormat.AVIF),
+        ("w750.png", 750, ImageFormat.PNG),
+        ("w640", 640, None),
+    ],
 )
 def test_width_leaves_parse_to_one_output(leaf, width, fmt):
     request = parse_width(leaf)
@@ -27,8 +32,24 @@ def test_width_leaves_parse_to_one_output(leaf, width, fmt):
 
 @pytest.mark.parametrize(
     "leaf",
-    ["w0.webp", "w8193.webp", "w99999.webp", "w0640.webp", "wabc.webp", "w64x.webp", "w640.gif", "w640.jpeg",
-     "w640.WEBP", "w640.webp.x", "w640.webp/", "w-5.jpg", "w6 40.jpg", "w640.", "w.webp", "w１２.webp"],
+    [
+        "w0.webp",
+        "w8193.webp",
+        "w99999.webp",
+        "w0640.webp",
+        "wabc.webp",
+        "w64x.webp",
+        "w640.gif",
+        "w640.jpeg",
+        "w640.WEBP",
+        "w640.webp.x",
+        "w640.webp/",
+        "w-5.jpg",
+        "w6 40.jpg",
+        "w640.",
+        "w.webp",
+        "w１２.webp",
+    ],
 )
 def test_malformed_width_leaves_are_refused_not_mapped(leaf):
     assert is_width_leaf(leaf)

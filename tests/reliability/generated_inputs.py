@@ -27,8 +27,15 @@ def png_chunk(kind: bytes, body: bytes, *, crc: int | None = None) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc & 0xFFFFFFFF)
 
 
-def raw_png(width: int, height: int, *, bit_depth: int = 8, colour_type: int = 2, idat: bytes | None = None,
-            ihdr_crc: int | None = None) -> bytes:
+def raw_png(
+    width: int,
+    height: int,
+    *,
+    bit_depth: int = 8,
+    colour_type: int = 2,
+    idat: bytes | None = None,
+    ihdr_crc: int | None = None,
+) -> bytes:
     """A PNG written byte by byte, so the header can say anything (bombs, zero sizes, 16-bit RGB)."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     if idat is None:

@@ -12,7 +12,13 @@ from tests.conftest import EVENTS
 
 STATUS, ERROR = "image-pipeline-status", "image-pipeline-error"
 REJECTION_CODES = {
-    "empty_file", "unsupported_type", "too_large", "too_many_pixels", "too_many_frames", "corrupt_image", "invalid_key",
+    "empty_file",
+    "unsupported_type",
+    "too_large",
+    "too_many_pixels",
+    "too_many_frames",
+    "corrupt_image",
+    "invalid_key",
 }
 VARIANT_FILES = ("thumbnail.webp", "medium.webp", "large.jpg")  # the default VARIANTS
 

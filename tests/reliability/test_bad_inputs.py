@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.images import decode, photo
 from tests.reliability.generated_inputs import bad_cases, good_cases
 from tests.reliability.support import (
     ERROR,
@@ -26,7 +27,6 @@ from tests.reliability.support import (
     tags,
     upload,
 )
-from tests.images import decode, photo
 
 
 def test_every_bad_input_is_tagged_with_its_code_and_the_good_ones_in_the_batch_still_work(

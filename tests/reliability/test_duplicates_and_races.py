@@ -17,8 +17,8 @@ from image_pipeline.errors import StorageFailure
 from image_pipeline.processor import ImageProcessor, VariantConfig
 from image_pipeline.runtime import Runtime
 from image_pipeline.service import MAX_ROUNDS, ImageService, ObjectRef
-from image_pipeline.storage import LitestarStore
 from image_pipeline.settings import Settings
+from image_pipeline.storage import LitestarStore
 from tests.images import decode, photo
 from tests.reliability.faultproxy import Fault
 from tests.reliability.support import (

@@ -6,7 +6,6 @@ whose 10 tags leave no room for ours."""
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 
@@ -34,7 +33,6 @@ from tests.reliability.support import (
 )
 from tests.reliability.test_duplicates_and_races import run_concurrently
 from tests.reliability.test_timeouts import ScriptedClock
-
 
 # -- a stalled S3 call ----------------------------------------------------------------------------
 

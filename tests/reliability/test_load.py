@@ -36,7 +36,7 @@ CONTAINERS = 2  # concurrent "Lambda containers" (processes), each invoked seque
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def valid_image(i: int) -> tuple[bytes, str]:
     """One of 64 distinct small images (4 formats, 64-256 px, every aspect); cheap to repeat."""
     i %= 64
@@ -69,7 +69,8 @@ def s3_process():
         port = sock.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
@@ -145,15 +146,24 @@ def test_a_thousand_records_all_accounted_for_with_bounded_memory(s3_process, tm
     unaccounted = set(expected) - tagged_processed - set(tagged_failed)
 
     report = {
-        "records": RECORDS, "valid": len(valid), "bad": len(bad), "manifests": len(manifests),
-        "failed_tags": len(tagged_failed), "unaccounted": len(unaccounted), "batch_item_failures": len(failures),
-        "seconds": round(elapsed, 1), "records_per_s": round(RECORDS / elapsed, 1),
-        "upload_s": round(upload_s, 1), "reconcile_s": round(reconcile_s, 1),
+        "records": RECORDS,
+        "valid": len(valid),
+        "bad": len(bad),
+        "manifests": len(manifests),
+        "failed_tags": len(tagged_failed),
+        "unaccounted": len(unaccounted),
+        "batch_item_failures": len(failures),
+        "seconds": round(elapsed, 1),
+        "records_per_s": round(RECORDS / elapsed, 1),
+        "upload_s": round(upload_s, 1),
+        "reconcile_s": round(reconcile_s, 1),
         "containers": [
             {
                 "invocations": len(r["responses"]),
                 "rss_mb_first_mid_last": [r["rss_mb"][0], r["rss_mb"][len(r["rss_mb"]) // 2], r["rss_mb"][-1]],
-                "first": r["first"], "last": r["last"], "closed": r["closed"],
+                "first": r["first"],
+                "last": r["last"],
+                "closed": r["closed"],
             }
             for r in reports
         ],
@@ -188,10 +198,19 @@ def run_containers(batches: list[dict], endpoint: str, tmp_path: Path) -> list[d
         events = tmp_path / f"container-{c}.json"
         events.write_text(json.dumps(batches[c::CONTAINERS]))
         env = {**os.environ, "AWS_ENDPOINT_URL_S3": endpoint, "PYTHONPATH": str(ROOT)}
-        procs.append((time.perf_counter(), subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.container", str(events)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )))
+        procs.append(
+            (
+                time.perf_counter(),
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.reliability.container", str(events)],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
     reports = []
     for started, proc in procs:
         out, err = proc.communicate(timeout=300)

@@ -73,9 +73,7 @@ def test_an_sqs_batch_that_runs_out_of_time_finishes_the_first_records_and_retur
     assert all(tags(s3, bucket, o.key) == {STATUS: "processed"} for o in objs)
 
 
-def test_a_direct_notification_that_runs_out_of_time_raises_and_its_replay_completes(
-    s3, bucket, handler, objs
-):
+def test_a_direct_notification_that_runs_out_of_time_raises_and_its_replay_completes(s3, bucket, handler, objs):
     first, second, third = objs[:3]
     with pytest.raises(handler.RetryLater, match=r"2 object\(s\).*late/1.jpg.*late/2.jpg"):
         handler.lambda_handler(s3_event(bucket, [first, second, third]), ScriptedClock(30_000, 500))

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+
 def last_json_line(code: str, env: dict[str, str] | None = None):
     """Run `code` in a fresh interpreter (a cold start) and return the JSON its last line prints."""
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)

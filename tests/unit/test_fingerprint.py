@@ -51,7 +51,13 @@ def test_settings_outside_the_processor_do_not_change_it():
     env = {"VARIANTS": BASE}
     one = Settings.from_env(env)
     other = Settings.from_env(
-        {**env, "CACHE_CONTROL": "no-store", "RAW_PREFIX": "in/", "PROCESSED_PREFIX": "out/", "RAW_DISPOSITION": "delete"}
+        {
+            **env,
+            "CACHE_CONTROL": "no-store",
+            "RAW_PREFIX": "in/",
+            "PROCESSED_PREFIX": "out/",
+            "RAW_DISPOSITION": "delete",
+        }
     )
     assert fingerprint(ImageProcessor(one.variants)) == fingerprint(ImageProcessor(other.variants))
 

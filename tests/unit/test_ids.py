@@ -16,7 +16,9 @@ def test_ids_match_the_pattern_and_sort_newest_first():
     assert len(same_ms) == 1000  # 50 random bits: no collision within a millisecond
 
 
-@pytest.mark.parametrize("bad", ["", "..", "a/b", "a\x00b", "I" * 20, "u" * 20, "0" * 19, "0" * 21, "ABCDEFGHJKMNPQRSTVWX"])
+@pytest.mark.parametrize(
+    "bad", ["", "..", "a/b", "a\x00b", "I" * 20, "u" * 20, "0" * 19, "0" * 21, "ABCDEFGHJKMNPQRSTVWX"]
+)
 def test_anything_else_is_not_an_id(bad):
     assert not ids.is_valid(bad)
 
@@ -54,13 +56,24 @@ def test_api_settings_report_every_problem_at_once():
     from image_pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError) as caught:
-        ApiSettings.from_env({"PUBLIC_BASE_URL": "ftp://x", "ALLOWED_ORIGINS": "example.com", "UPLOAD_EXPIRY_SECONDS": "0",
-                              "MAX_PIXELS": "lots"})
+        ApiSettings.from_env(
+            {
+                "PUBLIC_BASE_URL": "ftp://x",
+                "ALLOWED_ORIGINS": "example.com",
+                "UPLOAD_EXPIRY_SECONDS": "0",
+                "MAX_PIXELS": "lots",
+            }
+        )
     message = str(caught.value)
     for name in ("BUCKET_NAME", "PUBLIC_BASE_URL", "ALLOWED_ORIGINS", "UPLOAD_EXPIRY_SECONDS", "MAX_PIXELS"):
         assert name in message
-    ok = ApiSettings.from_env({"BUCKET_NAME": "b", "PUBLIC_BASE_URL": "https://cdn.example.com/i",
-                               "ALLOWED_ORIGINS": "https://app.example.com, http://localhost:3000"})
+    ok = ApiSettings.from_env(
+        {
+            "BUCKET_NAME": "b",
+            "PUBLIC_BASE_URL": "https://cdn.example.com/i",
+            "ALLOWED_ORIGINS": "https://app.example.com, http://localhost:3000",
+        }
+    )
     assert ok.public_base_url == "https://cdn.example.com/i/"
     assert ok.allowed_origins == ("https://app.example.com", "http://localhost:3000")
     assert ok.image_type("image/JPEG; charset=x") == "jpeg" and ok.image_type("image/svg+xml") is None
@@ -81,14 +94,17 @@ def test_owned_ids_carry_the_owners_tag_and_still_sort_newest_first():
     assert ids.id_of_key(f"processed/{made[0]}/a/manifest.json", "processed/") == made[0]
 
 
-@pytest.mark.parametrize("bad", [
-    "n1xd664dkdpdj5dj" + "-",  # a tag alone
-    "n1xd664dkdpdj5dj_" + "0" * 20,  # another separator
-    "n1xd664dkdpdj5d-" + "0" * 20,  # a short tag
-    "N1XD664DKDPDJ5DJ-" + "0" * 20,  # upper case
-    "-" + "0" * 20,
-    "n1xd664dkdpdj5dj-" + "0" * 20 + "/",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "n1xd664dkdpdj5dj" + "-",  # a tag alone
+        "n1xd664dkdpdj5dj_" + "0" * 20,  # another separator
+        "n1xd664dkdpdj5d-" + "0" * 20,  # a short tag
+        "N1XD664DKDPDJ5DJ-" + "0" * 20,  # upper case
+        "-" + "0" * 20,
+        "n1xd664dkdpdj5dj-" + "0" * 20 + "/",
+    ],
+)
 def test_malformed_owned_ids_are_not_ids(bad):
     assert ids.parse(bad) is None and not ids.is_valid(bad)
 

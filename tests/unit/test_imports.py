@@ -39,8 +39,10 @@ def test_no_import_cycles_between_the_packages_modules():
     paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph = {name: _imports(path, name, set(paths)) for name, path in paths.items()}
     # A package's __init__ re-exporting its own modules is not a cycle worth naming.
-    graph = {n: {t for t in targets if not (paths[t].name == "__init__.py" and n.startswith(t + "."))}
-             for n, targets in graph.items()}
+    graph = {
+        n: {t for t in targets if not (paths[t].name == "__init__.py" and n.startswith(t + "."))}
+        for n, targets in graph.items()
+    }
     cycles = []
     state: dict[str, int] = {}
 
@@ -48,7 +50,7 @@ def test_no_import_cycles_between_the_packages_modules():
         state[node] = 1
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target, stack + [target])
         state[node] = 2

@@ -15,16 +15,36 @@ from image_pipeline.processor.placeholder import rgba_to_thumbhash, thumbhash
 from tests.images import encode
 
 VECTORS = [
-    (4, 3, lambda x, y: ((x * 60 + y * 20) % 256, (x * 7 + y * 90) % 256, (x * y * 30 + 40) % 256, 255),
-     "mBgSHZRxd3iQiHiHiIiHh3YEB/eI"),
-    (30, 20, lambda x, y: ((x * x * 3 + y * 11) % 256, (y * y * 5 + x) % 256, (x * y * 7) % 256, 255),
-     "3ScGFYxmVWZhZnZQh2iGgv6Hc6b1"),
-    (20, 32, lambda x, y: (200, (y * 8) % 256, (x * 12) % 256, (x * 13 + y * 7) % 256),
-     "pJmGMwwXoaCXeIifc2b2d2lmN5AofIc="),
-    (100, 75, lambda x, y: (((x ^ y) * 5) % 256, (x * y) % 256, (255 - x * 2) % 256, 255),
-     "4PYFXYR/d3dXhoh3R3eHh3B3p/7S"),
-    (64, 64, lambda x, y: (255 if x < 32 else 0, 0, 255 if y < 32 else 0, 255 if (x + y) % 3 else 0),
-     "FfaKbRoKj3WPh3dYeItw94h4CAinqICACg=="),
+    (
+        4,
+        3,
+        lambda x, y: ((x * 60 + y * 20) % 256, (x * 7 + y * 90) % 256, (x * y * 30 + 40) % 256, 255),
+        "mBgSHZRxd3iQiHiHiIiHh3YEB/eI",
+    ),
+    (
+        30,
+        20,
+        lambda x, y: ((x * x * 3 + y * 11) % 256, (y * y * 5 + x) % 256, (x * y * 7) % 256, 255),
+        "3ScGFYxmVWZhZnZQh2iGgv6Hc6b1",
+    ),
+    (
+        20,
+        32,
+        lambda x, y: (200, (y * 8) % 256, (x * 12) % 256, (x * 13 + y * 7) % 256),
+        "pJmGMwwXoaCXeIifc2b2d2lmN5AofIc=",
+    ),
+    (
+        100,
+        75,
+        lambda x, y: (((x ^ y) * 5) % 256, (x * y) % 256, (255 - x * 2) % 256, 255),
+        "4PYFXYR/d3dXhoh3R3eHh3B3p/7S",
+    ),
+    (
+        64,
+        64,
+        lambda x, y: (255 if x < 32 else 0, 0, 255 if y < 32 else 0, 255 if (x + y) % 3 else 0),
+        "FfaKbRoKj3WPh3dYeItw94h4CAinqICACg==",
+    ),
 ]
 
 
@@ -67,8 +87,13 @@ def test_the_manifest_records_placeholders_and_the_focal_point():
 
     processed = ImageProcessor().process_image(encode(Image.new("RGB", (400, 300), (30, 120, 200)), "PNG"))
     record = manifest.build(
-        bucket="b", key="raw/a.png", etag="e", processed=processed,
-        variant_keys={v.name: f"processed/a/{v.name}" for v in processed.variants}, total_ms=1.0, fingerprint="f",
+        bucket="b",
+        key="raw/a.png",
+        etag="e",
+        processed=processed,
+        variant_keys={v.name: f"processed/a/{v.name}" for v in processed.variants},
+        total_ms=1.0,
+        fingerprint="f",
     )
     assert record["placeholder"] == {
         "blurhash": processed.blurhash,

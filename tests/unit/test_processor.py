@@ -70,9 +70,7 @@ def test_cover_gravity_keeps_the_interesting_side(gravity):
     draw = ImageDraw.Draw(image)
     for x in range(0, 300, 6):  # a busy, saturated pattern on the left third only
         draw.line((x, 0, x, 300), fill=RED if x % 12 else BLUE, width=3)
-    (v,) = only(VariantConfig("sq", 300, 300, fit="cover", gravity=gravity, format="png")).process(
-        encode(image, "PNG")
-    )
+    (v,) = only(VariantConfig("sq", 300, 300, fit="cover", gravity=gravity, format="png")).process(encode(image, "PNG"))
     pixels = decode(v.data).convert("RGB")
     assert pixels.getpixel((150, 150)) != (128, 128, 128)
 
@@ -175,8 +173,12 @@ def test_transparency_is_flattened_on_the_background_for_jpeg_only():
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "webp", "avif", "gif"])
 def test_gps_and_all_exif_are_stripped_from_every_output(fmt):
     image = Image.open(io.BytesIO(photo(800, 600)))
-    data = encode(image, "JPEG", exif=with_gps_exif(image), icc_profile=ImageCms.ImageCmsProfile(
-        ImageCms.createProfile("sRGB")).tobytes())
+    data = encode(
+        image,
+        "JPEG",
+        exif=with_gps_exif(image),
+        icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(),
+    )
     assert decode(data).getexif().get_ifd(0x8825)  # the input really has GPS
     (v,) = only(VariantConfig("m", 400, 400, format=fmt)).process(data)
     out = decode(v.data)
@@ -229,8 +231,11 @@ def _animation(frames: int, fmt: str = "GIF") -> bytes:
 def test_animations_stay_animated_with_every_frame_resized(source_fmt):
     data = _animation(5, source_fmt)
     processor = ImageProcessor(
-        [VariantConfig("g", 100, 100, format="gif"), VariantConfig("w", 100, 100, format="webp"),
-         VariantConfig("j", 100, 100, format="jpeg")]
+        [
+            VariantConfig("g", 100, 100, format="gif"),
+            VariantConfig("w", 100, 100, format="webp"),
+            VariantConfig("j", 100, 100, format="jpeg"),
+        ]
     )
     gif, webp, jpeg = processor.process(data)
     for v in (gif, webp):
@@ -274,7 +279,9 @@ def _png_declaring(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_rejected_before_decoding():
@@ -300,9 +307,7 @@ def test_type_not_in_the_allowed_list_is_rejected():
 
 def test_too_many_frames():
     with pytest.raises(TooManyFrames):
-        ImageProcessor([VariantConfig("g", 50, 50, format="gif")], limits=Limits(max_frames=3)).process(
-            _animation(5)
-        )
+        ImageProcessor([VariantConfig("g", 50, 50, format="gif")], limits=Limits(max_frames=3)).process(_animation(5))
 
 
 # -- manifest extras ----------------------------------------------------------------------------
@@ -402,8 +407,13 @@ def test_a_phone_mpo_is_one_upright_picture_not_an_animation():
     exif = Image.Exif()
     exif[0x0112] = 6
     second = Image.new("RGB", (600, 400), GREEN)  # the depth map / second camera picture
-    data = encode(upright.transpose(Image.Transpose.ROTATE_90), "MPO", save_all=True,
-                  append_images=[second.transpose(Image.Transpose.ROTATE_90)], exif=exif.tobytes())
+    data = encode(
+        upright.transpose(Image.Transpose.ROTATE_90),
+        "MPO",
+        save_all=True,
+        append_images=[second.transpose(Image.Transpose.ROTATE_90)],
+        exif=exif.tobytes(),
+    )
     assert Image.open(io.BytesIO(data)).n_frames == 2
     for v in only(VariantConfig("w", 300, 300, format="webp", quality=95)).process(data):
         out = Image.open(io.BytesIO(v.data))

@@ -26,25 +26,29 @@ from tests.images import apple_exif, decode
 
 SDR = (220, 40, 30)  # the picture: red
 GREY = 128  # the gain map
-BOTH = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-        '<rdf:Description rdf:about="" {attributes}>{body}</rdf:Description></rdf:RDF></x:xmpmeta>')
+BOTH = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description rdf:about="" {attributes}>{body}</rdf:Description></rdf:RDF></x:xmpmeta>'
+)
 ULTRA_HDR_PRIMARY = BOTH.format(
     attributes='xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/" '
     'xmlns:Container="http://ns.google.com/photos/1.0/container/" '
     'xmlns:Item="http://ns.google.com/photos/1.0/container/item/" hdrgm:Version="1.0"',
-    body='<Container:Directory><rdf:Seq>'
+    body="<Container:Directory><rdf:Seq>"
     '<rdf:li rdf:parseType="Resource"><Container:Item Item:Semantic="Primary" Item:Mime="image/jpeg"/></rdf:li>'
     '<rdf:li rdf:parseType="Resource"><Container:Item Item:Semantic="GainMap" Item:Mime="image/jpeg"'
     ' Item:Length="4000"/></rdf:li></rdf:Seq></Container:Directory>',
 ).encode()
 ULTRA_HDR_GAIN_MAP = BOTH.format(
     attributes='xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/" hdrgm:Version="1.0" hdrgm:GainMapMax="2.3"'
-    ' hdrgm:HDRCapacityMax="2.3"', body="",
+    ' hdrgm:HDRCapacityMax="2.3"',
+    body="",
 ).encode()
 APPLE_GAIN_MAP = BOTH.format(
     attributes='xmlns:HDRGainMap="http://ns.apple.com/HDRGainMap/1.0/" '
     'xmlns:apdi="http://ns.apple.com/pixeldatainfo/1.0/" HDRGainMap:HDRGainMapVersion="131072" '
-    'apdi:AuxiliaryImageType="urn:com:apple:photo:2020:aux:hdrgainmap"', body="",
+    'apdi:AuxiliaryImageType="urn:com:apple:photo:2020:aux:hdrgainmap"',
+    body="",
 ).encode()
 ISO_APP2 = b"urn:iso:std:iso:ts:21496:-1\0" + struct.pack(">HH", 0, 0)  # minimum and writer version 0
 
@@ -52,8 +56,9 @@ ISO_APP2 = b"urn:iso:std:iso:ts:21496:-1\0" + struct.pack(">HH", 0, 0)  # minimu
 def _gain_map_jpeg(primary_xmp: bytes | None = None, gain_map_xmp: bytes | None = None, size=(640, 480)) -> bytes:
     """A red SDR JPEG with a half-size grey gain map behind it, indexed by MPF."""
     gradient = Image.linear_gradient("L").resize(size)
-    base = Image.merge("RGB", (Image.new("L", size, SDR[0]), gradient.point(lambda v: SDR[1] + v // 16),
-                               Image.new("L", size, SDR[2])))
+    base = Image.merge(
+        "RGB", (Image.new("L", size, SDR[0]), gradient.point(lambda v: SDR[1] + v // 16), Image.new("L", size, SDR[2]))
+    )
     gain_map = Image.new("L", (size[0] // 2, size[1] // 2), GREY)
     gain_map.encoderinfo = {"xmp": gain_map_xmp or b""}
     options = {"xmp": primary_xmp} if primary_xmp else {}
@@ -92,7 +97,7 @@ def _assert_made_from_the_sdr_picture(processed, size=(640, 480)):
 def test_an_ultra_hdr_jpeg_gets_variants_from_its_sdr_picture_and_says_so(ultra_hdr):
     image = Image.open(io.BytesIO(ultra_hdr))  # the input: two JPEGs, an MPF index, hdrgm XMP on both
     assert b'hdrgm:Version="1.0"' in image.info["xmp"] and image.info["mp"] and ultra_hdr.count(b"\xff\xd8\xff") == 2
-    second = Image.open(io.BytesIO(ultra_hdr[ultra_hdr.index(b"\xff\xd8\xff", 2):]))
+    second = Image.open(io.BytesIO(ultra_hdr[ultra_hdr.index(b"\xff\xd8\xff", 2) :]))
     assert (second.mode, second.size) == ("L", (320, 240)) and b"hdr-gain-map" in second.info["xmp"]
 
     processed = ImageProcessor(VARIANTS).process_image(ultra_hdr)
@@ -134,8 +139,13 @@ def test_a_plain_jpeg_and_a_plain_two_picture_mpo_have_no_gain_map():
 def _record(processed) -> dict:
     """The manifest `manifest.build` writes for `processed`."""
     return manifest.build(
-        bucket="b", key="raw/hdr.jpg", etag="e", processed=processed,
-        variant_keys={v.name: f"processed/hdr/{v.name}" for v in processed.variants}, total_ms=1.0, fingerprint="f",
+        bucket="b",
+        key="raw/hdr.jpg",
+        etag="e",
+        processed=processed,
+        variant_keys={v.name: f"processed/hdr/{v.name}" for v in processed.variants},
+        total_ms=1.0,
+        fingerprint="f",
     )
 
 
@@ -144,7 +154,10 @@ def test_the_manifest_says_the_gain_map_was_dropped(ultra_hdr):
     record = _record(processed)
     assert record["source"]["gain_map"] == {"type": "ultrahdr", "kept": False}
     assert {k: record["source"][k] for k in ("type", "width", "height", "frames")} == {
-        "type": "jpeg", "width": 640, "height": 480, "frames": 1,
+        "type": "jpeg",
+        "width": 640,
+        "height": 480,
+        "frames": 1,
     }
     assert [(v["width"], v["height"]) for v in record["variants"]] == [(640, 480), (400, 300), (64, 48)]
     assert _record(ImageProcessor(VARIANTS).process_image(decode_to_jpeg(ultra_hdr)))["source"]["gain_map"] is None
@@ -168,14 +181,17 @@ NS = {
 }
 # A single-channel ISO 21496-1 block (minimum/writer version 0, flags: base colour space), with
 # headrooms 0 → 2.5 stops and the map spanning 0 → 2.5 stops, gamma 1, offsets 1/64.
-ISO_METADATA = struct.pack(">HHB", 0, 0, 0x40) + struct.pack(">IIII", 0, 1, 5, 2) + struct.pack(
-    ">iIiIIIiIiI", 0, 1, 5, 2, 1, 1, 1, 64, 1, 64
+ISO_METADATA = (
+    struct.pack(">HHB", 0, 0, 0x40)
+    + struct.pack(">IIII", 0, 1, 5, 2)
+    + struct.pack(">iIiIIIiIiI", 0, 1, 5, 2, 1, 1, 1, 64, 1, 64)
 )
 GAIN_MAP_XMP_FULL = BOTH.format(
     attributes='xmlns:hdrgm="http://ns.adobe.com/hdr-gain-map/1.0/" hdrgm:Version="1.0" hdrgm:GainMapMin="-0.5"'
     ' hdrgm:GainMapMax="3.25" hdrgm:Gamma="1.5" hdrgm:OffsetSDR="0.01" hdrgm:OffsetHDR="0.02"'
     ' hdrgm:HDRCapacityMin="0.25" hdrgm:HDRCapacityMax="3.25" hdrgm:BaseRenditionIsHDR="False"'
-    ' xmlns:dc="http://purl.org/dc/elements/1.1/" dc:creator="Jane Doe, 12 Secret Street"', body="",
+    ' xmlns:dc="http://purl.org/dc/elements/1.1/" dc:creator="Jane Doe, 12 Secret Street"',
+    body="",
 ).encode()
 LEVELS = (30, 90, 160, 230)  # the gain map's quadrants, stored top-left, top-right, bottom-left, bottom-right
 
@@ -184,9 +200,16 @@ def _app2(payload: bytes) -> bytes:
     return b"\xff\xe2" + struct.pack(">H", 2 + len(payload)) + payload
 
 
-def _ultra_hdr(primary: Image.Image, gain_map: Image.Image, *, primary_xmp=ULTRA_HDR_PRIMARY,
-               gain_map_xmp=ULTRA_HDR_GAIN_MAP, iso: bytes | None = None, orientation: int = 1,
-               exif: Image.Exif | None = None) -> bytes:
+def _ultra_hdr(
+    primary: Image.Image,
+    gain_map: Image.Image,
+    *,
+    primary_xmp=ULTRA_HDR_PRIMARY,
+    gain_map_xmp=ULTRA_HDR_GAIN_MAP,
+    iso: bytes | None = None,
+    orientation: int = 1,
+    exif: Image.Exif | None = None,
+) -> bytes:
     """A phone-style gain-map JPEG: `primary`, then `gain_map` behind an MPF index (Pillow's MPO
     writer), hdrgm XMP on each where given, ISO 21496-1 (the primary's version block, the map's
     metadata) where given, EXIF (with the orientation) on the primary."""
@@ -239,8 +262,8 @@ class Container:
 def _app_segments(jpeg: bytes) -> list[tuple[int, bytes]]:
     found, pos = [], 2
     while jpeg[pos] == 0xFF and jpeg[pos + 1] != 0xDA:
-        (length,) = struct.unpack(">H", jpeg[pos + 2:pos + 4])
-        found.append((jpeg[pos + 1], jpeg[pos + 4:pos + 2 + length]))
+        (length,) = struct.unpack(">H", jpeg[pos + 2 : pos + 4])
+        found.append((jpeg[pos + 1], jpeg[pos + 4 : pos + 2 + length]))
         pos += 2 + length
     return found
 
@@ -253,7 +276,7 @@ def _xmp_of(jpeg: bytes) -> ElementTree.Element | None:
 
 
 def _iso_of(jpeg: bytes) -> bytes | None:
-    return next((p[len(ISO_NS):] for m, p in _app_segments(jpeg) if m == 0xE2 and p.startswith(ISO_NS)), None)
+    return next((p[len(ISO_NS) :] for m, p in _app_segments(jpeg) if m == 0xE2 and p.startswith(ISO_NS)), None)
 
 
 def _read(data: bytes) -> Container:
@@ -278,7 +301,7 @@ def _description(xmp: ElementTree.Element) -> ElementTree.Element:
 
 def _hdrgm(xmp: ElementTree.Element) -> dict[str, str]:
     prefix = "{" + NS["hdrgm"] + "}"
-    return {k[len(prefix):]: v for k, v in _description(xmp).attrib.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in _description(xmp).attrib.items() if k.startswith(prefix)}
 
 
 def _iso_values(payload: bytes) -> dict:
@@ -300,12 +323,13 @@ def _without_our_segments(primary: bytes) -> bytes:
     """The primary with the XMP, ISO and MPF segments the writer adds taken out again."""
     out, pos = bytearray(primary[:2]), 2
     while primary[pos + 1] != 0xDA:
-        (length,) = struct.unpack(">H", primary[pos + 2:pos + 4])
-        payload = primary[pos + 4:pos + 2 + length]
+        (length,) = struct.unpack(">H", primary[pos + 2 : pos + 4])
+        payload = primary[pos + 4 : pos + 2 + length]
         ours = (primary[pos + 1] == 0xE1 and payload.startswith(b"http://ns.adobe.com/xap/")) or (
-            primary[pos + 1] == 0xE2 and payload.startswith((b"MPF\0", ISO_NS)))
+            primary[pos + 1] == 0xE2 and payload.startswith((b"MPF\0", ISO_NS))
+        )
         if not ours:
-            out += primary[pos:pos + 2 + length]
+            out += primary[pos : pos + 2 + length]
         pos += 2 + length
     return bytes(out + primary[pos:])
 
@@ -345,29 +369,56 @@ def test_the_xmp_directory_and_the_gain_map_metadata_are_written_as_libultrahdr_
     assert description.get("{%s}Version" % NS["hdrgm"]) == "1.0"
     items = description.findall("Container:Directory/rdf:Seq/rdf:li/Container:Item", NS)
     assert [(i.get("{%s}Semantic" % NS["Item"]), i.get("{%s}Mime" % NS["Item"])) for i in items] == [
-        ("Primary", "image/jpeg"), ("GainMap", "image/jpeg")]
+        ("Primary", "image/jpeg"),
+        ("GainMap", "image/jpeg"),
+    ]
     assert int(items[1].get("{%s}Length" % NS["Item"])) == len(container.gain_map) == container.entries[1]["Size"]
     assert container.entries[0]["Attribute"]["MPType"] == "Baseline MP Primary Image"
     # The gain map's values, as attributes (libultrahdr's parser reads only those), and nothing
     # else of the upload's XMP (its dc:creator is gone).
     assert _numbers(_hdrgm(container.gain_map_xmp)) == {
-        "Version": "1.0", "GainMapMin": -0.5, "GainMapMax": 3.25, "Gamma": 1.5, "OffsetSDR": 0.01, "OffsetHDR": 0.02,
-        "HDRCapacityMin": 0.25, "HDRCapacityMax": 3.25, "BaseRenditionIsHDR": "False"}
+        "Version": "1.0",
+        "GainMapMin": -0.5,
+        "GainMapMax": 3.25,
+        "Gamma": 1.5,
+        "OffsetSDR": 0.01,
+        "OffsetHDR": 0.02,
+        "HDRCapacityMin": 0.25,
+        "HDRCapacityMax": 3.25,
+        "BaseRenditionIsHDR": "False",
+    }
     assert b"Jane Doe" not in variant.data and b"purl.org/dc" not in variant.data
     # The upload had no ISO 21496-1 block: the same numbers are given as one (Apple's and newer
     # readers look there), and the primary says so with the version block.
     assert container.primary_iso == b"\0\0\0\0"
-    assert _iso_values(container.gain_map_iso) == pytest.approx({
-        "channels": 1, "base_colour_space": True, "base_headroom": 0.25, "alternate_headroom": 3.25,
-        "min": -0.5, "max": 3.25, "gamma": 1.5, "base_offset": 0.01, "alternate_offset": 0.02})
+    assert _iso_values(container.gain_map_iso) == pytest.approx(
+        {
+            "channels": 1,
+            "base_colour_space": True,
+            "base_headroom": 0.25,
+            "alternate_headroom": 3.25,
+            "min": -0.5,
+            "max": 3.25,
+            "gamma": 1.5,
+            "base_offset": 0.01,
+            "alternate_offset": 0.02,
+        }
+    )
 
 
 def test_missing_optional_values_get_the_formats_defaults(hdr_input):
     container = _read(ImageProcessor(HDR[:1]).process_image(hdr_input).variants[0].data)
     assert _numbers(_hdrgm(container.gain_map_xmp)) == {
-        "Version": "1.0", "BaseRenditionIsHDR": "False", "GainMapMin": 0.0, "GainMapMax": 2.3, "Gamma": 1.0,
-        "OffsetSDR": 1 / 64, "OffsetHDR": 1 / 64,
-        "HDRCapacityMin": 0.0, "HDRCapacityMax": 2.3}
+        "Version": "1.0",
+        "BaseRenditionIsHDR": "False",
+        "GainMapMin": 0.0,
+        "GainMapMax": 2.3,
+        "Gamma": 1.0,
+        "OffsetSDR": 1 / 64,
+        "OffsetHDR": 1 / 64,
+        "HDRCapacityMin": 0.0,
+        "HDRCapacityMax": 2.3,
+    }
 
 
 def test_iso_21496_metadata_is_kept_byte_for_byte_and_given_as_xmp_too():
@@ -379,9 +430,16 @@ def test_iso_21496_metadata_is_kept_byte_for_byte_and_given_as_xmp_too():
     container = _read(variant.data)
     assert container.gain_map_iso == ISO_METADATA and container.primary_iso == b"\0\0\0\0"
     assert _numbers(_hdrgm(container.gain_map_xmp)) == {
-        "Version": "1.0", "BaseRenditionIsHDR": "False", "GainMapMin": 0.0, "GainMapMax": 2.5, "Gamma": 1.0,
-        "OffsetSDR": 1 / 64, "OffsetHDR": 1 / 64,
-        "HDRCapacityMin": 0.0, "HDRCapacityMax": 2.5}
+        "Version": "1.0",
+        "BaseRenditionIsHDR": "False",
+        "GainMapMin": 0.0,
+        "GainMapMax": 2.5,
+        "Gamma": 1.0,
+        "OffsetSDR": 1 / 64,
+        "OffsetHDR": 1 / 64,
+        "HDRCapacityMin": 0.0,
+        "HDRCapacityMax": 2.5,
+    }
 
 
 def test_both_kinds_of_metadata_are_both_kept():
@@ -417,7 +475,9 @@ def test_the_gain_map_follows_the_exif_orientation(orientation, upright):
     gain_map = decode(_read(variant.data).gain_map)
     assert gain_map.size == ((90, 120) if swapped else (120, 90))
     assert all(abs(got - LEVELS[i]) <= 3 for got, i in zip(_quadrant_levels(gain_map), upright)), (
-        _quadrant_levels(gain_map), [LEVELS[i] for i in upright])
+        _quadrant_levels(gain_map),
+        [LEVELS[i] for i in upright],
+    )
 
 
 def test_a_cover_crop_cuts_the_gain_map_where_it_cuts_the_picture():
@@ -514,7 +574,8 @@ def test_an_attention_crop_of_the_gain_map_follows_the_chosen_window():
 def test_variants_without_hdr_and_inputs_without_a_gain_map_are_byte_identical(hdr_input):
     mixed = [HDR[0], PLAIN[1], PLAIN[2]]
     assert [v.data for v in ImageProcessor(mixed).process_image(hdr_input).variants][1:] == [
-        v.data for v in ImageProcessor(PLAIN).process_image(hdr_input).variants][1:]
+        v.data for v in ImageProcessor(PLAIN).process_image(hdr_input).variants
+    ][1:]
     plain_input = decode_to_jpeg(hdr_input)  # the same picture, no gain map
     hdr, plain = ImageProcessor(HDR).process_image(plain_input), ImageProcessor(PLAIN).process_image(plain_input)
     assert [v.data for v in hdr.variants] == [v.data for v in plain.variants]
@@ -604,15 +665,15 @@ def test_an_apple_gain_map_becomes_an_ultra_hdr_one_with_the_same_boost(maker33,
     assert values["GainMapMax"] == pytest.approx(stops) and values["HDRCapacityMax"] == pytest.approx(stops)
     assert (values["GainMapMin"], values["Gamma"], values["OffsetSDR"], values["OffsetHDR"]) == (0, 1, 0, 0)
     assert _iso_values(container.gain_map_iso)["max"] == pytest.approx(stops, abs=1e-6)
-    headroom = 2 ** stops
+    headroom = 2**stops
     for got, level in zip(_quadrant_levels(decode(container.gain_map)), LEVELS):
         boost = 1 + (headroom - 1) * _rec709_linear(level / 255)  # what Apple's formula gives
         assert 2 ** (stops * got / 255) == pytest.approx(boost, rel=0.03), (level, got)
 
 
 def test_apples_headroom_from_its_maker_note():
-    assert uhdr.apple_headroom(apple_exif(1.02, 0.0064)) == pytest.approx(2 ** 2.552)
-    assert uhdr.apple_headroom(apple_exif(0.5, 0.005)) == pytest.approx(2 ** 1.7)
+    assert uhdr.apple_headroom(apple_exif(1.02, 0.0064)) == pytest.approx(2**2.552)
+    assert uhdr.apple_headroom(apple_exif(0.5, 0.005)) == pytest.approx(2**1.7)
     assert uhdr.apple_headroom(apple_exif(1.02, 8.0)) is None  # no boost left: nothing to carry
     plain = Image.Exif()
     plain[0x010F] = "Apple"
@@ -627,7 +688,6 @@ def test_iso_21496_metadata_round_trips_through_our_encoder():
     assert (back.gain_map_min, back.gain_map_max, back.gamma) == (multi.gain_map_min, multi.gain_map_max, (1.0,) * 3)
     hdr_base = uhdr.Metadata((0.0,), (1.0,), (1.0,), (0.0,), (0.0,), 0.0, 1.0, base_rendition_is_hdr=True)
     assert uhdr.encode_iso(hdr_base) is None  # ISO would need the headrooms the other way round
-
 
 
 def test_a_gain_map_larger_than_its_picture_is_refused_before_it_is_decoded():

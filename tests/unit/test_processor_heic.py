@@ -68,23 +68,38 @@ def crowded_heic() -> bytes:
     pictures of other colours and sizes come before and after it."""
     import pillow_heif
 
-    pictures = [((320, 240), (0, 0, 200)), ((1024, 768), PRIMARY), ((200, 200), (20, 160, 20)),
-                ((64, 64), (240, 240, 0))]
+    pictures = [
+        ((320, 240), (0, 0, 200)),
+        ((1024, 768), PRIMARY),
+        ((200, 200), (20, 160, 20)),
+        ((64, 64), (240, 240, 0)),
+    ]
     heif = pillow_heif.from_pillow(Image.new("RGB", *pictures[0]))
     for size, colour in pictures[1:]:
         heif.add_from_pillow(Image.new("RGB", size, colour))
     exif = Image.Exif()
     exif[0x010F] = "TestPhone"
     buffer = io.BytesIO()
-    heif.save(buffer, quality=70, primary_index=1, tile_size=64, thumbnails=[128, 256], exif=exif.tobytes(),
-              xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>')
+    heif.save(
+        buffer,
+        quality=70,
+        primary_index=1,
+        tile_size=64,
+        thumbnails=[128, 256],
+        exif=exif.tobytes(),
+        xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>',
+    )
     return buffer.getvalue()
 
 
 def test_a_heic_with_many_pictures_and_items_gets_variants_from_its_primary(crowded_heic):
     opened = Image.open(io.BytesIO(crowded_heic))  # the input is what it claims to be
-    assert (opened.size, opened.n_frames, opened.info["tiling"]["num_columns"] * opened.info["tiling"]["num_rows"],
-            opened.info["thumbnails"]) == ((1024, 768), 4, 192, [128, 256])
+    assert (
+        opened.size,
+        opened.n_frames,
+        opened.info["tiling"]["num_columns"] * opened.info["tiling"]["num_rows"],
+        opened.info["thumbnails"],
+    ) == ((1024, 768), 4, 192, [128, 256])
 
     processed = ImageProcessor([VariantConfig("large", 2048, 2048), VariantConfig("s", 100, 100)]).process_image(
         crowded_heic
@@ -113,9 +128,11 @@ def test_a_10_bit_heic_becomes_8_bit_srgb_variants_of_its_colour():
 
 
 def test_an_apple_gain_map_heic_is_recorded_from_its_xmp():
-    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-           b'<rdf:Description xmlns:HDRGainMap="http://ns.apple.com/HDRGainMap/1.0/" '
-           b'HDRGainMap:HDRGainMapVersion="65536"/></rdf:RDF></x:xmpmeta>')
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:HDRGainMap="http://ns.apple.com/HDRGainMap/1.0/" '
+        b'HDRGainMap:HDRGainMapVersion="65536"/></rdf:RDF></x:xmpmeta>'
+    )
     data = encode(Image.new("RGB", (320, 240), PRIMARY), "HEIF", quality=80, xmp=xmp)
     processed = ImageProcessor([VariantConfig("m", 160, 160)]).process_image(data)
     assert processed.source.gain_map == "apple" and _near(_colour_of(processed.variants[0]), PRIMARY)
@@ -125,7 +142,7 @@ def _with_ispe(heic: bytes, width: int, height: int) -> bytes:
     """`heic` declaring another size in its (only) `ispe` box."""
     at = heic.index(b"ispe") + 8  # after the type, version and flags
     assert heic.count(b"ispe") == 1
-    return heic[:at] + struct.pack(">II", width, height) + heic[at + 8:]
+    return heic[:at] + struct.pack(">II", width, height) + heic[at + 8 :]
 
 
 def test_our_pixel_limit_decides_and_libheifs_size_limit_is_too_many_pixels_naming_it(heic):
@@ -145,10 +162,10 @@ def test_libheifs_other_security_limits_are_corrupt_image_naming_the_limit(heic)
     """libheif refuses more than 100 child boxes in one box (its item, reference, extent limits
     work alike): the message says which limit, not just "cannot identify image file"."""
     start = heic.index(b"meta") - 4
-    (size,) = struct.unpack(">I", heic[start:start + 4])
+    (size,) = struct.unpack(">I", heic[start : start + 4])
     extra = struct.pack(">I4s", 8, b"free") * 101
-    meta = struct.pack(">I", size + len(extra)) + heic[start + 4:start + size] + extra
-    crowded = heic[:start] + meta + heic[start + size:]
+    meta = struct.pack(">I", size + len(extra)) + heic[start + 4 : start + size] + extra
+    crowded = heic[:start] + meta + heic[start + size :]
     with pytest.raises(CorruptImage, match=r"security limit .*Maximum number of child boxes \(100\) in 'meta' box"):
         ImageProcessor().process(crowded)
 
@@ -168,7 +185,9 @@ def _hlg(nits: float) -> float:
 
     scene = (nits / 1000) ** (1 / 1.2)
     a = 0.17883277
-    return math.sqrt(3 * scene) if scene <= 1 / 12 else a * math.log(12 * scene - (1 - 4 * a)) + 0.5 - a * math.log(4 * a)
+    return (
+        math.sqrt(3 * scene) if scene <= 1 / 12 else a * math.log(12 * scene - (1 - 4 * a)) + 0.5 - a * math.log(4 * a)
+    )
 
 
 def _srgb(linear: float) -> int:
@@ -192,8 +211,15 @@ def _hdr10_heic(transfer: int, encode_signal) -> bytes:
     )
     heif = pillow_heif.from_bytes("RGB;16", (width, height), row * height)
     buffer = io.BytesIO()
-    heif.save(buffer, quality=-1, chroma=444, color_primaries=9, transfer_characteristics=transfer,
-              matrix_coefficients=9, full_range_flag=1)
+    heif.save(
+        buffer,
+        quality=-1,
+        chroma=444,
+        color_primaries=9,
+        transfer_characteristics=transfer,
+        matrix_coefficients=9,
+        full_range_flag=1,
+    )
     return buffer.getvalue()
 
 

@@ -12,11 +12,14 @@ from tests.images import decode, encode
 
 def _photo_like(width: int = 2400, height: int = 1600) -> Image.Image:
     """Gradients and hard-edged shapes, the content of a photo or a screenshot."""
-    image = Image.merge("RGB", (
-        Image.linear_gradient("L").resize((width, height)),
-        Image.radial_gradient("L").resize((width, height)),
-        Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90).resize((width, height)),
-    ))
+    image = Image.merge(
+        "RGB",
+        (
+            Image.linear_gradient("L").resize((width, height)),
+            Image.radial_gradient("L").resize((width, height)),
+            Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90).resize((width, height)),
+        ),
+    )
     draw = ImageDraw.Draw(image)
     for i in range(0, width, 97):
         draw.rectangle((i, i // 3, i + 40, i // 3 + 300), fill=(255 - i % 256, 30, i % 256))
@@ -57,13 +60,15 @@ def test_the_bands_do_not_depend_on_the_cpus(monkeypatch):
 
 def test_small_and_reducing_resizes_are_one_call():
     image = _photo_like(1200, 800)
-    assert pipeline._lanczos(image, (600, 400), (0.0, 0.0, 1200.0, 800.0)).tobytes() == image.resize(
-        (600, 400), Image.Resampling.LANCZOS, reducing_gap=3.0
-    ).tobytes()
+    assert (
+        pipeline._lanczos(image, (600, 400), (0.0, 0.0, 1200.0, 800.0)).tobytes()
+        == image.resize((600, 400), Image.Resampling.LANCZOS, reducing_gap=3.0).tobytes()
+    )
     big = _photo_like(2400, 1600)  # 8×: reducing_gap box-reduces first, on the whole image's grid
-    assert pipeline._lanczos(big, (300, 200), (0.0, 0.0, 2400.0, 1600.0)).tobytes() == big.resize(
-        (300, 200), Image.Resampling.LANCZOS, reducing_gap=3.0
-    ).tobytes()
+    assert (
+        pipeline._lanczos(big, (300, 200), (0.0, 0.0, 2400.0, 1600.0)).tobytes()
+        == big.resize((300, 200), Image.Resampling.LANCZOS, reducing_gap=3.0).tobytes()
+    )
 
 
 def test_no_thread_outlives_a_banded_resize():

@@ -22,17 +22,23 @@ from image_pipeline.processor import webp
 from tests.images import decode, encode
 
 ROOT = Path(__file__).resolve().parents[2]
-SPECS = [VariantConfig("full", 640, 640, format="png"), VariantConfig("half", 320, 320, format="png"),
-         VariantConfig("w", 200, 200, format="webp", quality=95)]
+SPECS = [
+    VariantConfig("full", 640, 640, format="png"),
+    VariantConfig("half", 320, 320, format="png"),
+    VariantConfig("w", 200, 200, format="webp", quality=95),
+]
 
 
 def _picture(width: int = 600, height: int = 400) -> Image.Image:
     """Colourful detail (edges, gradients, noise): what a decoder can get subtly wrong."""
-    base = Image.merge("RGB", (
-        Image.linear_gradient("L").resize((width, height)),
-        Image.effect_noise((width, height), 60),
-        Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90).resize((width, height)),
-    ))
+    base = Image.merge(
+        "RGB",
+        (
+            Image.linear_gradient("L").resize((width, height)),
+            Image.effect_noise((width, height), 60),
+            Image.linear_gradient("L").transpose(Image.Transpose.ROTATE_90).resize((width, height)),
+        ),
+    )
     draw = ImageDraw.Draw(base)
     for i in range(0, width, 40):
         draw.line((i, 0, width - i, height), fill=(255 - i % 256, i % 256, 90), width=3)
@@ -77,10 +83,13 @@ def _pixels(variant) -> Image.Image:
 
 def _mean_difference(a: Image.Image, b: Image.Image) -> float:
     """Mean absolute difference per channel of what is seen over black, and of the alpha."""
+
     def seen(im: Image.Image) -> list[Image.Image]:
         rgba = im.convert("RGBA")
-        return [Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), rgba).convert("RGB"),
-                rgba.getchannel("A")]
+        return [
+            Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), rgba).convert("RGB"),
+            rgba.getchannel("A"),
+        ]
 
     pairs = zip(seen(a), seen(b), strict=True)
     return max(max(ImageStat.Stat(ImageChops.difference(x, y)).mean) for x, y in pairs)
@@ -206,8 +215,12 @@ def _growth(tmp_path: Path, options: dict, box: int) -> float:
     path = tmp_path / "large.webp"
     path.write_bytes(encode(_picture(2048, 2048), "WEBP", **options))
     done = subprocess.run(
-        [sys.executable, "-c", _PEAK_PROBE, str(path), str(box)], cwd=ROOT, capture_output=True, text=True,
-        timeout=60, env={"PYTHONPATH": os.pathsep.join([str(ROOT / "handler"), str(ROOT)]), "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-c", _PEAK_PROBE, str(path), str(box)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": os.pathsep.join([str(ROOT / "handler"), str(ROOT)]), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -215,12 +228,18 @@ def _growth(tmp_path: Path, options: dict, box: int) -> float:
 
 # -- scaled on load: libwebp's advanced API decodes straight to the size the variants need ------------
 
-SMALL = [VariantConfig("big", 400, 400, format="png"), VariantConfig("small", 150, 150, format="png", fit="cover"),
-         VariantConfig("w", 200, 200, format="webp", quality=95)]
-LARGE = {name: data for name, data in {
-    "lossy": encode(_picture(1600, 1200), "WEBP", quality=90),
-    "lossless": encode(_picture(1600, 1200), "WEBP", lossless=True, method=0),
-}.items()}
+SMALL = [
+    VariantConfig("big", 400, 400, format="png"),
+    VariantConfig("small", 150, 150, format="png", fit="cover"),
+    VariantConfig("w", 200, 200, format="webp", quality=95),
+]
+LARGE = {
+    name: data
+    for name, data in {
+        "lossy": encode(_picture(1600, 1200), "WEBP", quality=90),
+        "lossless": encode(_picture(1600, 1200), "WEBP", lossless=True, method=0),
+    }.items()
+}
 _rgba = _picture(1600, 1200)
 _rgba.putalpha(_alpha((1600, 1200)))
 LARGE["lossless-alpha"] = encode(_rgba, "WEBP", lossless=True, method=0)
@@ -229,6 +248,7 @@ LARGE["lossy-alpha"] = encode(_rgba, "WEBP", quality=90)
 
 def _psnr(a: Image.Image, b: Image.Image) -> float:
     """PSNR in dB of what is seen over black (RGB), the worst band."""
+
     def seen(im: Image.Image) -> Image.Image:
         return Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im.convert("RGBA")).convert("RGB")
 
@@ -268,7 +288,14 @@ def test_a_large_still_is_decoded_at_the_size_the_variants_need(name, monkeypatc
     monkeypatch.setattr(webp, "decode_still", spy)
     big, small, thumb = ImageProcessor(SMALL).process(LARGE[name])
     assert sizes == [(1600, 1200) if name == "lossy-alpha" else (800, 600)]
-    assert (big.width, big.height, small.width, small.height, thumb.width, thumb.height) == (400, 300, 150, 150, 200, 150)
+    assert (big.width, big.height, small.width, small.height, thumb.width, thumb.height) == (
+        400,
+        300,
+        150,
+        150,
+        200,
+        150,
+    )
     assert _pixels(big).mode == ("RGBA" if "alpha" in name else "RGB")
 
 

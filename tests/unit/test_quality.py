@@ -20,7 +20,7 @@ from image_pipeline.settings import parse_variants
 from tests.images import decode, photo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from ssim import ssim as reference_ssim  # noqa: E402  (Gaussian 11×11, σ 1.5: Wang et al.'s SSIM)
+from ssim import ssim as reference_ssim
 
 
 def textured(width: int, height: int, detail: float = 40, blur: float = 1.2, mix: float = 0.2) -> Image.Image:
@@ -68,7 +68,9 @@ def test_the_chosen_quality_is_the_lowest_that_passes_within_three_encodes():
 def test_when_nothing_reaches_the_target_the_ceiling_is_used():
     noise = Image.effect_noise((400, 300), 100).convert("RGB")  # incompressible: no quality ≤ 70 keeps 0.999
     calls: list[int] = []
-    choice = qauto.choose(noise, ImageFormat.WEBP, 70, 0.999, lambda q: calls.append(q) or encode([noise], ImageFormat.WEBP, q))
+    choice = qauto.choose(
+        noise, ImageFormat.WEBP, 70, 0.999, lambda q: calls.append(q) or encode([noise], ImageFormat.WEBP, q)
+    )
     assert choice.quality == 70 and calls == [70]  # one encode: the one q70 makes anyway
     assert choice.data == encode([noise], ImageFormat.WEBP, 70)
     assert choice.ssim < 0.999
@@ -93,7 +95,12 @@ def test_qauto_variants_are_smaller_than_fixed_q85_and_say_what_they_chose():
     assert reference_ssim(unencoded, decode(big.data)) >= 0.98 - 0.006
 
     record = manifest.build(
-        bucket="b", key="raw/x.jpg", etag='"e"', processed=result, total_ms=1.0, fingerprint="f",
+        bucket="b",
+        key="raw/x.jpg",
+        etag='"e"',
+        processed=result,
+        total_ms=1.0,
+        fingerprint="f",
         variant_keys={v.name: f"processed/x/{v.name}" for v in result.variants},
     )
     entries = {v["name"]: v for v in json.loads(manifest.dumps(record))["variants"]}
@@ -135,7 +142,9 @@ def test_qauto_changes_the_fingerprint_and_nothing_else_moves():
 def test_a_seed_from_a_smaller_variant_is_tried_first_and_the_result_still_passes():
     image = textured(800, 533)
     calls: list[int] = []
-    choice = qauto.choose(image, ImageFormat.JPEG, 85, 0.98, lambda q: calls.append(q) or encode([image], ImageFormat.JPEG, q), seed=45)
+    choice = qauto.choose(
+        image, ImageFormat.JPEG, 85, 0.98, lambda q: calls.append(q) or encode([image], ImageFormat.JPEG, q), seed=45
+    )
     assert calls[0] == 45 and len(calls) <= 3
     assert choice.ssim >= 0.98 and 45 < choice.quality <= 85
     assert qauto.ssim(image, encoded(image, ImageFormat.JPEG, 45)) < 0.98  # the seed itself was too low

@@ -244,7 +244,9 @@ def test_user_facing_settings_are_parameters(function: tuple[str, dict[str, Any]
     assert isinstance(value, dict) and "Ref" in value, f"{name} should be a template parameter"
 
 
-def test_raw_disposition_parameter_only_allows_known_values(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
+def test_raw_disposition_parameter_only_allows_known_values(
+    template: dict[str, Any], function: tuple[str, dict[str, Any]]
+) -> None:
     _, props = function
     param = template["Parameters"][props["Environment"]["Variables"]["RAW_DISPOSITION"]["Ref"]]
     assert set(param["AllowedValues"]) == {"tag", "delete"}
@@ -274,7 +276,8 @@ def test_bucket_policy_denies_plain_http(template: dict[str, Any], bucket: tuple
         st
         for item in policy["Properties"]["PolicyDocument"]["Statement"]
         for st in branches(item)
-        if st["Effect"] == "Deny" and st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
+        if st["Effect"] == "Deny"
+        and st.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") in ("false", False)
     ]
     assert denies, "no statement denies requests without TLS"
 
@@ -295,7 +298,9 @@ def test_only_raw_prefix_triggers_the_function(direct: dict[str, Any]) -> None:
     assert not env["PROCESSED_PREFIX"].startswith(env["RAW_PREFIX"])
 
 
-def test_raw_expiry_lifecycle_rule_is_optional_and_only_hits_processed_raw(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -> None:
+def test_raw_expiry_lifecycle_rule_is_optional_and_only_hits_processed_raw(
+    template: dict[str, Any], bucket: tuple[str, dict[str, Any]]
+) -> None:
     _, props = bucket
     assert template["Parameters"]["RawRetentionDays"]["Default"] == 0
     expiring = []
@@ -303,7 +308,9 @@ def test_raw_expiry_lifecycle_rule_is_optional_and_only_hits_processed_raw(templ
         if isinstance(item, dict) and "Fn::If" in item:
             condition, if_true, if_false = item["Fn::If"]
             assert if_false == {"Ref": "AWS::NoValue"}
-            assert template["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "RawRetentionDays"}, "0"]}]}
+            assert template["Conditions"][condition] == {
+                "Fn::Not": [{"Fn::Equals": [{"Ref": "RawRetentionDays"}, "0"]}]
+            }
             expiring.append(if_true)
         else:
             assert "ExpirationInDays" not in item and "ExpirationDate" not in item, f"unconditional expiry {item!r}"
@@ -326,7 +333,9 @@ def test_no_wildcard_s3_permissions(template: dict[str, Any]) -> None:
         assert resource.startswith("${") or resource.startswith("arn:"), resource
 
 
-def test_object_actions_are_confined_to_their_prefix(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -> None:
+def test_object_actions_are_confined_to_their_prefix(
+    template: dict[str, Any], bucket: tuple[str, dict[str, Any]]
+) -> None:
     bucket_name, _ = bucket
     granted: dict[str, set[str]] = {}
     for action, resource in s3_grants(template):
@@ -373,7 +382,9 @@ def test_missing_keys_read_as_404_not_403(template: dict[str, Any], bucket: tupl
     assert ("s3:ListBucket", "${" + bucket_name + ".Arn}") in s3_grants(template)
 
 
-def test_s3_policy_is_attached_to_the_function_role(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
+def test_s3_policy_is_attached_to_the_function_role(
+    template: dict[str, Any], function: tuple[str, dict[str, Any]]
+) -> None:
     """template.yaml: a standalone AWS::IAM::Policy on the SAM-generated role (it breaks a dependency
     cycle); template-buffered.yaml: inline statements in the function's Policies (no cycle there)."""
     name, props = function
@@ -424,7 +435,9 @@ def test_failures_go_to_an_encrypted_sqs_dead_letter_queue(direct: dict[str, Any
     assert queue["Properties"].get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in queue["Properties"]
 
 
-def test_log_group_has_retention_and_is_the_functions(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
+def test_log_group_has_retention_and_is_the_functions(
+    template: dict[str, Any], function: tuple[str, dict[str, Any]]
+) -> None:
     """Every function (the pipeline's, and the on-demand one behind the CDN) logs to a group of its
     own, created with it (same condition), with the retention LogRetentionDays says."""
     groups = resources_of_type(template, "AWS::Logs::LogGroup")
@@ -614,7 +627,7 @@ def _without(mapping: dict[str, Any], *keys: str) -> dict[str, Any]:
 def test_buffered_function_and_bucket_match_the_direct_template(
     direct: dict[str, Any], buffered: dict[str, Any]
 ) -> None:
-    """"Same function, same settings": only the trigger, the failure path and where the (same) S3
+    """ "Same function, same settings": only the trigger, the failure path and where the (same) S3
     statements live may differ."""
     (d_name, d_fn), (b_name, b_fn) = function_of(direct), function_of(buffered)
     assert d_name == b_name
@@ -638,7 +651,7 @@ def test_buffered_function_and_bucket_match_the_direct_template(
 
 # ---------------------------------------------------------------- dependencies: the locks (requirements/lock)
 
-RELOCK = "run `bash requirements/lock` (README, \"The locks\")"
+RELOCK = 'run `bash requirements/lock` (README, "The locks")'
 LOCK_FILES = {
     # lock -> what it must lock directly, from pyproject.toml
     "handler/requirements.txt": "runtime",  # what `sam build` ships in both functions
@@ -679,8 +692,13 @@ def lock(path: str) -> tuple[Pin, ...]:
             req = Requirement(stripped)
             (spec,) = req.specifier
             assert spec.operator == "==", f"{path}: {stripped} is not pinned; {RELOCK}"
-            entry = {"name": canonicalize_name(req.name), "version": spec.version,
-                     "marker": str(req.marker) if req.marker else None, "hashes": 0, "via": []}
+            entry = {
+                "name": canonicalize_name(req.name),
+                "version": spec.version,
+                "marker": str(req.marker) if req.marker else None,
+                "hashes": 0,
+                "via": [],
+            }
         elif entry and stripped.startswith("--hash=sha256:"):
             entry["hashes"] += 1
         elif entry and stripped.startswith("# via "):
@@ -839,8 +857,10 @@ def test_cdn_is_optional_and_off_by_default(top: str) -> None:
     # Cdn=true, OnDemand=false: the CDN as it was before sizes on demand, nothing more.
     cdn_only = deploy(top, CDN_WITHOUT_ONDEMAND)
     assert _types(cdn_only, set(cdn_only.resources) - set(off.resources)) == {
-        "AWS::CloudFront::Distribution": 1, "AWS::CloudFront::OriginAccessControl": 1,
-        "AWS::CloudFront::CachePolicy": 1}
+        "AWS::CloudFront::Distribution": 1,
+        "AWS::CloudFront::OriginAccessControl": 1,
+        "AWS::CloudFront::CachePolicy": 1,
+    }
     assert set(off.resources) <= set(cdn_only.resources)
     assert {"CdnDomain", "CdnDistributionId", "PublicBaseUrl"} <= set(cdn_only.outputs)
     assert "OnDemandFunctionName" not in cdn_only.outputs
@@ -857,7 +877,7 @@ def test_cdn_reaches_only_processed_through_origin_access_control(top: str, over
     stack = deploy(top, overrides)
     template = load(top)
     bucket_name, _ = bucket_of(template)
-    (dist_name, dist), = stack.of_type("AWS::CloudFront::Distribution").items()
+    ((dist_name, dist),) = stack.of_type("AWS::CloudFront::Distribution").items()
     config = dist["DistributionConfig"]
     s3_origins = [o for o in config["Origins"] if "S3OriginConfig" in o]
     (origin,) = s3_origins  # one bucket origin
@@ -877,14 +897,14 @@ def test_cdn_reaches_only_processed_through_origin_access_control(top: str, over
         assert not {"CacheBehaviors", "OriginGroups", "CustomErrorResponses"} & set(config), "the CDN as before"
 
     allows = [(cond, st) for cond, st in _policy_statements(template) if st["Effect"] == "Allow"]
-    (condition, statement), = allows  # the bucket policy allows this and nothing else
+    ((condition, statement),) = allows  # the bucket policy allows this and nothing else
     _cdn_condition_is_cdn_true(template, condition)
     assert statement["Principal"] == {"Service": "cloudfront.amazonaws.com"}
     assert as_list(statement["Action"]) == ["s3:GetObject"]
     assert as_list(statement["Resource"]) == [{"Fn::Sub": "${" + bucket_name + ".Arn}/processed/*"}]
-    (operator, values), = statement["Condition"].items()
+    ((operator, values),) = statement["Condition"].items()
     assert operator in ("StringEquals", "ArnEquals")
-    (key, source_arn), = values.items()
+    ((key, source_arn),) = values.items()
     assert key == "aws:SourceArn"
     assert source_arn == {
         "Fn::Sub": "arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/${" + dist_name + "}"
@@ -893,8 +913,10 @@ def test_cdn_reaches_only_processed_through_origin_access_control(top: str, over
 
 def test_no_bucket_policy_statement_is_public(template: dict[str, Any]) -> None:
     _, props = bucket_of(template)
-    assert all(props["PublicAccessBlockConfiguration"][k] is True for k in (
-        "BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    assert all(
+        props["PublicAccessBlockConfiguration"][k] is True
+        for k in ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")
+    )
     for _, statement in _policy_statements(template):
         if statement["Effect"] == "Allow":
             assert statement["Principal"] not in ("*", {"AWS": "*"}), f"public Allow: {statement}"
@@ -955,7 +977,7 @@ def ondemand_function(stack: Stack) -> tuple[str, dict[str, Any]]:
 
 
 def _distribution(stack: Stack) -> tuple[str, dict[str, Any]]:
-    (name, dist), = stack.of_type("AWS::CloudFront::Distribution").items()
+    ((name, dist),) = stack.of_type("AWS::CloudFront::Distribution").items()
     return name, dist["DistributionConfig"]
 
 
@@ -986,8 +1008,11 @@ def test_only_this_distribution_may_invoke_the_ondemand_function(top: str) -> No
     assert not function.get("Events"), "nothing else triggers it"
     dist_name, _ = _distribution(stack)
     permissions = [p for p in stack.of_type("AWS::Lambda::Permission").values() if _ref(p["FunctionName"]) == name]
-    common = {"FunctionName": {"Ref": name}, "Principal": "cloudfront.amazonaws.com",
-              "SourceArn": _distribution_arn(dist_name)}
+    common = {
+        "FunctionName": {"Ref": name},
+        "Principal": "cloudfront.amazonaws.com",
+        "SourceArn": _distribution_arn(dist_name),
+    }
     assert sorted(permissions, key=lambda p: p["Action"]) == [
         {**common, "Action": "lambda:InvokeFunction", "InvokedViaFunctionUrl": True},
         {**common, "Action": "lambda:InvokeFunctionUrl", "FunctionUrlAuthType": "AWS_IAM"},
@@ -1114,8 +1139,18 @@ def test_the_ondemand_function_starts_with_the_settings_the_pipeline_has(top: st
     pipeline_env = stack.render(function_of(load(top))[1])["Environment"]["Variables"]
     read = set(DEFAULTS) | set(POWERTOOLS) | {"BUCKET_NAME", "ONDEMAND_WIDTHS", "SIGNING_KEY"}
     assert set(env) <= read, f"{sorted(set(env) - read)}: names no code reads"
-    assert {"VARIANTS", "MAX_INPUT_BYTES", "MAX_PIXELS", "MAX_FRAMES", "ALLOWED_TYPES", "CACHE_CONTROL",
-            "KEEP_ICC_PROFILE", "RAW_PREFIX", "PROCESSED_PREFIX", "TIME_RESERVE_MS"} <= set(env)
+    assert {
+        "VARIANTS",
+        "MAX_INPUT_BYTES",
+        "MAX_PIXELS",
+        "MAX_FRAMES",
+        "ALLOWED_TYPES",
+        "CACHE_CONTROL",
+        "KEEP_ICC_PROFILE",
+        "RAW_PREFIX",
+        "PROCESSED_PREFIX",
+        "TIME_RESERVE_MS",
+    } <= set(env)
     for name in set(env) & set(pipeline_env) - {"TIME_RESERVE_MS"}:
         assert env[name] == pipeline_env[name], name
     assert env["BUCKET_NAME"] == {"Ref": bucket_name}
@@ -1183,6 +1218,7 @@ def test_the_ondemand_function_may_touch_only_what_it_makes_outputs_from_and_int
 
 def test_ondemand_is_the_same_in_both_templates(direct: dict[str, Any], buffered: dict[str, Any]) -> None:
     """Everything sizes on demand adds (and the distribution it changes) is written once, twice."""
+
     def added(template: dict[str, Any]) -> set[str]:
         return {n for n, r in template["Resources"].items() if r.get("Condition") == "OnDemandEnabled"}
 
@@ -1205,26 +1241,57 @@ def test_every_parameter_is_documented_in_the_deploy_guide(top: str) -> None:
 # The negotiation at the edge (the CloudFront Function, JavaScript) and in Python (the upload API's
 # `GET /images/{id}/w640`, paths.negotiate) must store one request under one key.
 ACCEPTS = [
-    None, "", "*/*", "image/*",
+    None,
+    "",
+    "*/*",
+    "image/*",
     "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",  # Chrome
     "image/avif,image/webp,*/*",  # Firefox
     "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,image/png,"
     "image/svg+xml,image/*;q=0.8,*/*;q=0.5",  # Safari 17
     "image/png,image/*;q=0.8,*/*;q=0.5",  # an old Safari
-    "image/webp,*/*", "IMAGE/AVIF", "image/avif;q=0,image/webp", "image/avif;q=0.0, image/webp;q=0",
-    "image/avif ; q=0.001", "image/avif;q=1.000", "image/avif;q=0.5;q=0", "image/avif;q", "image/avif;q=",
-    "text/html, image/webp ;q=0.5", "image/avif;Q=0", "image/avif; q= 0.5 ",
+    "image/webp,*/*",
+    "IMAGE/AVIF",
+    "image/avif;q=0,image/webp",
+    "image/avif;q=0.0, image/webp;q=0",
+    "image/avif ; q=0.001",
+    "image/avif;q=1.000",
+    "image/avif;q=0.5;q=0",
+    "image/avif;q",
+    "image/avif;q=",
+    "text/html, image/webp ;q=0.5",
+    "image/avif;Q=0",
+    "image/avif; q= 0.5 ",
     # q values outside RFC 9110's grammar (0 to 1, at most three decimals) refuse the type
-    "image/avif;q=abc,image/webp", "image/avif;q=0.5x", "image/avif;q=5e", "image/avif;q=infinity",
-    "image/avif;q=nan", "image/avif;q=1_0", "image/avif;q=0x1", "image/avif;q=-1", "image/avif;q=2",
-    "image/avif;q=0.0001", "image/avif;q=.5", "image/avif;q=1.5", "image/avif;q=0.5=1",
+    "image/avif;q=abc,image/webp",
+    "image/avif;q=0.5x",
+    "image/avif;q=5e",
+    "image/avif;q=infinity",
+    "image/avif;q=nan",
+    "image/avif;q=1_0",
+    "image/avif;q=0x1",
+    "image/avif;q=-1",
+    "image/avif;q=2",
+    "image/avif;q=0.0001",
+    "image/avif;q=.5",
+    "image/avif;q=1.5",
+    "image/avif;q=0.5=1",
 ]
 URIS = [
-    "/processed/photos/cat/w640", "/processed/photos/cat/w1", "/processed/photos/cat/w8192",
-    "/processed/photos/cat/w9999", "/processed/photos/cat/w0640", "/processed/photos/cat/w0",
-    "/processed/photos/cat/w640.webp", "/processed/photos/cat/w640.jpg", "/processed/photos/cat/w64x",
-    "/processed/photos/cat/xl", "/processed/photos/cat/medium.webp", "/processed/photos/w640/manifest.json",
-    "/processed/photos/cat/W640", "/processed/photos/cat/w12345",
+    "/processed/photos/cat/w640",
+    "/processed/photos/cat/w1",
+    "/processed/photos/cat/w8192",
+    "/processed/photos/cat/w9999",
+    "/processed/photos/cat/w0640",
+    "/processed/photos/cat/w0",
+    "/processed/photos/cat/w640.webp",
+    "/processed/photos/cat/w640.jpg",
+    "/processed/photos/cat/w64x",
+    "/processed/photos/cat/xl",
+    "/processed/photos/cat/medium.webp",
+    "/processed/photos/w640/manifest.json",
+    "/processed/photos/cat/W640",
+    "/processed/photos/cat/w12345",
 ]
 
 
@@ -1261,7 +1328,6 @@ def test_the_cloudfront_function_negotiates_as_the_python_code_does(direct: dict
     assert chrome[("/processed/photos/cat/w640", "*/*")] == "/processed/photos/cat/w640"
 
 
-
 # ---------------------------------------------------------------- alarms and dashboard (all three templates)
 
 
@@ -1295,7 +1361,9 @@ def _fires_on_first(alarm: dict[str, Any], template: dict[str, Any]) -> None:
         threshold = resolve(template, threshold)
     operator = alarm["ComparisonOperator"]
     assert (operator, float(threshold)) in (("GreaterThanThreshold", 0.0), ("GreaterThanOrEqualToThreshold", 1.0)), (
-        operator, threshold)
+        operator,
+        threshold,
+    )
 
 
 def _dead_letter_queues(template: dict[str, Any]) -> set[str]:
@@ -1394,7 +1462,9 @@ def test_dashboard_shows_outcomes_codes_latency_cold_starts_and_dlq_depth(any_te
     service = "<AWS::StackName>"  # the same value, as the dashboard's Fn::Sub writes it
     lines = [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
     plain = [tuple(x for x in line if isinstance(x, str)) for line in lines if isinstance(line[0], str)]
-    stats = {(line[1], line[-1].get("stat")) for line in lines if isinstance(line[0], str) and isinstance(line[-1], dict)}
+    stats = {
+        (line[1], line[-1].get("stat")) for line in lines if isinstance(line[0], str) and isinstance(line[-1], dict)
+    }
     for metric in ("ImagesProcessed", "ImagesFailed"):
         assert (namespace, metric, "service", service) in plain, metric
     assert {("TotalMs", "p50"), ("TotalMs", "p95")} <= stats
@@ -1403,8 +1473,10 @@ def test_dashboard_shows_outcomes_codes_latency_cold_starts_and_dlq_depth(any_te
     assert ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", f"<{dlq}.QueueName>") in plain
     searches = [line[0]["expression"] for line in lines if isinstance(line[0], dict)]
     assert any(
-        f"{{{namespace},ErrorCode,service}}" in s and 'MetricName="ImagesFailedByCode"' in s
-        and f'service="{service}"' in s for s in searches
+        f"{{{namespace},ErrorCode,service}}" in s
+        and 'MetricName="ImagesFailedByCode"' in s
+        and f'service="{service}"' in s
+        for s in searches
     ), "rejected images per error code, of this stack only"
     alarm_widget = [w for w in body["widgets"] if w["type"] == "alarm"]
     assert {f"<{name}.Arn>" for name in _alarms(template)} == set(alarm_widget[0]["properties"]["alarms"])
@@ -1449,7 +1521,9 @@ def test_existing_bucket_rule_filters_on_the_bucket_and_raw_prefix(existing: dic
     assert not DEFAULTS["PROCESSED_PREFIX"].startswith(DEFAULTS["RAW_PREFIX"]), "outputs would re-trigger"
 
 
-def test_existing_bucket_rule_invokes_the_function_with_retries_and_a_dead_letter_queue(existing: dict[str, Any]) -> None:
+def test_existing_bucket_rule_invokes_the_function_with_retries_and_a_dead_letter_queue(
+    existing: dict[str, Any],
+) -> None:
     rule_name, rule = _rule(existing)
     function_name, props = function_of(existing)
     (target,) = rule["Targets"]
@@ -1513,7 +1587,9 @@ def test_existing_bucket_iam_is_scoped_to_that_buckets_prefixes(existing: dict[s
                     }
                     assert if_true["Resource"] == {"Ref": "ExistingBucketKmsKeyArn"}
                     assert set(if_true["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey"}
-                    assert if_true["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}}
+                    assert if_true["Condition"] == {
+                        "StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}
+                    }
                     kms += 1
             else:
                 assert "kms:" not in str(item)
@@ -1533,6 +1609,8 @@ def test_existing_bucket_function_matches_the_direct_template(direct: dict[str, 
         assert name in existing["Parameters"], name
     pipeline_logs = {n: r for n, r in resources_of_type(direct, "AWS::Logs::LogGroup").items() if "Condition" not in r}
     assert resources_of_type(existing, "AWS::Logs::LogGroup") == pipeline_logs
+
+
 # ---------------------------------------------------------------- upload API and completion events
 
 API_STACK = "stacks/api.yaml"
@@ -1548,8 +1626,16 @@ def test_both_templates_nest_the_api_stack_with_the_pipeline_settings(template: 
     props = app["Properties"]
     assert props["Location"] == API_STACK and (ROOT / API_STACK).is_file()
     params = props["Parameters"]
-    for name in ("Variants", "RawDisposition", "AllowedTypes", "MaxInputBytes", "MaxPixels", "CacheControl",
-                 "OnDemandWidths", "SigningKey"):  # width URLs: the same rules as the CDN's function
+    for name in (
+        "Variants",
+        "RawDisposition",
+        "AllowedTypes",
+        "MaxInputBytes",
+        "MaxPixels",
+        "CacheControl",
+        "OnDemandWidths",
+        "SigningKey",
+    ):  # width URLs: the same rules as the CDN's function
         assert params[name] == {"Ref": name}, f"the API processes uploads with other {name} than the pipeline"
     bucket_name, _ = bucket_of(template)
     assert params["BucketName"] == {"Ref": bucket_name}
@@ -1604,12 +1690,16 @@ def test_api_s3_permissions_are_least_privilege() -> None:
     assert granted == allowed
 
 
-def test_pipeline_may_put_events_on_the_configured_bus_only(template: dict[str, Any], function: tuple[str, dict[str, Any]]) -> None:
+def test_pipeline_may_put_events_on_the_configured_bus_only(
+    template: dict[str, Any], function: tuple[str, dict[str, Any]]
+) -> None:
     name, props = function
     assert props["Environment"]["Variables"]["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
     assert template["Conditions"]["HasEventBus"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "EventBusName"}, ""]}]}
     events = grants(template, "events")
-    assert events == [("events:PutEvents", "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}")]
+    assert events == [
+        ("events:PutEvents", "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}")
+    ]
     (policy,) = [r for r in resources_of_type(template, "AWS::IAM::Policy").values() if "events:" in str(r)]
     assert policy["Condition"] == "HasEventBus"
     assert policy["Properties"]["Roles"] == [{"Ref": f"{name}Role"}]
@@ -1676,7 +1766,9 @@ def cors_origins(stack: Stack) -> list[tuple[str, list[Any]]]:
     for s, name, props in stack.everywhere("AWS::ApiGatewayV2::Api", "AWS::Serverless::HttpApi"):
         cors = props.get("CorsConfiguration")
         if cors is not None:
-            found.append((f"{s.name}: HTTP API {name}", ["*"] if cors is True else as_list(cors.get("AllowOrigins", []))))
+            found.append(
+                (f"{s.name}: HTTP API {name}", ["*"] if cors is True else as_list(cors.get("AllowOrigins", [])))
+            )
     for s, name, props in stack.everywhere("AWS::Serverless::Api"):
         if "Cors" in props:
             cors = props["Cors"]
@@ -1694,9 +1786,12 @@ def cors_origins(stack: Stack) -> list[tuple[str, list[Any]]]:
 def cors_wildcards(stack: Stack) -> list[str]:
     """Origins that admit every site ('*', 'https://*.x') or are not origins at all ('' is what
     !Split of an empty parameter gives, a list CloudFormation or the service then refuses)."""
-    return [f"{where}: {origin!r}" for where, origins in cors_origins(stack) for origin in origins
-            if not isinstance(origin, str) or "*" in origin or not origin] + [
-        f"{where}: no origins" for where, origins in cors_origins(stack) if not origins]
+    return [
+        f"{where}: {origin!r}"
+        for where, origins in cors_origins(stack)
+        for origin in origins
+        if not isinstance(origin, str) or "*" in origin or not origin
+    ] + [f"{where}: no origins" for where, origins in cors_origins(stack) if not origins]
 
 
 def routes(stack: Stack) -> list[dict[str, Any]]:
@@ -1705,10 +1800,16 @@ def routes(stack: Stack) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     ("top", "overrides"),
-    [(DIRECT, {}), (BUFFERED, {}), (EXISTING, {}),
-     # the CDN, and sizes on demand behind it (a function URL), as they deploy by default
-     (DIRECT, {"Cdn": "true"}), (BUFFERED, {"Cdn": "true"}),
-     (DIRECT, {"Cdn": "true", "SigningKey": "0123456789abcdef" * 4}), (BUFFERED, {"Cdn": "true", "OnDemand": "false"})],
+    [
+        (DIRECT, {}),
+        (BUFFERED, {}),
+        (EXISTING, {}),
+        # the CDN, and sizes on demand behind it (a function URL), as they deploy by default
+        (DIRECT, {"Cdn": "true"}),
+        (BUFFERED, {"Cdn": "true"}),
+        (DIRECT, {"Cdn": "true", "SigningKey": "0123456789abcdef" * 4}),
+        (BUFFERED, {"Cdn": "true", "OnDemand": "false"}),
+    ],
     ids=["direct", "buffered", "existing", "direct-cdn", "buffered-cdn", "direct-cdn-signed", "buffered-cdn-only"],
 )
 def test_a_default_deploy_opens_nothing_to_anyone(top: str, overrides: dict[str, str]) -> None:
@@ -1724,17 +1825,34 @@ def test_a_default_deploy_opens_nothing_to_anyone(top: str, overrides: dict[str,
 
 def test_open_entry_points_sees_an_open_function_url_and_a_permission_for_anyones_distribution() -> None:
     """The check above, on what it must catch (so a pass means something)."""
-    template = {"Resources": {
-        "Open": {"Type": "AWS::Serverless::Function", "Properties": {"FunctionUrlConfig": {"AuthType": "NONE"}}},
-        "Signed": {"Type": "AWS::Serverless::Function", "Properties": {"FunctionUrlConfig": {"AuthType": "AWS_IAM"}}},
-        "AnyDistribution": {"Type": "AWS::Lambda::Permission", "Properties": {
-            "Action": "lambda:InvokeFunctionUrl", "FunctionName": {"Ref": "Signed"},
-            "Principal": "cloudfront.amazonaws.com", "FunctionUrlAuthType": "AWS_IAM"}},
-        "OneDistribution": {"Type": "AWS::Lambda::Permission", "Properties": {
-            "Action": "lambda:InvokeFunction", "FunctionName": {"Ref": "Signed"}, "InvokedViaFunctionUrl": True,
-            "Principal": "cloudfront.amazonaws.com",
-            "SourceArn": {"Fn::Sub": "arn:aws:cloudfront::1:distribution/${D}"}}},
-    }}
+    template = {
+        "Resources": {
+            "Open": {"Type": "AWS::Serverless::Function", "Properties": {"FunctionUrlConfig": {"AuthType": "NONE"}}},
+            "Signed": {
+                "Type": "AWS::Serverless::Function",
+                "Properties": {"FunctionUrlConfig": {"AuthType": "AWS_IAM"}},
+            },
+            "AnyDistribution": {
+                "Type": "AWS::Lambda::Permission",
+                "Properties": {
+                    "Action": "lambda:InvokeFunctionUrl",
+                    "FunctionName": {"Ref": "Signed"},
+                    "Principal": "cloudfront.amazonaws.com",
+                    "FunctionUrlAuthType": "AWS_IAM",
+                },
+            },
+            "OneDistribution": {
+                "Type": "AWS::Lambda::Permission",
+                "Properties": {
+                    "Action": "lambda:InvokeFunction",
+                    "FunctionName": {"Ref": "Signed"},
+                    "InvokedViaFunctionUrl": True,
+                    "Principal": "cloudfront.amazonaws.com",
+                    "SourceArn": {"Fn::Sub": "arn:aws:cloudfront::1:distribution/${D}"},
+                },
+            },
+        }
+    }
     found = open_entry_points(deploy("inline.yaml", _template=template))
     assert len(found) == 2
     assert "Open's FunctionUrlConfig AuthType NONE" in found[0] and "AnyDistribution" in found[1]
@@ -1755,7 +1873,7 @@ def test_api_auth_decides_every_routes_authorization(top: str, case: str) -> Non
     assert stack.outputs["ApiUrl"]["Value"] == {"Fn::GetAtt": ["ApiStack", "Outputs.ApiUrl"]}
     authorizers = api.of_type("AWS::ApiGatewayV2::Authorizer")
     if authorization == "JWT":
-        (name, authorizer), = authorizers.items()
+        ((name, authorizer),) = authorizers.items()
         assert found[0]["AuthorizerId"] == {"Ref": name}
         assert authorizer["AuthorizerType"] == "JWT"
         assert authorizer["IdentitySource"] == ["$request.header.Authorization"]
@@ -1792,13 +1910,17 @@ def test_a_jwt_issuer_without_an_audience_is_refused_before_anything_is_created(
     ("overrides", "expected"),
     [
         (JWT, {"API_AUTH": "jwt", "OWNER_CLAIM": "sub", "ADMIN_SCOPE": "images:admin"}),
-        ({**JWT, "OwnerClaim": "custom:tenant_id", "ApiAdminScope": "photos/admin"},
-         {"API_AUTH": "jwt", "OWNER_CLAIM": "custom:tenant_id", "ADMIN_SCOPE": "photos/admin"}),
+        (
+            {**JWT, "OwnerClaim": "custom:tenant_id", "ApiAdminScope": "photos/admin"},
+            {"API_AUTH": "jwt", "OWNER_CLAIM": "custom:tenant_id", "ADMIN_SCOPE": "photos/admin"},
+        ),
         ({"ApiAuth": "iam"}, {"API_AUTH": "iam"}),
         ({"ApiAuth": "open"}, {"API_AUTH": "open"}),
     ],
 )
-def test_the_api_function_is_told_how_callers_are_authorised(top: str, overrides: dict[str, str], expected: dict[str, str]) -> None:
+def test_the_api_function_is_told_how_callers_are_authorised(
+    top: str, overrides: dict[str, str], expected: dict[str, str]
+) -> None:
     """The app reads the verified claims (or IAM principal) as API_AUTH says (AUTH-DESIGN)."""
     _, props = only(deploy(top, overrides).nested["ApiStack"].of_type("AWS::Serverless::Function"), "API function")
     env = props["Environment"]["Variables"]
@@ -1828,20 +1950,29 @@ def api_settings(env: dict[str, Any]) -> ApiSettings:
 def test_bucket_and_api_cors_follow_allowed_origins(top: str, origins: str, expected: list[str]) -> None:
     stack = deploy(top, {"ApiAuth": "iam", "AllowedOrigins": origins})
     found = dict(cors_origins(stack))
-    assert sorted(found) == ([] if not expected else sorted(
-        [f"{top}: bucket ImageBucket", "stacks/api.yaml: HTTP API HttpApi"]))
+    assert sorted(found) == (
+        [] if not expected else sorted([f"{top}: bucket ImageBucket", "stacks/api.yaml: HTTP API HttpApi"])
+    )
     assert all(value == expected for value in found.values())
     assert bool(cors_wildcards(stack)) == (origins == "*"), "a wildcard only when asked for by name"
     _, api_function = only(stack.nested["ApiStack"].of_type("AWS::Serverless::Function"), "API function")
     assert api_function["Environment"]["Variables"]["ALLOWED_ORIGINS"] == origins
     assert api_settings(api_function["Environment"]["Variables"]).allowed_origins == tuple(expected)
-    (_, _, bucket), = stack.everywhere("AWS::S3::Bucket")
+    ((_, _, bucket),) = stack.everywhere("AWS::S3::Bucket")
     if expected:
         (rule,) = bucket["CorsConfiguration"]["CorsRules"]
         assert "POST" in rule["AllowedMethods"] and "PUT" not in rule["AllowedMethods"]  # presigned POST only
 
 
-@pytest.mark.parametrize("origins", ["https://app.example.com/", "https://a.example.com, https://b.example.com", "app.example.com", "*,https://a.example.com"])
+@pytest.mark.parametrize(
+    "origins",
+    [
+        "https://app.example.com/",
+        "https://a.example.com, https://b.example.com",
+        "app.example.com",
+        "*,https://a.example.com",
+    ],
+)
 def test_allowed_origins_that_would_never_match_are_refused(origins: str) -> None:
     """A browser's Origin has no path and no spaces: such a value would silently match nothing."""
     with pytest.raises(ValueError, match="AllowedOrigins"):
@@ -1853,8 +1984,10 @@ def test_allowed_origins_that_would_never_match_are_refused(origins: str) -> Non
 
 def test_the_evaluator_follows_conditions_no_value_and_split_like_cloudformation() -> None:
     template = {
-        "Parameters": {"Mode": {"Type": "String", "Default": "a", "AllowedValues": ["a", "b"]},
-                       "List": {"Type": "String", "Default": ""}},
+        "Parameters": {
+            "Mode": {"Type": "String", "Default": "a", "AllowedValues": ["a", "b"]},
+            "List": {"Type": "String", "Default": ""},
+        },
         "Conditions": {
             "IsA": {"Fn::Equals": [{"Ref": "Mode"}, "a"]},
             "IsB": {"Fn::Not": [{"Condition": "IsA"}]},
@@ -1863,20 +1996,26 @@ def test_the_evaluator_follows_conditions_no_value_and_split_like_cloudformation
         },
         "Resources": {
             "OnlyB": {"Type": "AWS::SNS::Topic", "Condition": "IsB"},
-            "Always": {"Type": "AWS::SNS::Topic", "Properties": {
-                "Name": {"Fn::If": ["IsA", {"Fn::Sub": "t-${Mode}"}, {"Ref": "AWS::NoValue"}]},
-                "Split": {"Fn::Split": [",", {"Ref": "List"}]},
-                "Items": [{"Fn::If": ["BAndList", "x", {"Ref": "AWS::NoValue"}]}, {"Fn::GetAtt": ["OnlyB", "Arn"]}],
-                "Join": {"Fn::Join": ["-", [{"Ref": "Mode"}, "z"]]},
-                "Region": {"Fn::Sub": "${AWS::Region}-${Mode}"},
-            }},
+            "Always": {
+                "Type": "AWS::SNS::Topic",
+                "Properties": {
+                    "Name": {"Fn::If": ["IsA", {"Fn::Sub": "t-${Mode}"}, {"Ref": "AWS::NoValue"}]},
+                    "Split": {"Fn::Split": [",", {"Ref": "List"}]},
+                    "Items": [{"Fn::If": ["BAndList", "x", {"Ref": "AWS::NoValue"}]}, {"Fn::GetAtt": ["OnlyB", "Arn"]}],
+                    "Join": {"Fn::Join": ["-", [{"Ref": "Mode"}, "z"]]},
+                    "Region": {"Fn::Sub": "${AWS::Region}-${Mode}"},
+                },
+            },
         },
     }
     a = deploy("inline.yaml", _template=template)
     assert a.conditions == {"IsA": True, "IsB": False, "AOrList": True, "BAndList": False}
     assert set(a.resources) == {"Always"}
     assert a.of_type("AWS::SNS::Topic")["Always"] == {
-        "Name": "t-a", "Split": [""], "Items": [{"Fn::GetAtt": ["OnlyB", "Arn"]}], "Join": "a-z",
+        "Name": "t-a",
+        "Split": [""],
+        "Items": [{"Fn::GetAtt": ["OnlyB", "Arn"]}],
+        "Join": "a-z",
         "Region": {"Fn::Sub": "${AWS::Region}-a"},
     }
     b = deploy("inline.yaml", {"Mode": "b", "List": "p,q"}, _template=template)

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from .auth import Authenticator, Caller
 from .backends import FileBackend, S3Backend, UploadRefused
 from .guards import authenticated, caller_of, trusted_request
 from .links import api_base, object_link
-from .problems import NO_SUCH_IMAGE, not_found, problem
+from .problems import not_found, problem
 from .settings import EXTENSIONS, ApiSettings
 
 log = logging.getLogger("image_pipeline.api")
@@ -148,7 +148,9 @@ class Api:
         self.backend = backend
         self.auth = Authenticator(settings)
         pipeline = settings.pipeline
-        processor = ImageProcessor(pipeline.variants, limits=pipeline.limits, keep_icc_profile=pipeline.keep_icc_profile)
+        processor = ImageProcessor(
+            pipeline.variants, limits=pipeline.limits, keep_icc_profile=pipeline.keep_icc_profile
+        )
         self.service = ImageService(
             processor,
             raw_prefix=pipeline.raw_prefix,
@@ -190,7 +192,9 @@ class Api:
 
     async def describe(self, request: Request, image_id: str) -> ImageInfo | None:
         """Status from storage alone: manifest → processed; raw tagged failed → failed; raw → pending."""
-        raws, (record, listed) = await asyncio.gather(self.store.list(self.raw_dir(image_id), limit=1), self.manifest(image_id))
+        raws, (record, listed) = await asyncio.gather(
+            self.store.list(self.raw_dir(image_id), limit=1), self.manifest(image_id)
+        )
         return await self.info(request, image_id, raws[0] if raws else None, record, set(listed))
 
     async def info(
@@ -202,9 +206,11 @@ class Api:
         stored: set[str] | None = None,
     ) -> ImageInfo | None:
         """An image's body from its raw object and manifest (None when neither is there)."""
-        created = datetime.fromtimestamp(ids.created_ms(image_id) / 1000, timezone.utc).isoformat(timespec="seconds")
+        created = datetime.fromtimestamp(ids.created_ms(image_id) / 1000, UTC).isoformat(timespec="seconds")
         base = self.base(request)
-        if record is not None and (raw is None or (record["source"]["key"] == raw.key and record["source"]["etag"] == raw.etag)):
+        if record is not None and (
+            raw is None or (record["source"]["key"] == raw.key and record["source"]["etag"] == raw.etag)
+        ):
             variants = [
                 VariantInfo(
                     name=v["name"],
@@ -219,7 +225,14 @@ class Api:
             ]
             name = _leaf(record["source"]["key"])
             return ImageInfo(
-                image_id, "processed", name, None, record["source"], record.get("placeholder"), variants, created,
+                image_id,
+                "processed",
+                name,
+                None,
+                record["source"],
+                record.get("placeholder"),
+                variants,
+                created,
                 lazy_variants=self.lazy_info(image_id, record, base, stored),
                 width_urls=self.width_urls(image_id, record, base),
             )
@@ -228,7 +241,9 @@ class Api:
         tags = await self.store.get_tags(raw.key)
         source = {"key": raw.key, "etag": raw.etag, "bytes": raw.size}
         if tags.get(STATUS_TAG) == "failed":
-            return ImageInfo(image_id, "failed", _leaf(raw.key), tags.get(ERROR_TAG, "unknown"), source, None, [], created)
+            return ImageInfo(
+                image_id, "failed", _leaf(raw.key), tags.get(ERROR_TAG, "unknown"), source, None, [], created
+            )
         return ImageInfo(image_id, "pending", _leaf(raw.key), None, source, None, [], created)
 
     def lazy_info(self, image_id: str, record: dict, base: str, stored: set[str] | None) -> list[LazyVariantInfo]:
@@ -281,7 +296,9 @@ class Api:
         kind = sniff(data)
         if kind not in DECODABLE or kind not in self.settings.pipeline.limits.allowed_types:
             allowed = ", ".join(sorted(self.settings.pipeline.limits.allowed_types))
-            raise problem(415, f"the file is {kind or 'not an image we recognise'}; accepted: {allowed}", "unsupported_type")
+            raise problem(
+                415, f"the file is {kind or 'not an image we recognise'}; accepted: {allowed}", "unsupported_type"
+            )
         image_id = ids.new_id(tag=caller.tag)
         key = ids.raw_key(self.settings.pipeline.raw_prefix, image_id, upload.filename or "", EXTENSIONS[kind])
         await self.store.write(key, data, DECODABLE[kind][1], metadata_for(caller))
@@ -396,7 +413,7 @@ async def create_upload(request: Request, data: JSONBody[UploadRequest]) -> Uplo
     form = await api.backend.presign_upload(
         key, data.content_type.split(";")[0].strip(), api.settings.max_bytes, expires, base, metadata_for(caller)
     )
-    expires_at = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() + expires, timezone.utc)
+    expires_at = datetime.fromtimestamp(datetime.now(UTC).timestamp() + expires, UTC)
     return UploadGrant(
         id=image_id,
         upload=UploadForm(url=form["url"], fields=form["fields"]),
@@ -405,11 +422,13 @@ async def create_upload(request: Request, data: JSONBody[UploadRequest]) -> Uplo
     )
 
 
-@post("/uploads/local", status_code=204, summary="Receive a local upload form (filesystem backend only)",
-      include_in_schema=False)
-async def receive_local_upload(
-    request: Request, data: MultipartBody[dict[str, Any]]
-) -> None:
+@post(
+    "/uploads/local",
+    status_code=204,
+    summary="Receive a local upload form (filesystem backend only)",
+    include_in_schema=False,
+)
+async def receive_local_upload(request: Request, data: MultipartBody[dict[str, Any]]) -> None:
     """Where `POST /uploads` points the browser when the images live in a directory: the same
     form S3 would receive, checked against the policy this server signed (no token: like S3's
     presigned POST, the signed form is the permission)."""
@@ -446,8 +465,11 @@ async def list_images(
     api = api_of(request)
     caller = caller_of(request)
     if api.settings.auth == "open" and not pages.GALLERY_ENABLED:
-        raise problem(404, "listing is off on an open API: it would hand anyone every id (set GALLERY=true on a "
-                           "private network, or use API_AUTH=jwt)")
+        raise problem(
+            404,
+            "listing is off on an open API: it would hand anyone every id (set GALLERY=true on a "
+            "private network, or use API_AUTH=jwt)",
+        )
     if cursor is not None:
         parsed = ids.parse(cursor)
         if parsed is None or not (caller.admin or parsed[0] == caller.tag):
@@ -464,14 +486,21 @@ async def get_image(request: Request, image_id: FromPath[str]) -> ImageInfo:
     return info
 
 
-@get("/images/jobs/{job_id:str}", summary="A background job's status (same body as GET /images/{id})",
-     guards=AUTHENTICATED)
+@get(
+    "/images/jobs/{job_id:str}",
+    summary="A background job's status (same body as GET /images/{id})",
+    guards=AUTHENTICATED,
+)
 async def get_job(request: Request, job_id: FromPath[str]) -> ImageInfo:
     return await get_image.fn(request, job_id)
 
 
-@get("/images/{image_id:str}/{variant:str}", status_code=302, summary="Redirect to a variant's bytes (made on first request for width URLs and lazy variants)",
-     guards=AUTHENTICATED)
+@get(
+    "/images/{image_id:str}/{variant:str}",
+    status_code=302,
+    summary="Redirect to a variant's bytes (made on first request for width URLs and lazy variants)",
+    guards=AUTHENTICATED,
+)
 async def get_variant(request: Request, image_id: FromPath[str], variant: FromPath[str]) -> Redirect:
     """A configured variant (`medium`), a lazy one (`xl`: made on its first request), or a width
     URL: `w640.webp` (`jpg`, `webp`, `avif`, `png`), or `w640` with the format negotiated from
@@ -531,8 +560,12 @@ async def _make(api: Api, prefix: str, wanted: Wanted) -> None:
         async with asyncio.timeout(ONDEMAND_BUDGET_S):
             await api.ondemand.get(api.store, prefix, wanted)
     except TimeoutError:
-        raise problem(503, f"the output was not made within {ONDEMAND_BUDGET_S:.0f} s; try again",
-                      OutOfTime.code, headers={"Retry-After": "5"}) from None
+        raise problem(
+            503,
+            f"the output was not made within {ONDEMAND_BUDGET_S:.0f} s; try again",
+            OutOfTime.code,
+            headers={"Retry-After": "5"},
+        ) from None
     except ObjectNotFound:  # the image went away meanwhile, or its upload is no longer there (delete mode)
         raise problem(404, "no such image or variant: its upload is not there to make it from") from None
     except ImageRejected as exc:
@@ -601,11 +634,14 @@ async def image_slot(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         raise
 
 
-@post("/images", status_code=201, summary="Upload and process an image in the request",
-      guards=[*AUTHENTICATED, image_slot], middleware=[ImageSlot])
-async def upload_image(
-    request: Request, data: MultipartBody[dict[str, Any]]
-) -> ImageInfo:
+@post(
+    "/images",
+    status_code=201,
+    summary="Upload and process an image in the request",
+    guards=[*AUTHENTICATED, image_slot],
+    middleware=[ImageSlot],
+)
+async def upload_image(request: Request, data: MultipartBody[dict[str, Any]]) -> ImageInfo:
     """Multipart field `file`. Refused before anything is stored when too large (413) or not an
     accepted image type judged from its bytes (415); a file that fails to decode is removed
     again and answered 422 with the pipeline's error code. When PROCESS_CONCURRENCY images are
@@ -626,23 +662,26 @@ async def upload_image(
     return info
 
 
-@post("/images/async", status_code=202, summary="Upload an image; process it in the background",
-      guards=AUTHENTICATED)
-async def upload_image_async(
-    request: Request, data: MultipartBody[dict[str, Any]]
-) -> JobAccepted:
+@post("/images/async", status_code=202, summary="Upload an image; process it in the background", guards=AUTHENTICATED)
+async def upload_image_async(request: Request, data: MultipartBody[dict[str, Any]]) -> JobAccepted:
     api = api_of(request)
     image_id, key = await api.store_upload(await _multipart_file(data), caller_of(request))
     api.backend.uploaded(key)
     return JobAccepted(job_id=image_id, status_url=f"{api.base(request)}images/jobs/{image_id}")
 
 
-@delete("/images/{image_id:str}", status_code=204, summary="Delete an image: its upload and every output",
-        guards=AUTHENTICATED)
+@delete(
+    "/images/{image_id:str}",
+    status_code=204,
+    summary="Delete an image: its upload and every output",
+    guards=AUTHENTICATED,
+)
 async def delete_image(request: Request, image_id: FromPath[str]) -> None:
     api = api_of(request)
     own_id(request, image_id)
-    raws, (record, outputs) = await asyncio.gather(api.store.list(api.raw_dir(image_id), limit=10), api.manifest(image_id))
+    raws, (record, outputs) = await asyncio.gather(
+        api.store.list(api.raw_dir(image_id), limit=10), api.manifest(image_id)
+    )
     if not raws and not outputs:
         raise not_found()
     raw_keys = [r.key for r in raws] or ([record["source"]["key"]] if record else [])
@@ -684,15 +723,22 @@ def _undecodable_form(request: Request, exc: UnicodeDecodeError) -> Response:
     RFC 5987 `filename*=`) as UTF-8 text: image bytes there raise UnicodeDecodeError while the
     body is parsed. That is the client's form, not our failure."""
     if request.content_type[0] == "multipart/form-data":
-        return problem(400, "a form part without a filename must be text: send the image as a file part "
-                            "(Content-Disposition: form-data; name=\"file\"; filename=\"photo.jpg\")").to_response(request)
+        return problem(
+            400,
+            "a form part without a filename must be text: send the image as a file part "
+            '(Content-Disposition: form-data; name="file"; filename="photo.jpg")',
+        ).to_response(request)
     log.exception("%s %s failed", request.method, request.url.path)
     return ProblemDetailsException(status_code=500, detail="Internal Server Error").to_response(request)
 
 
 def _busy(request: Request, exc: Busy) -> Response:
-    return ProblemDetailsException(detail=exc.message, status_code=503, extra={"error_code": exc.code},
-                                   headers={"Retry-After": str(exc.retry_after_s)}).to_response(request)
+    return ProblemDetailsException(
+        detail=exc.message,
+        status_code=503,
+        extra={"error_code": exc.code},
+        headers={"Retry-After": str(exc.retry_after_s)},
+    ).to_response(request)
 
 
 def create_app(

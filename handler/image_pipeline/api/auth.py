@@ -87,7 +87,9 @@ class Authenticator:
         if mode == "iam":
             arn = (authorizer.get("iam") or {}).get("userArn")
             if not isinstance(arn, str) or not arn:
-                raise _unauthorized("an IAM-signed request (SigV4) through API Gateway is required", scheme="AWS4-HMAC-SHA256")
+                raise _unauthorized(
+                    "an IAM-signed request (SigV4) through API Gateway is required", scheme="AWS4-HMAC-SHA256"
+                )
             return Caller(_ASSUMED_ROLE.sub(r"\1", arn))
         if self.verifies_tokens:
             claims = await self._verify(_bearer(request))
@@ -128,8 +130,11 @@ class Authenticator:
             )
         except jwt.PyJWKClientConnectionError:
             log.exception("could not fetch the signing keys from JWKS_URL")
-            raise problem(503, "the identity provider's signing keys could not be fetched; try again",
-                          headers={"Retry-After": "5"}) from None
+            raise problem(
+                503,
+                "the identity provider's signing keys could not be fetched; try again",
+                headers={"Retry-After": "5"},
+            ) from None
         except jwt.ExpiredSignatureError:
             raise _unauthorized("the token has expired", invalid=True) from None
         except jwt.ImmatureSignatureError:

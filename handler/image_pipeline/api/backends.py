@@ -156,8 +156,13 @@ class FileBackend:
         meta = {f"x-amz-meta-{name}": value for name, value in metadata.items()}
         return {
             "url": base_url + "uploads/local",
-            "fields": {"key": key, "Content-Type": content_type, **meta, "policy": encoded,
-                       "signature": self._sign(encoded)},
+            "fields": {
+                "key": key,
+                "Content-Type": content_type,
+                **meta,
+                "policy": encoded,
+                "signature": self._sign(encoded),
+            },
         }
 
     def check_policy(self, fields: dict[str, Any]) -> dict:

@@ -81,8 +81,9 @@ def trusted_request(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         allowed.add(_origin_of(settings.public_url))
     if origin != "null" and (urlsplit(origin).netloc == host.strip().lower() or origin in allowed or "*" in allowed):
         return
-    raise problem(403, "cross-site request refused: changes come from this API's own pages or an origin in "
-                       "ALLOWED_ORIGINS")
+    raise problem(
+        403, "cross-site request refused: changes come from this API's own pages or an origin in ALLOWED_ORIGINS"
+    )
 
 
 async def authenticated(connection: ASGIConnection, _: BaseRouteHandler) -> None:

@@ -106,8 +106,11 @@ async def _manifest_keys(store, prefix: str, after: str | None, wanted: int) -> 
     return found[:wanted]
 
 
-@get("/api/gallery", summary="The caller's processed images, newest first, a page at a time (for /gallery)",
-     guards=[authenticated])
+@get(
+    "/api/gallery",
+    summary="The caller's processed images, newest first, a page at a time (for /gallery)",
+    guards=[authenticated],
+)
 async def gallery(
     request: Request,
     cursor: str | None = Parameter(default=None, description="next_cursor of the previous page"),

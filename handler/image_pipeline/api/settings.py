@@ -60,8 +60,16 @@ AUTH_MODES = ("jwt", "iam", "open")
 _HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 MIN_SECRET_BYTES = 32  # HS256 needs a key of at least the hash's size (RFC 7518 3.2)
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
-EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif", "avif": "avif", "heif": "heic",
-              "tiff": "tif", "bmp": "bmp"}
+EXTENSIONS = {
+    "jpeg": "jpg",
+    "png": "png",
+    "webp": "webp",
+    "gif": "gif",
+    "avif": "avif",
+    "heif": "heic",
+    "tiff": "tif",
+    "bmp": "bmp",
+}
 
 
 @dataclass(frozen=True)
@@ -143,7 +151,9 @@ class ApiSettings:
         if secret and jwks:
             problems.append("JWT_SECRET and JWKS_URL: set one way to verify tokens, not both")
         if secret and len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
-            problems.append(f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256); e.g. `openssl rand -hex 32`")
+            problems.append(
+                f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256); e.g. `openssl rand -hex 32`"
+            )
         if jwks:
             parts = urlsplit(jwks)
             if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -151,8 +161,10 @@ class ApiSettings:
         if auth != "jwt" and (secret or jwks or issuer or audience):
             problems.append(f"JWT_SECRET, JWKS_URL, JWT_ISSUER and JWT_AUDIENCE apply to API_AUTH=jwt, not {auth}")
         if (issuer or audience) and not (secret or jwks):
-            problems.append("JWT_ISSUER/JWT_AUDIENCE need JWT_SECRET or JWKS_URL (API Gateway's authorizer checks "
-                            "its own issuer and audience)")
+            problems.append(
+                "JWT_ISSUER/JWT_AUDIENCE need JWT_SECRET or JWKS_URL (API Gateway's authorizer checks "
+                "its own issuer and audience)"
+            )
 
         hosts = tuple(h.strip().lower() for h in env.get("ALLOWED_HOSTS", "").split(",") if h.strip())
         for host in hosts:

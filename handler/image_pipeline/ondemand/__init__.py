@@ -95,7 +95,9 @@ class OnDemand:
             )
         if not signing.verify(self.settings.signing_key, path, sig):
             reason = "has no signature" if not sig else "has a signature that does not match"
-            raise Forbidden(f"width {request.width} is not in the allowlist and the URL {reason} (`image-pipeline sign`)")
+            raise Forbidden(
+                f"width {request.width} is not in the allowlist and the URL {reason} (`image-pipeline sign`)"
+            )
         return request
 
     def wanted_width(self, request: WidthRequest, negotiated: ImageFormat | None = None) -> Wanted:
@@ -143,7 +145,9 @@ class OnDemand:
                 pass
             else:
                 kind = sniff(stored.data)
-                return Made(key, stored.data, DECODABLE[kind][1] if kind in DECODABLE else "application/octet-stream", False)
+                return Made(
+                    key, stored.data, DECODABLE[kind][1] if kind in DECODABLE else "application/octet-stream", False
+                )
         flight = (id(store), key)
         pending = self._flights.get(flight)
         if pending is not None:

@@ -39,12 +39,16 @@ class MissFunction:
             raise ConfigError("BUCKET_NAME must name the bucket the outputs are made in")
         self.runtime, self.ondemand, self.bucket = runtime, ondemand, bucket
         service = runtime.service
-        self.eager = {v.name for v in service.processor.variants} | ({"original"} if service.processor.preserve_original else set())
+        self.eager = {v.name for v in service.processor.variants} | (
+            {"original"} if service.processor.preserve_original else set()
+        )
 
     @classmethod
     def from_env(cls) -> MissFunction:
         runtime = Runtime(Settings.from_env())
-        return cls(runtime, OnDemand(runtime.service, OnDemandSettings.from_env()), os.environ.get("BUCKET_NAME", "").strip())
+        return cls(
+            runtime, OnDemand(runtime.service, OnDemandSettings.from_env()), os.environ.get("BUCKET_NAME", "").strip()
+        )
 
     def __call__(self, event: dict, context: Any) -> dict:
         http = event.get("requestContext", {}).get("http", {})
@@ -73,17 +77,26 @@ class MissFunction:
         except PipelineError as exc:  # storage_error, out_of_time, busy: worth a retry
             logger.error("output not made; retry", extra={"error_code": exc.code, "error": exc.message})
             return _problem(503, "the output could not be made now; try again", exc.code, headers={"Retry-After": "2"})
-        logger.info("output made" if made.made else "output already stored", extra={"key": made.key, "bytes": len(made.data)})
+        logger.info(
+            "output made" if made.made else "output already stored", extra={"key": made.key, "bytes": len(made.data)}
+        )
         if made.made:
             metrics.add_metric(name="OutputsMadeOnDemand", unit=MetricUnit.Count, value=1)
         if len(made.data) > INLINE_MAX:  # stored: the bucket answers the same path from now on
             return {"statusCode": 302, "headers": {"Location": raw_path, "Cache-Control": "no-store"}, "body": ""}
-        headers = {"Content-Type": made.content_type, "Cache-Control": self.runtime.settings.cache_control,
-                   "Content-Length": str(len(made.data))}
+        headers = {
+            "Content-Type": made.content_type,
+            "Cache-Control": self.runtime.settings.cache_control,
+            "Content-Length": str(len(made.data)),
+        }
         if method == "HEAD":
             return {"statusCode": 200, "headers": headers, "body": ""}
-        return {"statusCode": 200, "headers": headers, "body": base64.b64encode(made.data).decode("ascii"),
-                "isBase64Encoded": True}
+        return {
+            "statusCode": 200,
+            "headers": headers,
+            "body": base64.b64encode(made.data).decode("ascii"),
+            "isBase64Encoded": True,
+        }
 
     def _split(self, raw_path: str) -> tuple[str, str]:
         """`/processed/<path>/<leaf>` → (`processed/<path>/`, leaf); anything else is not ours."""
@@ -123,8 +136,9 @@ class MissFunction:
         self.runtime.close()
 
 
-def _problem(status: int, detail: str, code: str | None = None, *, cache: str = "no-store",
-             headers: dict | None = None) -> dict:
+def _problem(
+    status: int, detail: str, code: str | None = None, *, cache: str = "no-store", headers: dict | None = None
+) -> dict:
     body = {"status": status, "title": _TITLES.get(status, "Error"), "detail": detail}
     if code:
         body["error_code"] = code
@@ -135,5 +149,11 @@ def _problem(status: int, detail: str, code: str | None = None, *, cache: str = 
     }
 
 
-_TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           422: "Unprocessable Content", 503: "Service Unavailable"}
+_TITLES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    422: "Unprocessable Content",
+    503: "Service Unavailable",
+}

@@ -31,9 +31,7 @@ def _transform(icc: bytes, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTran
     if "srgb" in description and in_mode == out_mode:
         return None
     try:
-        return ImageCms.buildTransform(
-            source, _srgb(), in_mode, out_mode, renderingIntent=ImageCms.Intent.PERCEPTUAL
-        )
+        return ImageCms.buildTransform(source, _srgb(), in_mode, out_mode, renderingIntent=ImageCms.Intent.PERCEPTUAL)
     except (ImageCms.PyCMSError, ValueError, OSError):
         return None
 

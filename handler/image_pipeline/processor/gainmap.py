@@ -38,7 +38,7 @@ _MAX_PICTURES = 8  # other pictures of an MPF index looked at
 
 
 def detect(image: Image.Image, data: bytes, kind: str) -> str | None:
-    """"ultrahdr", "iso21496", "apple", or None when the upload has no gain map."""
+    """ "ultrahdr", "iso21496", "apple", or None when the upload has no gain map."""
     if kind == "jpeg":
         return _in_jpeg(data)
     found = _in_xmp(image.info.get("xmp"))
@@ -54,9 +54,9 @@ def _in_jpeg(data: bytes) -> str | None:
     for marker, start, payload in segments(data, 0):
         found |= _in_segment(marker, payload)
         if marker == _APP2 and payload.startswith(_MPF):
-            mpf = (start + len(_MPF), payload[len(_MPF):])
+            mpf = (start + len(_MPF), payload[len(_MPF) :])
     if not found and mpf is not None:
-        for _, _, offset in mpf_entries(*mpf)[1:_MAX_PICTURES + 1]:
+        for _, _, offset in mpf_entries(*mpf)[1 : _MAX_PICTURES + 1]:
             for marker, _, payload in segments(data, offset) if offset else ():
                 found |= _in_segment(marker, payload)
     return _first(found)
@@ -89,7 +89,7 @@ def _in_xmp(xmp: bytes | str | None) -> set[str]:
 def segments(data: bytes, start: int) -> Iterator[tuple[int, int, bytes]]:
     """(marker, payload offset, payload) of the JPEG header segments from the SOI at `start` up to
     the first scan; stops quietly at anything malformed."""
-    if data[start:start + 2] != b"\xff\xd8":
+    if data[start : start + 2] != b"\xff\xd8":
         return
     pos = start + 2
     for _ in range(_MAX_SEGMENTS):
@@ -101,10 +101,10 @@ def segments(data: bytes, start: int) -> Iterator[tuple[int, int, bytes]]:
             continue
         if marker in (_SOS, _EOI):
             return
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         if length < 2 or pos + 2 + length > len(data):
             return
-        yield marker, pos + 4, data[pos + 4:pos + 2 + length]
+        yield marker, pos + 4, data[pos + 4 : pos + 2 + length]
         pos += 2 + length
 
 
@@ -120,12 +120,12 @@ def mpf_entries(base: int, tiff: bytes) -> list[tuple[int, int, int]]:
         return []
     try:
         (ifd,) = struct.unpack(order + "I", tiff[4:8])
-        (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+        (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
         for i in range(min(count, 32)):
-            tag, _type, length, value = struct.unpack(order + "HHII", tiff[ifd + 2 + 12 * i:ifd + 14 + 12 * i])
+            tag, _type, length, value = struct.unpack(order + "HHII", tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
             if tag == 0xB002:  # MP Entry: 16 bytes per picture
-                entries = tiff[value:value + length]
-                listed = [struct.unpack(order + "III", entries[j:j + 12]) for j in range(0, len(entries) - 15, 16)]
+                entries = tiff[value : value + length]
+                listed = [struct.unpack(order + "III", entries[j : j + 12]) for j in range(0, len(entries) - 15, 16)]
                 return [(attribute, size, base + offset if offset else 0) for attribute, size, offset in listed]
     except struct.error:
         return []

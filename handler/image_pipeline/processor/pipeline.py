@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from time import perf_counter
 
-from PIL import Image, ImageOps, ImageSequence
+from PIL import Image, ImageSequence
 
 from ..errors import CorruptImage, EmptyFile, ImageRejected, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
 from . import gainmap, geometry, plugins, quality, tonemap, uhdr
@@ -475,13 +475,28 @@ class ImageProcessor:
         job.dominant_color = dominant_color(job.preview)
 
     PIPELINE = (
-        _prepare, _gain_map, _scale_on_load, _decode, _normalise, _reduce, _orient, _resize, _tone_map, _colour,
-        _focus, _crop,
+        _prepare,
+        _gain_map,
+        _scale_on_load,
+        _decode,
+        _normalise,
+        _reduce,
+        _orient,
+        _resize,
+        _tone_map,
+        _colour,
+        _focus,
+        _crop,
     )
     FINALIZE = (_encode, _attach_gain_map, _placeholder)
 
     def _animations(
-        self, image: Image.Image, specs: list[VariantConfig], icc: bytes | None, width: int, height: int,
+        self,
+        image: Image.Image,
+        specs: list[VariantConfig],
+        icc: bytes | None,
+        width: int,
+        height: int,
         focus: tuple[float, float] = (0.5, 0.5),
     ):
         """Every frame decoded once and resized (and cropped) for each animated variant, like the
@@ -565,7 +580,9 @@ def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, 
     """One variant from the smallest base that still has enough pixels. `bases` holds full-frame
     images with the box where the frame lies in each; a full-frame result is added to them."""
     full = geometry.resized_size(spec, width, height)
-    fitting = [(im, box) for im, box in bases if box[2] - box[0] >= full[0] - 0.01 and box[3] - box[1] >= full[1] - 0.01]
+    fitting = [
+        (im, box) for im, box in bases if box[2] - box[0] >= full[0] - 0.01 and box[3] - box[1] >= full[1] - 0.01
+    ]
     base, box = min(fitting, key=lambda b: b[0].width * b[0].height) if fitting else bases[0]
     # reducing_gap: integer box-reduce first (fast), then Lanczos over the last ≥ 3× (quality).
     if spec.fit is Fit.COVER and spec.gravity not in geometry.CONTENT_AWARE:

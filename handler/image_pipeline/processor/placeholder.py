@@ -156,7 +156,10 @@ def rgba_to_thumbhash(w: int, h: int, rgba: bytes) -> list[int]:
         | (1 << 23 if has_alpha else 0)
     )
     header16 = (
-        (ly if landscape else lx) | _round(63 * p_scale) << 3 | _round(63 * q_scale) << 9 | (1 << 15 if landscape else 0)
+        (ly if landscape else lx)
+        | _round(63 * p_scale) << 3
+        | _round(63 * q_scale) << 9
+        | (1 << 15 if landscape else 0)
     )
     out = [header24 & 255, (header24 >> 8) & 255, header24 >> 16, header16 & 255, header16 >> 8]
     if has_alpha:

@@ -9,7 +9,7 @@ registered only when a HEIF file arrives.
 from __future__ import annotations
 
 import importlib
-from functools import lru_cache
+from functools import cache
 
 _MODULES = {
     "JPEG": "JpegImagePlugin",
@@ -22,7 +22,7 @@ _MODULES = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(pillow_format: str) -> None:
     """Make `pillow_format` (Pillow's name: "WEBP", "HEIF", …) openable and saveable."""
     if pillow_format == "HEIF":

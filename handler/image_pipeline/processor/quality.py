@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageMath
 
-from .specs import DEFAULT_QAUTO_TARGET as DEFAULT_TARGET
 from .specs import ImageFormat
 
 MAX_TRIALS = 3

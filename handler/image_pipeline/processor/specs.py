@@ -135,7 +135,9 @@ class VariantConfig:
             if isinstance(self.qauto, bool) or not isinstance(self.qauto, (int, float)) or not 0.5 <= self.qauto < 1:
                 raise ValueError(f"variant {self.name!r}: qauto is a target SSIM from 0.5 to below 1 (e.g. 0.98)")
             if self.format in (ImageFormat.PNG, ImageFormat.GIF):
-                raise ValueError(f"variant {self.name!r}: qauto needs a lossy format (jpeg, webp, avif), not {self.format.value}")
+                raise ValueError(
+                    f"variant {self.name!r}: qauto needs a lossy format (jpeg, webp, avif), not {self.format.value}"
+                )
             object.__setattr__(self, "qauto", float(self.qauto))
         if not isinstance(self.hdr, bool):
             raise ValueError(f"variant {self.name!r}: hdr must be true or false")

@@ -91,9 +91,7 @@ def eetf(nits: float) -> float:
 @lru_cache(maxsize=2)
 def _table(transfer: int) -> tuple[int, ...]:
     to_nits = pq_eotf if transfer == PQ else hlg_display
-    return tuple(
-        round(255 * min(eetf(to_nits(code / 255)) / WHITE, 1.0) ** (1 / GAMMA)) for code in range(256)
-    )
+    return tuple(round(255 * min(eetf(to_nits(code / 255)) / WHITE, 1.0) ** (1 / GAMMA)) for code in range(256))
 
 
 @lru_cache(maxsize=8)

@@ -91,24 +91,24 @@ def find(data: bytes) -> Source | None:
     mpf, iso_version, exif = None, _ISO_VERSION, None
     for marker, start, payload in segments(data, 0):
         if marker == APP2 and payload.startswith(MPF) and mpf is None:
-            mpf = (start + len(MPF), payload[len(MPF):])
+            mpf = (start + len(MPF), payload[len(MPF) :])
         elif marker == APP2 and payload.startswith(ISO_NS):
-            iso_version = payload[len(ISO_NS):]
+            iso_version = payload[len(ISO_NS) :]
         elif marker == APP1 and payload.startswith(b"Exif\0\0") and exif is None:
             exif = payload
     if mpf is None:
         return None
     apple = None
-    for _, size, offset in mpf_entries(*mpf)[1:_MAX_PICTURES + 1]:
+    for _, size, offset in mpf_entries(*mpf)[1 : _MAX_PICTURES + 1]:
         if not offset or size < 4 or offset + size > len(data):
             continue
-        picture = data[offset:offset + size]
+        picture = data[offset : offset + size]
         xmp = iso = None
         for marker, _, payload in segments(picture, 0):
             if marker == APP1 and payload.startswith(XMP_NS) and xmp is None:
-                xmp = payload[len(XMP_NS):]
+                xmp = payload[len(XMP_NS) :]
             elif marker == APP2 and payload.startswith(ISO_NS) and iso is None:
-                iso = payload[len(ISO_NS):]
+                iso = payload[len(ISO_NS) :]
         from_xmp = parse_xmp(xmp) if xmp else None
         parsed_iso = parse_iso(iso) if iso else None
         if parsed_iso is None:
@@ -159,9 +159,15 @@ def parse_xmp(packet: bytes) -> Metadata | None:
         base_hdr = (values("BaseRenditionIsHDR") or ["False"])[0].strip()
         version = (values("Version") or ["1.0"])[0].strip()
         metadata = Metadata(
-            channels["GainMapMin"], channels["GainMapMax"], channels["Gamma"], channels["OffsetSDR"],
-            channels["OffsetHDR"], _numbers(found["HDRCapacityMin"] or ["0"])[0], _numbers(found["HDRCapacityMax"])[0],
-            base_hdr.lower() == "true", version if re.fullmatch(r"\d{1,3}\.\d{1,3}", version) else "1.0",
+            channels["GainMapMin"],
+            channels["GainMapMax"],
+            channels["Gamma"],
+            channels["OffsetSDR"],
+            channels["OffsetHDR"],
+            _numbers(found["HDRCapacityMin"] or ["0"])[0],
+            _numbers(found["HDRCapacityMax"])[0],
+            base_hdr.lower() == "true",
+            version if re.fullmatch(r"\d{1,3}\.\d{1,3}", version) else "1.0",
         )
     except ValueError:
         return None
@@ -194,7 +200,7 @@ def parse_iso(payload: bytes) -> Metadata | bool | None:
             base_n, base_d, alternate_n, alternate_d = struct.unpack_from(">IIII", payload, 5)
             base, alternate = (base_n, base_d), (alternate_n, alternate_d)
             rows = [struct.unpack_from(">iIiIIIiIiI", payload, 21 + 40 * c) for c in range(channels)]
-            per_channel = [[row[k:k + 2] for k in range(0, 10, 2)] for row in rows]
+            per_channel = [[row[k : k + 2] for k in range(0, 10, 2)] for row in rows]
         values = [[n / d for n, d in fractions] for fractions in per_channel]  # ZeroDivisionError: not parsed
         base_headroom, alternate_headroom = base[0] / base[1], alternate[0] / alternate[1]
     except (struct.error, ZeroDivisionError):
@@ -246,7 +252,7 @@ def apple_headroom(exif: bytes) -> float | None:
         stops = -20.0 * maker48 + 1.8 if maker48 <= 0.01 else -0.101 * maker48 + 1.601
     else:
         stops = -70.0 * maker48 + 3.0 if maker48 <= 0.01 else -0.303 * maker48 + 2.303
-    return 2.0 ** stops if math.isfinite(stops) and stops > 0 else None
+    return 2.0**stops if math.isfinite(stops) and stops > 0 else None
 
 
 def _apple_maker_note(exif: bytes) -> dict[int, float] | None:
@@ -302,7 +308,7 @@ def _xmp(description: str, body: str = "") -> bytes:
         '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
         f'<rdf:Description rdf:about="" {description}>{body}</rdf:Description>'
         "</rdf:RDF></x:xmpmeta>"
-    ).encode("utf-8")
+    ).encode()
 
 
 def primary_xmp(version: str, gain_map_length: int) -> bytes:

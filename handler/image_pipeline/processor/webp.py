@@ -104,9 +104,20 @@ class _Options(ctypes.Structure):
         *(
             (name, ctypes.c_int)
             for name in (
-                "bypass_filtering", "no_fancy_upsampling", "use_cropping", "crop_left", "crop_top",
-                "crop_width", "crop_height", "use_scaling", "scaled_width", "scaled_height",
-                "use_threads", "dithering_strength", "flip", "alpha_dithering_strength",
+                "bypass_filtering",
+                "no_fancy_upsampling",
+                "use_cropping",
+                "crop_left",
+                "crop_top",
+                "crop_width",
+                "crop_height",
+                "use_scaling",
+                "scaled_width",
+                "scaled_height",
+                "use_threads",
+                "dithering_strength",
+                "flip",
+                "alpha_dithering_strength",
             )
         ),
         ("pad", ctypes.c_uint32 * 5),

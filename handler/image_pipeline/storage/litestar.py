@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from litestar_storages import BaseStorage, StorageError, StorageFileNotFoundError
 
@@ -136,7 +136,7 @@ class LitestarStore:
             etag = await self.etag(item.key)
             if etag is None:  # deleted since it was listed
                 continue
-            modified = item.last_modified or datetime.now(timezone.utc)
+            modified = item.last_modified or datetime.now(UTC)
             page.append(ListedObject(item.key, etag, item.size, modified))
         return page
 

@@ -25,8 +25,15 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _CHANGED = {"PreconditionFailed", "412", "ConditionalRequestConflict"}  # 409: a concurrent conditional write
 # Refusals that stay until someone changes a policy, a bucket or a key: not worth a retry.
 _DENIED = {
-    "AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidAccessKeyId", "NoSuchBucket",
-    "InvalidObjectState", "InvalidBucketState", "403", "Forbidden",
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidAccessKeyId",
+    "NoSuchBucket",
+    "InvalidObjectState",
+    "InvalidBucketState",
+    "403",
+    "Forbidden",
 }
 _KMS_TRANSIENT = ("Throttl", "Internal", "Unavailable", "LimitExceeded")
 
@@ -111,6 +118,7 @@ class S3Connection:
         client = await stack.enter_async_context(
             session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         )
+
         # S3Storage.put has no Cache-Control argument: add it to every PutObject this client
         # sends. Images get the long lifetime; the manifest changes when a raw key is
         # overwritten, so caches must always revalidate it.
