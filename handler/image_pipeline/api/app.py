@@ -32,6 +32,8 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, ids, keys
 from ..errors import Busy, ImageRejected, OutOfTime, PipelineError, StorageFailure
+from ..moderation import gate_from
+from ..notify import Notifier
 from ..ondemand import BadOutput, Forbidden, OnDemand, Wanted, is_width_leaf
 from ..ondemand.paths import fallback_format, negotiate
 from ..pool import ProcessingPool, return_freed_memory
@@ -159,7 +161,9 @@ class Api:
             # The process's image slots (uploads, the local worker, the local event source's
             # handler): at most PROCESS_CONCURRENCY at once; beyond it, 503 busy after PROCESS_WAIT_MS.
             pool=ProcessingPool.of_process(pipeline.process_concurrency, wait_s=pipeline.process_wait_ms / 1000),
+            gate=gate_from(pipeline),  # MODERATION: the same gate as on Lambda (review.py: the review routes)
         )
+        self.notifier = Notifier.from_settings(pipeline)  # review decisions' events (EVENT_BUS_NAME)
         self.ondemand = OnDemand(self.service, settings.ondemand)
 
     @property
@@ -774,6 +778,8 @@ def create_app(
 
     async def stop(app: Litestar) -> None:
         await backend.close()
+        if api.notifier is not None:
+            await api.notifier.close()
 
     cors = CORSConfig(allow_origins=list(settings.allowed_origins)) if settings.allowed_origins else None
     return Litestar(

@@ -59,6 +59,7 @@ _TRANSPOSE = {
 }
 _REDUCING_GAP = 3.0  # box-reduce while ≥ 3× is left for Lanczos (as resize(reducing_gap=3) does)
 _REDUCIBLE = {"L", "LA", "La", "RGB", "RGBX", "RGBa", "CMYK"}  # not P: indexes cannot be averaged
+RENDITION_FRAMES = 4  # an animation's frames looked at by a check on the picture (see `_frames`)
 _PREVIEW = 64  # px, longest side of the full-frame picture the placeholders are computed from
 # Errors Pillow and its plugins raise for files that are not what they claim to be.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, Image.UnidentifiedImageError)
@@ -93,6 +94,7 @@ class Job:
     crops: dict[str, tuple[geometry.Box, tuple[int, int]]] = field(default_factory=dict)  # content-aware
     # cover variant → (the window kept, the full-frame size it was cut from)
     preview: Image.Image | None = None  # ≤ 64 px, whole frame: what the placeholders describe
+    renditions: list[tuple[int, Image.Image]] = field(default_factory=list)  # (frame, ≤ `rendition` px)
     keep_exif: bytes | None = None
     keep_icc: bytes | None = None
     outputs: list[ImageVariant] = field(default_factory=list)
@@ -119,7 +121,11 @@ class ImageProcessor:
         *,
         limits: Limits | None = None,
         keep_icc_profile: bool = False,
+        rendition: int = 0,
     ) -> None:
+        """`rendition`: also hand back the whole frame at ≤ this many px (longest side), in sRGB, from
+        pixels already decoded (an animation: its first frame and a few evenly spaced ones), for a
+        check on the picture before anything is published (moderation). 0: none."""
         self.variants = tuple(variants) if variants is not None else DEFAULT_VARIANTS
         if not self.variants or not all(isinstance(v, VariantConfig) for v in self.variants):
             raise ValueError("variants must be a non-empty list of VariantConfig")
@@ -133,6 +139,7 @@ class ImageProcessor:
         self.background_color = tuple(background_color)
         self.limits = limits or Limits()
         self.keep_icc_profile = keep_icc_profile
+        self.rendition = max(0, int(rendition))
 
     def process(self, data: bytes) -> list[ImageVariant]:
         """The variants for `data`, in the order the specs were given."""
@@ -189,6 +196,7 @@ class ImageProcessor:
             processing_ms=round((perf_counter() - started) * 1000, 1),
             thumbhash=job.thumbhash,
             focal_point=job.focal_point,
+            renditions=tuple(job.renditions),
         )
 
     # -- main pipeline: from the opened file to every variant's pixels --------------------------------
@@ -325,6 +333,8 @@ class ImageProcessor:
         scale = min(1.0, _PREVIEW / max(box[2] - box[0], box[3] - box[1]))
         size = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
         job.preview = base.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0)
+        if self.rendition:
+            job.renditions = [(0, _rendition(bases, self.rendition))]
         job.working = None
 
     def _tone_map(self, job: Job) -> None:
@@ -340,6 +350,7 @@ class ImageProcessor:
                 done[id(still)] = _through(still, table)
             job.stills[name] = done[id(still)]
         job.preview = _through(job.preview, table)
+        job.renditions = [(i, _through(r, table)) for i, r in job.renditions]
 
     def _colour(self, job: Job) -> None:
         """To sRGB (or the kept profile) on the small results, converting each distinct image once."""
@@ -349,6 +360,7 @@ class ImageProcessor:
                 done[id(still)] = convert_profile(still, job.icc, self.keep_icc_profile)
             job.stills[name] = done[id(still)]
         job.preview = convert_profile(job.preview, job.icc, self.keep_icc_profile)
+        job.renditions = [(i, convert_profile(r, job.icc, False)) for i, r in job.renditions]
         if self.keep_icc_profile and is_rgb_profile(job.icc):
             modes = {im.mode for im in job.stills.values()}
             job.keep_icc = job.icc if modes <= {"RGB", "RGBA"} else None
@@ -488,7 +500,25 @@ class ImageProcessor:
         _focus,
         _crop,
     )
-    FINALIZE = (_encode, _attach_gain_map, _placeholder)
+
+    def _frames(self, job: Job) -> None:
+        """An animation's rendition: beside the first frame, up to `RENDITION_FRAMES - 1` more,
+        evenly spaced (for 12 frames: 0, 3, 6, 9), from the file already open."""
+        if not self.rendition or not job.animated or job.frames < 2:
+            return
+        image = job.image
+        wanted = sorted({round(i * job.frames / RENDITION_FRAMES) for i in range(1, RENDITION_FRAMES)} - {0})
+        try:
+            for index in wanted:
+                if index >= job.frames:
+                    break
+                image.seek(index)
+                frame = to_srgb(image.convert("RGBA"), job.icc, False)
+                job.renditions.append((index, _rendition([(frame, (0.0, 0.0, *frame.size))], self.rendition)))
+        finally:
+            image.seek(0)
+
+    FINALIZE = (_encode, _attach_gain_map, _placeholder, _frames)
 
     def _animations(
         self,
@@ -599,6 +629,23 @@ def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, 
         resized = _lanczos(base, full, box)
         bases.append((resized, (0.0, 0.0, *resized.size)))
     return resized  # content-aware cover crops come after the colour conversion (`_crop`)
+
+
+def _rendition(bases: list[tuple[Image.Image, geometry.Box]], longest: int) -> Image.Image:
+    """The whole frame at ≤ `longest` px (longest side), from the smallest base that has enough
+    pixels (else the largest), in RGB or RGBA."""
+
+    def side(b: tuple[Image.Image, geometry.Box]) -> float:
+        return max(b[1][2] - b[1][0], b[1][3] - b[1][1])
+
+    enough = [b for b in bases if side(b) >= longest]
+    base, box = min(enough, key=side) if enough else max(bases, key=side)
+    scale = min(1.0, longest / side((base, box)))
+    size = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
+    out = base.resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
+    if out.mode == "RGBa":
+        out = out.convert("RGBA")
+    return out if out.mode in ("RGB", "RGBA") else out.convert("RGBA" if "A" in out.mode else "RGB")
 
 
 _BAND_PIXELS = 1_000_000  # outputs at least this large are resized as two bands of rows
