@@ -236,7 +236,9 @@ class ImageService:
         return sorted(targets)
 
     async def forget(self, store: ObjectStore, raw_key: str) -> None:
-        """Delete the upload's moderation record (the upload is gone for good)."""
+        """Delete the upload's moderation record and its place in the review queue (the upload is
+        gone for good)."""
+        await store.delete(moderation.held_key(raw_key, self.raw_prefix))
         await store.delete(moderation.record_key(raw_key, self.raw_prefix))
 
     def _possible_outputs(self, prefix: str, specs: tuple[VariantConfig, ...] | None = None) -> set[str]:
@@ -356,6 +358,7 @@ class ImageService:
                 raise ReviewConflict("the upload held is no longer there (deleted or replaced)")
             record = {**record, "state": wanted, "decided_at": moderation.now(), "decided_by": by}
             await store.write(record_key, moderation.dumps(record), "application/json", {})
+            await store.delete(moderation.held_key(raw_key, self.raw_prefix))
         ref = ObjectRef(bucket, raw_key)
         if decision == "approve":
             outcome = await self.handle(store, ref)
@@ -542,6 +545,8 @@ class ImageService:
         in the moderation record (`_judge` wrote it). None when a newer upload replaced it meanwhile."""
         if previous is not None and previous.key == ref.key:
             await self._unpublish(store, prefix, previous)
+        held_key = moderation.held_key(ref.key, self.raw_prefix)
+        await store.write(held_key, moderation.dumps(judged.record), "application/json", {})
         unavailable = judged.record.get("reason") == moderation.UNAVAILABLE
         tags = {STATUS_TAG: "held", **({ERROR_TAG: moderation.UNAVAILABLE} if unavailable else {})}
         try:

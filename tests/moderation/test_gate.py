@@ -75,14 +75,15 @@ def test_a_threshold_of_zero_holds_every_image_and_publishes_nothing(s3, bucket,
     assert keys_under(s3, bucket, "processed/") == []
     assert tags(s3, bucket, KEY)["image-pipeline-status"] == "held"
     assert "image-pipeline-error" not in tags(s3, bucket, KEY)
-    held = record(s3, bucket, "moderation/u/beach.jpg.json")
+    held = record(s3, bucket, "moderation/records/u/beach.jpg.json")
     assert held["state"] == "held" and held["reason"] == "flagged" and held["etag"] == etag
     assert held["labels"] == ["nsfw"] and 0 <= held["scores"]["nsfw"] < 0.5  # a benign photo, flagged at 0
     assert held["engine"] == "local" and held["frames"] == [0]
+    assert keys_under(s3, bucket, "moderation/held/") == ["moderation/held/u/beach.jpg.json"]  # the review queue
     assert event["DetailType"] == "Image Held"
     detail = json.loads(event["Detail"])
     assert detail["labels"] == ["nsfw"] and detail["reason"] == "flagged" and detail["id"] == "u/beach.jpg"
-    assert detail["moderation_key"] == "moderation/u/beach.jpg.json"
+    assert detail["moderation_key"] == "moderation/records/u/beach.jpg.json"
 
 
 def test_a_threshold_of_one_publishes_with_the_scores_in_the_manifest(s3, bucket, moto_server):
@@ -147,6 +148,7 @@ def test_held_then_approved_is_published_once_and_the_same_decision_answers_the_
     assert manifest["moderation"]["action"] == "approved" and manifest["moderation"]["decided_by"] == "admin-1"
     assert tags(s3, bucket, KEY)["image-pipeline-status"] == "processed"
     assert event["DetailType"] == "Image Processed"
+    assert keys_under(s3, bucket, "moderation/held/") == []
 
 
 def test_rejected_removes_the_upload_and_a_new_upload_starts_over(s3, bucket, moto_server):
@@ -218,7 +220,7 @@ def test_a_strip_and_an_animation_get_a_verdict(s3, bucket, moto_server, data, f
     gate = service(MODERATION="local", MODERATION_THRESHOLD="0")
     outcome = run(moto_server, bucket, lambda store: gate.handle(store, ObjectRef(bucket, "raw/u/odd.png")))
     assert outcome.status == "held"
-    assert record(s3, bucket, "moderation/u/odd.png.json")["frames"] == frames
+    assert record(s3, bucket, "moderation/records/u/odd.png.json")["frames"] == frames
 
 
 # -- Rekognition (a stand-in on 127.0.0.1) ------------------------------------------------------
@@ -240,7 +242,7 @@ def test_rekognition_labels_in_the_chosen_categories_hold_the_image(s3, bucket, 
     gate = rekognition_service(rekognition, MODERATION_MIN_CONFIDENCE="60")
     outcome = run(moto_server, bucket, lambda store: gate.handle(store, ObjectRef(bucket, KEY)))
     assert outcome.status == "held"
-    held = record(s3, bucket, "moderation/u/beach.jpg.json")
+    held = record(s3, bucket, "moderation/records/u/beach.jpg.json")
     assert held["labels"] == ["Violence", "Weapon Violence"]  # Alcohol is not a chosen category
     assert held["scores"] == {"Violence": 0.915, "Weapon Violence": 0.902, "Alcohol": 0.97}
     (request,) = rekognition.requests
@@ -284,5 +286,5 @@ def test_no_verdict_is_retried_then_held_as_moderation_unavailable(s3, bucket, m
     assert outcome.status == "held" and outcome.error_code == "moderation_unavailable"
     assert keys_under(s3, bucket, "processed/") == []
     assert tags(s3, bucket, KEY) == {"image-pipeline-status": "held", "image-pipeline-error": "moderation_unavailable"}
-    held = record(s3, bucket, "moderation/u/beach.jpg.json")
+    held = record(s3, bucket, "moderation/records/u/beach.jpg.json")
     assert held["reason"] == "moderation_unavailable" and held["attempts"] == 3

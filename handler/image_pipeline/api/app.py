@@ -41,7 +41,7 @@ from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
 from ..storage import ListedObject, ObjectNotFound
-from . import pages
+from . import pages, review
 from .auth import Authenticator, Caller
 from .backends import FileBackend, S3Backend, UploadRefused
 from .guards import authenticated, caller_of, trusted_request
@@ -116,7 +116,7 @@ class WidthUrls:
 @dataclass
 class ImageInfo:
     id: str
-    status: str  # pending | processed | failed
+    status: str  # pending | processed | failed | held (MODERATION: waiting for a review, nothing published)
     name: str  # the uploaded file's (sanitised) name
     error_code: str | None
     source: dict[str, Any] | None
@@ -248,6 +248,8 @@ class Api:
             return ImageInfo(
                 image_id, "failed", _leaf(raw.key), tags.get(ERROR_TAG, "unknown"), source, None, [], created
             )
+        if tags.get(STATUS_TAG) == "held":  # error_code: moderation_unavailable when no engine answered
+            return ImageInfo(image_id, "held", _leaf(raw.key), tags.get(ERROR_TAG), source, None, [], created)
         return ImageInfo(image_id, "pending", _leaf(raw.key), None, source, None, [], created)
 
     def lazy_info(self, image_id: str, record: dict, base: str, stored: set[str] | None) -> list[LazyVariantInfo]:
@@ -463,11 +465,14 @@ async def list_images(
     request: Request,
     cursor: str | None = Parameter(default=None, description="next_cursor of the previous page"),
     limit: int = Parameter(default=24, ge=1, le=MAX_PAGE),
-) -> ImagePage:
+    status: str | None = Parameter(default=None, description="held: the review queue (images:admin scope)"),
+) -> ImagePage | review.HeldPage:
     """Pending, processed and failed images the caller owns (an admin: every image made through
-    the API). Each item is the `GET /images/{id}` body."""
+    the API). Each item is the `GET /images/{id}` body. `?status=held`: see review.py."""
     api = api_of(request)
     caller = caller_of(request)
+    if status is not None:
+        return await review.held_page(request, status, cursor, limit)  # the review queue (MODERATION)
     if api.settings.auth == "open" and not pages.GALLERY_ENABLED:
         raise problem(
             404,
@@ -796,6 +801,7 @@ def create_app(
             delete_image,
             delete_nested,
             healthz,
+            *review.routes,
             *pages.routes,
         ],
         state=_state(api),

@@ -1,8 +1,8 @@
 """The gate between "processed" and "published": an engine's verdict → publish, hold or blur, and
 the moderation record that remembers it.
 
-The record (`moderation/<raw key without the raw prefix>.json`, JSON) is the state of one upload
-(its ETag) before the public sees it:
+The record (`moderation/records/<raw key without the raw prefix>.json`, JSON) is the state of one
+upload (its ETag) before the public sees it:
 
     {"schema_version": 1, "key", "etag", "owner", "engine", "state", "reason", "labels", "scores",
      "frames", "attempts", "error", "held_at", "decided_at", "decided_by"}
@@ -12,6 +12,9 @@ The record (`moderation/<raw key without the raw prefix>.json`, JSON) is the sta
 - It lives outside `processed/` (which the CDN and the file route serve) and outside `raw/` (which
   triggers the pipeline): nothing in it is ever public, and it is small (labels and scores only).
 - A record for another ETag is another upload's: a new upload under the same key starts over.
+- While an upload is held, a copy of its record is also at `moderation/held/<…>.json`: the review
+  queue is one listing of that prefix (in key order, which for the API's ids is newest first),
+  whatever the number of images that passed. A decision deletes the copy.
 """
 
 from __future__ import annotations
@@ -32,12 +35,21 @@ FLAGGED = "flagged"
 UNAVAILABLE = "moderation_unavailable"
 
 
+RECORDS = PREFIX + "records/"
+HELD = PREFIX + "held/"
+
+
 def record_key(raw_key: str, raw_prefix: str) -> str:
-    return PREFIX + raw_key.removeprefix(raw_prefix) + ".json"
+    return RECORDS + raw_key.removeprefix(raw_prefix) + ".json"
 
 
-def raw_key_of(record_key_: str, raw_prefix: str) -> str:
-    return raw_prefix + record_key_.removeprefix(PREFIX).removesuffix(".json")
+def held_key(raw_key: str, raw_prefix: str) -> str:
+    return HELD + raw_key.removeprefix(raw_prefix) + ".json"
+
+
+def raw_key_of(held_or_record_key: str, raw_prefix: str) -> str:
+    rest = held_or_record_key.removeprefix(HELD).removeprefix(RECORDS)
+    return raw_prefix + rest.removesuffix(".json")
 
 
 def now() -> str:
