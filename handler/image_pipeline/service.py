@@ -46,7 +46,7 @@ from .moderation import gate as moderation
 from .moderation.gate import Gate, Judgement
 from .pool import ProcessingPool
 from .processor import ImageFormat, ImageProcessor, ProcessedImage, VariantConfig
-from .processor.blur import blurred
+from .processor.blur import blurred, rendition_of
 from .processor.fingerprint import fingerprint
 from .processor.geometry import output_size
 from .storage import ObjectChanged, ObjectNotFound, ObjectStore, RawObject
@@ -334,6 +334,51 @@ class ImageService:
             with contextlib.suppress(ObjectNotFound, ObjectChanged):
                 await store.delete(key, etag=hashlib.md5(variant.data, usedforsecurity=False).hexdigest())
         return Made(key, variant.data, variant.content_type, made=True)
+
+    async def moderate_published(self, store: ObjectStore, ref: ObjectRef, *, apply: bool) -> Outcome:
+        """Moderation turned on later, for an image already published (`backfill --moderate`).
+
+        The largest variant the manifest lists is classified (never the upload again); an image
+        the gate flags is held when `apply` ("would_hold" without it): its outputs are removed, the
+        raw object is tagged `held` and the record written, as if it had been held on arrival.
+        Outcome status: held | would_hold | passed | skipped (not published, or already judged)."""
+        if self.gate is None:
+            raise ValueError("moderation is off (MODERATION=off)")
+        started = perf_counter()
+        prefix = self.output_prefix(ref.key)
+        if prefix is None:
+            return Outcome("skipped", ref.key, reason="outside the raw prefix")
+        stored = await _read_if_any(store, keys.manifest_key(prefix))
+        record = manifest.parse(stored.data if stored else None)
+        recorded = manifest.recorded(stored.data if stored else None)
+        if record is None or recorded is None or recorded.key != ref.key:
+            return Outcome("skipped", ref.key, reason="not published (no manifest of its own)")
+        if record.get("moderation"):
+            return Outcome("skipped", ref.key, reason="already judged when it was published")
+        largest = max(record.get("variants") or [], key=lambda v: int(v.get("width", 0)) * int(v.get("height", 0)))
+        data = (await store.read(str(largest["key"]))).data
+        rendition = await self.pool.run(rendition_of, data, RENDITION)
+        try:
+            outcome = await self.pool.run(self.gate.classify, ((0, rendition),))
+        except ModerationUnavailable as exc:
+            return Outcome("failed", ref.key, reason=exc.message, error_code=exc.code)
+        owner = record.get("owner")
+        judged = self.gate.judge(None, ref.key, recorded.etag, owner, outcome)
+        flagged = judged.action != "publish"
+        if flagged and apply and await store.etag(ref.key) != recorded.etag:
+            reason = "flagged, but the upload it was made from is gone (RAW_DISPOSITION=delete?): nothing to hold"
+            return Outcome("would_hold", ref.key, reason=reason, owner=owner, moderation=judged.record)
+        if not flagged or not apply:
+            status = "would_hold" if flagged else "passed"
+            labels = ", ".join(judged.record.get("labels") or ())
+            return Outcome(status, ref.key, reason=labels, owner=owner, moderation=judged.record)
+        held = Judgement("hold", {**judged.record, "state": "held", "held_at": moderation.now()})
+        await store.write(
+            moderation.record_key(ref.key, self.raw_prefix), moderation.dumps(held.record), "application/json", {}
+        )
+        raw = RawObject(b"", recorded.etag, 0)
+        outcome_ = await self._hold(store, ref, prefix, raw, held, recorded, started, owner)
+        return outcome_ or Outcome("skipped", ref.key, reason="replaced by a new upload meanwhile")
 
     async def review(self, store: ObjectStore, bucket: str, raw_key: str, decision: str, by: str | None) -> Reviewed:
         """A reviewer's decision on a held upload: `approve` publishes it as if it had passed

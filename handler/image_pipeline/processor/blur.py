@@ -34,3 +34,12 @@ def blurred(processed: ProcessedImage, background: tuple[int, int, int] = (255, 
         data = encode([prepare(soft, variant.format, background)], variant.format, QUALITY)
         variants.append(replace(variant, data=data, quality=QUALITY, qauto=None, gain_map=None))
     return replace(processed, variants=tuple(variants))
+
+
+def rendition_of(data: bytes, longest: int) -> Image.Image:
+    """An encoded image's first frame at ≤ `longest` px (longest side), RGB."""
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.seek(0)
+        picture = opened.convert("RGB")
+    picture.thumbnail((longest, longest))
+    return picture
