@@ -4,6 +4,7 @@
                                        short-lived preview link (list_images hands over to `held_page`)
     POST /images/{id}/review           {"decision": "approve" | "reject"}
     GET  /review/preview               the preview link's target on a directory backend (signed)
+    GET  /review                       the review page (static/review.html, review.js)
 
 Who may decide: only a caller with the admin scope (API_AUTH=open: everyone, as for every route).
 Another owner's id is the usual 404; the owner of a held image, without the scope, gets 403: they
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from litestar import Request, Response, get, post
+from litestar import MediaType, Request, Response, get, post
+from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody
 
@@ -38,6 +40,7 @@ from ..service import ObjectRef, ReviewConflict
 from ..storage import ObjectNotFound
 from .backends import FileBackend
 from .guards import authenticated, caller_of
+from .pages import STATIC
 from .problems import not_found, problem
 
 # app.py imports this module (its route list, list_images' `?status=held`), so the helpers it
@@ -236,4 +239,11 @@ async def _decided_key(api: Any, image_id: str) -> str | None:
     return moderation.raw_key_of(listed[0].key, api.settings.pipeline.raw_prefix) if listed else None
 
 
-routes = [review_image, review_preview]
+@get("/review", include_in_schema=False, cache_control=CacheControlHeader(no_cache=True))
+async def review_page() -> Response[bytes]:
+    """The review page (static/review.html): held cards, preview, Approve / Reject. The queue it
+    loads answers 403 without the admin scope, and the page says so."""
+    return Response((STATIC / "review.html").read_bytes(), media_type=MediaType.HTML)
+
+
+routes = [review_image, review_preview, review_page]
