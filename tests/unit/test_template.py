@@ -658,6 +658,7 @@ LOCK_FILES = {
     "stacks/api-layer/requirements.txt": "layer",  # the API function's layer
     "requirements/dev.txt": "dev",  # README set-up and .ci/run
     "bench/requirements.txt": "bench",
+    "stacks/moderation-layer/requirements.txt": "moderation",  # MODERATION=local's layer
 }
 
 
@@ -719,6 +720,7 @@ def declared(which: str) -> dict[str, Requirement]:
         "runtime": runtime,
         "layer": [r for r in extras["api"] if canonicalize_name(Requirement(r).name) != "uvicorn"],
         "bench": extras["bench"],
+        "moderation": extras["moderation"],
         "dev": [*runtime, *project["build-system"]["requires"]],
     }[which]
     if which == "dev":  # the dev extra, with the project's own extras it names expanded
