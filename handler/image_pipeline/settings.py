@@ -30,11 +30,12 @@ DEFAULTS: dict[str, str] = {
     "S3_MAX_ATTEMPTS": "5",
     "TIME_RESERVE_MS": "10000",
     "EVENT_BUS_NAME": "",  # empty: no completion events (see notify.py)
+    "MODERATION": "off",  # the templates' `Moderation` parameter (docs/moderation.md)
 }
 # A check on the picture before anything is published (moderation/; docs/moderation.md). The
 # templates set MODERATION from their `Moderation` parameter; the others keep these defaults.
 MODERATION_DEFAULTS: dict[str, str] = {
-    "MODERATION": "off",
+    "MODERATION": DEFAULTS["MODERATION"],
     "MODERATION_THRESHOLD": "0.8",
     "MODERATION_LABELS": "Explicit Nudity,Explicit,Violence,Hate Symbols",
     "MODERATION_MIN_CONFIDENCE": "80",

@@ -43,12 +43,13 @@ POWERTOOLS = {
 }
 S3_OBJECT_ACTIONS_ALLOWED = {
     # action -> the only key prefixes it may be granted on
-    "s3:GetObject": {"raw/", "processed/"},
+    "s3:GetObject": {"raw/", "processed/", "moderation/"},
     "s3:GetObjectTagging": {"raw/"},
     "s3:PutObjectTagging": {"raw/"},
     "s3:DeleteObject": {"raw/", "processed/"},
-    "s3:PutObject": {"processed/"},
+    "s3:PutObject": {"processed/", "moderation/"},
 }
+MODERATION = {"moderation/"}  # the moderation records (Moderation != off): never served
 
 
 # ---------------------------------------------------------------- helpers
@@ -350,7 +351,7 @@ def test_object_actions_are_confined_to_their_prefix(
     for action, prefixes in granted.items():
         assert prefixes <= S3_OBJECT_ACTIONS_ALLOWED[action], f"{action} granted on {prefixes}"
     # And what the handler needs is actually there.
-    assert granted.get("s3:PutObject") == {"processed/"}
+    assert granted.get("s3:PutObject", set()) - MODERATION == {"processed/"}
     assert granted.get("s3:DeleteObject") == {"raw/", "processed/"}
     assert {"raw/", "processed/"} <= granted.get("s3:GetObject", set())
     assert granted.get("s3:GetObjectTagging") == {"raw/"}
@@ -411,6 +412,8 @@ def test_own_policies_grant_no_wildcard_resource(template: dict[str, Any]) -> No
     statements = iam_statements(template)
     assert statements
     for st in statements:
+        if st["Action"] == "rekognition:DetectModerationLabels":  # Moderation=rekognition: the action has no
+            continue  # resource-level permissions (Resource "*" is the only form IAM accepts)
         for resource in as_list(st.get("Resource", [])):
             assert arn_text(resource) != "*", f"{st.get('Sid') or st['Action']} on Resource '*'"
         for action in as_list(st["Action"]):
@@ -1569,8 +1572,8 @@ def test_existing_bucket_iam_is_scoped_to_that_buckets_prefixes(existing: dict[s
         granted.setdefault(action, set()).add(prefix.removesuffix("*"))
     for action, prefixes in granted.items():
         assert prefixes <= allowed.get(action, set()), f"{action} granted on {prefixes}"
-    assert granted["s3:PutObject"] == {"processed/"}
-    assert granted["s3:GetObject"] == {"raw/", "processed/"}
+    assert granted["s3:PutObject"] - MODERATION == {"processed/"}
+    assert granted["s3:GetObject"] - MODERATION == {"raw/", "processed/"}
     assert granted["s3:PutObjectTagging"] == {"raw/"}
     # DeleteObject on raw/ only in delete mode; KMS only for a named key, only through S3.
     raw_delete = kms = 0
@@ -1652,7 +1655,9 @@ def test_api_function_runs_the_same_code_with_litestar_from_its_own_layer() -> N
     assert props["CodeUri"].rstrip("/") == "../handler"  # the same code as the pipeline function
     assert props["Handler"] == "image_pipeline.api.lambda_function.handler"
     assert (ROOT / "handler/image_pipeline/api/lambda_function.py").is_file()
-    (layer_ref,) = props["Layers"]
+    # Moderation=local adds the moderation layer ([ApiLayer, ModerationLayer]); otherwise the API's alone.
+    condition, with_moderation, (layer_ref,) = props["Layers"]["Fn::If"]
+    assert condition == "ModerationLocal" and with_moderation == [layer_ref, {"Ref": "ModerationLayer"}]
     layer = api["Resources"][layer_ref["Ref"]]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
     layer_lock = (Path("stacks") / layer["Properties"]["ContentUri"] / "requirements.txt").as_posix()
@@ -1676,20 +1681,26 @@ def test_api_s3_permissions_are_least_privilege() -> None:
         "s3:PutObjectTagging": {"raw/"},
         "s3:DeleteObject": {"raw/", "processed/"},
     }
+    moderation = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}  # Moderation != off: moderation/*
     granted: dict[str, set[str]] = {}
     for st in statements:
         assert st["Effect"] == "Allow"
         for action in as_list(st["Action"]):
-            assert action.startswith("s3:") and "*" not in action, action
+            assert (action.startswith("s3:") or action == "rekognition:DetectModerationLabels") and "*" not in action
             resource = arn_text(st["Resource"])
             if action == "s3:ListBucket":
                 assert resource == "${BucketArn}"
-                assert st["Condition"] == {"StringLikeIfExists": {"s3:prefix": ["raw/*", "processed/*"]}}
+                assert st["Condition"] in (
+                    {"StringLikeIfExists": {"s3:prefix": ["raw/*", "processed/*"]}},
+                    {"StringLikeIfExists": {"s3:prefix": ["moderation/*"]}},  # the review queue
+                )
+                continue
+            if action == "rekognition:DetectModerationLabels":
                 continue
             prefix = resource.removeprefix("${BucketArn}/")
             assert prefix != resource and prefix.endswith("/*"), resource
             granted.setdefault(action, set()).add(prefix.removesuffix("*"))
-    assert granted == allowed
+    assert granted == {a: p | ({"moderation/"} if a in moderation else set()) for a, p in allowed.items()}
 
 
 def test_pipeline_may_put_events_on_the_configured_bus_only(
