@@ -126,7 +126,7 @@ class Gate:
         if isinstance(outcome, Exception):
             same = previous is not None and previous.get("etag") == etag and previous.get("state") == "unavailable"
             attempts = (int(previous.get("attempts") or 0) if same and previous else 0) + 1
-            error = str(outcome)
+            error = str(getattr(outcome, "message", outcome))
             if attempts < self.max_attempts:
                 record = {**base, "state": "unavailable", "attempts": attempts, "error": error, "at": now()}
                 raise Retry(record, outcome)
@@ -157,5 +157,5 @@ class Retry(ModerationUnavailable):
     """No verdict yet and tries left: store `record` (the count) and report the record for a retry."""
 
     def __init__(self, record: dict, cause: Exception) -> None:
-        super().__init__(f"{cause} (try {record['attempts']})")
+        super().__init__(f"{getattr(cause, 'message', cause)} (try {record['attempts']})")
         self.record = record
