@@ -19,6 +19,8 @@ Beside it, in one warmed process of its own, the same bytes through our processo
 request runs) and through libvips (`thumbnail_buffer` to the width, the ICC transform only where
 the file embeds a profile, WebP effort 4 / AVIF effort 2 = our method 4 / speed 7, quality 85,
 metadata stripped), interleaved; each engine warmed once. SSIM of our output against libvips'.
+`--json OUT` also writes the figures (the raw times, the table's rows and the cost table) for
+`bench/charts.py`.
 
 Cost per million requests from the S3 request counts above (us-east-1: PUT/LIST $0.005 per 1,000,
 GET/HEAD $0.0004 per 1,000) and Lambda arm64 ($0.0000133334 per GB-s, $0.20 per million requests)
@@ -160,7 +162,8 @@ def main() -> None:
         path = tmp / f"{name.replace(' ', '')}.jpg"
         path.write_bytes(data)
         paths[name] = str(path)
-    print(f"load average before: {loadavg()}", file=sys.stderr)
+    load_before = loadavg()
+    print(f"load average before: {load_before}", file=sys.stderr)
     serve_times, peak_kb = through_serve(files, args.rounds)
     child = subprocess.run(
         [
@@ -178,7 +181,8 @@ def main() -> None:
         cwd=ROOT,
     )
     engine = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f"load average after: {loadavg()}", file=sys.stderr)
+    load_after = loadavg()
+    print(f"load average after: {load_after}", file=sys.stderr)
 
     print(
         f"\nSizes on demand, {args.rounds} rounds, through `serve` (embedded S3), load {loadavg()}; "
@@ -190,6 +194,7 @@ def main() -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     summary = {}
+    table = []
     for name, path in paths.items():
         for target in TARGETS:
             first = serve_times[f"{name}|{target}|first"]
@@ -212,6 +217,21 @@ def main() -> None:
                 "bytes": [b_ours, b_vips],
                 "ssim": engine["ssim"][f"{path}|{target}"],
             }
+            table.append(
+                {
+                    "input": f"{name} JPEG",
+                    "output": target,
+                    "first_p50_ms": round(statistics.median(first), 1),
+                    "first_p95_ms": round(pct(first, 95), 1),
+                    "hit_p50_ms": round(statistics.median(hit), 1),
+                    "hit_p95_ms": round(pct(hit, 95), 1),
+                    "ours_p50_ms": round(statistics.median(ours), 1),
+                    "vips_p50_ms": round(statistics.median(vips), 1),
+                    "ours_vs_vips": round(ratio, 3),
+                    "bytes_ours_vs_vips": round(b_ours / b_vips, 3),
+                    "ssim_vs_vips": round(engine["ssim"][f"{path}|{target}"], 4),
+                }
+            )
     processing = statistics.median([statistics.median(v["ours"]) for v in summary.values()])
     s3_ms = statistics.median([statistics.median(v["first"]) - statistics.median(v["ours"]) for v in summary.values()])
     lambda_first = (processing / VCPU_1024 + max(s3_ms, 0)) / 1000 * 1.0 * LAMBDA_GBS * 1e6 + LAMBDA_REQ
@@ -224,16 +244,47 @@ def main() -> None:
         ("CDN, hit at the edge", "none", 0.0, 0.0),
         ("CDN, hit from the bucket (edge miss)", "1 GET", S3_GET, 0.0),
     ]
+    cost = []
     for label, requests, s3, lam in rows:
         lam_text = "(the API function's request)" if lam is None else f"{lam:.2f}"
         total = s3 + (lam or 0.0)
         print(f"| {label} | {requests} | {s3:.2f} | {lam_text} | {total:.2f} |")
+        cost.append(
+            {
+                "request": label,
+                "s3_requests": requests,
+                "s3_usd": round(s3, 2),
+                "lambda_usd": None if lam is None else round(lam, 2),
+                "total_usd": round(total, 2),
+            }
+        )
     print(
         f"\n(Lambda: {processing:.0f} ms of processing here ÷ {VCPU_1024} vCPU + {max(s3_ms, 0):.0f} ms of S3 and "
         "HTTP, measured as first request minus processing.)"
     )
     if args.json:
-        args.json.write_text(json.dumps({"serve": serve_times, "engines": engine, "peak_kb": peak_kb}, indent=1))
+        figures = {
+            "bench": "bench/ondemand.py",
+            "argv": sys.argv[1:],
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_before": load_before,
+            "load_after": load_after,
+            "cpus": os.cpu_count(),
+            "rounds": args.rounds,
+            "serve_peak_rss_mb": round(peak_kb / 1024),
+            "rows": table,
+            "cost_per_million": cost,
+            "lambda_first_ms": {
+                "processing": round(processing),
+                "vcpu": VCPU_1024,
+                "s3_and_http": round(max(s3_ms, 0)),
+            },
+            "serve": serve_times,
+            "engines": engine,
+            "peak_kb": peak_kb,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
