@@ -381,12 +381,13 @@ def ondemand_charts(data: dict) -> list[Chart]:
         parts = [("S3 requests", row["s3_usd"]), ("Lambda", lam or 0.0)]
         text = f"${row['total_usd']:.2f}" + (" + the API function's invocation" if lam is None else "")
         cost.append(Group(row["request"], [Bar("total", row["total_usd"], text, parts)], row["s3_requests"]))
-    lam = data.get("lambda_first") or data.get("lambda_first_ms") or {}
+    lam = data.get("lambda_first_ms") or {}
     cost_note = "us-east-1 list prices; Lambda arm64 at 1024 MB"
     if lam:
-        processing = lam.get("processing_ms", lam.get("processing"))
-        s3_ms = lam.get("s3_http_ms", lam.get("s3_and_http"))
-        cost_note += f" ({processing} ms of processing ÷ {lam.get('vcpu')} vCPU + {s3_ms} ms of S3 and HTTP)"
+        cost_note += (
+            f" ({lam['processing']} ms of processing CPU time ÷ {lam['vcpu']} vCPU"
+            f" + {lam['s3_and_http']} ms of S3 and HTTP)"
+        )
     return [
         Chart(
             "ondemand-latency",

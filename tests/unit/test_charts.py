@@ -86,7 +86,7 @@ ONDEMAND = {
         {"request": "API, hit", "s3_requests": "1 LIST", "s3_usd": 5.0, "lambda_usd": None, "total_usd": 5.0},
         {"request": "CDN, hit at the edge", "s3_requests": "none", "s3_usd": 0.0, "lambda_usd": 0.0, "total_usd": 0.0},
     ],
-    "lambda_first": {"processing_ms": 239, "vcpu": 0.58, "s3_http_ms": 118},
+    "lambda_first_ms": {"processing": 239, "vcpu": 0.58, "s3_and_http": 118},
 }
 
 
