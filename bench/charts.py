@@ -132,7 +132,11 @@ def render(chart: Chart) -> str:
                     series_order.append(name)
     values = [b.value for g in chart.groups for b in g.bars if b.value is not None]
     values += [x for x, _ in chart.lines]
-    plot_x0, plot_x1 = LABEL_W, WIDTH - VALUE_W
+    # The label column grows with the longest label (about 6.6 px a character at 12 px), the plot keeps its width.
+    longest = max((len(g.label) for g in chart.groups), default=0)
+    label_w = max(LABEL_W, math.ceil(20 + 6.6 * longest))
+    svg_w = WIDTH + label_w - LABEL_W
+    plot_x0, plot_x1 = label_w, svg_w - VALUE_W
     if chart.log:
         positive = [v for v in values if v > 0] or [1.0]
         low, high = _log_bounds(min(positive) / 3, max(positive))  # room for the shortest bar to show
@@ -161,11 +165,11 @@ def render(chart: Chart) -> str:
             y += (room - height) / 2
         label_y = y + height / 2 + (0 if group.note else 4)
         body.append(
-            f'<text x="{LABEL_W - 10}" y="{label_y:.1f}" text-anchor="end" class="label">{escape(group.label)}</text>'
+            f'<text x="{label_w - 10}" y="{label_y:.1f}" text-anchor="end" class="label">{escape(group.label)}</text>'
         )
         if group.note:
             body.append(
-                f'<text x="{LABEL_W - 10}" y="{label_y + 13:.1f}" text-anchor="end" class="note">'
+                f'<text x="{label_w - 10}" y="{label_y + 13:.1f}" text-anchor="end" class="note">'
                 f"{escape(group.note)}</text>"
             )
         for bar in group.bars:
@@ -208,7 +212,7 @@ def render(chart: Chart) -> str:
         f"{escape(chart.unit)}{scale}</text>"
     )
     legend: list[str] = []
-    x = LABEL_W
+    x = label_w
     for series in series_order:
         legend.append(
             f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{_colour(series, series_order)}"/>'
@@ -228,11 +232,11 @@ def render(chart: Chart) -> str:
     return "\n".join(
         [
             '<?xml version="1.0" encoding="UTF-8"?>',
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-            f'viewBox="0 0 {WIDTH} {height}" role="img" aria-labelledby="{chart.name}-title">',
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{svg_w}" height="{height}" '
+            f'viewBox="0 0 {svg_w} {height}" role="img" aria-labelledby="{chart.name}-title">',
             f'<title id="{chart.name}-title">{escape(chart.title)}</title>',
             f"<style>{style}</style>",
-            f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
+            f'<rect x="0" y="0" width="{svg_w}" height="{height}" fill="#ffffff"/>',
             f'<text x="16" y="24" class="title">{escape(chart.title)}</text>',
             f'<text x="16" y="42" class="subtitle">{escape(chart.subtitle)}</text>',
             *legend,
