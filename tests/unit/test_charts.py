@@ -183,3 +183,14 @@ def test_on_demand_first_request_against_hit_and_cost(drawn: dict[str, ET.Elemen
 def test_no_data_is_an_error_not_empty_charts(tmp_path: Path) -> None:
     assert charts.main(["--data", str(tmp_path), "--out", str(tmp_path / "charts")]) == 2
     assert not (tmp_path / "charts").exists()
+
+
+def test_the_committed_charts_are_drawn_from_the_committed_figures(tmp_path: Path) -> None:
+    """docs/charts/*.svg are what `python3 bench/charts.py` makes of docs/data/*.json today."""
+    assert charts.main(["--data", str(ROOT / "docs" / "data"), "--out", str(tmp_path)]) == 0
+    drawn = {p.name: p.read_text(encoding="utf-8") for p in tmp_path.glob("*.svg")}
+    committed = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / "docs" / "charts").glob("*.svg")}
+    assert drawn == committed, "run `python3 bench/charts.py` after changing docs/data or bench/charts.py"
+    performance = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    missing = [name for name in committed if f"](charts/{name})" not in performance]
+    assert not missing, f"charts docs/performance.md does not show: {missing}"
