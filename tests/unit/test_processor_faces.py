@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from PIL import Image, ImageDraw
@@ -355,8 +356,8 @@ def test_the_fingerprint_follows_the_detector_only_where_an_auto_crop_is_made():
 
 class _Rekognition(BaseHTTPRequestHandler):
     delay = 0.0
-    answer: dict = {}
-    requests: list[dict] = []
+    answer: ClassVar[dict] = {}
+    requests: ClassVar[list[dict]] = []
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
