@@ -378,9 +378,14 @@ class ImageService:
                 owner=uploader,
             )
 
+        # A focal point set by hand is a property of the image, not of the configuration: the same
+        # upload processed again (a new configuration, a backfill) keeps it; a new upload does not.
+        manual = None
+        if stored_manifest and owner == ref.key and recorded == raw.etag:
+            manual = manifest.subject(manifest.parse(stored_manifest.data) or {}).get("focal_point")
         try:
             # Off the event loop, under the process's bound (Busy when the API's wait runs out).
-            processed = await self._process(self.processor, raw.data)
+            processed = await self._process(self.processor, raw.data, focal_point=manual)
         except ImageRejected as exc:
             return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         except PipelineError:

@@ -436,3 +436,46 @@ def test_a_rekognition_timeout_falls_back_to_attention(rekognition):
     assert time.perf_counter() - started < 5
     assert processed.variants[0].width == 300 and processed.focal_source == "attention"
     assert "timeout" in processed.face_detection["error"].lower()
+
+
+# -- the service: a manual point survives reprocessing; crops on request use the recorded subject ---------
+
+
+def test_a_manual_focal_point_survives_reprocessing_the_same_upload_and_crops_on_request_keep_it():
+    import asyncio
+
+    from litestar_storages import MemoryStorage
+
+    from image_pipeline.service import ImageService, ObjectRef
+    from image_pipeline.storage import LitestarStore
+
+    image = busy_right()
+    face = paint(image, (60, 100, 240, 300))
+    ImageDraw.Draw(image).rectangle((1060, 180, 1100, 220), fill=(0, 255, 255))
+    store = LitestarStore(MemoryStorage())
+    detector = Reporting([face])
+
+    async def run() -> tuple[dict, dict, bytes]:
+        await store.write("raw/pic.png", encode(image, "PNG"), "image/png", {})
+        first = ImageService(square(detector, "a"))
+        await first.handle(store, ObjectRef("b", "raw/pic.png"))
+        key = "processed/pic/manifest.json"
+        record = json.loads(await store.read_optional(key) or b"{}")
+        record["focal_point"], record["focal_source"] = {"x": 0.9, "y": 0.5}, "manual"  # as PUT /focal records it
+        await store.write(key, manifest.dumps(record), "application/json", {})
+        # A new configuration (another variant): the same upload processed again keeps the point.
+        second = ImageService(square(detector, "b"))
+        await second.handle(store, ObjectRef("b", "raw/pic.png"))
+        again = json.loads(await store.read_optional(key) or b"{}")
+        # A crop made on request (a lazy cover variant) keeps it too.
+        lazy = ImageService(
+            ImageProcessor(parse_variants("b:300x300:cover:png;card:320x180:cover:png:lazy"), face_detector=detector)
+        )
+        (spec,) = lazy.lazy
+        made = await lazy.make_variant(store, "processed/pic/", lambda source: spec, "processed/pic/card.png")
+        return record, again, made.data
+
+    record, again, card = asyncio.run(run())
+    assert again["focal_source"] == "manual" and again["focal_point"] == {"x": 0.9, "y": 0.5}
+    assert again["faces"] == record["faces"] and again["variants"][0]["name"] == "b"
+    assert holds(decode_image(card), (0, 255, 255), 10 * 10)  # the point, not the face, is the subject
