@@ -47,7 +47,8 @@ class S3Backend:
         self.endpoint_url = endpoint_url
         self.region = region
         self._credentials = credentials or {}
-        self._options = {"cache_control": cache_control, "max_attempts": max_attempts}
+        self._cache_control = cache_control
+        self._max_attempts = max_attempts
         self._connection: S3Connection | None = None
         self._signer: Any = None
         self._stack = contextlib.AsyncExitStack()
@@ -82,7 +83,11 @@ class S3Backend:
 
         session = aioboto3.Session(**{k: v for k, v in self._credentials.items() if v}, region_name=self.region)
         self._connection = await S3Connection.open(
-            endpoint_url=self.endpoint_url, region=self.region, session=session, **self._options
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            session=session,
+            cache_control=self._cache_control,
+            max_attempts=self._max_attempts,
         )
         self.store = self._connection.store(self.bucket)
         # Presigning is local (no request); SigV4 explicitly, as every region requires for POST policies.
