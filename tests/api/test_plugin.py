@@ -370,3 +370,46 @@ def test_an_s3_storage_with_a_prefix_is_refused_with_what_to_do_instead(moto_ser
     storage = S3Storage(S3Config(bucket=bucket, endpoint_url=moto_server, prefix="app/"))
     with pytest.raises(ValueError, match="raw_prefix= and processed_prefix="):
         their_app(storage)
+
+
+def test_settings_come_from_an_object_or_by_name_never_from_the_environment(monkeypatch):
+    from image_pipeline.api import ApiSettings
+    from image_pipeline.errors import ConfigError
+    from image_pipeline.settings import Settings
+
+    monkeypatch.setenv("MAX_INPUT_BYTES", "1234")
+    monkeypatch.setenv("VARIANTS", "only:10x10:webp")
+    plugin = ImagePipelinePlugin(MemoryStorage(), owner=_owner, max_bytes=5000, ondemand_widths=[100, 200])
+    assert plugin.settings.max_bytes == 5000 and [v.name for v in plugin.settings.pipeline.variants] == [
+        "thumbnail",
+        "medium",
+        "large",
+    ]
+    assert plugin.settings.ondemand.widths == frozenset({100, 200})
+    pipeline = Settings.from_env({"VARIANTS": "one:64x64:webp"})
+    assert [v.name for v in ImagePipelinePlugin(MemoryStorage(), settings=pipeline).settings.pipeline.variants] == [
+        "one"
+    ]
+    from_env = ImagePipelinePlugin(MemoryStorage(), settings=ApiSettings.from_env(need_bucket=False))
+    assert from_env.settings.max_bytes == 1234  # read because it was asked for
+    with pytest.raises(TypeError, match="unknown image pipeline setting"):
+        ImagePipelinePlugin(MemoryStorage(), max_byte=1)
+    with pytest.raises(ConfigError, match="SIGNING_KEY"):
+        ImagePipelinePlugin(MemoryStorage(), signing_key="short")
+    with pytest.raises(ValueError, match="auth="):
+        ImagePipelinePlugin(MemoryStorage(), auth="anyone")
+    with pytest.raises(ValueError, match="owner="):
+        ImagePipelinePlugin(MemoryStorage(), admin=_admin)
+
+
+def test_without_owner_the_apis_own_auth_applies_and_the_host_check_is_optional():
+    from image_pipeline.api.auth import make_token
+
+    secret = "s" * 32
+    plugin = ImagePipelinePlugin(MemoryStorage(), jwt_secret=secret, check_host=True, allowed_hosts=["api.test"])
+    with TestClient(Litestar(route_handlers=[hello], plugins=[plugin]), base_url="http://api.test") as client:
+        assert client.get("/images/images").status_code == 401  # API_AUTH=jwt: a bearer token is needed
+        token = {"authorization": f"Bearer {make_token(secret, 'alice')}"}
+        assert client.get("/images/images", headers=token).json() == {"items": [], "next_cursor": None}
+        assert client.get("/images/images", headers={**token, "host": "rebind.example"}).status_code == 400
+        assert client.get("/hello", headers={"host": "rebind.example"}).status_code == 200  # the app's own: its call
