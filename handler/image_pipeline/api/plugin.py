@@ -127,7 +127,8 @@ class ImagePipelinePlugin(InitPluginProtocol):
         return Router(
             path=self.path,
             route_handlers=handlers,
-            guards=[*((checked_host,) if self.check_host else ()), same_origin, *self.guards],
+            # the app's own first; then the Host (if asked), the Origin of a change; then, per route, the caller
+            guards=[*self.guards, *((checked_host,) if self.check_host else ()), same_origin],
             opt={API_KEY: api},
             exception_handlers=EXCEPTION_HANDLERS,
             request_max_body_size=api.settings.max_bytes + FORM_OVERHEAD,
