@@ -14,7 +14,10 @@ What a parent passes that is known at deploy time only (!Ref ImageBucket, !GetAt
 !Ref AWS::StackName) is rendered in the nested stack in the parent's terms: `!Ref BucketArn` becomes
 `{"Fn::GetAtt": ["ImageBucket", "Arn"]}` and `!Sub "${BucketArn}/raw/*"` becomes
 `{"Fn::Sub": "${ImageBucket.Arn}/raw/*"}`, so a check reads a nested resource as if it were written
-in the parent. `Stack.follow()` goes the other way, from a parent's !GetAtt X.Outputs.Y to the value.
+in the parent. A condition that compares such a value with "" is false (a resource's name, id or
+attribute is never empty: `QueueName: !GetAtt ImageQueue.QueueName` makes the nested stack's
+`HasQueue` true); any other comparison with it raises `Unresolvable`. `Stack.follow()` goes the
+other way, from a parent's !GetAtt X.Outputs.Y to the value.
 
 Templates are read with cfn-lint's CloudFormation-aware YAML loader, so short-form intrinsics
 (!Ref, !Sub, !If, ...) come back in their long form ({"Ref": ...}, {"Fn::Sub": ...}).

@@ -158,3 +158,23 @@ def test_the_check_sees_a_copy_and_a_drifted_copy() -> None:
         ]
     )
     assert same == ["stacks/a.yaml: ImageBucket = stacks/b.yaml: ImageBucket"]
+
+
+def test_the_evaluator_renders_a_nested_stack_in_its_parents_terms() -> None:
+    """tests/cfn.py: what a parent passes that is known at deploy time only stays a reference to the
+    parent's resource inside the nested stack, in !Ref, !Sub and conditions alike; nested outputs
+    are followed back to the value."""
+    from tests.cfn import deploy
+
+    buffered = deploy("template-buffered.yaml", {"Cdn": "true"})
+    ops, cdn = buffered.nested["OpsStack"], buffered.nested["CdnStack"]
+    assert ops.parameters["QueueName"] == {"Fn::GetAtt": ["ImageQueue", "QueueName"]}
+    assert ops.conditions["HasQueue"] is True and "QueueBacklogAlarm" in ops.resources
+    assert deploy("template.yaml").nested["OpsStack"].conditions["HasQueue"] is False
+    statements = cdn.resources["OnDemandFunction"]["Properties"]["Policies"][0]["Statement"]
+    assert statements[0]["Resource"] == {"Fn::Sub": "${ImageBucket.Arn}/raw/*"}
+    assert statements[2]["Resource"] == {"Fn::GetAtt": ["ImageBucket", "Arn"]}
+    assert buffered.follow({"Fn::GetAtt": ["CdnStack", "Outputs.DomainName"]}) == {
+        "Fn::GetAtt": ["CdnDistribution", "DomainName"]
+    }
+    assert buffered.follow({"Fn::GetAtt": ["ImageQueue", "Arn"]}) == {"Fn::GetAtt": ["ImageQueue", "Arn"]}
