@@ -16,14 +16,16 @@ in its moderation record (moderation/gate.py) until `review` approves or rejects
 
 A bad image (any `ImageRejected`) is tagged `failed` with its code and kept; nothing is written
 under the output prefix. `remove` is the one call for "this upload is gone": it deletes the
-outputs (manifest last) while the manifest still belongs to that raw key. A storage failure propagates as `StorageFailure` so the caller reports it
-for a retry; the raw object is then left exactly as it was.
+outputs (manifest last) while the manifest still belongs to that raw key. A storage failure
+propagates as `StorageFailure` so the caller reports it for a retry; the raw object is then left
+exactly as it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from .moderation import ModerationUnavailable
 from .moderation import gate as moderation
 from .moderation.gate import Gate, Judgement
 from .pool import ProcessingPool
-from .processor import ImageFormat, ImageProcessor, ProcessedImage, VariantConfig
+from .processor import Face, ImageFormat, ImageProcessor, ProcessedImage, VariantConfig
 from .processor.blur import blurred, rendition_of
 from .processor.fingerprint import fingerprint
 from .processor.geometry import output_size
@@ -316,7 +318,11 @@ class ImageService:
         if out_w * out_h > self.processor.limits.max_pixels:
             raise TooManyPixels(f"{out_w}×{out_h} is over the {self.processor.limits.max_pixels}-pixel limit")
         raw = await store.read(str(source["key"]), max_bytes=self.processor.limits.max_bytes)
-        processed = await self._process(_with_variants(self.processor, [spec], rendition=0), raw.data)
+        # The subject the manifest recorded (its faces, a focal point set by hand): a crop made on
+        # request keeps what the eager ones keep, and the detector is not run again.
+        processed = await self._process(
+            _with_variants(self.processor, [spec], rendition=0), raw.data, **manifest.subject(record)
+        )
         if (record.get("moderation") or {}).get("blurred"):  # MODERATION_ACTION=blur flagged it: so is this
             processed = await self.pool.run(blurred, processed, self.processor.background_color)
         (variant,) = processed.variants
@@ -422,10 +428,18 @@ class ImageService:
         )
         return Reviewed(record, outcome, repeated=state == wanted)
 
-    async def _process(self, processor: ImageProcessor, data: bytes) -> ProcessedImage:
+    async def _process(
+        self,
+        processor: ImageProcessor,
+        data: bytes,
+        *,
+        focal_point: tuple[float, float] | None = None,
+        faces: tuple[Face, ...] | None = None,
+    ) -> ProcessedImage:
         """The processor's work on `data`: off the event loop, under the process's bound (`Busy`
         when the caller's wait runs out). The one place image work is started."""
-        return await self.pool.run(processor.process_image, data)
+        work = functools.partial(processor.process_image, focal_point=focal_point, faces=faces)
+        return await self.pool.run(work, data)
 
     async def handle(self, store: ObjectStore, ref: ObjectRef, *, force: bool = False) -> Outcome:
         """`force`: process even when the manifest is current (a backfill's `--all`)."""
@@ -506,14 +520,19 @@ class ImageService:
                 owner=uploader,
             )
 
+        # A focal point set by hand is a property of the image, not of the configuration: the same
+        # upload processed again (a new configuration, a backfill) keeps it; a new upload does not.
+        manual = None
+        if stored_manifest and owner == ref.key and recorded == raw.etag:
+            manual = manifest.subject(manifest.parse(stored_manifest.data) or {}).get("focal_point")
         try:
             # Off the event loop, under the process's bound (Busy when the API's wait runs out).
-            processed = await self._process(self.processor, raw.data)
+            processed = await self._process(self.processor, raw.data, focal_point=manual)
         except ImageRejected as exc:
             return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         except PipelineError:
             raise
-        except Exception as exc:  # a decoder crash on hostile input is still a bad image
+        except Exception as exc:  # noqa: BLE001 - a decoder crash on hostile input is still a bad image
             error = CorruptImage(f"{type(exc).__name__}: {exc}")
             return await self._reject(store, ref, error, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
 
@@ -823,4 +842,5 @@ def _with_variants(
         limits=processor.limits,
         keep_icc_profile=processor.keep_icc_profile,
         rendition=processor.rendition if rendition is None else rendition,
+        face_detector=processor.face_detector,
     )

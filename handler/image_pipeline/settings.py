@@ -45,6 +45,10 @@ MODERATION_DEFAULTS: dict[str, str] = {
 # Where images are processed in a long-running process (the API, `serve`): not in the template,
 # since a Lambda function processes one record at a time and waits for its slot without bound.
 PROCESS_WAIT_MS_DEFAULT = 30_000  # how long an upload waits, unread, for a free slot before 503 busy
+# FACE_DETECTION: which engine finds the faces `auto` crops keep and the manifest records
+# (image_pipeline/faces): in-process and offline (`local`), Amazon Rekognition, or none.
+FACE_ENGINES = ("local", "rekognition", "off")
+FACE_DETECTION_DEFAULT = "local"
 DISPOSITIONS = ("tag", "delete")
 _TYPE_ALIASES = {"jpg": "jpeg", "heic": "heif", "tif": "tiff"}
 KNOWN_TYPES = frozenset(Limits().allowed_types)
@@ -72,6 +76,7 @@ class Settings:
     moderation_action: str = "hold"  # hold | blur
     moderation_max_attempts: int = 3  # tries of an engine that gives no verdict, then held (fail closed)
     rekognition_endpoint_url: str | None = None
+    face_detection: str = FACE_DETECTION_DEFAULT  # FACE_DETECTION: local, rekognition or off
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +148,10 @@ class Settings:
             problems.append(f"CACHE_CONTROL={cache_control!r} must be a non-empty printable ASCII header value")
 
         moderation = _moderation(env, problems)
+        face_detection = env.get("FACE_DETECTION", FACE_DETECTION_DEFAULT).strip().lower() or FACE_DETECTION_DEFAULT
+        if face_detection not in FACE_ENGINES:
+            problems.append(f"FACE_DETECTION={face_detection!r} must be one of {', '.join(FACE_ENGINES)}")
+            face_detection = "off"
 
         settings = cls(
             raw_prefix=raw_prefix,
@@ -165,6 +174,7 @@ class Settings:
                 "MODERATION_MAX_ATTEMPTS", default=MODERATION_DEFAULTS["MODERATION_MAX_ATTEMPTS"]
             ),
             **moderation,
+            face_detection=face_detection,
         )
         if problems:
             raise ConfigError("invalid image-pipeline settings:\n  - " + "\n  - ".join(problems))

@@ -3,8 +3,10 @@
     GET  /images?status=held           the held images, newest first, a page at a time, each with a
                                        short-lived preview link (list_images hands over to `held_page`)
     POST /images/{id}/review           {"decision": "approve" | "reject"}
-    GET  /review/preview               the preview link's target on a directory backend (signed)
-    GET  /review                       the review page (static/review.html, review.js)
+    GET  /review/preview               the preview link's target on a storage backend (signed)
+    GET  /review                       the review page (pages.py: static/review.html, review.js)
+
+The API routes are in `routes` (app.py adds them to `ROUTES`); the page is one of pages.py's.
 
 Who may decide: only a caller with the admin scope (API_AUTH=open: everyone, as for every route).
 Another owner's id is the usual 404; the owner of a held image, without the scope, gets 403: they
@@ -27,8 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from litestar import MediaType, Request, Response, get, post
-from litestar.datastructures import CacheControlHeader
+from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody
 
@@ -38,18 +39,18 @@ from ..moderation import gate as moderation
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ObjectRef, ReviewConflict
 from ..storage import ObjectNotFound
-from .backends import FileBackend
-from .guards import authenticated, caller_of
-from .pages import STATIC
+from .backends import StorageBackend
+from .guards import api_in, authenticated, caller_of
 from .problems import not_found, problem
 
 # app.py imports this module (its route list, list_images' `?status=held`), so the helpers it
-# shares are taken from where app.py takes them (guards: the caller; the app's state: the Api).
+# shares are taken from where app.py takes them (guards: the caller and the route's Api).
 AUTHENTICATED = [authenticated]
 
 
 def api_of(request: Request) -> Any:
-    return request.app.state.api
+    """The `app.Api` of the plugin whose router holds the request's route."""
+    return api_in(request.route_handler)
 
 
 def own_id(request: Request, image_id: str) -> str:
@@ -159,29 +160,30 @@ async def preview_url(request: Request, base: str, raw_key: str) -> str:
     api = api_of(request)
     expires = min(PREVIEW_EXPIRY_S, api.settings.url_expiry_s)
     backend = api.backend
-    if isinstance(backend, FileBackend):
+    if isinstance(backend, StorageBackend):
         until = int(time.time()) + expires
         signature = _sign(backend, raw_key, until)
         return f"{base}review/preview?key={quote(raw_key, safe='')}&expires={until}&sig={signature}"
     return await backend.object_url(raw_key, expires, base)
 
 
-def _sign(backend: FileBackend, key: str, until: int) -> str:
+def _sign(backend: StorageBackend, key: str, until: int) -> str:
     return hmac.new(backend._secret, f"preview\n{key}\n{until}".encode(), hashlib.sha256).hexdigest()
 
 
-@get("/review/preview", summary="A held upload's preview (directory backend only)", include_in_schema=False)
+@get("/review/preview", summary="A held upload's preview (storage backends only)", include_in_schema=False)
 async def review_preview(
     request: Request,
     key: FromQuery[str],
     expires: FromQuery[int],
     sig: FromQuery[str],
 ) -> Response[bytes]:
-    """The signed link `preview_url` makes when the images live in a directory: the link is the
-    permission (like a presigned GET), for a held upload only, until it expires."""
+    """The signed link `preview_url` makes when the images are not on S3 (a directory, any
+    litestar-storages storage): the link is the permission (like a presigned GET), for a held
+    upload only, until it expires."""
     api = api_of(request)
     backend = api.backend
-    if not isinstance(backend, FileBackend) or expires < time.time():
+    if not isinstance(backend, StorageBackend) or expires < time.time():
         raise NotFoundException()
     if not hmac.compare_digest(_sign(backend, key, expires), sig):
         raise NotFoundException()
@@ -239,11 +241,4 @@ async def _decided_key(api: Any, image_id: str) -> str | None:
     return moderation.raw_key_of(listed[0].key, api.settings.pipeline.raw_prefix) if listed else None
 
 
-@get("/review", include_in_schema=False, cache_control=CacheControlHeader(no_cache=True))
-async def review_page() -> Response[bytes]:
-    """The review page (static/review.html): held cards, preview, Approve / Reject. The queue it
-    loads answers 403 without the admin scope, and the page says so."""
-    return Response((STATIC / "review.html").read_bytes(), media_type=MediaType.HTML)
-
-
-routes = [review_image, review_preview, review_page]
+routes = [review_image, review_preview]  # app.py: in ROUTES
