@@ -90,7 +90,7 @@ def engines(paths: list[str], rounds: int) -> dict:
 
     files = {p: Path(p).read_bytes() for p in paths}
     for data in files.values():  # warm each engine once
-        for width, ext in TARGETS.values():
+        for _width, ext in TARGETS.values():
             ours(data, 64, ext), vips(data, 64, ext)
     times: dict = {}
     outputs: dict = {}

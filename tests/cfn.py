@@ -2,9 +2,9 @@
 
 `deploy("template.yaml", {"ApiAuth": "iam"})` resolves every parameter (the value given, else its
 Default; AllowedValues, AllowedPattern and a Number's MinValue/MaxValue are checked as
-CloudFormation would), checks the template's Rules (a failing assertion raises `RuleFailed`, as CloudFormation refuses the stack),
-evaluates every condition, keeps only the resources and outputs whose condition holds, and
-renders their properties: `Fn::If` picks its branch, `AWS::NoValue` disappears, `Ref` to a
+CloudFormation would), checks the template's Rules (a failing assertion raises `RuleFailed`, as
+CloudFormation refuses the stack), evaluates every condition, keeps only the resources and outputs
+whose condition holds, and renders their properties: `Fn::If` picks its branch, `AWS::NoValue` disappears, `Ref` to a
 parameter becomes its value, and `Fn::Split` / `Fn::Join` / `Fn::Select` / `Fn::Sub` over known
 strings are computed. What only exists at deploy time (`Fn::GetAtt`, a `Ref` to a resource or a
 pseudo parameter) stays as it is written. A nested stack (`AWS::Serverless::Application` or

@@ -10,8 +10,9 @@
 
 A bad image (any `ImageRejected`) is tagged `failed` with its code and kept; nothing is written
 under the output prefix. `remove` is the one call for "this upload is gone": it deletes the
-outputs (manifest last) while the manifest still belongs to that raw key. A storage failure propagates as `StorageFailure` so the caller reports it
-for a retry; the raw object is then left exactly as it was.
+outputs (manifest last) while the manifest still belongs to that raw key. A storage failure
+propagates as `StorageFailure` so the caller reports it for a retry; the raw object is then left
+exactly as it was.
 """
 
 from __future__ import annotations
@@ -374,7 +375,7 @@ class ImageService:
             return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         except PipelineError:
             raise
-        except Exception as exc:  # a decoder crash on hostile input is still a bad image
+        except Exception as exc:  # noqa: BLE001 - a decoder crash on hostile input is still a bad image
             error = CorruptImage(f"{type(exc).__name__}: {exc}")
             return await self._reject(store, ref, error, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
 

@@ -610,7 +610,7 @@ def test_buffered_default_bucket_name_is_deterministic_and_overridable(buffered:
 def test_buffered_sqs_permissions_are_on_its_queue_only(buffered: dict[str, Any]) -> None:
     """SAM's `Type: SQS` event would attach AWSLambdaSQSQueueExecutionRole (every queue in the
     account); the buffered template grants the three polling actions on its own queue instead."""
-    function_name, props = function_of(buffered)
+    _function_name, props = function_of(buffered)
     assert all(e.get("Type") != "SQS" for e in (props.get("Events") or {}).values())
     sam_policies = [p for p in as_list(props.get("Policies", [])) if not (isinstance(p, dict) and "Statement" in p)]
     assert all("SQS" not in str(p) for p in sam_policies), "SAM policy templates / managed policies for SQS"

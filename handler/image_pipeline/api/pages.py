@@ -136,7 +136,7 @@ async def gallery(
     base = api.base(request)
     items = [
         item
-        for key, body in zip(manifest_keys, bodies)
+        for key, body in zip(manifest_keys, bodies, strict=True)
         if (item := await _item(api, key, body, processed, base)) is not None
     ]
     return GalleryPage(items=items, next_cursor=manifest_keys[-1] if more else None)

@@ -74,7 +74,7 @@ def dominant_color(image: Image.Image) -> str:
     small = image.convert("RGB")
     small.thumbnail((64, 64), Image.Resampling.BILINEAR)
     quantised = small.quantize(colors=8, method=Image.Quantize.MEDIANCUT)
-    count, index = max(quantised.getcolors())
+    _count, index = max(quantised.getcolors())
     palette = quantised.getpalette()[index * 3 : index * 3 + 3]
     return "#{:02x}{:02x}{:02x}".format(*palette)
 
