@@ -30,7 +30,7 @@ class S3Backend:
     def __init__(self, bucket: str, *, endpoint_url: str | None, cache_control: str, max_attempts: int) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
-        self._options = {"cache_control": cache_control, "max_attempts": max_attempts}
+        self._cache_control, self._max_attempts = cache_control, max_attempts
         self._connection: S3Connection | None = None
         self._signer: Any = None
         self._stack = contextlib.AsyncExitStack()
@@ -40,7 +40,9 @@ class S3Backend:
         import aioboto3
         from aiobotocore.config import AioConfig
 
-        self._connection = await S3Connection.open(endpoint_url=self.endpoint_url, **self._options)
+        self._connection = await S3Connection.open(
+            endpoint_url=self.endpoint_url, cache_control=self._cache_control, max_attempts=self._max_attempts
+        )
         self.store = self._connection.store(self.bucket)
         # Presigning is local (no request); SigV4 explicitly, as every region requires for POST policies.
         self._signer = await self._stack.enter_async_context(

@@ -144,8 +144,10 @@ async def gallery(
 
 async def _item(api, key: str, body: bytes | None, prefix: str, base: str) -> GalleryItem | None:
     """A manifest as the card shows it; None when it went away or cannot be read."""
+    if not body:
+        return None
     try:
-        record = json.loads(body) if body else None
+        record = json.loads(body)
         source, variants = record["source"], record["variants"]
     except (ValueError, KeyError, TypeError):
         return None
