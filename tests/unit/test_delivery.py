@@ -214,3 +214,45 @@ def test_on_aws_the_key_is_read_from_its_secrets_manager_secret(keys, moto_serve
     with pytest.raises(ConfigError, match=f"the secret {re.escape(arn)} is not an unencrypted PEM") as raised:
         signer_for(settings)
     assert "garbage" not in str(raised.value)
+
+
+# ---------------------------------------------------------------- image-pipeline sign --cloudfront
+
+
+def test_sign_cloudfront_prints_a_signed_url_for_a_key_or_a_url(keys, tmp_path, monkeypatch, capsys):
+    from image_pipeline.cli import main
+
+    private, public = keys
+    pem = tmp_path / "private_key.pem"
+    pem.write_text(private)
+    for name in ("CLOUDFRONT_PRIVATE_KEY", "CLOUDFRONT_PRIVATE_KEY_SECRET", "SIGNING_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PUBLIC_BASE_URL", CDN)
+    monkeypatch.setenv("CLOUDFRONT_KEY_ID", KEY_ID)
+
+    assert main(["sign", "--cloudfront", "--private-key", str(pem), "processed/0abc/pic/medium.webp"]) == 0
+    url = capsys.readouterr().out.strip()
+    assert url.startswith(f"{CDN}processed/0abc/pic/medium.webp?Expires=")
+    assert viewer_may_read(url, public, KEY_ID) is None
+    assert viewer_may_read(url, public, KEY_ID, now=time.time() + 901) == "expired"  # URL_EXPIRY_SECONDS' default
+
+    # a width URL outside the allowlist: its `sig` first, then CloudFront's signature over both
+    monkeypatch.setenv("CLOUDFRONT_PRIVATE_KEY", private)
+    assert main(["sign", "--key", "k" * 40, f"{CDN}processed/0abc/pic/w641.webp"]) == 0
+    with_sig = capsys.readouterr().out.strip()
+    assert main(["sign", "--cloudfront", "--expires-in", "60", with_sig]) == 0
+    both = capsys.readouterr().out.strip()
+    assert both.startswith(with_sig + "&Expires=")
+    assert viewer_may_read(both, public, KEY_ID) is None
+    assert viewer_may_read(both, public, KEY_ID, now=time.time() + 61) == "expired"
+    assert viewer_may_read(both.replace("sig=", "sig=0"), public, KEY_ID) == "signature does not verify"
+
+
+def test_sign_cloudfront_without_a_key_says_so(monkeypatch, capsys):
+    from image_pipeline.cli import main
+
+    for name in ("CLOUDFRONT_PRIVATE_KEY", "CLOUDFRONT_PRIVATE_KEY_SECRET", "CLOUDFRONT_KEY_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["sign", "--cloudfront", f"{CDN}processed/0abc/pic/medium.webp"]) == 2
+    said = capsys.readouterr().err
+    assert "CLOUDFRONT_KEY_ID" in said and "CLOUDFRONT_PRIVATE_KEY (PEM) or CLOUDFRONT_PRIVATE_KEY_SECRET" in said
