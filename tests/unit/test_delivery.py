@@ -58,7 +58,8 @@ def test_a_signed_link_is_a_canned_policy_url_that_verifies_with_the_public_key(
     params = dict(p.split("=", 1) for p in signed.split("?", 1)[1].split("&"))
     assert list(params) == ["Expires", "Signature", "Key-Pair-Id"]  # canned: no Policy parameter
     assert params["Key-Pair-Id"] == KEY_ID
-    assert before + 600 <= int(params["Expires"]) <= int(time.time()) + 600
+    # at most URL_EXPIRY_SECONDS, at least nine tenths of it (rounded down to a step of 60 s here)
+    assert before + 540 < int(params["Expires"]) <= int(time.time()) + 600 and int(params["Expires"]) % 60 == 0
     # CloudFront's URL-safe base64: none of + = / (they are - _ ~), so the URL needs no escaping
     assert re.fullmatch(r"[A-Za-z0-9_~-]+", params["Signature"])
     standard = params["Signature"].replace("-", "+").replace("_", "=").replace("~", "/")
@@ -69,7 +70,7 @@ def test_a_signed_link_is_a_canned_policy_url_that_verifies_with_the_public_key(
 def test_it_expires_after_url_expiry_seconds(keys):
     private, public = keys
     signed = signer(private, expiry_s=60).sign(f"{CDN}processed/0abc/pic/large.jpg")
-    assert viewer_may_read(signed, public, KEY_ID, now=time.time() + 55) is None
+    assert viewer_may_read(signed, public, KEY_ID, now=time.time() + 50) is None
     assert viewer_may_read(signed, public, KEY_ID, now=time.time() + 61) == "expired"
 
 
@@ -118,11 +119,18 @@ def test_links_outside_the_cdn_are_left_as_they_are(keys):
         assert sign.sign(url) == url and sign.sign_template(url) == url
 
 
-def test_the_same_link_in_the_same_second_is_signed_once(keys):
+def test_the_same_link_within_a_step_is_the_same_url(keys, monkeypatch):
+    """A browser's cache keys on the whole URL: links given a few seconds apart are identical."""
     private, _ = keys
-    sign = signer(private)
+    sign = signer(private, expiry_s=900)
     url = f"{CDN}processed/0abc/pic/medium.webp"
-    assert sign.sign(url) == sign.sign(url)
+    clock = [1_800_000_000.0]  # a multiple of 60
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    first = sign.sign(url)
+    clock[0] += 59
+    assert sign.sign(url) == first
+    clock[0] += 1
+    assert sign.sign(url) != first
 
 
 # ---------------------------------------------------------------- the settings

@@ -79,7 +79,11 @@ class LinkSigner:
         self._signer = CloudFrontSigner(key_id, rsa_signer)
 
     def expires(self) -> int:
-        return int(time.time()) + self.expiry_s
+        """When a link given now expires: now + `expiry_s`, rounded down to a step of a tenth of it
+        (at most 60 s). Links given within one step are identical, so a browser's cache and this
+        signer's reuse them; each lives at least nine tenths of `expiry_s` and never longer."""
+        step = max(1, min(60, self.expiry_s // 10))
+        return (int(time.time()) + self.expiry_s) // step * step
 
     def sign(self, url: str) -> str:
         """`url` signed with a canned policy when it is under the CDN's base; as it is otherwise."""
@@ -95,7 +99,7 @@ class LinkSigner:
         head, _, _ = template.rpartition("/")
         return self._custom(template, head + "/w*", self.expires())
 
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one signer per app; same URL, same second: same answer
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one signer per app; same URL, same step: same answer
     def _canned(self, url: str, expires: int) -> str:
         return self._signer.generate_presigned_url(url, date_less_than=datetime.fromtimestamp(expires, UTC))
 
