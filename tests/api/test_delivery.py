@@ -107,3 +107,36 @@ def test_the_signer_is_made_once_with_the_app(client):
 def test_a_private_api_without_a_key_does_not_start(fs_client):
     with pytest.raises(ConfigError, match="CLOUDFRONT_PRIVATE_KEY"):
         fs_client(DELIVERY="private", PUBLIC_BASE_URL=CDN, CLOUDFRONT_KEY_ID=KEY_ID)
+
+
+def test_the_lambda_api_reads_the_key_from_its_secret_and_signs(moto_server, bucket, keys):
+    """The API function's entry point in a fresh interpreter, as on Lambda: the key comes from
+    Secrets Manager (moto) when the module is loaded, and the links it gives are signed."""
+    import os
+
+    import boto3
+
+    from .test_lambda_adapter import _body, _run
+
+    secrets = boto3.client("secretsmanager", endpoint_url=moto_server)
+    arn = secrets.create_secret(Name=f"cloudfront-key-{bucket}", SecretString=keys[0])["ARN"]
+    env = {k: v for k, v in os.environ.items() if k not in ("API_AUTH", "JWT_SECRET", "JWKS_URL")}
+    out = _run(
+        "jwt",
+        {
+            **env,
+            "BUCKET_NAME": bucket,
+            "AWS_ENDPOINT_URL_S3": moto_server,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_server,
+            "DELIVERY": "private",
+            "PUBLIC_BASE_URL": CDN,
+            "CLOUDFRONT_KEY_ID": KEY_ID,
+            "CLOUDFRONT_PRIVATE_KEY_SECRET": arn,
+        },
+    )
+    assert out["made"]["statusCode"] == 201, out["made"]
+    made = _body(out["made"])
+    assert made["variants"]
+    for v in made["variants"]:
+        assert v["url"].startswith(CDN) and readable(v["url"], keys) and readable(v["src"], keys)
+    assert readable(made["width_urls"]["template"].replace("{width}", "320").replace("{ext}", "webp"), keys)
