@@ -140,3 +140,33 @@ def test_the_lambda_api_reads_the_key_from_its_secret_and_signs(moto_server, buc
     for v in made["variants"]:
         assert v["url"].startswith(CDN) and readable(v["url"], keys) and readable(v["src"], keys)
     assert readable(made["width_urls"]["template"].replace("{width}", "320").replace("{ext}", "webp"), keys)
+
+
+def test_the_litestar_plugin_signs_too(keys):
+    """The API inside another Litestar app (ImagePipelinePlugin) with the same private settings."""
+    from litestar import Litestar
+    from litestar.testing import TestClient
+    from litestar_storages import MemoryStorage
+
+    from image_pipeline.api import ImagePipelinePlugin
+    from image_pipeline.api.settings import ApiSettings
+
+    settings = ApiSettings.from_env(
+        {
+            "API_AUTH": "open",
+            "DELIVERY": "private",
+            "PUBLIC_BASE_URL": CDN,
+            "CLOUDFRONT_KEY_ID": KEY_ID,
+            "CLOUDFRONT_PRIVATE_KEY": keys[0],
+        },
+        need_bucket=False,
+    )
+    plugin = ImagePipelinePlugin(storage=MemoryStorage(), path="/media", settings=settings, owner=lambda c: "alice")
+    with TestClient(Litestar(plugins=[plugin])) as client:
+        made = client.post("/media/images", files={"file": ("sea.jpg", photo(640, 480), "image/jpeg")})
+        assert made.status_code == 201, made.text
+        body = made.json()
+        for v in body["variants"]:
+            assert v["url"].startswith(f"{CDN}processed/{body['id']}/sea/") and readable(v["url"], keys)
+        redirect = client.get(f"/media/images/{body['id']}/medium", follow_redirects=False)
+        assert redirect.status_code == 302 and readable(redirect.headers["location"], keys)

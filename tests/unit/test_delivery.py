@@ -264,3 +264,16 @@ def test_sign_cloudfront_without_a_key_says_so(monkeypatch, capsys):
     assert main(["sign", "--cloudfront", f"{CDN}processed/0abc/pic/medium.webp"]) == 2
     said = capsys.readouterr().err
     assert "CLOUDFRONT_KEY_ID" in said and "CLOUDFRONT_PRIVATE_KEY (PEM) or CLOUDFRONT_PRIVATE_KEY_SECRET" in said
+
+
+def test_server_side_srcsets_from_a_signed_template_stay_signed(keys):
+    """image_pipeline.urls fills in the API's signed `width_urls.template`: every width, with the
+    format by Accept or named, and one outside the allowlist with its `sig` too, is readable."""
+    from image_pipeline.urls import srcset, width_url
+
+    private, public = keys
+    template = signer(private).sign_template(f"{CDN}processed/0abc/pic/w{{width}}.{{ext}}")
+    urls = [width_url(template, 640), width_url(template, 640, "avif"), width_url(template, 641, signing_key="k" * 40)]
+    urls += [candidate.split(" ")[0] for candidate in srcset({"template": template, "widths": [384, 1080]}).split(", ")]
+    assert "sig=" in urls[2] and len(urls) == 5
+    assert [viewer_may_read(u, public, KEY_ID) for u in urls] == [None] * 5
