@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from .errors import (
     TooManyPixels,
 )
 from .pool import ProcessingPool
-from .processor import ImageFormat, ImageProcessor, ProcessedImage, VariantConfig
+from .processor import Face, ImageFormat, ImageProcessor, ProcessedImage, VariantConfig
 from .processor.fingerprint import fingerprint
 from .processor.geometry import output_size
 from .storage import ObjectChanged, ObjectNotFound, ObjectStore, RawObject
@@ -266,7 +267,9 @@ class ImageService:
         if out_w * out_h > self.processor.limits.max_pixels:
             raise TooManyPixels(f"{out_w}×{out_h} is over the {self.processor.limits.max_pixels}-pixel limit")
         raw = await store.read(str(source["key"]), max_bytes=self.processor.limits.max_bytes)
-        processed = await self._process(_with_variants(self.processor, [spec]), raw.data)
+        # The subject the manifest recorded (its faces, a focal point set by hand): a crop made on
+        # request keeps what the eager ones keep, and the detector is not run again.
+        processed = await self._process(_with_variants(self.processor, [spec]), raw.data, **manifest.subject(record))
         (variant,) = processed.variants
         meta = {
             "width": str(variant.width),
@@ -283,10 +286,18 @@ class ImageService:
                 await store.delete(key, etag=hashlib.md5(variant.data, usedforsecurity=False).hexdigest())
         return Made(key, variant.data, variant.content_type, made=True)
 
-    async def _process(self, processor: ImageProcessor, data: bytes) -> ProcessedImage:
+    async def _process(
+        self,
+        processor: ImageProcessor,
+        data: bytes,
+        *,
+        focal_point: tuple[float, float] | None = None,
+        faces: tuple[Face, ...] | None = None,
+    ) -> ProcessedImage:
         """The processor's work on `data`: off the event loop, under the process's bound (`Busy`
         when the caller's wait runs out). The one place image work is started."""
-        return await self.pool.run(processor.process_image, data)
+        work = functools.partial(processor.process_image, focal_point=focal_point, faces=faces)
+        return await self.pool.run(work, data)
 
     async def handle(self, store: ObjectStore, ref: ObjectRef, *, force: bool = False) -> Outcome:
         """`force`: process even when the manifest is current (a backfill's `--all`)."""
@@ -367,9 +378,14 @@ class ImageService:
                 owner=uploader,
             )
 
+        # A focal point set by hand is a property of the image, not of the configuration: the same
+        # upload processed again (a new configuration, a backfill) keeps it; a new upload does not.
+        manual = None
+        if stored_manifest and owner == ref.key and recorded == raw.etag:
+            manual = manifest.subject(manifest.parse(stored_manifest.data) or {}).get("focal_point")
         try:
             # Off the event loop, under the process's bound (Busy when the API's wait runs out).
-            processed = await self._process(self.processor, raw.data)
+            processed = await self._process(self.processor, raw.data, focal_point=manual)
         except ImageRejected as exc:
             return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         except PipelineError:
@@ -565,4 +581,5 @@ def _with_variants(processor: ImageProcessor, variants: list[VariantConfig]) -> 
         background_color=processor.background_color,
         limits=processor.limits,
         keep_icc_profile=processor.keep_icc_profile,
+        face_detector=processor.face_detector,
     )

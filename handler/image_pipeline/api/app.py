@@ -34,6 +34,7 @@ from litestar.types import ASGIApp, ControllerRouterHandler, ExceptionHandlersMa
 
 from .. import ids, keys
 from ..errors import Busy, ImageRejected, OutOfTime, PipelineError, StorageFailure
+from ..faces import detector_for
 from ..ondemand import BadOutput, Forbidden, OnDemand, Wanted, is_width_leaf
 from ..ondemand.paths import fallback_format, negotiate
 from ..pool import ProcessingPool
@@ -167,7 +168,10 @@ class Api:
         self.gallery = gallery
         pipeline = settings.pipeline
         processor = ImageProcessor(
-            pipeline.variants, limits=pipeline.limits, keep_icc_profile=pipeline.keep_icc_profile
+            pipeline.variants,
+            limits=pipeline.limits,
+            keep_icc_profile=pipeline.keep_icc_profile,
+            face_detector=detector_for(pipeline.face_detection),  # the engine's own imports wait for its first image
         )
         self.service = ImageService(
             processor,
