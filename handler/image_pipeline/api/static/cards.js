@@ -2,7 +2,7 @@
 // facts, the ready <picture> snippet with a copy button, or the rejection in words.
 import { isBlurhash, paint } from "./blurhash.js";
 
-// Every error code of errors.py (and the README's table), in words; tests/browser checks the list.
+// Every error code of errors.py (and the table in docs/lifecycle.md), in words; tests/browser checks the list.
 export const ERROR_WORDS = {
   empty_file: "empty file",
   unsupported_type: "not an image (or a type that is not accepted)",
