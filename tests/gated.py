@@ -26,15 +26,16 @@ class GatedProcessor(ImageProcessor):
             p.background_color,
             limits=p.limits,
             keep_icc_profile=p.keep_icc_profile,
+            face_detector=p.face_detector,
         )
         service.processor = gated
         return gated
 
-    def process_image(self, data: bytes):
+    def process_image(self, data: bytes, **subject):
         self.entered.set()
         try:
             if not self.gate.wait(60):
                 raise AssertionError("the test never opened the gate")
-            return super().process_image(data)
+            return super().process_image(data, **subject)
         finally:
             self.done.set()

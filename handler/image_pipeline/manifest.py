@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import __version__
-from .processor import ProcessedImage
+from .processor import Face, ProcessedImage
 from .processor.fingerprint import OUTPUT_VERSION
 
 SCHEMA_VERSION = 1
@@ -60,7 +60,13 @@ def build(
             "thumbhash": processed.thumbhash,
             "dominant_color": processed.dominant_color,
         },
+        # The subject `auto` crops keep: `focal_source` says whether the point is the faces' centre
+        # (weighted by size), the attention centroid (no faces, detection off or failed) or set by hand.
         "focal_point": {"x": processed.focal_point[0], "y": processed.focal_point[1]},
+        "focal_source": processed.focal_source,
+        "faces": [face.as_dict() for face in processed.faces],  # normalised to the upright frame
+        # {"engine", "ms", "faces"}, or {"engine", "error"} when the detector failed (no faces then)
+        "face_detection": processed.face_detection,
         "variants": [_variant(v, variant_keys[v.name], source.type) for v in processed.variants],
         "processing_ms": processed.processing_ms,
         "total_ms": round(total_ms, 1),
@@ -69,6 +75,33 @@ def build(
     if lazy:
         record["lazy_variants"] = lazy
     return record
+
+
+def subject(record: dict) -> dict:
+    """What a stored manifest says the subject is, as `process_image` keyword arguments: the
+    faces it recorded (`faces`; None when it recorded none, e.g. written before faces or with
+    detection failed, so they are looked for again) and a focal point set by hand
+    (`focal_point`, only when `focal_source` is "manual")."""
+    found: dict = {}
+    faces = record.get("faces")
+    detection = record.get("face_detection")
+    if isinstance(faces, list) and isinstance(detection, dict) and "error" not in detection:
+        try:
+            found["faces"] = tuple(
+                Face(float(f["x"]), float(f["y"]), float(f["w"]), float(f["h"]), float(f.get("score", 1.0)))
+                for f in faces
+            )
+        except (KeyError, TypeError, ValueError):
+            pass
+    point = record.get("focal_point")
+    if record.get("focal_source") == "manual" and isinstance(point, dict):
+        try:
+            x, y = float(point["x"]), float(point["y"])
+        except (KeyError, TypeError, ValueError):
+            return found
+        if 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0:
+            found["focal_point"] = (x, y)
+    return found
 
 
 def _variant(variant, key: str, source_type: str) -> dict:

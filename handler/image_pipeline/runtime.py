@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .errors import OutOfTime
+from .faces import detector_for
 from .notify import Notifier
 from .pool import ProcessingPool
 from .processor import ImageProcessor
@@ -29,7 +30,10 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         processor = ImageProcessor(
-            settings.variants, limits=settings.limits, keep_icc_profile=settings.keep_icc_profile
+            settings.variants,
+            limits=settings.limits,
+            keep_icc_profile=settings.keep_icc_profile,
+            face_detector=detector_for(settings.face_detection),  # the engine's own imports wait for its first image
         )
         self.service = ImageService(
             processor,

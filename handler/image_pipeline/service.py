@@ -35,7 +35,7 @@ from .errors import (
     TooManyPixels,
 )
 from .pool import ProcessingPool
-from .processor import ImageFormat, ImageProcessor, ProcessedImage, VariantConfig
+from .processor import Face, ImageFormat, ImageProcessor, ProcessedImage, VariantConfig
 from .processor.fingerprint import fingerprint
 from .processor.geometry import output_size
 from .processor.specs import Fit, Gravity
@@ -276,9 +276,9 @@ class ImageService:
         if out_w * out_h > self.processor.limits.max_pixels:
             raise TooManyPixels(f"{out_w}×{out_h} is over the {self.processor.limits.max_pixels}-pixel limit")
         raw = await store.read(str(source["key"]), max_bytes=self.processor.limits.max_bytes)
-        processed = await self._process(
-            _with_variants(self.processor, [spec]), raw.data, **_focal(manifest.manual_focal(record))
-        )
+        # The subject the manifest recorded (its faces, a focal point set by hand): a crop made on
+        # request keeps what the eager ones keep, and the detector is not run again.
+        processed = await self._process(_with_variants(self.processor, [spec]), raw.data, **manifest.subject(record))
         (variant,) = processed.variants
         meta = {
             "width": str(variant.width),
@@ -296,14 +296,17 @@ class ImageService:
         return Made(key, variant.data, variant.content_type, made=True)
 
     async def _process(
-        self, processor: ImageProcessor, data: bytes, *, focal_point: tuple[float, float] | None = None
+        self,
+        processor: ImageProcessor,
+        data: bytes,
+        *,
+        focal_point: tuple[float, float] | None = None,
+        faces: tuple[Face, ...] | None = None,
     ) -> ProcessedImage:
         """The processor's work on `data`: off the event loop, under the process's bound (`Busy`
-        when the caller's wait runs out). The one place image work is started. `focal_point`: one
-        set by hand, which `auto` crops keep (None: the detected subject)."""
-        if focal_point is None:
-            return await self.pool.run(processor.process_image, data)
-        return await self.pool.run(functools.partial(processor.process_image, focal_point=focal_point), data)
+        when the caller's wait runs out). The one place image work is started."""
+        work = functools.partial(processor.process_image, focal_point=focal_point, faces=faces)
+        return await self.pool.run(work, data)
 
     async def set_focal(self, store: ObjectStore, raw_key: str, point: tuple[float, float] | None) -> Outcome:
         """Record a focal point set by hand (`point`, normalised x, y) or go back to the detected
@@ -332,7 +335,9 @@ class ImageService:
             ) from None
         if raw.etag != previous.etag:
             raise NotReady("a newer upload of this image is being processed; try again once it is done")
-        processed = await self._process(self.processor, raw.data, **_focal(point))
+        # The faces the manifest recorded are kept (no detection again); the point replaces the subject's.
+        subject = {k: v for k, v in manifest.subject(manifest.parse(stored.data) or {}).items() if k != "focal_point"}
+        processed = await self._process(self.processor, raw.data, **subject, **_focal(point))
         uploader = ids.owner_of(raw_key, self.raw_prefix, raw.metadata)
         ref = ObjectRef(previous.bucket, raw_key)
         record, winner = await self._write_outputs(
@@ -655,4 +660,5 @@ def _with_variants(processor: ImageProcessor, variants: list[VariantConfig]) -> 
         background_color=processor.background_color,
         limits=processor.limits,
         keep_icc_profile=processor.keep_icc_profile,
+        face_detector=processor.face_detector,
     )

@@ -34,6 +34,10 @@ DEFAULTS: dict[str, str] = {
 # Where images are processed in a long-running process (the API, `serve`): not in the template,
 # since a Lambda function processes one record at a time and waits for its slot without bound.
 PROCESS_WAIT_MS_DEFAULT = 30_000  # how long an upload waits, unread, for a free slot before 503 busy
+# FACE_DETECTION: which engine finds the faces `auto` crops keep and the manifest records
+# (image_pipeline/faces): in-process and offline (`local`), Amazon Rekognition, or none.
+FACE_ENGINES = ("local", "rekognition", "off")
+FACE_DETECTION_DEFAULT = "local"
 DISPOSITIONS = ("tag", "delete")
 _TYPE_ALIASES = {"jpg": "jpeg", "heic": "heif", "tif": "tiff"}
 KNOWN_TYPES = frozenset(Limits().allowed_types)
@@ -54,6 +58,7 @@ class Settings:
     event_bus_name: str | None = None
     process_concurrency: int | None = None  # images processed at once (PROCESS_CONCURRENCY); None: the CPUs
     process_wait_ms: int = PROCESS_WAIT_MS_DEFAULT  # the API's wait for a slot before 503 busy (PROCESS_WAIT_MS)
+    face_detection: str = FACE_DETECTION_DEFAULT  # FACE_DETECTION: local, rekognition or off
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -124,6 +129,11 @@ class Settings:
         if not cache_control or not all(32 <= ord(c) < 127 for c in cache_control):
             problems.append(f"CACHE_CONTROL={cache_control!r} must be a non-empty printable ASCII header value")
 
+        face_detection = env.get("FACE_DETECTION", FACE_DETECTION_DEFAULT).strip().lower() or FACE_DETECTION_DEFAULT
+        if face_detection not in FACE_ENGINES:
+            problems.append(f"FACE_DETECTION={face_detection!r} must be one of {', '.join(FACE_ENGINES)}")
+            face_detection = "off"
+
         settings = cls(
             raw_prefix=raw_prefix,
             processed_prefix=processed_prefix,
@@ -141,6 +151,7 @@ class Settings:
                 integer("PROCESS_CONCURRENCY", default="1") if env.get("PROCESS_CONCURRENCY", "").strip() else None
             ),
             process_wait_ms=integer("PROCESS_WAIT_MS", low=0, default=str(PROCESS_WAIT_MS_DEFAULT)),
+            face_detection=face_detection,
         )
         if problems:
             raise ConfigError("invalid image-pipeline settings:\n  - " + "\n  - ".join(problems))

@@ -52,9 +52,9 @@ def counting(client) -> list[int]:
     service = api_of(client).service
     calls, original = [], service._process
 
-    async def spy(processor, data):
+    async def spy(processor, data, **subject):
         calls.append(len(data))
-        return await original(processor, data)
+        return await original(processor, data, **subject)
 
     service._process = spy
     return calls

@@ -29,9 +29,9 @@ def counting(miss) -> list[int]:
     calls = []
     original = miss.runtime.service._process
 
-    async def spy(processor, data):
+    async def spy(processor, data, **subject):
         calls.append(len(data))
-        return await original(processor, data)
+        return await original(processor, data, **subject)
 
     miss.runtime.service._process = spy
     return calls

@@ -10,7 +10,7 @@ from PIL import Image, ImageCms, ImageDraw, ImageOps
 
 from image_pipeline import ImageFormat, ImageProcessor, VariantConfig
 from image_pipeline.errors import CorruptImage, EmptyFile, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
-from image_pipeline.processor import Limits
+from image_pipeline.processor import Gravity, Limits
 from tests.images import (
     BLUE,
     DISPLAY_P3,
@@ -75,7 +75,11 @@ def test_cover_gravity_keeps_the_interesting_side(gravity):
     assert pixels.getpixel((150, 150)) != (128, 128, 128)
 
 
-def test_centre_gravity_is_the_default():
+def test_auto_gravity_is_the_default_for_cover():
+    assert VariantConfig("sq", 300, 300, fit="cover").gravity is Gravity.AUTO
+    assert VariantConfig("box", 300, 300).gravity is Gravity.CENTRE  # contain: nothing is cropped
+    assert VariantConfig("sq", 300, 300, fit="cover", gravity="centre").gravity is Gravity.CENTRE
+    # A symmetric picture without faces: the subject (attention centroid) is its middle.
     image = Image.new("RGB", (900, 300), RED)
     image.paste(GREEN, (300, 0, 600, 300))
     (v,) = only(VariantConfig("sq", 300, 300, fit="cover", format="png")).process(encode(image, "PNG"))
@@ -364,7 +368,8 @@ def _detailed(width: int, height: int) -> Image.Image:
 
 def test_cover_matches_an_exact_centre_crop():
     source = _detailed(1601, 899)
-    (v,) = only(VariantConfig("sq", 150, 150, fit="cover", format="png")).process(encode(source, "PNG"))
+    spec = VariantConfig("sq", 150, 150, fit="cover", gravity="centre", format="png")
+    (v,) = only(spec).process(encode(source, "PNG"))
     reference = ImageOps.fit(source, (150, 150), Image.Resampling.LANCZOS)
     assert _mean_difference(decode(v.data), reference) < 1.0
 

@@ -150,7 +150,7 @@ def test_gravity_auto_crops_around_the_focal_point():
     out = decode(v.data).convert("RGB")
     assert (v.width, v.height) == (300, 300)
     assert out.getpixel((150, 150)) != (128, 128, 128) or out.getpixel((100, 150)) != (128, 128, 128)
-    (centre,) = ImageProcessor(parse_variants("sq:300x300:cover:png")).process(
+    (centre,) = ImageProcessor(parse_variants("sq:300x300:cover:centre:png")).process(
         encode(_subject_at(100, 100, (1200, 400)), "PNG")
     )
     assert decode(centre.data).convert("RGB").getpixel((150, 150)) == (128, 128, 128)  # centre misses it

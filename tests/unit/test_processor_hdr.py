@@ -563,7 +563,7 @@ def test_an_attention_crop_of_the_gain_map_follows_the_chosen_window():
     gain map (here the picture's own luminance) must come from that window too."""
     scene = _slopes()
     data = _ultra_hdr(scene, _luminance_map(scene))
-    processor = ImageProcessor(parse_variants("a:240x240:cover:attention:jpeg:hdr;c:240x240:cover:jpeg:hdr"))
+    processor = ImageProcessor(parse_variants("a:240x240:cover:attention:jpeg:hdr;c:240x240:cover:centre:jpeg:hdr"))
     attention, centre = processor.process_image(data).variants
     red = decode(_read(attention.data).primary).getpixel((235, 120))
     assert red[0] > 200 and red[1] < 60  # the window reaches the right edge

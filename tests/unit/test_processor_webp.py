@@ -230,7 +230,7 @@ def _growth(tmp_path: Path, options: dict, box: int) -> float:
 
 SMALL = [
     VariantConfig("big", 400, 400, format="png"),
-    VariantConfig("small", 150, 150, format="png", fit="cover"),
+    VariantConfig("small", 150, 150, format="png", fit="cover", gravity="centre"),
     VariantConfig("w", 200, 200, format="webp", quality=95),
 ]
 LARGE = {

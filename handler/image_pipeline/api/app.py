@@ -32,6 +32,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__, ids, keys
 from ..errors import Busy, ImageRejected, OutOfTime, PipelineError, StorageFailure
+from ..faces import detector_for
 from ..ondemand import BadOutput, Forbidden, OnDemand, Wanted, is_width_leaf
 from ..ondemand.paths import fallback_format, negotiate
 from ..pool import ProcessingPool, return_freed_memory
@@ -171,7 +172,10 @@ class Api:
         self.auth = Authenticator(settings)
         pipeline = settings.pipeline
         processor = ImageProcessor(
-            pipeline.variants, limits=pipeline.limits, keep_icc_profile=pipeline.keep_icc_profile
+            pipeline.variants,
+            limits=pipeline.limits,
+            keep_icc_profile=pipeline.keep_icc_profile,
+            face_detector=detector_for(pipeline.face_detection),  # the engine's own imports wait for its first image
         )
         self.service = ImageService(
             processor,

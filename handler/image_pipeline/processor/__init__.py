@@ -4,6 +4,7 @@ from .pipeline import ImageProcessor
 from .sniff import sniff
 from .specs import (
     DEFAULT_VARIANTS,
+    Face,
     Fit,
     Gravity,
     ImageFormat,
@@ -16,6 +17,7 @@ from .specs import (
 
 __all__ = [
     "DEFAULT_VARIANTS",
+    "Face",
     "Fit",
     "Gravity",
     "ImageFormat",

@@ -64,7 +64,14 @@ def describe(processor: ImageProcessor) -> dict[str, Any]:
         "strip_metadata": bool(processor.strip_metadata),
         "background_color": _plain(tuple(processor.background_color)),
         "preserve_original": bool(processor.preserve_original),
+        # Only where an `auto` crop is made: which face detector places it (configurations without
+        # one keep their fingerprint whatever FACE_DETECTION says).
+        **({"faces": getattr(processor, "face_engine", "off")} if _crops_around_faces(processor) else {}),
     }
+
+
+def _crops_around_faces(processor: ImageProcessor) -> bool:
+    return any(_plain(v.fit) == "cover" and _plain(v.gravity) == "auto" for v in processor.variants)
 
 
 def fingerprint(processor: ImageProcessor) -> str:

@@ -4,10 +4,11 @@ except to score crop windows."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from PIL import Image, ImageFilter, ImageStat
 
-from .specs import Fit, Gravity, VariantConfig
+from .specs import Face, Fit, Gravity, VariantConfig
 
 # JPEG draft (DCT scaling) keeps this much more resolution than the largest output needs;
 # at 1.25× the result stays at SSIM ≥ 0.99 against a full decode (see bench/).
@@ -108,19 +109,100 @@ CONTENT_AWARE = (Gravity.ENTROPY, Gravity.ATTENTION, Gravity.AUTO)
 
 
 def crop_box(
-    image: Image.Image, size: tuple[int, int], gravity: Gravity, focus: tuple[float, float] = (0.5, 0.5)
+    image: Image.Image,
+    size: tuple[int, int],
+    gravity: Gravity,
+    focus: tuple[float, float] = (0.5, 0.5),
+    faces: Sequence[Face] = (),
+    *,
+    keep_focus: bool = False,
 ) -> tuple[int, int, int, int]:
-    """Where to cut a `size` window out of `image` for a content-aware `gravity` (AUTO: the
-    window centred on the normalised `focus`, moved inside the image where it would overflow)."""
+    """Where to cut a `size` window out of `image` (the whole frame, resized) for a content-aware
+    `gravity`. AUTO: around the subject (`subject_window`); `faces` and `focus` are normalised to
+    the frame; `keep_focus` (a focal point set by hand) keeps that point inside the window."""
     width, height = image.size
     if width <= size[0] and height <= size[1]:
         return (0, 0, width, height)
     if gravity is Gravity.AUTO:
-        x = min(max(0, round(focus[0] * width - size[0] / 2)), max(0, width - size[0]))
-        y = min(max(0, round(focus[1] * height - size[1] / 2)), max(0, height - size[1]))
+        x, y = subject_window((width, height), size, focus, faces, keep_focus=keep_focus)
     else:
         x, y = _best_window(image, size, gravity)
     return (x, y, x + size[0], y + size[1])
+
+
+_MAX_SCORED_FACES = 64  # the largest faces the placement looks at (a crowd's smallest are noise to it)
+_FOCUS_MARGIN = 0.1  # a manual focal point stays this share of the window away from its edges
+
+
+def subject_window(
+    frame: tuple[int, int],
+    size: tuple[int, int],
+    focus: tuple[float, float],
+    faces: Sequence[Face] = (),
+    *,
+    keep_focus: bool = False,
+) -> tuple[int, int]:
+    """The top-left corner of the `size` window of a `frame`-sized image that keeps the subject.
+
+    Without faces: centred on `focus`, moved inside the frame where it would overflow. With
+    faces, the window is slid along each free axis to the positions where some face's edge meets
+    the window's edge (and the focus-centred one), and the best is kept: first the largest face
+    whole, then the most face area, where a face cut in two counts half (a placement that leaves a
+    face out is preferred to one that halves it), then the nearest to `focus`. `keep_focus`
+    keeps only windows that hold `focus` away from their edges."""
+    width, height = frame
+    cw, ch = min(size[0], width), min(size[1], height)
+    free_x, free_y = width - cw, height - ch
+    centred = (
+        min(max(0, round(focus[0] * width - cw / 2)), free_x),
+        min(max(0, round(focus[1] * height - ch / 2)), free_y),
+    )
+    if not faces:
+        return centred
+    boxes = [
+        (f.x * width, f.y * height, (f.x + f.w) * width, (f.y + f.h) * height)
+        for f in sorted(faces, key=lambda f: f.area, reverse=True)[:_MAX_SCORED_FACES]
+    ]
+
+    def positions(free: int, window: int, axis: int, centre: int) -> list[int]:
+        if free <= 0:
+            return [0]
+        found = {centre, 0, free}
+        for box in boxes:
+            lo, hi = box[axis], box[axis + 2]
+            for p in (lo, hi - window, (lo + hi) / 2 - window / 2):
+                found.add(min(max(0, round(p)), free))
+        return sorted(found)
+
+    xs = positions(free_x, cw, 0, centred[0])
+    ys = positions(free_y, ch, 1, centred[1])
+    if keep_focus:
+        fx, fy = focus[0] * width, focus[1] * height
+        mx, my = cw * _FOCUS_MARGIN, ch * _FOCUS_MARGIN
+        xs = [x for x in xs if x + mx <= fx <= x + cw - mx] or [centred[0]]
+        ys = [y for y in ys if y + my <= fy <= y + ch - my] or [centred[1]]
+    target = (focus[0] * width - cw / 2, focus[1] * height - ch / 2)
+    best, best_score = centred, (False, -1.0, 0.0)
+    for x in xs:
+        for y in ys:
+            kept = 0.0
+            whole_largest = False
+            for i, (x0, y0, x1, y1) in enumerate(boxes):
+                ix = min(x1, x + cw) - max(x0, x)
+                iy = min(y1, y + ch) - max(y0, y)
+                if ix <= 0 or iy <= 0:
+                    continue
+                area = (x1 - x0) * (y1 - y0)
+                inside = ix * iy
+                if inside >= area * 0.999:
+                    kept += area
+                    whole_largest = whole_largest or i == 0
+                else:
+                    kept += inside / 2
+            score = (whole_largest, round(kept, 3), -abs(x - target[0]) - abs(y - target[1]))
+            if score > best_score:
+                best, best_score = (x, y), score
+    return best
 
 
 def _attention_map(small: Image.Image) -> Image.Image:
@@ -133,6 +215,16 @@ def _attention_map(small: Image.Image) -> Image.Image:
         edges.paste(inner, (1, 1))
     saturation = small.convert("HSV").getchannel("S")
     return Image.blend(edges, saturation, 0.5)
+
+
+def faces_centre(faces: Sequence[Face]) -> tuple[float, float]:
+    """The centre of the faces, each weighted by its area (the largest face pulls hardest)."""
+    total = sum(f.area for f in faces)
+    if total <= 0:
+        return (0.5, 0.5)
+    x = sum(f.centre[0] * f.area for f in faces) / total
+    y = sum(f.centre[1] * f.area for f in faces) / total
+    return (round(min(max(x, 0.0), 1.0), 3), round(min(max(y, 0.0), 1.0), 3))
 
 
 def focal_point(image: Image.Image) -> tuple[float, float]:

@@ -35,12 +35,23 @@ from time import perf_counter
 from PIL import Image, ImageSequence
 
 from ..errors import CorruptImage, EmptyFile, ImageRejected, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
-from . import gainmap, geometry, plugins, quality, tonemap, uhdr
+from . import gainmap, geometry, plugins, quality, subject, tonemap, uhdr
 from .colour import convert_profile, drop_opaque_alpha, is_rgb_profile, normalise_mode, to_srgb
 from .encode import encode, prepare
 from .placeholder import blurhash, dominant_color, thumbhash
 from .sniff import DECODABLE, sniff
-from .specs import DEFAULT_VARIANTS, Fit, ImageFormat, ImageVariant, Limits, ProcessedImage, SourceInfo, VariantConfig
+from .specs import (
+    DEFAULT_VARIANTS,
+    Face,
+    Fit,
+    Gravity,
+    ImageFormat,
+    ImageVariant,
+    Limits,
+    ProcessedImage,
+    SourceInfo,
+    VariantConfig,
+)
 
 _WEB_FORMATS = {f.value for f in ImageFormat}
 _SWAPS_SIDES = {5, 6, 7, 8}
@@ -99,6 +110,12 @@ class Job:
     blurhash: str = ""
     thumbhash: str = ""
     focal_point: tuple[float, float] = (0.5, 0.5)
+    manual_focus: tuple[float, float] | None = None  # a focal point set by hand: the subject
+    given_faces: tuple[Face, ...] | None = None  # faces found before (a manifest's): not detected again
+    detect_image: Image.Image | None = None  # ≤ 640 px, whole frame: what the face detector is given
+    faces: tuple[Face, ...] = ()
+    focal_source: str = "attention"
+    face_detection: dict | None = None
     dominant_color: str = ""
 
 
@@ -119,6 +136,7 @@ class ImageProcessor:
         *,
         limits: Limits | None = None,
         keep_icc_profile: bool = False,
+        face_detector: subject.FaceDetector | None = None,
     ) -> None:
         self.variants = tuple(variants) if variants is not None else DEFAULT_VARIANTS
         if not self.variants or not all(isinstance(v, VariantConfig) for v in self.variants):
@@ -133,14 +151,34 @@ class ImageProcessor:
         self.background_color = tuple(background_color)
         self.limits = limits or Limits()
         self.keep_icc_profile = keep_icc_profile
+        # Finds the faces `auto` crops keep and the manifest records; None: no detection.
+        self.face_detector = face_detector
+
+    @property
+    def face_engine(self) -> str:
+        """The face detector's name ("off" without one): it decides where `auto` crops fall."""
+        return self.face_detector.name if self.face_detector is not None else "off"
 
     def process(self, data: bytes) -> list[ImageVariant]:
         """The variants for `data`, in the order the specs were given."""
         return list(self.process_image(data).variants)
 
-    def process_image(self, data: bytes) -> ProcessedImage:
-        """Variants plus what the manifest needs: source facts, BlurHash, dominant colour, time."""
+    def process_image(
+        self,
+        data: bytes,
+        *,
+        focal_point: tuple[float, float] | None = None,
+        faces: Iterable[Face] | None = None,
+    ) -> ProcessedImage:
+        """Variants plus what the manifest needs: source facts, BlurHash, dominant colour, faces,
+        focal point, time.
+
+        `focal_point`: a point set by hand (normalised x, y of the upright frame): it is the
+        subject (`auto` crops keep it; faces are still detected and recorded). `faces`: faces
+        already found for this image (a manifest's): used as they are, the detector not run."""
         started = perf_counter()
+        manual = _normalised_point(focal_point) if focal_point is not None else None
+        known = tuple(faces) if faces is not None else None
         kind = self._check_input(data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
@@ -148,7 +186,7 @@ class ImageProcessor:
             image = _open(data, kind, self.limits.max_pixels)
             errors = _HEIF_ERRORS if kind == "heif" else _DECODE_ERRORS
             try:
-                return self._run(image, data, kind, started)
+                return self._run(image, data, kind, started, manual, known)
             except Image.DecompressionBombError as exc:
                 raise TooManyPixels(str(exc)) from None
             except errors as exc:
@@ -170,8 +208,16 @@ class ImageProcessor:
             raise UnsupportedType(f"{kind} is not an accepted image type")
         return kind
 
-    def _run(self, image: Image.Image, data: bytes, kind: str, started: float) -> ProcessedImage:
-        job = Job(data=data, kind=kind, image=image)
+    def _run(
+        self,
+        image: Image.Image,
+        data: bytes,
+        kind: str,
+        started: float,
+        manual: tuple[float, float] | None = None,
+        known: tuple[Face, ...] | None = None,
+    ) -> ProcessedImage:
+        job = Job(data=data, kind=kind, image=image, manual_focus=manual, given_faces=known)
         for step in self.PIPELINE:
             step(self, job)
         for step in self.FINALIZE:
@@ -189,6 +235,9 @@ class ImageProcessor:
             processing_ms=round((perf_counter() - started) * 1000, 1),
             thumbhash=job.thumbhash,
             focal_point=job.focal_point,
+            faces=job.faces,
+            focal_source=job.focal_source,
+            face_detection=job.face_detection,
         )
 
     # -- main pipeline: from the opened file to every variant's pixels --------------------------------
@@ -325,6 +374,13 @@ class ImageProcessor:
         scale = min(1.0, _PREVIEW / max(box[2] - box[0], box[3] - box[1]))
         size = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
         job.preview = base.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0)
+        if self.face_detector is not None and job.given_faces is None:
+            # The detector's picture: ≤ 640 px of the whole frame, from the smallest full-frame
+            # image made that still has that many pixels (no second decode).
+            side = subject.DETECT_SIDE
+            roomy = [b for b in bases if max(b[1][2] - b[1][0], b[1][3] - b[1][1]) >= side - 0.01] or bases
+            base, box = min(roomy, key=lambda b: b[0].width * b[0].height)
+            job.detect_image = subject.rendition(base, box)
         job.working = None
 
     def _tone_map(self, job: Job) -> None:
@@ -340,6 +396,8 @@ class ImageProcessor:
                 done[id(still)] = _through(still, table)
             job.stills[name] = done[id(still)]
         job.preview = _through(job.preview, table)
+        if job.detect_image is not None:
+            job.detect_image = _through(job.detect_image, table)
 
     def _colour(self, job: Job) -> None:
         """To sRGB (or the kept profile) on the small results, converting each distinct image once."""
@@ -349,14 +407,34 @@ class ImageProcessor:
                 done[id(still)] = convert_profile(still, job.icc, self.keep_icc_profile)
             job.stills[name] = done[id(still)]
         job.preview = convert_profile(job.preview, job.icc, self.keep_icc_profile)
+        if job.detect_image is not None:  # the detector sees sRGB, whatever the outputs keep
+            job.detect_image = convert_profile(job.detect_image, job.icc, False)
         if self.keep_icc_profile and is_rgb_profile(job.icc):
             modes = {im.mode for im in job.stills.values()}
             job.keep_icc = job.icc if modes <= {"RGB", "RGBA"} else None
 
+    def _faces(self, job: Job) -> None:
+        """Faces, once per image, on the ≤ 640 px rendition of the whole frame (or the ones given)."""
+        if job.given_faces is not None:
+            job.faces = tuple(sorted(job.given_faces, key=lambda f: f.area, reverse=True))
+            job.face_detection = {"engine": "given", "faces": len(job.faces)}
+            return
+        if self.face_detector is None or job.detect_image is None:
+            return
+        found = subject.detect(self.face_detector, _rgb(job.detect_image))
+        job.detect_image = None
+        job.faces, job.face_detection = found.faces, found.record
+
     def _focus(self, job: Job) -> None:
-        """The focal point, once per image, from the whole frame (the manifest records it; `auto`
-        crops centre on it)."""
-        job.focal_point = geometry.focal_point(job.preview)
+        """The focal point, once per image (the manifest records it; `auto` crops keep it): the one
+        set by hand, else the centre of the faces weighted by size, else the attention centroid of
+        the whole frame."""
+        if job.manual_focus is not None:
+            job.focal_point, job.focal_source = job.manual_focus, "manual"
+        elif job.faces:
+            job.focal_point, job.focal_source = geometry.faces_centre(job.faces), "faces"
+        else:
+            job.focal_point, job.focal_source = geometry.focal_point(job.preview), "attention"
 
     def _crop(self, job: Job) -> None:
         """Content-aware `cover` crops, scored on the converted pixels; the window is recorded (a
@@ -364,7 +442,7 @@ class ImageProcessor:
         for spec in self.variants:
             if spec.fit is Fit.COVER and spec.gravity in geometry.CONTENT_AWARE:
                 still = job.stills[spec.name]
-                box = _crop_box(still, spec, job.width, job.height, job.focal_point)
+                box = _crop_box(still, spec, job.width, job.height, job.focal_point, job.faces, job.manual_focus)
                 job.crops[spec.name] = (box, still.size)
                 job.stills[spec.name] = still if box == (0, 0, *still.size) else still.crop(box)
 
@@ -377,7 +455,9 @@ class ImageProcessor:
         moving = [spec for spec in self.variants if job.animated and job.formats[spec.name].can_animate]
         animations = {}
         if moving:
-            animations = self._animations(job.image, moving, job.icc, job.width, job.height, job.focal_point)
+            animations = self._animations(
+                job.image, moving, job.icc, job.width, job.height, job.focal_point, job.faces, job.manual_focus
+            )
         seeds: dict[ImageFormat, int] = {}
         done: dict[str, ImageVariant] = {}
         for spec in reversed(_largest_first(self.variants, job.width, job.height)):
@@ -485,6 +565,7 @@ class ImageProcessor:
         _resize,
         _tone_map,
         _colour,
+        _faces,
         _focus,
         _crop,
     )
@@ -498,6 +579,8 @@ class ImageProcessor:
         width: int,
         height: int,
         focus: tuple[float, float] = (0.5, 0.5),
+        faces: tuple[Face, ...] = (),
+        manual: tuple[float, float] | None = None,
     ):
         """Every frame decoded once and resized (and cropped) for each animated variant, like the
         first frame; durations kept. {variant name: (frames, durations)}"""
@@ -508,7 +591,8 @@ class ImageProcessor:
             rgba = to_srgb(frame.convert("RGBA"), icc, self.keep_icc_profile)
             bases = [(rgba, (0.0, 0.0, *rgba.size))]
             for spec in specs:
-                frames[spec.name].append(_crop(_render(bases, spec, width, height), spec, width, height, focus))
+                resized = _render(bases, spec, width, height)
+                frames[spec.name].append(_crop(resized, spec, width, height, focus, faces, manual))
             durations.append(frame.info.get("duration", 100))
         image.seek(0)
         return {name: (images, durations) for name, images in frames.items()}
@@ -674,20 +758,54 @@ def _through(image: Image.Image, table: tuple[int, ...]) -> Image.Image:
 
 
 def _crop(
-    image: Image.Image, spec: VariantConfig, width: int, height: int, focus: tuple[float, float] = (0.5, 0.5)
+    image: Image.Image,
+    spec: VariantConfig,
+    width: int,
+    height: int,
+    focus: tuple[float, float] = (0.5, 0.5),
+    faces: tuple[Face, ...] = (),
+    manual: tuple[float, float] | None = None,
 ) -> Image.Image:
     if spec.fit is not Fit.COVER or spec.gravity not in geometry.CONTENT_AWARE:
         return image
-    box = _crop_box(image, spec, width, height, focus)
+    box = _crop_box(image, spec, width, height, focus, faces, manual)
     return image if box == (0, 0, *image.size) else image.crop(box)
 
 
 def _crop_box(
-    image: Image.Image, spec: VariantConfig, width: int, height: int, focus: tuple[float, float]
+    image: Image.Image,
+    spec: VariantConfig,
+    width: int,
+    height: int,
+    focus: tuple[float, float],
+    faces: tuple[Face, ...] = (),
+    manual: tuple[float, float] | None = None,
 ) -> tuple[int, int, int, int]:
     """The window a content-aware `cover` variant keeps of its full-frame `image`."""
     out = geometry.output_size(spec, width, height)
-    return (0, 0, *image.size) if image.size == out else geometry.crop_box(image, out, spec.gravity, focus)
+    if image.size == out:
+        return (0, 0, *image.size)
+    if spec.gravity is Gravity.AUTO and manual is not None:
+        return geometry.crop_box(image, out, spec.gravity, manual, faces, keep_focus=True)
+    return geometry.crop_box(image, out, spec.gravity, focus, faces)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB for a detector (premultiplied alpha and padding dropped, grey expanded)."""
+    if image.mode in ("RGBa",):
+        image = image.convert("RGBA")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _normalised_point(point: tuple[float, float]) -> tuple[float, float]:
+    """A focal point given by hand, checked: two numbers from 0 to 1."""
+    try:
+        x, y = (float(v) for v in point)
+    except (TypeError, ValueError):
+        raise ValueError(f"focal_point must be (x, y) with 0 ≤ x, y ≤ 1, not {point!r}") from None
+    if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        raise ValueError(f"focal_point must be (x, y) with 0 ≤ x, y ≤ 1, not {point!r}")
+    return (round(x, 4), round(y, 4))
 
 
 def _load_webp_still(image: Image.Image) -> Image.Image | None:

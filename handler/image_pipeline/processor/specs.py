@@ -74,7 +74,8 @@ class Gravity(str, Enum):
     SOUTHWEST = "southwest"
     ENTROPY = "entropy"  # the window with the most detail (Shannon entropy)
     ATTENTION = "attention"  # the window with the most edges and saturated colour
-    AUTO = "auto"  # centred on the image's focal point (ProcessedImage.focal_point), as near as fits
+    AUTO = "auto"  # the subject: the largest face and as many others as fit, else the focal point
+    # (ProcessedImage.focal_point); the default gravity of `cover` variants
 
 
 DEFAULT_QAUTO_TARGET = 0.98  # luminance SSIM a `qauto` variant keeps against its unencoded pixels
@@ -109,7 +110,8 @@ class VariantConfig:
     quality: int = 85
     format: ImageFormat | None = None
     fit: Fit = Fit.CONTAIN
-    gravity: Gravity = Gravity.CENTRE
+    # Not given (None): `auto` for a cover variant, `centre` otherwise (where nothing is cropped).
+    gravity: Gravity = None  # type: ignore[assignment]
     qauto: float | None = None  # target luminance SSIM: `quality` per image, with `quality` as the ceiling
     lazy: bool = False  # not made on upload: made on its first request (ondemand/), then stored
     hdr: bool = False  # keep an upload's HDR gain map: an Ultra HDR JPEG (processor/uhdr.py); JPEG only
@@ -130,6 +132,8 @@ class VariantConfig:
         object.__setattr__(self, "fit", _enum(Fit, self.fit, "fit"))
         if not (self.max_width and self.max_height):
             object.__setattr__(self, "fit", Fit.CONTAIN)  # one free side: nothing to crop
+        if self.gravity is None:
+            object.__setattr__(self, "gravity", Gravity.AUTO if self.fit is Fit.COVER else Gravity.CENTRE)
         object.__setattr__(self, "gravity", _enum(Gravity, self.gravity, "gravity"))
         if self.qauto is not None:
             if isinstance(self.qauto, bool) or not isinstance(self.qauto, (int, float)) or not 0.5 <= self.qauto < 1:
@@ -206,6 +210,32 @@ class SourceInfo:
 
 
 @dataclass(frozen=True)
+class Face:
+    """One detected face: its box normalised to the upright frame (after EXIF orientation), 0..1
+    from the top-left corner, and the detector's confidence (0..1)."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+    score: float
+
+    @property
+    def area(self) -> float:
+        return self.w * self.h
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.x + self.w / 2, self.y + self.h / 2)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "score": self.score}
+
+
+FOCAL_SOURCES = ("faces", "attention", "manual")
+
+
+@dataclass(frozen=True)
 class ProcessedImage:
     """Everything one `process_image` call produced."""
 
@@ -216,3 +246,6 @@ class ProcessedImage:
     processing_ms: float
     thumbhash: str = ""  # base64, https://evanw.github.io/thumbhash/ (keeps aspect ratio and alpha)
     focal_point: tuple[float, float] = (0.5, 0.5)  # normalised (x, y) of the subject, 0..1 from top-left
+    faces: tuple[Face, ...] = ()  # detected in the upright frame, largest first
+    focal_source: str = "attention"  # what the focal point is: "faces", "attention" or "manual"
+    face_detection: dict | None = None  # {"engine": …, "ms": …} and "error" when detection failed
