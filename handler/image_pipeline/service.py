@@ -349,7 +349,7 @@ class ImageService:
         if (
             now is None
             or now.etag != raw.etag
-            or now.manual_focal != (None if point is None else (float(point[0]), float(point[1])))
+            or now.manual_focal != (processed.focal_point if point is not None else None)
         ):
             raise NotReady("the image was processed again meanwhile; set the focal point again")
         written = {v["key"] for v in record["variants"]}
