@@ -336,8 +336,8 @@ class ImageService:
         if raw.etag != previous.etag:
             raise NotReady("a newer upload of this image is being processed; try again once it is done")
         # The faces the manifest recorded are kept (no detection again); the point replaces the subject's.
-        subject = {k: v for k, v in manifest.subject(manifest.parse(stored.data) or {}).items() if k != "focal_point"}
-        processed = await self._process(self.processor, raw.data, **subject, **_focal(point))
+        recorded_faces = manifest.subject(manifest.parse(stored.data) or {}).get("faces")
+        processed = await self._process(self.processor, raw.data, focal_point=point, faces=recorded_faces)
         uploader = ids.owner_of(raw_key, self.raw_prefix, raw.metadata)
         ref = ObjectRef(previous.bucket, raw_key)
         record, winner = await self._write_outputs(
@@ -459,7 +459,7 @@ class ImageService:
         manual = previous.manual_focal if previous and owner == ref.key and recorded == raw.etag else None
         try:
             # Off the event loop, under the process's bound (Busy when the API's wait runs out).
-            processed = await self._process(self.processor, raw.data, **_focal(manual))
+            processed = await self._process(self.processor, raw.data, focal_point=manual)
         except ImageRejected as exc:
             return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         except PipelineError:
@@ -637,11 +637,6 @@ class ImageService:
             tags_dropped=dropped,
             owner=owner,
         )
-
-
-def _focal(point: tuple[float, float] | None) -> dict[str, tuple[float, float]]:
-    """`_process`'s keyword for a focal point set by hand (none when there is none)."""
-    return {} if point is None else {"focal_point": point}
 
 
 async def _read_if_any(store: ObjectStore, key: str) -> RawObject | None:
