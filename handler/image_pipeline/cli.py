@@ -271,10 +271,11 @@ def _table(headers: list[str], rows: list[tuple[str, ...]]) -> None:
 def _add_sign(commands) -> None:
     sign = commands.add_parser(
         "sign",
-        help="sign an on-demand width URL (widths outside ONDEMAND_WIDTHS need it)",
+        help="sign an on-demand width or ratio URL (widths outside ONDEMAND_WIDTHS, ratios outside ONDEMAND_RATIOS)",
         description="Print PATH_OR_URL with its `sig` parameter: HMAC-SHA256 with SIGNING_KEY over the path "
         "without the format extension (one signature serves every format of that width). E.g. "
-        "`image-pipeline sign /images/<id>/w641.webp` or `image-pipeline sign https://<cdn>/processed/<…>/w641`.",
+        "`image-pipeline sign /images/<id>/w641.webp`, `image-pipeline sign /images/<id>/w640-5x4.webp` or "
+        "`image-pipeline sign https://<cdn>/processed/<…>/w641`.",
     )
     sign.add_argument("target", metavar="PATH_OR_URL")
     sign.add_argument("--key", help="the signing key (default: $SIGNING_KEY)")
