@@ -98,6 +98,11 @@ class Notifier:
             "manifest_key": manifest_key,
             "source": {k: record["source"].get(k) for k in ("type", "width", "height", "bytes")},
             "placeholder": record.get("placeholder"),
+            # The subject (manifests written before faces have none of these): faces, the focal
+            # point `auto` crops keep, and what it is ("faces", "attention" or "manual").
+            "faces": record.get("faces") or [],
+            "focal_point": record.get("focal_point"),
+            "focal_source": record.get("focal_source"),
             "variants": [
                 {k: v[k] for k in ("name", "key", "width", "height", "bytes", "content_type")}
                 for v in record["variants"]

@@ -71,6 +71,9 @@ def test_processed_and_rejected_images_each_publish_one_event(handler, settings_
     assert detail["manifest_key"] == f"processed/{good_id}/a/manifest.json"
     assert detail["etag"] == s3.head_object(Bucket=bucket, Key=detail["raw_key"])["ETag"].strip('"')
     variants = {v["name"]: v for v in detail["variants"]}
+    # The subject, as the manifest records it (a photo without faces: the attention centroid).
+    assert detail["faces"] == [] and detail["focal_source"] == "attention"
+    assert set(detail["focal_point"]) == {"x", "y"}
     assert (variants["medium"]["width"], variants["medium"]["height"]) == (640, 480)
     for variant in variants.values():  # every key named is really there, with the bytes stated
         head = s3.head_object(Bucket=bucket, Key=variant["key"])

@@ -131,6 +131,7 @@ def crop_box(
 
 
 _MAX_SCORED_FACES = 64  # the largest faces the placement looks at (a crowd's smallest are noise to it)
+_CUT_PENALTY = 0.25  # a cut face's part inside the window counts against the placement
 _FOCUS_MARGIN = 0.1  # a manual focal point stays this share of the window away from its edges
 
 
@@ -147,8 +148,9 @@ def subject_window(
     Without faces: centred on `focus`, moved inside the frame where it would overflow. With
     faces, the window is slid along each free axis to the positions where some face's edge meets
     the window's edge (and the focus-centred one), and the best is kept: first the largest face
-    whole, then the most face area, where a face cut in two counts half (a placement that leaves a
-    face out is preferred to one that halves it), then the nearest to `focus`. `keep_focus`
+    whole, then the most face area kept whole (a face the window cuts counts against it, so a
+    face is left out rather than halved; one larger than the window counts what fits), then the
+    nearest to `focus`. `keep_focus`
     keeps only windows that hold `focus` away from their edges."""
     width, height = frame
     cw, ch = min(size[0], width), min(size[1], height)
@@ -197,8 +199,10 @@ def subject_window(
                 if inside >= area * 0.999:
                     kept += area
                     whole_largest = whole_largest or i == 0
+                elif x1 - x0 > cw or y1 - y0 > ch:
+                    kept += inside  # a face larger than the window: as much of it as fits
                 else:
-                    kept += inside / 2
+                    kept -= inside * _CUT_PENALTY  # a face that could be whole, cut: worse than left out
             score = (whole_largest, round(kept, 3), -abs(x - target[0]) - abs(y - target[1]))
             if score > best_score:
                 best, best_score = (x, y), score
