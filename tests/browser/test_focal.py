@@ -113,6 +113,20 @@ def test_a_click_on_the_picture_sets_the_focal_point_and_the_crops_follow(page, 
     card.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "focal-phone.png"), full_page=True)
 
+    # In the gallery the picture is shown whole (contain) in a 4:3 cell: the subject sits on it.
+    gallery = page.context.new_page()
+    gallery.set_viewport_size({"width": 1280, "height": 900})
+    gallery.goto(server.url + "/gallery")
+    gallery.locator(f".card{PROCESSED}").wait_for(timeout=30000)
+    layer_box = gallery.locator(".card .subject").bounding_box()
+    assert abs(layer_box["width"] / layer_box["height"] - 1.5) < 0.02
+    ring = gallery.locator(".card .subject .focal").bounding_box()
+    assert abs((ring["x"] + ring["width"] / 2 - layer_box["x"]) / layer_box["width"] - 0.92) < 0.02
+    assert abs((ring["y"] + ring["height"] / 2 - layer_box["y"]) / layer_box["height"] - 0.125) < 0.02
+    gallery.wait_for_timeout(600)  # the preview fades in
+    gallery.screenshot(path=str(shots / "focal-gallery.png"))
+    gallery.close()
+
     card.get_by_role("button", name="Use the detected subject").click()
     page.wait_for_function("() => document.querySelector('.card').dataset.focal !== 'saving'", timeout=30000)
     page.locator('.card[data-focal="attention"], .card[data-focal="faces"]').wait_for(timeout=30000)

@@ -71,6 +71,10 @@ class GalleryItem:
     placeholder: dict[str, Any] | None
     variants: list[GalleryVariant]
     processed_at: str | None
+    # The subject, as `GET /images/{id}` gives it: faces found, the focal point and its source.
+    faces: list[dict[str, float]] | None = None
+    focal_point: dict[str, float] | None = None
+    focal_source: str | None = None
 
 
 @dataclass
@@ -168,6 +172,10 @@ async def _item(api, key: str, body: bytes | None, prefix: str, base: str) -> Ga
         placeholder=record.get("placeholder"),
         variants=shown,
         processed_at=record.get("processed_at"),
+        faces=record.get("faces") or [],
+        focal_point=record.get("focal_point") if isinstance(record.get("focal_point"), dict) else None,
+        focal_source=record.get("focal_source")
+        or ("attention" if isinstance(record.get("focal_point"), dict) else None),
     )
 
 

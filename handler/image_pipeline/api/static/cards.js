@@ -338,6 +338,7 @@ function subjectLayer(frame, onPick) {
   const mark = (point) => Object.assign(marker.style, { left: percent(point.x), top: percent(point.y) });
 
   layer.addEventListener("click", (event) => {
+    if (layer.dataset.editable !== "true") return;
     const box = layer.getBoundingClientRect();
     if (!box.width || !box.height) return;
     const point = { x: round4(clamp01((event.clientX - box.left) / box.width)), y: round4(clamp01((event.clientY - box.top) / box.height)) };
@@ -350,7 +351,7 @@ function subjectLayer(frame, onPick) {
       event.preventDefault();
       pending = { x: round4(clamp01(pending.x + steps[event.key][0])), y: round4(clamp01(pending.y + steps[event.key][1])) };
       mark(pending);
-    } else if ((event.key === "Enter" || event.key === " ") && pending) {
+    } else if ((event.key === "Enter" || event.key === " ") && pending && layer.dataset.editable === "true") {
       event.preventDefault();
       onPick(pending);
     }
@@ -365,6 +366,7 @@ function subjectLayer(frame, onPick) {
       const faces = (image.faces || []).map((f) => el("span", { class: "face", "aria-hidden": "true",
         style: `left: ${percent(f.x)}; top: ${percent(f.y)}; width: ${percent(f.w)}; height: ${percent(f.h)}` }));
       marker.dataset.source = image.focal_source || "";
+      layer.dataset.editable = image.id ? "true" : "false";  // an image uploaded through the API
       mark(pending);
       layer.replaceChildren(...faces, marker);
       layer.hidden = false;
