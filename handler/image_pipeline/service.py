@@ -454,9 +454,11 @@ class ImageService:
                 owner=uploader,
             )
 
-        # A focal point set by hand is the image's own: it stays through reprocessing of the same
-        # upload (a configuration change, a backfill); a new upload starts from its detected subject.
-        manual = previous.manual_focal if previous and owner == ref.key and recorded == raw.etag else None
+        # A focal point set by hand is a property of the image, not of the configuration: the same
+        # upload processed again (a new configuration, a backfill) keeps it; a new upload does not.
+        manual = None
+        if stored_manifest and owner == ref.key and recorded == raw.etag:
+            manual = manifest.subject(manifest.parse(stored_manifest.data) or {}).get("focal_point")
         try:
             # Off the event loop, under the process's bound (Busy when the API's wait runs out).
             processed = await self._process(self.processor, raw.data, focal_point=manual)
