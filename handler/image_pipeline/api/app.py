@@ -304,13 +304,10 @@ class Api:
         width_urls = self.width_urls(image_id, record, base)
         source = record["source"]
         size = int(source.get("width") or 0), int(source.get("height") or 0)
-        windows = {str(r): [round(side) for side in r.window(*size)] for r in self.ondemand.ratios}
-        focal = record.get("focal_point")
+        # each ratio's full-size window: the largest output that ratio's URLs give (wider ones are the same)
+        windows = {str(r): list(r.size(size[0], *size)) for r in self.ondemand.ratios}
         return {
-            "faces": record.get("faces") or [],
-            "focal_point": focal if isinstance(focal, dict) else None,
-            # manifests written before faces were detected: the point is the attention centroid
-            "focal_source": record.get("focal_source") or ("attention" if isinstance(focal, dict) else None),
+            **pages.subject_fields(record),
             "ratio_urls": RatioUrls(
                 template=width_urls.template.replace("w{width}.{ext}", "w{width}-{ratio}.{ext}"),
                 ratios=list(windows),
