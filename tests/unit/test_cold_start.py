@@ -15,7 +15,18 @@ def last_json_line(code: str, env: dict[str, str] | None = None):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-DEFERRED = ["pillow_heif", "litestar", "aioboto3", "aiobotocore", "aiohttp", "moto", "numpy", "requests"]
+# numpy, ai_edge_litert (LiteRT) and the face model load on the first image the local face detector sees.
+DEFERRED = [
+    "pillow_heif",
+    "litestar",
+    "aioboto3",
+    "aiobotocore",
+    "aiohttp",
+    "moto",
+    "numpy",
+    "requests",
+    "ai_edge_litert",
+]
 
 
 def test_importing_the_handler_defers_heavy_and_optional_modules(tmp_path):

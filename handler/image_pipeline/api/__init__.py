@@ -2,10 +2,14 @@
 synchronous and background processing, deletes — a front above `ImageService`, beside the
 Lambda handler. Litestar is imported only under this package, never by the pipeline function.
 
-`create_app()` builds the ASGI app; `image-pipeline serve` runs it locally; `lambda_function`
-adapts it to API Gateway (Mangum).
+`ImagePipelinePlugin` mounts it in any Litestar app over any litestar-storages backend (plugin.py);
+`create_app()` builds an app of its own with it (server.py); `image-pipeline serve` runs that
+locally; `lambda_function` adapts it to API Gateway (Mangum).
 """
 
-from .app import create_app
+from .auth import Caller
+from .plugin import ImagePipelinePlugin
+from .server import create_app
+from .settings import ApiSettings
 
-__all__ = ["create_app"]
+__all__ = ["ApiSettings", "Caller", "ImagePipelinePlugin", "create_app"]

@@ -1,4 +1,9 @@
-"""The Litestar app: routes, lifespan, problem details, OpenAPI (`/schema`).
+"""The upload API's routes, their bodies and what they share (`Api`).
+
+The routes are mounted by `ImagePipelinePlugin` (plugin.py) on a Litestar `Router` at the
+plugin's path; `create_app` (server.py) is one app with the plugin at `/`. A route finds its
+`Api` with `api_of(request)` (the router's `opt`, see guards.py), never in `app.state`. A new
+route is a handler added to `ROUTES` at the end of this module.
 
 Every route validates what it is given (id pattern, declared type and size, sniffed bytes)
 before any storage call, answers bad input with an RFC 9457 problem (`application/problem+json`,
@@ -14,37 +19,34 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, delete, get, post
-from litestar.config.cors import CORSConfig
+from litestar import MediaType, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import UploadFile
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, JSONBody, MultipartBody, Parameter
-from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
+from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.response import Redirect
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, ControllerRouterHandler, ExceptionHandlersMap, Receive, Scope, Send
 
-from .. import __version__, ids, keys
+from .. import ids, keys
 from ..errors import Busy, ImageRejected, OutOfTime, PipelineError, StorageFailure
 from ..faces import detector_for
 from ..ondemand import BadOutput, Forbidden, OnDemand, Wanted, is_width_leaf
 from ..ondemand.paths import fallback_format, negotiate
-from ..pool import ProcessingPool, return_freed_memory
+from ..pool import ProcessingPool
 from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
 from ..storage import ListedObject, ObjectNotFound
 from . import pages, subject
-from .auth import Authenticator, Caller
-from .backends import FileBackend, S3Backend, UploadRefused
-from .guards import authenticated, caller_of, trusted_request
-from .links import api_base, object_link
+from .auth import Authenticator, Caller, Identity
+from .backends import Backend, StorageBackend, UploadRefused
+from .guards import api_in, authenticated, caller_of
+from .links import api_base, mount_path, object_link, page_base
 from .problems import not_found, problem
 from .settings import EXTENSIONS, ApiSettings
 
@@ -164,12 +166,27 @@ class JobAccepted:
 
 
 class Api:
-    """Settings, storage backend and the pipeline's service, for the app's life."""
+    """Settings, storage backend, who the caller is, and the pipeline's service, for the app's
+    life: one per plugin (per mount), found by its routes with `api_of(request)`.
 
-    def __init__(self, settings: ApiSettings, backend: S3Backend | FileBackend) -> None:
+    `identity` says who a request is for (`Authenticator`: API_AUTH's JWT/IAM/open; or the app's
+    own `owner=`, `auth.OwnerIdentity`); `mount` is the router's path ("" at `/`); `gallery`
+    whether listings answer on an open API and `/api/gallery` answers at all (None: GALLERY)."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        backend: Backend,
+        *,
+        identity: Identity | None = None,
+        mount: str = "",
+        gallery: bool | None = None,
+    ) -> None:
         self.settings = settings
         self.backend = backend
-        self.auth = Authenticator(settings)
+        self.auth: Identity = identity if identity is not None else Authenticator(settings)
+        self.mount = mount_path(mount)
+        self.gallery = gallery
         pipeline = settings.pipeline
         processor = ImageProcessor(
             pipeline.variants,
@@ -188,9 +205,24 @@ class Api:
         )
         self.ondemand = OnDemand(self.service, settings.ondemand)
 
+    def __deepcopy__(self, memo: dict) -> Api:
+        """One for the app's life: Litestar deep-copies a router (and its `opt`) as it registers
+        it; the routes must share this one (its clients, queue and slots), not copies."""
+        return self
+
     @property
-    def store(self):
+    def store(self) -> Any:
+        """The backend's `ObjectStore` (an attribute of the backend, so a test may wrap it)."""
         return self.backend.store
+
+    @property
+    def is_open(self) -> bool:
+        """API_AUTH=open: no owners, every caller may act on every image."""
+        return isinstance(self.auth, Authenticator) and self.settings.auth == "open"
+
+    @property
+    def gallery_enabled(self) -> bool:
+        return pages.GALLERY_ENABLED if self.gallery is None else self.gallery
 
     def raw_dir(self, image_id: str) -> str:
         return f"{self.settings.pipeline.raw_prefix}{image_id}/"
@@ -214,7 +246,11 @@ class Api:
 
     def base(self, request: Request) -> str:
         """Where the API's own links start (PUBLIC_URL or the mount path; never the Host)."""
-        return api_base(request, self.settings.public_url)
+        return api_base(request, self.settings.public_url, self.mount)
+
+    def page_base(self, request: Request) -> str:
+        """The mount's path on this server (the page's `<base href>`)."""
+        return page_base(request, self.mount)
 
     async def describe(self, request: Request, image_id: str) -> ImageInfo | None:
         """Status from storage alone: manifest → processed; raw tagged failed → failed; raw → pending."""
@@ -419,8 +455,10 @@ def metadata_for(caller: Caller) -> dict[str, str]:
     return {ids.OWNER_METADATA: ids.owner_metadata(caller.owner)} if caller.owner is not None else {}
 
 
-def api_of(request: Request) -> Api:
-    return request.app.state.api
+def api_of(connection: ASGIConnection) -> Api:
+    """The Api of the plugin whose router holds the request's route."""
+    api: Api = api_in(connection.route_handler)
+    return api
 
 
 def own_id(request: Request, image_id: str) -> str:
@@ -479,7 +517,7 @@ async def receive_local_upload(request: Request, data: MultipartBody[dict[str, A
     presigned POST, the signed form is the permission)."""
     api = api_of(request)
     backend = api.backend
-    if not isinstance(backend, FileBackend):
+    if not isinstance(backend, StorageBackend):
         raise NotFoundException()
     try:
         policy = backend.check_policy(data)
@@ -509,7 +547,7 @@ async def list_images(
     the API). Each item is the `GET /images/{id}` body."""
     api = api_of(request)
     caller = caller_of(request)
-    if api.settings.auth == "open" and not pages.GALLERY_ENABLED:
+    if api.is_open and not api.gallery_enabled:
         raise problem(
             404,
             "listing is off on an open API: it would hand anyone every id (set GALLERY=true on a "
@@ -622,7 +660,7 @@ async def get_file(request: Request, key: FromPath[str]) -> Response[bytes]:
     """Delivery, public by design like a CDN: outputs only (never `raw/`), no token."""
     api = api_of(request)
     key = key.lstrip("/")
-    if not isinstance(api.backend, FileBackend) or not key.startswith(api.settings.pipeline.processed_prefix):
+    if not isinstance(api.backend, StorageBackend) or not key.startswith(api.settings.pipeline.processed_prefix):
         raise NotFoundException()
     if any(part in ("", ".", "..") for part in key.split("/")) or "\x00" in key:
         raise NotFoundException()
@@ -665,7 +703,7 @@ async def image_slot(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """The last guard of a route that processes an image in the request (see `ImageSlot`). A
     refused body is drained (read and dropped, up to the request size limit) first, so the client,
     still sending, reads the 503."""
-    api = connection.app.state.api
+    api = api_of(connection)
     held = connection.scope["state"][_SLOT]
     try:
         await held.enter_async_context(api.service.pool.reserve())
@@ -749,7 +787,7 @@ async def healthz() -> str:
     return "ok"
 
 
-# --- the app --------------------------------------------------------------------------------
+# --- errors, scoped to the API's router ----------------------------------------------------
 
 
 def _body_too_large(exc: RequestEntityTooLarge) -> ProblemDetailsException:
@@ -786,78 +824,44 @@ def _busy(request: Request, exc: Busy) -> Response:
     ).to_response(request)
 
 
-def create_app(
-    settings: ApiSettings | None = None,
-    *,
-    storage_dir: str | Path | None = None,
-    endpoint_url: str | None = None,
-    backend: S3Backend | FileBackend | None = None,
-) -> Litestar:
-    """The API over S3 (`settings.bucket_name`, `endpoint_url` or the environment's) or over a
-    directory (`storage_dir`). Settings come from the environment, validated once, when omitted."""
-    if settings is None:
-        settings = ApiSettings.from_env(need_bucket=storage_dir is None and backend is None)
-    if backend is None:
-        if storage_dir is not None:
-            backend = FileBackend(storage_dir)
-        else:
-            if not settings.bucket_name:
-                raise ValueError("an S3 API needs settings.bucket_name (BUCKET_NAME)")
-            backend = S3Backend(
-                settings.bucket_name,
-                endpoint_url=endpoint_url or settings.pipeline.s3_endpoint_url,
-                cache_control=settings.pipeline.cache_control,
-                max_attempts=settings.pipeline.s3_max_attempts,
-            )
-    api = Api(settings, backend)
-    return_freed_memory()  # a long-running process: each image's memory goes back when it is done
-    if settings.auth == "open":
-        log.warning("API_AUTH=open: anyone who can reach this API may upload, read and delete every image")
-
-    async def start(app: Litestar) -> None:
-        await backend.start(api.service)
-
-    async def stop(app: Litestar) -> None:
-        await backend.close()
-
-    cors = CORSConfig(allow_origins=list(settings.allowed_origins)) if settings.allowed_origins else None
-    return Litestar(
-        route_handlers=[
-            create_upload,
-            receive_local_upload,
-            list_images,
-            get_image,
-            get_job,
-            get_variant,
-            get_file,
-            upload_image,
-            upload_image_async,
-            delete_image,
-            delete_nested,
-            healthz,
-            *pages.routes,
-            *subject.routes,
-        ],
-        state=_state(api),
-        on_startup=[start],
-        on_shutdown=[stop],
-        plugins=[
-            ProblemDetailsPlugin(
-                ProblemDetailsConfig(
-                    enable_for_all_http_exceptions=True,
-                    exception_to_problem_detail_map={RequestEntityTooLarge: _body_too_large},
-                )
-            )
-        ],
-        exception_handlers={StorageFailure: _storage_failure, UnicodeDecodeError: _undecodable_form, Busy: _busy},
-        guards=[trusted_request],
-        openapi_config=OpenAPIConfig(title="s3-image-pipeline upload API", version=__version__, path="/schema"),
-        cors_config=cors,
-        request_max_body_size=settings.max_bytes + FORM_OVERHEAD,
-    )
+def _problem(request: Request, exc: ProblemDetailsException) -> Response:
+    return exc.to_response(request)
 
 
-def _state(api: Api):
-    from litestar.datastructures import State
+def _http_problem(request: Request, exc: HTTPException) -> Response:
+    """Every other HTTP error of the API's routes (validation, guards) as problem details too."""
+    return ProblemDetailsException(
+        status_code=exc.status_code, title=exc.detail, extra=exc.extra, headers=exc.headers
+    ).to_response(request)
 
-    return State({"api": api})
+
+def _too_large(request: Request, exc: RequestEntityTooLarge) -> Response:
+    return _body_too_large(exc).to_response(request)
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ProblemDetailsException: _problem,
+    HTTPException: _http_problem,
+    RequestEntityTooLarge: _too_large,
+    StorageFailure: _storage_failure,
+    UnicodeDecodeError: _undecodable_form,
+    Busy: _busy,
+}
+
+
+# --- the routes the plugin mounts: a new route is one more handler here ----------------------
+
+ROUTES: list[ControllerRouterHandler] = [
+    create_upload,
+    receive_local_upload,
+    list_images,
+    get_image,
+    get_job,
+    get_variant,
+    get_file,
+    upload_image,
+    upload_image_async,
+    delete_image,
+    delete_nested,
+    *subject.routes,
+]

@@ -14,6 +14,9 @@ API_AUTH decides how a caller is known (api/settings.py; SECURITY.md has the thr
   name, so one role stays one owner). No admin through IAM.
 - `open`: no owners and no token; everyone may act on every image. Only when asked for by name.
 
+That is `Authenticator`, one `Identity`. Inside another Litestar app the app's own login decides
+instead (`ImagePipelinePlugin(owner=..., admin=...)`: `OwnerIdentity`), with the same rules.
+
 Refusals are 401 problem details with `WWW-Authenticate`, made before any storage call or body
 parsing (see guards.py).
 """
@@ -21,12 +24,14 @@ parsing (see guards.py).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from litestar import Request
+from litestar.connection import ASGIConnection
 
 from .. import ids
 from .problems import not_found, problem
@@ -65,6 +70,42 @@ class Caller:
 EVERYONE = Caller(None, admin=True)  # API_AUTH=open
 
 
+class Identity(Protocol):
+    """Who a request is for: a `Caller`, or a 401 problem (raised before any body is read)."""
+
+    async def caller(self, connection: ASGIConnection) -> Caller: ...
+
+
+OwnerOf = Callable[[ASGIConnection], "str | int | Awaitable[str | int | None] | None"]
+AdminOf = Callable[[ASGIConnection], "bool | Awaitable[bool]"]
+
+
+class OwnerIdentity:
+    """The app's own login as an `Identity`: `owner(connection)` names the owner (None: nobody
+    signed in, 401), `admin(connection)` whether they may act on every image. Either may be async.
+    An owner that is empty, over 256 characters or not printable is refused like a bad token."""
+
+    def __init__(self, owner: OwnerOf, admin: AdminOf | None = None) -> None:
+        self.owner = owner
+        self.admin = admin
+
+    async def caller(self, connection: ASGIConnection) -> Caller:
+        value = self.owner(connection)
+        if inspect.isawaitable(value):
+            value = await value
+        if value is None:
+            raise problem(401, "sign in first: this request is not for any owner")
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not value.strip() or len(value) > MAX_OWNER or not value.isprintable():
+            raise problem(401, "the signed-in identity is not usable as an image owner")
+        admin = False
+        if self.admin is not None:
+            decided = self.admin(connection)
+            admin = bool(await decided if inspect.isawaitable(decided) else decided)
+        return Caller(value, admin=admin)
+
+
 class Authenticator:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
@@ -78,7 +119,7 @@ class Authenticator:
     def verifies_tokens(self) -> bool:
         return bool(self.settings.jwt_secret or self.settings.jwks_url)
 
-    async def caller(self, request: Request) -> Caller:
+    async def caller(self, request: ASGIConnection) -> Caller:
         mode = self.settings.auth
         if mode == "open":
             return EVERYONE
@@ -165,7 +206,7 @@ def scopes(claims: dict) -> set[str]:
     return found
 
 
-def _bearer(request: Request) -> str:
+def _bearer(request: ASGIConnection) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if not header:

@@ -1,6 +1,10 @@
-"""Where the API keeps images: S3 (presigned POST/GET; the event pipeline processes uploads) or a
-directory through litestar-storages' `FileSystemStorage` (the API receives the upload form itself
-and an in-process worker processes it with the same `ImageService`)."""
+"""Where the API keeps images: S3 (presigned POST/GET; the event pipeline processes uploads) or any
+other litestar-storages backend (`FileSystemStorage`, `MemoryStorage`, …: the API receives the
+upload form itself and an in-process worker processes it with the same `ImageService`).
+
+`backend_for(storage)` picks one for a litestar-storages `Storage`: `S3Storage` → `S3Backend` (its
+bucket, endpoint, region and credentials, through the pipeline's own `S3Connection`), anything
+else → `StorageBackend` over `LitestarStore`."""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from litestar_storages import BaseStorage
+
 from ..service import STATUS_TAG, ImageService, ObjectRef
 from ..storage import LitestarStore, ObjectStore
 from ..storage.s3 import S3Connection
@@ -27,24 +33,66 @@ log = logging.getLogger("image_pipeline.api")
 class S3Backend:
     kind = "s3"
 
-    def __init__(self, bucket: str, *, endpoint_url: str | None, cache_control: str, max_attempts: int) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None,
+        cache_control: str,
+        max_attempts: int,
+        region: str | None = None,
+        credentials: dict[str, str | None] | None = None,
+    ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
-        self._options = {"cache_control": cache_control, "max_attempts": max_attempts}
+        self.region = region
+        self._credentials = credentials or {}
+        self._cache_control = cache_control
+        self._max_attempts = max_attempts
         self._connection: S3Connection | None = None
         self._signer: Any = None
         self._stack = contextlib.AsyncExitStack()
         self.store: ObjectStore | None = None
 
+    @classmethod
+    def of_storage(cls, storage: Any, *, cache_control: str, max_attempts: int) -> S3Backend:
+        """The bucket, endpoint, region and credentials of a litestar-storages `S3Storage`. Its own
+        client is left alone (it opens one per call): the pipeline keeps one for the app's life."""
+        config = storage.config
+        if config.prefix:
+            raise ValueError(
+                f"S3Storage(prefix={config.prefix!r}): give the image pipeline the bucket without a prefix, "
+                "and choose where images go with raw_prefix= and processed_prefix= instead"
+            )
+        return cls(
+            config.bucket,
+            endpoint_url=config.endpoint_url,
+            cache_control=cache_control,
+            max_attempts=max_attempts,
+            region=config.region,
+            credentials={
+                "aws_access_key_id": config.access_key_id,
+                "aws_secret_access_key": config.secret_access_key,
+                "aws_session_token": config.session_token,
+            },
+        )
+
     async def start(self, service: ImageService) -> None:
         import aioboto3
         from aiobotocore.config import AioConfig
 
-        self._connection = await S3Connection.open(endpoint_url=self.endpoint_url, **self._options)
+        session = aioboto3.Session(**{k: v for k, v in self._credentials.items() if v}, region_name=self.region)
+        self._connection = await S3Connection.open(
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            session=session,
+            cache_control=self._cache_control,
+            max_attempts=self._max_attempts,
+        )
         self.store = self._connection.store(self.bucket)
         # Presigning is local (no request); SigV4 explicitly, as every region requires for POST policies.
         self._signer = await self._stack.enter_async_context(
-            aioboto3.Session().client("s3", endpoint_url=self.endpoint_url, config=AioConfig(signature_version="s3v4"))
+            session.client("s3", endpoint_url=self.endpoint_url, config=AioConfig(signature_version="s3v4"))
         )
 
     async def close(self) -> None:
@@ -84,21 +132,27 @@ class UploadRefused(ValueError):
     """A local upload form that was not signed by this server, or not for this key/size."""
 
 
-class FileBackend:
-    """A directory as the bucket. Uploads come back to the API (`POST /uploads/local`) with a form
-    shaped like S3's presigned POST: the signed `policy` (key, size cap, expiry) is checked with
-    an HMAC key made at start-up, so only forms this server handed out are accepted."""
+class StorageBackend:
+    """Any litestar-storages backend as the bucket (tags and metadata beside the objects, see
+    `LitestarStore`). Uploads come back to the API (`POST /uploads/local`) with a form shaped like
+    S3's presigned POST: the signed `policy` (key, size cap, expiry) is checked with an HMAC key
+    made at start-up, so only forms this server handed out are accepted. An in-process worker
+    processes them (and `POST /images/async`) in the process's image slots."""
 
-    kind = "filesystem"
     bucket = "local"
 
-    def __init__(self, directory: str | Path) -> None:
-        from litestar_storages import FileSystemConfig, FileSystemStorage
+    def __init__(self, storage: BaseStorage) -> None:
+        from litestar_storages import FileSystemStorage, MemoryStorage
 
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.storage = FileSystemStorage(FileSystemConfig(path=self.directory, create_dirs=True))
-        self.store: ObjectStore = LitestarStore(self.storage)
+        self.storage = storage
+        self.kind = (
+            "filesystem"
+            if isinstance(storage, FileSystemStorage)
+            else "memory"
+            if isinstance(storage, MemoryStorage)
+            else type(storage).__name__
+        )
+        self.store: ObjectStore = LitestarStore(storage)
         self._secret = secrets.token_bytes(32)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
@@ -120,6 +174,8 @@ class FileBackend:
             after = page[-1].key
 
     async def close(self) -> None:
+        """The worker stops (an upload it had not finished stays unmarked: processed on the next
+        start). The storage is the app's: not closed here."""
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -187,3 +243,29 @@ class FileBackend:
 
     def _sign(self, encoded: str) -> str:
         return hmac.new(self._secret, encoded.encode(), hashlib.sha256).hexdigest()
+
+
+class FileBackend(StorageBackend):
+    """A directory as the bucket (`serve --storage DIR`): `FileSystemStorage` over it."""
+
+    def __init__(self, directory: str | Path) -> None:
+        from litestar_storages import FileSystemConfig, FileSystemStorage
+
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        super().__init__(FileSystemStorage(FileSystemConfig(path=self.directory, create_dirs=True)))
+
+
+Backend = S3Backend | StorageBackend
+
+
+def backend_for(storage: BaseStorage, *, cache_control: str, max_attempts: int) -> Backend:
+    """`S3Storage` → S3's semantics (presigned POST, tags, conditional writes); any other
+    litestar-storages backend → in-process processing over `LitestarStore`."""
+    from litestar_storages import S3Storage
+
+    if isinstance(storage, S3Storage):
+        return S3Backend.of_storage(storage, cache_control=cache_control, max_attempts=max_attempts)
+    if not isinstance(storage, BaseStorage):
+        raise TypeError(f"storage must be a litestar-storages Storage (or its name), not {type(storage).__name__}")
+    return StorageBackend(storage)

@@ -1,7 +1,7 @@
 """Checks every request passes before a route reads its body or touches storage (Litestar guards
 run before the handler's arguments are parsed).
 
-`trusted_request` (every route):
+`trusted_hosts(settings)` (`create_app`: every route of the app; the plugin: with `check_host=True`):
 - **Host**: only the API's own names: localhost, 127.0.0.1, [::1], ALLOWED_HOSTS, PUBLIC_URL's
   host and, on Lambda, the domain API Gateway received the request on (the event's
   `requestContext.domainName`, set by API Gateway, not by the client). Anything else is 400: a
@@ -10,21 +10,30 @@ run before the handler's arguments are parsed).
   `Origin` (or, without it, `Referer`). It must be the API's own origin (the Host it was sent
   to), PUBLIC_URL's, or one of ALLOWED_ORIGINS; anything else, `null` included, is 403 and
   nothing is stored. A multipart `fetch(..., {mode: "no-cors"})` from another site needs no
-  preflight, so CORS alone would not stop it. Requests with neither header (curl, servers) pass.
+  preflight, so CORS alone would not stop it (nor a session cookie the browser sends along).
+  Requests with neither header (curl, servers) pass. `same_origin`: every route of the plugin.
 
-`authenticated` (the API's routes): who the caller is (auth.py), kept as `request.state.caller`.
+`authenticated` (the API's routes): who the caller is (auth.py, or the app's own `owner=`), kept as
+`request.state.caller`.
+
+Each route finds its `Api` (the plugin's settings, storage and service) in the route handler's
+`opt` under `API_KEY`, put there by the plugin's router: two plugins in one app keep their own.
 """
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
+from litestar.types import Guard
 
 from .auth import Caller
 from .problems import problem
+from .settings import ApiSettings
 
+API_KEY = "image_pipeline.api"  # the route handler's `opt` key of its Api
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -53,13 +62,12 @@ def _origin_of(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else "null"
 
 
-def trusted_request(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    settings = connection.app.state.api.settings
+def check_host(settings: ApiSettings, connection: ASGIConnection) -> None:
     host = connection.headers.get("host", "")
     extra = []
     if settings.public_url:
         extra.append(_split_host(urlsplit(settings.public_url).netloc.lower())[0])
-    event = connection.scope.get("aws.event")
+    event = connection.scope.get("aws.event")  # type: ignore[typeddict-item]
     if isinstance(event, dict):
         domain = (event.get("requestContext") or {}).get("domainName")
         if isinstance(domain, str) and domain:
@@ -67,8 +75,11 @@ def trusted_request(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     if not host_allowed(host, settings.allowed_hosts, tuple(extra)):
         raise problem(400, "this API does not answer to that Host; add it to ALLOWED_HOSTS if it is yours")
 
+
+def check_origin(settings: ApiSettings, connection: ASGIConnection) -> None:
     if connection.scope.get("method") not in STATE_CHANGING:
         return
+    host = connection.headers.get("host", "")
     origin = connection.headers.get("origin")
     if origin is None:
         referer = connection.headers.get("referer")
@@ -86,8 +97,35 @@ def trusted_request(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     )
 
 
-async def authenticated(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    connection.state.caller = await connection.app.state.api.auth.caller(connection)
+def trusted_hosts(settings: ApiSettings) -> Guard:
+    """A guard for a whole app: the Host check with these settings."""
+
+    def trusted_host(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        check_host(settings, connection)
+
+    return trusted_host
+
+
+def checked_host(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """The Host check with the route's own API settings (the plugin's `check_host=True`)."""
+    check_host(api_in(handler).settings, connection)
+
+
+def same_origin(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    check_origin(api_in(handler).settings, connection)
+
+
+def api_in(handler: BaseRouteHandler) -> Any:
+    """The `app.Api` of the plugin whose router holds this route (typed there: `app.api_of`)."""
+    return handler.opt[API_KEY]
+
+
+def api_of(connection: ASGIConnection) -> Any:
+    return api_in(connection.route_handler)
+
+
+async def authenticated(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    connection.state.caller = await api_in(handler).auth.caller(connection)
 
 
 def caller_of(connection: ASGIConnection) -> Caller:

@@ -12,7 +12,7 @@ import asyncio
 
 from mangum import Mangum
 
-from .app import create_app
+from .server import create_app
 
 app = create_app()
 _loop = asyncio.new_event_loop()

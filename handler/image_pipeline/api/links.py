@@ -27,8 +27,19 @@ def object_link(base: str, key: str) -> str:
     return base + key_path(key)
 
 
-def api_base(request: Request, public_url: str | None) -> str:
-    """Where the API's own links start: PUBLIC_URL, or the path the app is mounted at."""
+def mount_path(path: str) -> str:
+    """A plugin's `path` as the prefix of its routes: "" for "/", "/images" for "images/"."""
+    return "/" + path.strip("/") if path.strip("/") else ""
+
+
+def page_base(request: Request, mount: str = "") -> str:
+    """The path the API's routes start at on this server: the ASGI root path + the mount, with `/`."""
+    return str(request.scope.get("root_path") or "").rstrip("/") + mount + "/"
+
+
+def api_base(request: Request, public_url: str | None, mount: str = "") -> str:
+    """Where the API's own links start: PUBLIC_URL (the app's external base URL) + the mount, or
+    the path the app is mounted at + the mount."""
     if public_url:
-        return public_url
-    return str(request.scope.get("root_path") or "").rstrip("/") + "/"
+        return public_url + (mount.lstrip("/") + "/" if mount else "")
+    return page_base(request, mount)

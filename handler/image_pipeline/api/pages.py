@@ -7,11 +7,15 @@ API's own endpoints (`POST /uploads`, the presigned form, `GET /images/{id}`) pl
 which pages through the manifests under `processed/<owner tag>-` with the store contract's `list`
 (one ListObjectsV2 page per 1000 keys on S3; the filesystem backend lists its directory) and reads
 the page's manifests. The pages send the bearer token the user gave them (static/auth.js).
+
+Every URL the pages use is relative to their `<base href>`, set to the mount's path when they are
+served: at `/` (`create_app`) or under a plugin's path (`ImagePipelinePlugin(page=True)`) alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
 from dataclasses import dataclass
@@ -25,7 +29,7 @@ from litestar.static_files import create_static_files_router
 
 from .. import ids, keys
 from ..errors import ConfigError
-from .guards import authenticated, caller_of
+from .guards import api_of, authenticated, caller_of
 from .problems import problem
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -83,18 +87,25 @@ class GalleryPage:
     next_cursor: str | None  # pass as ?cursor= for the next page; None on the last
 
 
-def _html(name: str) -> Response[bytes]:
-    return Response((STATIC / name).read_bytes(), media_type=MediaType.HTML)
+_CHARSET = b'<meta charset="utf-8">'
+
+
+def _html(request: Request, name: str) -> Response[bytes]:
+    """The page with its `<base href>`: the mount's path, so its relative URLs (static files, the
+    API's routes) resolve under the mount whether it is asked for with a trailing `/` or not."""
+    base = html.escape(api_of(request).page_base(request), quote=True).encode()
+    page = (STATIC / name).read_bytes().replace(_CHARSET, _CHARSET + b'\n  <base href="' + base + b'">', 1)
+    return Response(page, media_type=MediaType.HTML)
 
 
 @get("/", include_in_schema=False, cache_control=_REVALIDATE)
-async def upload_page() -> Response[bytes]:
-    return _html("index.html")
+async def upload_page(request: Request) -> Response[bytes]:
+    return _html(request, "index.html")
 
 
 @get("/gallery", include_in_schema=False, cache_control=_REVALIDATE)
-async def gallery_page() -> Response[bytes]:
-    return _html("gallery.html")
+async def gallery_page(request: Request) -> Response[bytes]:
+    return _html(request, "gallery.html")
 
 
 async def _manifest_keys(store, prefix: str, after: str | None, wanted: int) -> list[str]:
@@ -120,9 +131,9 @@ async def gallery(
     cursor: str | None = Parameter(default=None, description="next_cursor of the previous page"),
     limit: int = Parameter(default=24, ge=1, le=MAX_PAGE),
 ) -> GalleryPage:
-    if not GALLERY_ENABLED:
+    api = api_of(request)
+    if not api.gallery_enabled:
         raise problem(404, "the gallery is off: set GALLERY=true to list processed images")
-    api = request.app.state.api
     caller = caller_of(request)
     processed = api.settings.pipeline.processed_prefix
     prefix = processed if caller.admin else f"{processed}{caller.tag}-"
@@ -140,7 +151,7 @@ async def gallery(
     base = api.base(request)
     items = [
         item
-        for key, body in zip(manifest_keys, bodies)
+        for key, body in zip(manifest_keys, bodies, strict=True)
         if (item := await _item(api, key, body, processed, base)) is not None
     ]
     return GalleryPage(items=items, next_cursor=manifest_keys[-1] if more else None)
