@@ -19,10 +19,12 @@ Beside it, in one warmed process of its own, the same bytes through our processo
 request runs) and through libvips (`thumbnail_buffer` to the width, the ICC transform only where
 the file embeds a profile, WebP effort 4 / AVIF effort 2 = our method 4 / speed 7, quality 85,
 metadata stripped), interleaved; each engine warmed once. SSIM of our output against libvips'.
+`--json OUT` also writes the figures (the raw times, the table's rows and the cost table) for
+`bench/charts.py`.
 
 Cost per million requests from the S3 request counts above (us-east-1: PUT/LIST $0.005 per 1,000,
 GET/HEAD $0.0004 per 1,000) and Lambda arm64 ($0.0000133334 per GB-s, $0.20 per million requests)
-at 1024 MB (0.58 vCPU), with the processing time measured here scaled by 1 / 0.58.
+at 1024 MB (0.58 vCPU), with the processing's CPU time measured here scaled by 1 / 0.58.
 """
 
 from __future__ import annotations
@@ -93,15 +95,17 @@ def engines(paths: list[str], rounds: int) -> dict:
         for width, ext in TARGETS.values():
             ours(data, 64, ext), vips(data, 64, ext)
     times: dict = {}
+    cpu: dict = {}  # CPU time (all threads): what a Lambda below one vCPU waits for, steady on a shared machine
     outputs: dict = {}
     for r in range(rounds):
         for path, data in files.items():
             for target, (width, ext) in TARGETS.items():
                 order = (("ours", ours), ("vips", vips)) if r % 2 == 0 else (("vips", vips), ("ours", ours))
                 for name, engine in order:
-                    started = time.perf_counter()
+                    started, cpu_started = time.perf_counter(), time.process_time()
                     blob = engine(data, width, ext)
                     times.setdefault(f"{path}|{target}|{name}", []).append((time.perf_counter() - started) * 1000)
+                    cpu.setdefault(f"{path}|{target}|{name}", []).append((time.process_time() - cpu_started) * 1000)
                     outputs[f"{path}|{target}|{name}"] = blob
     ssim = {}
     from PIL import Image
@@ -119,7 +123,7 @@ def engines(paths: list[str], rounds: int) -> dict:
                 b = b.resize(a.size, Image.Resampling.LANCZOS)
             ssim[f"{path}|{target}"] = ssim_of(a, b)
     sizes = {k: len(v) for k, v in outputs.items()}
-    return {"times": times, "bytes": sizes, "ssim": ssim}
+    return {"times": times, "cpu": cpu, "bytes": sizes, "ssim": ssim}
 
 
 # -- through serve --------------------------------------------------------------------------------
@@ -160,7 +164,8 @@ def main() -> None:
         path = tmp / f"{name.replace(' ', '')}.jpg"
         path.write_bytes(data)
         paths[name] = str(path)
-    print(f"load average before: {loadavg()}", file=sys.stderr)
+    load_before = loadavg()
+    print(f"load average before: {load_before}", file=sys.stderr)
     serve_times, peak_kb = through_serve(files, args.rounds)
     child = subprocess.run(
         [
@@ -178,7 +183,8 @@ def main() -> None:
         cwd=ROOT,
     )
     engine = json.loads(child.stdout.strip().splitlines()[-1])
-    print(f"load average after: {loadavg()}", file=sys.stderr)
+    load_after = loadavg()
+    print(f"load average after: {load_after}", file=sys.stderr)
 
     print(
         f"\nSizes on demand, {args.rounds} rounds, through `serve` (embedded S3), load {loadavg()}; "
@@ -186,22 +192,26 @@ def main() -> None:
     )
     print(
         "| input | output | first request p50 / p95 ms | hit p50 / p95 ms | our processing p50 ms | "
-        "libvips p50 ms | **ours / libvips** | bytes ours / libvips | SSIM vs libvips |"
+        "libvips p50 ms | **ours / libvips** | CPU ours / libvips p50 ms | bytes ours / libvips | SSIM vs libvips |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     summary = {}
+    table = []
     for name, path in paths.items():
         for target in TARGETS:
             first = serve_times[f"{name}|{target}|first"]
             hit = serve_times[f"{name}|{target}|hit"]
             ours = engine["times"][f"{path}|{target}|ours"]
             vips = engine["times"][f"{path}|{target}|vips"]
+            ours_cpu = statistics.median(engine["cpu"][f"{path}|{target}|ours"])
+            vips_cpu = statistics.median(engine["cpu"][f"{path}|{target}|vips"])
             ratio = statistics.median(ours) / statistics.median(vips)
             b_ours, b_vips = engine["bytes"][f"{path}|{target}|ours"], engine["bytes"][f"{path}|{target}|vips"]
             print(
                 f"| {name} JPEG | {target} | {statistics.median(first):.0f} / {pct(first, 95):.0f} | "
                 f"{statistics.median(hit):.1f} / {pct(hit, 95):.1f} | {statistics.median(ours):.0f} | "
-                f"{statistics.median(vips):.0f} | **{ratio:.2f}×** | {b_ours / b_vips:.3f} | "
+                f"{statistics.median(vips):.0f} | **{ratio:.2f}×** | {ours_cpu:.0f} / {vips_cpu:.0f} "
+                f"({ours_cpu / vips_cpu:.2f}×) | {b_ours / b_vips:.3f} | "
                 f"{engine['ssim'][f'{path}|{target}']:.4f} |"
             )
             summary[f"{name}|{target}"] = {
@@ -209,10 +219,30 @@ def main() -> None:
                 "hit": hit,
                 "ours": ours,
                 "vips": vips,
+                "ours_cpu": ours_cpu,
                 "bytes": [b_ours, b_vips],
                 "ssim": engine["ssim"][f"{path}|{target}"],
             }
-    processing = statistics.median([statistics.median(v["ours"]) for v in summary.values()])
+            table.append(
+                {
+                    "input": f"{name} JPEG",
+                    "output": target,
+                    "first_p50_ms": round(statistics.median(first), 1),
+                    "first_p95_ms": round(pct(first, 95), 1),
+                    "hit_p50_ms": round(statistics.median(hit), 1),
+                    "hit_p95_ms": round(pct(hit, 95), 1),
+                    "ours_p50_ms": round(statistics.median(ours), 1),
+                    "vips_p50_ms": round(statistics.median(vips), 1),
+                    "ours_cpu_p50_ms": round(ours_cpu, 1),
+                    "vips_cpu_p50_ms": round(vips_cpu, 1),
+                    "ours_vs_vips": round(ratio, 3),
+                    "bytes_ours_vs_vips": round(b_ours / b_vips, 3),
+                    "ssim_vs_vips": round(engine["ssim"][f"{path}|{target}"], 4),
+                }
+            )
+    # A Lambda at 1024 MB has 0.58 vCPU: the processing takes its CPU time ÷ 0.58 there (CPU time, not this
+    # machine's wall clock, which other work on a shared machine stretches).
+    processing = statistics.median([v["ours_cpu"] for v in summary.values()])
     s3_ms = statistics.median([statistics.median(v["first"]) - statistics.median(v["ours"]) for v in summary.values()])
     lambda_first = (processing / VCPU_1024 + max(s3_ms, 0)) / 1000 * 1.0 * LAMBDA_GBS * 1e6 + LAMBDA_REQ
     print("\n| per million requests | S3 requests | S3 $ | Lambda $ (1024 MB) | total $ |")
@@ -224,16 +254,47 @@ def main() -> None:
         ("CDN, hit at the edge", "none", 0.0, 0.0),
         ("CDN, hit from the bucket (edge miss)", "1 GET", S3_GET, 0.0),
     ]
+    cost = []
     for label, requests, s3, lam in rows:
         lam_text = "(the API function's request)" if lam is None else f"{lam:.2f}"
         total = s3 + (lam or 0.0)
         print(f"| {label} | {requests} | {s3:.2f} | {lam_text} | {total:.2f} |")
+        cost.append(
+            {
+                "request": label,
+                "s3_requests": requests,
+                "s3_usd": round(s3, 2),
+                "lambda_usd": None if lam is None else round(lam, 2),
+                "total_usd": round(total, 2),
+            }
+        )
     print(
-        f"\n(Lambda: {processing:.0f} ms of processing here ÷ {VCPU_1024} vCPU + {max(s3_ms, 0):.0f} ms of S3 and "
-        "HTTP, measured as first request minus processing.)"
+        f"\n(Lambda: {processing:.0f} ms of processing CPU time here ÷ {VCPU_1024} vCPU + {max(s3_ms, 0):.0f} ms of "
+        "S3 and HTTP, measured as first request minus processing.)"
     )
     if args.json:
-        args.json.write_text(json.dumps({"serve": serve_times, "engines": engine, "peak_kb": peak_kb}, indent=1))
+        figures = {
+            "bench": "bench/ondemand.py",
+            "argv": sys.argv[1:],
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "load_before": load_before,
+            "load_after": load_after,
+            "cpus": os.cpu_count(),
+            "rounds": args.rounds,
+            "serve_peak_rss_mb": round(peak_kb / 1024),
+            "rows": table,
+            "cost_per_million": cost,
+            "lambda_first_ms": {
+                "processing": round(processing),
+                "vcpu": VCPU_1024,
+                "s3_and_http": round(max(s3_ms, 0)),
+            },
+            "serve": serve_times,
+            "engines": engine,
+            "peak_kb": peak_kb,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ same variants, same run.
 
     python bench/processor.py [DIR] [--limit N] [--repeat R] [--alpha white|drop] [--no-synthetic]
                               [--variants SPEC] [--mixed DIR] [--no-mixed] [--no-corpus] [--baseline DIR]
+                              [--json PATH]
 
     pip install -r bench/requirements.txt   (numpy for SSIM; pyvips + pyvips-binary, bench-only)
 
@@ -53,7 +54,10 @@ quality 92), because the memory/time targets are set for a ~6000×3400 JPEG and 
 at 5640×3172; saved twice, as a plain baseline JPEG and as progressive 4:4:4 (worst case for
 decoder memory).
 
-Stdout is one markdown table plus the target verdicts; progress goes to stderr.
+Stdout is one markdown table plus the target verdicts; progress goes to stderr. `--json PATH` also
+writes the figures behind the tables (per input and implementation: wall and CPU ms, peak RSS,
+output bytes, SSIM min; the corpus summaries; the load average before and after) for
+`bench/charts.py`, which draws docs/charts/ from docs/data/.
 """
 
 from __future__ import annotations
@@ -563,6 +567,37 @@ def baseline_table(paths: list[Path], per_image: dict[Path, dict], baseline: str
     return "\n".join(lines)
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _figures(label: str, kind: str, row: dict) -> dict:
+    """One input's figures for --json: per implementation wall/CPU ms, peak RSS MB, bytes, SSIM min."""
+    impls = {}
+    for impl, result in row["results"].items():
+        if impl.endswith("-lossless"):
+            continue
+        if result is None:
+            impls[impl] = None
+            continue
+        impls[impl] = {
+            "wall_ms": round(result["wall"] * 1000, 1),
+            "cpu_ms": round(result["cpu"] * 1000, 1),
+            "peak_rss_mb": round(_mb(result["rss_kb"]), 1),
+            "bytes": sum(o["bytes"] for o in result["outputs"]),
+            "ssim_min": round(min(row["scores"][impl].values()), 4),
+        }
+    pixels = {
+        impl.removesuffix("-lossless"): round(min(v.values()), 4)
+        for impl, v in row["scores"].items()
+        if impl.endswith("-lossless")
+    }
+    return {"input": label, "set": kind, "megapixels": round(row["mp"], 1), "impls": impls, "pixels_ssim_min": pixels}
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -592,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the processor of another checkout (e.g. `git archive main | tar -x -C DIR`) in the "
         "same interleaved runs: the mixed table gets a before/after table",
     )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON (bench/charts.py)")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "PATH", "OUTDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.variants:
@@ -637,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     with Image.open(largest) as im:
         largest_size = im.size
     per_image: dict[Path, dict] = {}
+    load_before = _loadavg()
 
     with tempfile.TemporaryDirectory(prefix="bench-processor-") as tmp:
         tmpdir = Path(tmp)
@@ -682,6 +719,30 @@ def main(argv: list[str] | None = None) -> int:
 
         corpus_rows = [per_image[p] for p in paths]
         largest_row = per_image.get(largest)
+        labels = {path: path.name for path in paths} | {path: path.name for path in mixed_paths}
+        labels |= {
+            path: f"{path.name} (sRGB{', ' + label.split(' ', 1)[1] if ' ' in label else ''})"
+            for label, path in synthetic.items()
+        }
+        sets = dict.fromkeys(paths, "corpus") | dict.fromkeys(mixed_paths, "mixed")
+        sets |= dict.fromkeys(synthetic.values(), "synthetic")
+
+    figures: dict = {
+        "bench": "bench/processor.py",
+        "argv": sys.argv[1:] if argv is None else argv,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_before": load_before,
+        "load_after": _loadavg(),
+        "cpus": os.cpu_count(),
+        "repeat": args.repeat,
+        "inputs": [_figures(labels[path], sets[path], per_image[path]) for path in per_image],
+        "summaries": {},
+    }
+
+    def write_json() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
     if mixed_paths:
         print(mixed_table([*synthetic.values(), *mixed_paths], per_image, names, args.repeat))
@@ -690,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
             print(baseline_table([*synthetic.values(), *mixed_paths], per_image, args.baseline))
             print()
     if not paths:
+        write_json()
         return 0
 
     # -- table ---------------------------------------------------------------------------------------
@@ -741,6 +803,17 @@ def main(argv: list[str] | None = None) -> int:
                 + " |"
             )
         summary[label] = {**stats, "vs": ratios}
+        figures["summaries"][label] = {
+            impl: {
+                "wall_s": round(stats[impl]["wall"], 4),
+                "mean_ms": round(stats[impl]["wall"] / len(rows) * 1000, 1),
+                "peak_rss_max_mb": round(stats[impl]["rss_max"], 1),
+                "bytes": stats[impl]["bytes"],
+                "ssim_min": round(stats[impl]["ssim_min"], 4),
+                "images": len(rows),
+            }
+            for impl in IMPLS
+        }
 
     add(f"corpus ({args.dir})", corpus_rows)
     add(f"largest corpus {largest_size[0]}×{largest_size[1]}", [largest_row])
@@ -798,6 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         f"→ {verdict(vs(corpus_stats, target, 'bytes') <= TARGET_BYTES)} "
         f"(vs {plain}: {vs(corpus_stats, plain, 'bytes'):.3f}×)"
     )
+    write_json()
     return 0
 
 

@@ -770,7 +770,7 @@ def _batch_operations(
             if not args.print_only:
                 raise BackfillError(
                     "--batch-operations needs --role-arn: a role S3 Batch Operations can assume "
-                    "(see README, 'Backfill and reprocess')"
+                    "(see docs/backfill.md, 'At scale')"
                 )
             role_arn = f"arn:aws:iam::{account_id}:role/YOUR-BATCH-OPERATIONS-ROLE"
         spec = JobSpec(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from image_pipeline.errors import ERROR_CODES
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ERROR_TABLE = Path(__file__).resolve().parents[2] / "docs" / "lifecycle.md"  # "Error codes"
 
 IMAGE = {
     "id": "abc",
@@ -126,9 +126,9 @@ def test_only_cropped_variants_give_one_image(static_page):
 
 def test_every_error_code_has_words(static_page):
     words = static_page.evaluate("""async () => (await import("/static/cards.js")).ERROR_WORDS""")
-    readme_codes = set(re.findall(r"^\| `([a-z_]+)` \|", README.read_text(), re.M))
-    assert readme_codes, "the README's error table was not found"
-    assert set(ERROR_CODES) | readme_codes <= set(words), "an error code has no words on the page"
+    table_codes = set(re.findall(r"^\| `([a-z_]+)` \|", ERROR_TABLE.read_text(encoding="utf-8"), re.M))
+    assert table_codes, "the error table (docs/lifecycle.md) was not found"
+    assert set(ERROR_CODES) | table_codes <= set(words), "an error code has no words on the page"
     assert words["unsupported_type"].startswith("not an image")
     assert words["too_large"] == "too large"
 

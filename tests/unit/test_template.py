@@ -651,7 +651,7 @@ def test_buffered_function_and_bucket_match_the_direct_template(
 
 # ---------------------------------------------------------------- dependencies: the locks (requirements/lock)
 
-RELOCK = 'run `bash requirements/lock` (README, "The locks")'
+RELOCK = 'run `bash requirements/lock` (docs/development.md, "The locks")'
 LOCK_FILES = {
     # lock -> what it must lock directly, from pyproject.toml
     "handler/requirements.txt": "runtime",  # what `sam build` ships in both functions

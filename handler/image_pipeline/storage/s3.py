@@ -197,7 +197,7 @@ class S3Store:
             await self._call("put_object", key, Body=data, ContentType=content_type, Metadata=metadata, **condition)
         except StorageFailure as exc:
             # An S3-compatible server without conditional writes: write as before (the owner check
-            # is then only as strong as the read before it; see README "Two names, one prefix").
+            # is then only as strong as the read before it; see docs/lifecycle.md, "Two names").
             if not _not_implemented(exc):
                 raise
             await self.write(key, data, content_type, metadata)
@@ -227,7 +227,7 @@ class S3Store:
                     raise
             # An S3-compatible server without conditional deletes (LocalStack: 501): check the
             # version with a HEAD, then delete plainly. A replacement uploaded between the two
-            # requests would be deleted unprocessed (see README "Delete mode").
+            # requests would be deleted unprocessed (see docs/lifecycle.md, "Raw disposition").
             current = await self.etag(key)
             if current is None:
                 raise ObjectNotFound(f"s3://{self.bucket}/{key} does not exist")

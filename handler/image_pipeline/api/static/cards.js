@@ -5,7 +5,7 @@
 import { apiFetch } from "./auth.js";
 import { isBlurhash, paint } from "./blurhash.js";
 
-// Every error code of errors.py (and the README's table), in words; tests/browser checks the list.
+// Every error code of errors.py (and the table in docs/lifecycle.md), in words; tests/browser checks the list.
 export const ERROR_WORDS = {
   empty_file: "empty file",
   unsupported_type: "not an image (or a type that is not accepted)",
