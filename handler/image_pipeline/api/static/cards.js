@@ -2,7 +2,7 @@
 // facts, the ready <picture> snippet with a copy button, or the rejection in words. A processed
 // image shows its subject (the faces found, the focal point); a click on the picture sets the focal
 // point by hand (PUT /images/{id}/focal) and the card's crops are shown again, made around it.
-import { apiFetch } from "./auth.js";
+import { apiFetch, withToken } from "./auth.js";
 import { isBlurhash, paint } from "./blurhash.js";
 
 // Every error code of errors.py (and the table in docs/lifecycle.md), in words; tests/browser checks the list.
@@ -395,10 +395,12 @@ function subjectLine(image, card) {
 
 const sameOrigin = (url) => new URL(url, document.baseURI).origin === location.origin;
 
-/** Show `url` in `img`; `fresh`: made again at the same address, so fetched past the cache
- * first (the same origin: the API's redirect and the local files; a presigned URL is new anyway). */
+/** Show `url` in `img`. Fetched (and shown as a blob) when it is on this origin and either made
+ * again at the same address (`fresh`: past the browser's caches, the API's redirect and the local
+ * files alike; a presigned URL is new anyway) or needs the token (an <img> cannot send one). */
 async function showCrop(img, url, fresh) {
-  if (sameOrigin(url)) {
+  const token = "authorization" in withToken();
+  if (sameOrigin(url) && (token || fresh)) {
     try {
       const response = await apiFetch(url, { cache: fresh ? "reload" : "default" });
       if (response.ok && (response.headers.get("content-type") || "").startsWith("image/")) {
