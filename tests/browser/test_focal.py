@@ -36,9 +36,12 @@ def holds(shot: bytes, colour) -> bool:
     return any(sum(abs(p - c) for p, c in zip(px, colour, strict=True)) < 60 for px in picture.getdata())
 
 
-@pytest.fixture(scope="module")
-def server(browser, tmp_path_factory):
-    server = start_server(tmp_path_factory, VARIANTS=VARIANTS)
+@pytest.fixture(scope="module", params=["s3", "filesystem"])
+def server(browser, tmp_path_factory, request):
+    """`serve` over its embedded S3 (presigned links) and over a directory (the same /files/ link
+    before and after a crop is made again: the page must load it past the browser's caches)."""
+    args = () if request.param == "s3" else ("--storage", str(tmp_path_factory.mktemp("images")))
+    server = start_server(tmp_path_factory, *args, VARIANTS=VARIANTS)
     yield server
     server.stop()
 
@@ -108,10 +111,10 @@ def test_a_click_on_the_picture_sets_the_focal_point_and_the_crops_follow(page, 
     assert page.request.get(f"{server.url}/images/{status['id']}").json()["focal_point"] == status["focal_point"]
 
     shots = Path(SHOTS) if SHOTS else tmp_path
-    page.screenshot(path=str(shots / "focal-desktop.png"), full_page=True)
+    page.screenshot(path=str(shots / f"focal-desktop-{server.port}.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     card.scroll_into_view_if_needed()
-    page.screenshot(path=str(shots / "focal-phone.png"), full_page=True)
+    page.screenshot(path=str(shots / f"focal-phone-{server.port}.png"), full_page=True)
 
     # In the gallery the picture is shown whole (contain) in a 4:3 cell: the subject sits on it.
     gallery = page.context.new_page()
@@ -124,7 +127,7 @@ def test_a_click_on_the_picture_sets_the_focal_point_and_the_crops_follow(page, 
     assert abs((ring["x"] + ring["width"] / 2 - layer_box["x"]) / layer_box["width"] - 0.92) < 0.02
     assert abs((ring["y"] + ring["height"] / 2 - layer_box["y"]) / layer_box["height"] - 0.125) < 0.02
     gallery.wait_for_timeout(600)  # the preview fades in
-    gallery.screenshot(path=str(shots / "focal-gallery.png"))
+    gallery.screenshot(path=str(shots / f"focal-gallery-{server.port}.png"))
     gallery.close()
 
     card.get_by_role("button", name="Use the detected subject").click()
