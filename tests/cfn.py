@@ -2,14 +2,22 @@
 
 `deploy("template.yaml", {"ApiAuth": "iam"})` resolves every parameter (the value given, else its
 Default; AllowedValues, AllowedPattern and a Number's MinValue/MaxValue are checked as
-CloudFormation would), checks the template's Rules (a failing assertion raises `RuleFailed`, as CloudFormation refuses the stack),
-evaluates every condition, keeps only the resources and outputs whose condition holds, and
-renders their properties: `Fn::If` picks its branch, `AWS::NoValue` disappears, `Ref` to a
-parameter becomes its value, and `Fn::Split` / `Fn::Join` / `Fn::Select` / `Fn::Sub` over known
-strings are computed. What only exists at deploy time (`Fn::GetAtt`, a `Ref` to a resource or a
+CloudFormation would), checks the template's Rules (a failing assertion raises `RuleFailed`, as
+CloudFormation refuses the stack), evaluates every condition, keeps only the resources and outputs
+whose condition holds, and renders their properties: `Fn::If` picks its branch, `AWS::NoValue`
+disappears, `Ref` to a parameter becomes its value, and `Fn::Split` / `Fn::Join` / `Fn::Select` /
+`Fn::Sub` over known strings are computed. What only exists at deploy time (`Fn::GetAtt`, a `Ref` to a resource or a
 pseudo parameter) stays as it is written. A nested stack (`AWS::Serverless::Application` or
 `AWS::CloudFormation::Stack` with a local `Location` / `TemplateURL`) is deployed in turn with the
 parameters its parent passes, so `Stack.walk()` sees every resource the whole deploy would create.
+What a parent passes that is known at deploy time only (!Ref ImageBucket, !GetAtt ImageBucket.Arn,
+!Ref AWS::StackName) is rendered in the nested stack in the parent's terms: `!Ref BucketArn` becomes
+`{"Fn::GetAtt": ["ImageBucket", "Arn"]}` and `!Sub "${BucketArn}/raw/*"` becomes
+`{"Fn::Sub": "${ImageBucket.Arn}/raw/*"}`, so a check reads a nested resource as if it were written
+in the parent. A condition that compares such a value with "" is false (a resource's name, id or
+attribute is never empty: `QueueName: !GetAtt ImageQueue.QueueName` makes the nested stack's
+`HasQueue` true); any other comparison with it raises `Unresolvable`. `Stack.follow()` goes the
+other way, from a parent's !GetAtt X.Outputs.Y to the value.
 
 Templates are read with cfn-lint's CloudFormation-aware YAML loader, so short-form intrinsics
 (!Ref, !Sub, !If, ...) come back in their long form ({"Ref": ...}, {"Fn::Sub": ...}).
@@ -103,8 +111,12 @@ class Stack:
             return any(self.truth(a, _seen) for a in args)
         if function == "Fn::Equals":
             left, right = (self.render(a) for a in args)
-            for side in (left, right):
+            for side, other in ((left, right), (right, left)):
                 if isinstance(side, dict):
+                    # A resource's id, name or attribute (a value a parent passes down, say) is
+                    # never the empty string; anything else about it is known at deploy time only.
+                    if other == "" and _sub_text(side) is not None:
+                        return False
                     raise Unresolvable(f"{self.name}: cannot compare {side!r} before deploying")
             return _scalar(left) == _scalar(right)
         raise ValueError(f"{self.name}: {function} is not a condition function")
@@ -146,14 +158,19 @@ class Stack:
 
     def _sub(self, args: Any) -> Any:
         text, variables = (args, {}) if isinstance(args, str) else (args[0], self.render(args[1]))
-        known = {**{k: v for k, v in self.parameters.items() if isinstance(v, str)}, **variables}
+        known = {**self.parameters, **variables}
+        left: dict[str, Any] = {}
 
         def replace(match: re.Match[str]) -> str:
             name = match.group(1)
-            value = known.get(name)
-            return value if isinstance(value, str) else match.group(0)
+            value = _sub_text(known[name]) if name in known else None
+            if value is None and name in variables:
+                left[name] = variables[name]
+            return match.group(0) if value is None else value
 
         result = re.sub(r"\$\{([^!}][^}]*)\}", replace, text)
+        if left:
+            return {"Fn::Sub": [result, left]}
         if re.search(r"\$\{[^!]", result):
             return {"Fn::Sub": result}  # still names a resource attribute or pseudo parameter
         return result.replace("${!", "${")
@@ -165,6 +182,17 @@ class Stack:
         for child in self.nested.values():
             yield from child.walk()
 
+    def follow(self, value: Any) -> Any:
+        """`value` with a !GetAtt <nested stack>.Outputs.<name> replaced by that output's rendered
+        value (in the nested template's terms), as often as it leads to another nested stack."""
+        if isinstance(value, dict) and set(value) == {"Fn::GetAtt"}:
+            target = value["Fn::GetAtt"]
+            name, _, attribute = (target if isinstance(target, str) else ".".join(target)).partition(".")
+            if name in self.nested and attribute.startswith("Outputs."):
+                child = self.nested[name]
+                return child.follow(child.outputs[attribute.removeprefix("Outputs.")]["Value"])
+        return value
+
     def of_type(self, *types: str) -> dict[str, dict[str, Any]]:
         """This stack's created resources of those types: logical id -> rendered Properties."""
         return {name: res.get("Properties", {}) for name, res in self.resources.items() if res["Type"] in types}
@@ -172,6 +200,23 @@ class Stack:
     def everywhere(self, *types: str) -> list[tuple[Stack, str, dict[str, Any]]]:
         """(stack, logical id, Properties) of every created resource of those types, nested stacks included."""
         return [(stack, name, props) for stack in self.walk() for name, props in stack.of_type(*types).items()]
+
+
+def _sub_text(value: Any) -> str | None:
+    """`value` as Fn::Sub text: a string as it is; a value known at deploy time only (a parameter a
+    parent passed as !Ref X / !GetAtt X.Y, a variable that is a !Sub of its own) as the `${X}`,
+    `${X.Y}` or text that stands for it, in the terms of the template that wrote it; else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        ((function, args),) = value.items()
+        if function == "Ref" and isinstance(args, str):
+            return "${" + args + "}"
+        if function == "Fn::GetAtt":
+            return "${" + (args if isinstance(args, str) else ".".join(args)) + "}"
+        if function == "Fn::Sub" and isinstance(args, str):
+            return args
+    return None
 
 
 def _scalar(value: Any) -> Any:

@@ -17,6 +17,7 @@ from urllib.parse import quote_plus
 
 import pytest
 
+from tests.cfn import deploy
 from tests.conftest import EVENTS
 from tests.images import photo
 
@@ -144,8 +145,11 @@ def test_alarms_and_dashboard_watch_metrics_with_the_dimensions_the_handler_emit
     handler.lambda_handler(eventbridge_event(bucket, "raw/m/bad.jpg"), context)
     emitted = _emf(capsys.readouterr().out)
 
-    template = _template(name)
-    alarms = [r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    # The alarms and the dashboard are stacks/ops.yaml's, as each template nests it (its parameters
+    # rendered in the parent's terms: the service is the parent stack's name).
+    ops = deploy(name, {"ExistingBucketName": "my-photos"} if name == "template-existing-bucket.yaml" else {})
+    ops = ops.nested["OpsStack"]
+    alarms = list(ops.of_type("AWS::CloudWatch::Alarm").values())
     own = [a for a in alarms if not a["Namespace"].startswith("AWS/")]
     assert {a["MetricName"] for a in own} == {"ImagesFailed", "StoragePermanentFailures"}
     for alarm in own:
@@ -158,8 +162,8 @@ def test_alarms_and_dashboard_watch_metrics_with_the_dimensions_the_handler_emit
         assert dims in emitted[alarm["MetricName"]], (alarm["MetricName"], dims, emitted.get(alarm["MetricName"]))
 
     # The dashboard's lines: (metric, its dimension names) exactly as the handler emits them.
-    (dashboard,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::CloudWatch::Dashboard"]
-    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    (dashboard,) = ops.of_type("AWS::CloudWatch::Dashboard").values()
+    body = dashboard["DashboardBody"]["Fn::Sub"]
     for metric, dims in [
         ("ImagesProcessed", {"service"}),
         ("ImagesFailed", {"service"}),

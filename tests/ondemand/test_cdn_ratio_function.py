@@ -17,8 +17,8 @@ from tests.cloudfront import viewer_request_uris
 pytest.importorskip("cfnlint.decode.cfn_yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
-# Where the distribution is defined: the CDN's own stack once the templates are split, else each template.
-SOURCES = [p for p in ("stacks/cdn.yaml", "template.yaml", "template-buffered.yaml") if (ROOT / p).is_file()]
+# Where the distribution is defined: the CDN's own stack, nested by every template.
+SOURCES = ["stacks/cdn.yaml"]
 ACCEPTS = [
     None,
     "*/*",

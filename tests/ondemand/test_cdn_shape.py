@@ -1,6 +1,6 @@
-"""The CDN's shape as template.yaml deploys it (Cdn=true), run over real parts: the template's own
-CloudFront Function (in node), its cache key, origin request policy, origin group and error
-caching read from the rendered template and applied by a small edge model below; the bucket on
+"""The CDN's shape as template.yaml deploys it (Cdn=true: stacks/cdn.yaml, nested), run over real
+parts: the template's own CloudFront Function (in node), its cache key, origin request policy,
+origin group and error caching read from the rendered template and applied by a small edge model below; the bucket on
 moto server as the primary origin; and as the failover origin the template's on-demand entry point
 (`Handler`) in a fresh interpreter started with the environment the template gives it, answering
 function URL events (payload 2.0) as Lambda would.
@@ -161,7 +161,7 @@ class Edge:
 
 @pytest.fixture
 def edge(moto_server, s3, bucket):
-    stack = deploy("template.yaml", {"Cdn": "true", "SigningKey": KEY})
+    stack = deploy("template.yaml", {"Cdn": "true", "SigningKey": KEY}).nested["CdnStack"]  # stacks/cdn.yaml
     (distribution,) = [p["DistributionConfig"] for p in stack.of_type("AWS::CloudFront::Distribution").values()]
     (negotiate,) = stack.of_type("AWS::CloudFront::Function").values()
     (policy,) = stack.of_type("AWS::CloudFront::OriginRequestPolicy").values()

@@ -26,13 +26,16 @@ from packaging.utils import canonicalize_name
 
 from image_pipeline.api.settings import ApiSettings
 from image_pipeline.settings import DEFAULTS
-from tests.cfn import RuleFailed, Stack, deploy, load
+from tests.cfn import NESTED_STACK_TYPES, RuleFailed, Stack, deploy, load
 from tests.cloudfront import viewer_request_uris
 
 pytest.importorskip("cfnlint.decode.cfn_yaml")
 
 ROOT = Path(__file__).resolve().parents[2]
 DIRECT = "template.yaml"  # S3 notification -> Lambda (async), on-failure destination -> SQS
+CDN_STACK = "stacks/cdn.yaml"  # nested as CdnStack (Cdn=true): CloudFront, sizes on demand
+OPS_STACK = "stacks/ops.yaml"  # nested as OpsStack: alarm topic, alarms, dashboard
+EVENTS_STACK = "stacks/events.yaml"  # nested as EventsStack (EventBusName set): events:PutEvents
 BUFFERED = "template-buffered.yaml"  # S3 notification -> SQS -> Lambda event source mapping
 POWERTOOLS = {
     # the metrics' `service` dimension: the stack's name, so two stacks in one account (staging and
@@ -55,9 +58,14 @@ S3_OBJECT_ACTIONS_ALLOWED = {
 
 
 @pytest.fixture(scope="module", params=[DIRECT, BUFFERED])
-def template(request: pytest.FixtureRequest) -> dict[str, Any]:
+def template_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def template(template_name: str) -> dict[str, Any]:
     """Each template in turn: every test that uses it (or `function`, `bucket`) runs on both."""
-    return load(request.param)
+    return load(template_name)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +80,14 @@ def buffered() -> dict[str, Any]:
 
 def resources_of_type(template: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
     return {name: res for name, res in template["Resources"].items() if res["Type"] == type_}
+
+
+def nested(template: dict[str, Any], logical_id: str, location: str) -> dict[str, Any]:
+    """The template a top-level template nests as `logical_id` (asserting it is `location`)."""
+    resource = template["Resources"][logical_id]
+    assert resource["Type"] == "AWS::Serverless::Application", f"{logical_id} is a {resource['Type']}"
+    assert resource["Properties"]["Location"] == location and (ROOT / location).is_file()
+    return load(location)
 
 
 def only(mapping: dict[str, Any], what: str) -> tuple[str, Any]:
@@ -324,10 +340,21 @@ def test_raw_expiry_lifecycle_rule_is_optional_and_only_hits_processed_raw(
 # ---------------------------------------------------------------- IAM
 
 
+def _with_nested(template: dict[str, Any]) -> list[dict[str, Any]]:
+    """The template and every template it nests (a local Location), as written."""
+    return [
+        template,
+        *(
+            load(res["Properties"]["Location"])
+            for res in resources_of_type(template, "AWS::Serverless::Application").values()
+        ),
+    ]
+
+
 def test_no_wildcard_s3_permissions(template: dict[str, Any]) -> None:
     grants = s3_grants(template)
     assert grants, "no S3 permissions found at all"
-    for action, resource in grants:
+    for action, resource in [g for t in _with_nested(template) for g in s3_grants(t)]:
         assert action not in ("*", "s3:*") and "*" not in action, f"wildcard action {action}"
         assert resource != "*", f"{action} granted on Resource '*'"
         assert resource.startswith("${") or resource.startswith("arn:"), resource
@@ -406,9 +433,9 @@ def _grants_s3(document: dict[str, Any]) -> bool:
 
 
 def test_own_policies_grant_no_wildcard_resource(template: dict[str, Any]) -> None:
-    """Whatever service: the template's own identity policies never say Resource "*" (SAM's managed
-    policies for logs and X-Ray are the only ones that do)."""
-    statements = iam_statements(template)
+    """Whatever service: the template's own identity policies, and those of the stacks it nests,
+    never say Resource "*" (SAM's managed policies for logs and X-Ray are the only ones that do)."""
+    statements = [st for t in _with_nested(template) for st in iam_statements(t)]
     assert statements
     for st in statements:
         for resource in as_list(st.get("Resource", [])):
@@ -439,21 +466,53 @@ def test_log_group_has_retention_and_is_the_functions(
     template: dict[str, Any], function: tuple[str, dict[str, Any]]
 ) -> None:
     """Every function (the pipeline's, and the on-demand one behind the CDN) logs to a group of its
-    own, created with it (same condition), with the retention LogRetentionDays says."""
+    own, created with it (same condition), with the retention LogRetentionDays says. The groups are
+    all in the top-level template (they keep their logical ids there); the on-demand function, in
+    the CDN's nested stack, is handed its group's name (checked as deployed just below)."""
     groups = resources_of_type(template, "AWS::Logs::LogGroup")
-    used = []
-    for name, fn in resources_of_type(template, "AWS::Serverless::Function").items():
-        group_name = fn["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
-        group = groups[group_name]
-        assert group.get("Condition") == fn.get("Condition"), f"{name} and its log group {group_name}"
+    for group in groups.values():
         retention = group["Properties"]["RetentionInDays"]
         assert retention == {"Ref": "LogRetentionDays"}
         assert int(resolve(template, retention)) == 30
+    used = []
+    for name, fn in resources_of_type(template, "AWS::Serverless::Function").items():
+        group_name = fn["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert groups[group_name].get("Condition") == fn.get("Condition"), f"{name} and its log group {group_name}"
         used.append(group_name)
-    assert sorted(used) == sorted(groups), "a log group per function, and no other"
+    cdn = template["Resources"]["CdnStack"]
+    (group_name,) = set(groups) - set(used)
+    assert groups[group_name]["Condition"] == "OnDemandEnabled"
+    assert template["Conditions"]["OnDemandEnabled"] == {
+        "Fn::And": [{"Condition": cdn["Condition"]}, {"Fn::Equals": [{"Ref": "OnDemand"}, "true"]}]
+    }
+    assert cdn["Properties"]["Parameters"]["OnDemandLogGroupName"] == {
+        "Fn::If": ["OnDemandEnabled", {"Ref": group_name}, ""]
+    }
+    cdn_template = nested(template, "CdnStack", CDN_STACK)
+    (ondemand,) = resources_of_type(cdn_template, "AWS::Serverless::Function").values()
+    assert ondemand["Properties"]["LoggingConfig"]["LogGroup"] == {"Ref": "OnDemandLogGroupName"}
+    assert cdn_template["Conditions"][ondemand["Condition"]] == {"Fn::Equals": [{"Ref": "OnDemand"}, "true"]}
+    assert not resources_of_type(cdn_template, "AWS::Logs::LogGroup")
     assert len({str(g["Properties"]["LogGroupName"]) for g in groups.values()}) == len(groups)
     _, props = function
     assert props["LoggingConfig"]["LogGroup"]["Ref"] in groups
+
+
+@pytest.mark.parametrize("overrides", [{}, {"OnDemand": "true"}, {"Cdn": "true", "OnDemand": "false"}, {"Cdn": "true"}])
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_every_deployed_function_has_its_own_log_group_and_every_group_a_function(
+    top: str, overrides: dict[str, str]
+) -> None:
+    """As deployed, whatever Cdn and OnDemand say: the pipeline's and the on-demand function's log
+    groups exist exactly when their functions do (the API stack has its own, in its own stack)."""
+    stack = deploy(top, overrides)
+    groups = stack.of_type("AWS::Logs::LogGroup")
+    stacks = [stack, *[stack.nested[n] for n in ("CdnStack",) if n in stack.nested]]
+    used = [
+        props["LoggingConfig"]["LogGroup"] for s in stacks for props in s.of_type("AWS::Serverless::Function").values()
+    ]
+    assert sorted(used, key=str) == sorted(({"Ref": g} for g in groups), key=str), "a log group per function"
+    assert len(groups) == 1 + (overrides == {"Cdn": "true"})
 
 
 def test_outputs(template: dict[str, Any], bucket: tuple[str, dict[str, Any]]) -> None:
@@ -610,7 +669,7 @@ def test_buffered_default_bucket_name_is_deterministic_and_overridable(buffered:
 def test_buffered_sqs_permissions_are_on_its_queue_only(buffered: dict[str, Any]) -> None:
     """SAM's `Type: SQS` event would attach AWSLambdaSQSQueueExecutionRole (every queue in the
     account); the buffered template grants the three polling actions on its own queue instead."""
-    function_name, props = function_of(buffered)
+    _, props = function_of(buffered)
     assert all(e.get("Type") != "SQS" for e in (props.get("Events") or {}).values())
     sam_policies = [p for p in as_list(props.get("Policies", [])) if not (isinstance(p, dict) and "Statement" in p)]
     assert all("SQS" not in str(p) for p in sam_policies), "SAM policy templates / managed policies for SQS"
@@ -837,10 +896,21 @@ ONDEMAND_TYPES = {  # what OnDemand=true adds to a CDN, by type (SAM adds the fu
 }
 
 
-def _types(stack: Stack, names: set[str]) -> dict[str, int]:
+def created(stack: Stack) -> dict[tuple[str, str], str]:
+    """(template, logical id) -> type of every resource the whole deploy creates, nested stacks'
+    included (the nested stack resources themselves are wiring, not counted)."""
+    return {
+        (s.name, name): res["Type"]
+        for s in stack.walk()
+        for name, res in s.resources.items()
+        if res["Type"] not in NESTED_STACK_TYPES
+    }
+
+
+def _types(resources: dict[tuple[str, str], str], names: set[tuple[str, str]]) -> dict[str, int]:
     counted: dict[str, int] = {}
     for name in names:
-        counted[stack.resources[name]["Type"]] = counted.get(stack.resources[name]["Type"], 0) + 1
+        counted[resources[name]] = counted.get(resources[name], 0) + 1
     return counted
 
 
@@ -852,41 +922,44 @@ def test_cdn_is_optional_and_off_by_default(top: str) -> None:
     on_demand = template["Parameters"]["OnDemand"]
     assert on_demand["Default"] == "true" and set(on_demand["AllowedValues"]) == {"true", "false"}
     off = deploy(top)
-    assert not [n for n, r in off.resources.items() if r["Type"].startswith("AWS::CloudFront::")]
+    assert not [n for n, kind in created(off).items() if kind.startswith("AWS::CloudFront::")]
+    assert "CdnStack" not in off.nested
     assert not {"CdnDomain", "CdnDistributionId", "PublicBaseUrl", "OnDemandFunctionName"} & set(off.outputs)
-    assert set(deploy(top, {"OnDemand": "true"}).resources) == set(off.resources), "OnDemand alone adds nothing"
+    assert created(deploy(top, {"OnDemand": "true"})) == created(off), "OnDemand alone adds nothing"
     # Cdn=true, OnDemand=false: the CDN as it was before sizes on demand, nothing more.
     cdn_only = deploy(top, CDN_WITHOUT_ONDEMAND)
-    assert _types(cdn_only, set(cdn_only.resources) - set(off.resources)) == {
+    assert _types(created(cdn_only), set(created(cdn_only)) - set(created(off))) == {
         "AWS::CloudFront::Distribution": 1,
         "AWS::CloudFront::OriginAccessControl": 1,
         "AWS::CloudFront::CachePolicy": 1,
     }
-    assert set(off.resources) <= set(cdn_only.resources)
+    assert set(created(off)) <= set(created(cdn_only))
     assert {"CdnDomain", "CdnDistributionId", "PublicBaseUrl"} <= set(cdn_only.outputs)
     assert "OnDemandFunctionName" not in cdn_only.outputs
     # Cdn=true (OnDemand by default): the on-demand function and what lets CloudFront reach it.
     full = deploy(top, CDN)
-    assert set(cdn_only.resources) <= set(full.resources)
-    assert _types(full, set(full.resources) - set(cdn_only.resources)) == ONDEMAND_TYPES
-    assert full.outputs["OnDemandFunctionName"]["Value"] == {"Ref": ondemand_function(full)[0]}
+    assert set(created(cdn_only)) <= set(created(full))
+    assert _types(created(full), set(created(full)) - set(created(cdn_only))) == ONDEMAND_TYPES
+    assert full.follow(full.outputs["OnDemandFunctionName"]["Value"]) == {"Ref": ondemand_function(full)[0]}
 
 
 @pytest.mark.parametrize("overrides", [CDN_WITHOUT_ONDEMAND, CDN], ids=["cdn", "cdn+ondemand"])
 @pytest.mark.parametrize("top", [DIRECT, BUFFERED])
 def test_cdn_reaches_only_processed_through_origin_access_control(top: str, overrides: dict[str, str]) -> None:
     stack = deploy(top, overrides)
+    cdn = stack.nested["CdnStack"]
     template = load(top)
     bucket_name, _ = bucket_of(template)
-    ((dist_name, dist),) = stack.of_type("AWS::CloudFront::Distribution").items()
+    ((dist_name, dist),) = cdn.of_type("AWS::CloudFront::Distribution").items()
+    assert [n for _, n, _ in stack.everywhere("AWS::CloudFront::Distribution")] == [dist_name], "one distribution"
     config = dist["DistributionConfig"]
     s3_origins = [o for o in config["Origins"] if "S3OriginConfig" in o]
     (origin,) = s3_origins  # one bucket origin
-    assert origin["DomainName"] == {"Fn::GetAtt": [bucket_name, "RegionalDomainName"]}
+    assert origin["DomainName"] == {"Fn::GetAtt": [bucket_name, "RegionalDomainName"]}  # passed by the parent
     assert origin["S3OriginConfig"] == {"OriginAccessIdentity": ""}, "OAC, not a legacy origin access identity"
     assert "CustomOriginConfig" not in origin, "an S3 website endpoint would need a public bucket"
     oac_name = origin["OriginAccessControlId"]["Fn::GetAtt"][0]
-    oac_config = stack.of_type("AWS::CloudFront::OriginAccessControl")[oac_name]["OriginAccessControlConfig"]
+    oac_config = cdn.of_type("AWS::CloudFront::OriginAccessControl")[oac_name]["OriginAccessControlConfig"]
     assert oac_config["OriginAccessControlOriginType"] == "s3"
     assert (oac_config["SigningBehavior"], oac_config["SigningProtocol"]) == ("always", "sigv4")
     # Paths outside processed/ (and, without on-demand sizes, every path) go to the bucket alone.
@@ -907,7 +980,9 @@ def test_cdn_reaches_only_processed_through_origin_access_control(top: str, over
     assert operator in ("StringEquals", "ArnEquals")
     ((key, source_arn),) = values.items()
     assert key == "aws:SourceArn"
-    assert source_arn == {
+    # the CDN stack's DistributionArn output: this distribution's ARN
+    assert source_arn == {"Fn::GetAtt": ["CdnStack", "Outputs.DistributionArn"]}
+    assert stack.follow(source_arn) == {
         "Fn::Sub": "arn:${AWS::Partition}:cloudfront::${AWS::AccountId}:distribution/${" + dist_name + "}"
     }, "only this distribution"
 
@@ -925,7 +1000,9 @@ def test_no_bucket_policy_statement_is_public(template: dict[str, Any]) -> None:
 
 
 def test_cdn_serves_https_get_head_uncompressed_and_honours_cache_control(template: dict[str, Any]) -> None:
-    _, dist = only(resources_of_type(template, "AWS::CloudFront::Distribution"), "distribution")
+    cdn = nested(template, "CdnStack", CDN_STACK)
+    assert not resources_of_type(template, "AWS::CloudFront::Distribution"), "the distribution is CdnStack's"
+    _, dist = only(resources_of_type(cdn, "AWS::CloudFront::Distribution"), "distribution")
     behaviour = dist["Properties"]["DistributionConfig"]["DefaultCacheBehavior"]
     assert behaviour["ViewerProtocolPolicy"] in ("redirect-to-https", "https-only")
     assert behaviour["AllowedMethods"] == ["GET", "HEAD"]
@@ -933,7 +1010,7 @@ def test_cdn_serves_https_get_head_uncompressed_and_honours_cache_control(templa
     assert behaviour["Compress"] is False, "images are compressed already"
     assert "ForwardedValues" not in behaviour, "legacy cache settings would override the cache policy"
     policy_name = behaviour["CachePolicyId"]["Ref"]
-    policy = template["Resources"][policy_name]
+    policy = cdn["Resources"][policy_name]
     assert policy["Type"] == "AWS::CloudFront::CachePolicy"
     config = policy["Properties"]["CachePolicyConfig"]
     # The origin's Cache-Control decides: manifest.json's no-cache passes (MinTTL 0) and the variants'
@@ -948,13 +1025,17 @@ def test_cdn_serves_https_get_head_uncompressed_and_honours_cache_control(templa
 
 
 def test_public_base_url_output_is_the_cdn_root(template: dict[str, Any]) -> None:
-    dist_name, _ = only(resources_of_type(template, "AWS::CloudFront::Distribution"), "distribution")
+    cdn = nested(template, "CdnStack", CDN_STACK)
+    dist_name, _ = only(resources_of_type(cdn, "AWS::CloudFront::Distribution"), "distribution")
+    assert cdn["Outputs"]["DomainName"]["Value"] == {"Fn::GetAtt": [dist_name, "DomainName"]}
+    assert cdn["Outputs"]["DistributionId"]["Value"] == {"Ref": dist_name}
     outputs = template["Outputs"]
-    assert outputs["CdnDomain"]["Value"] == {"Fn::GetAtt": [dist_name, "DomainName"]}
+    assert outputs["CdnDomain"]["Value"] == {"Fn::GetAtt": ["CdnStack", "Outputs.DomainName"]}
+    assert outputs["CdnDistributionId"]["Value"] == {"Fn::GetAtt": ["CdnStack", "Outputs.DistributionId"]}
     # Variant URL = PUBLIC_BASE_URL + the key in manifest.json (processed/...), so a trailing slash
     # and no OriginPath (the viewer path is the object key).
-    assert outputs["PublicBaseUrl"]["Value"] == {"Fn::Sub": "https://${" + dist_name + ".DomainName}/"}
-    _, dist = only(resources_of_type(template, "AWS::CloudFront::Distribution"), "distribution")
+    assert outputs["PublicBaseUrl"]["Value"] == {"Fn::Sub": "https://${CdnStack.Outputs.DomainName}/"}
+    _, dist = only(resources_of_type(cdn, "AWS::CloudFront::Distribution"), "distribution")
     assert all("OriginPath" not in o for o in dist["Properties"]["DistributionConfig"]["Origins"])
 
 
@@ -972,9 +1053,16 @@ SIGNING_KEY = "0123456789abcdef" * 4  # `openssl rand -hex 32` gives 64 hex char
 
 
 def ondemand_function(stack: Stack) -> tuple[str, dict[str, Any]]:
-    """(logical id, rendered Properties) of the function behind the CDN's function URL."""
-    found = {n: p for n, p in stack.of_type("AWS::Serverless::Function").items() if p["Handler"] == ONDEMAND_HANDLER}
+    """(logical id, rendered Properties) of the function behind the CDN's function URL, wherever
+    in the deploy it is (the CDN's nested stack)."""
+    found = {n: p for _, n, p in stack.everywhere("AWS::Serverless::Function") if p["Handler"] == ONDEMAND_HANDLER}
     return only(found, "on-demand function")
+
+
+def _cdn(stack: Stack) -> Stack:
+    """The CDN's nested stack of a deploy: the distribution and everything sizes on demand adds."""
+    assert not stack.of_type("AWS::CloudFront::Distribution", "AWS::Lambda::Permission"), "outside CdnStack"
+    return stack.nested["CdnStack"]
 
 
 def _distribution(stack: Stack) -> tuple[str, dict[str, Any]]:
@@ -1007,8 +1095,9 @@ def test_only_this_distribution_may_invoke_the_ondemand_function(top: str) -> No
     name, function = ondemand_function(stack)
     assert function["FunctionUrlConfig"] == {"AuthType": "AWS_IAM", "InvokeMode": "BUFFERED"}  # no CORS either
     assert not function.get("Events"), "nothing else triggers it"
-    dist_name, _ = _distribution(stack)
-    permissions = [p for p in stack.of_type("AWS::Lambda::Permission").values() if _ref(p["FunctionName"]) == name]
+    cdn = _cdn(stack)
+    dist_name, _ = _distribution(cdn)
+    permissions = [p for p in cdn.of_type("AWS::Lambda::Permission").values() if _ref(p["FunctionName"]) == name]
     common = {
         "FunctionName": {"Ref": name},
         "Principal": "cloudfront.amazonaws.com",
@@ -1025,7 +1114,7 @@ def test_only_this_distribution_may_invoke_the_ondemand_function(top: str) -> No
 def test_the_function_origin_is_its_url_signed_by_a_lambda_origin_access_control(top: str) -> None:
     stack = deploy(top, CDN)
     name, function = ondemand_function(stack)
-    _, config = _distribution(stack)
+    _, config = _distribution(_cdn(stack))
     _, origin = _origins(config)
     # SAM names the function's URL resource <Function>Url; CloudFront wants its host alone.
     url = {"Fn::GetAtt": [f"{name}Url", "FunctionUrl"]}
@@ -1036,7 +1125,7 @@ def test_the_function_origin_is_its_url_signed_by_a_lambda_origin_access_control
     # CloudFront waits as long as the function may run, and the function answers before its end.
     assert custom["OriginReadTimeout"] == function["Timeout"] == 30
     assert int(function["Environment"]["Variables"]["TIME_RESERVE_MS"]) < function["Timeout"] * 1000
-    oac = stack.of_type("AWS::CloudFront::OriginAccessControl")[_ref(origin["OriginAccessControlId"])]
+    oac = _cdn(stack).of_type("AWS::CloudFront::OriginAccessControl")[_ref(origin["OriginAccessControlId"])]
     assert oac["OriginAccessControlConfig"]["OriginAccessControlOriginType"] == "lambda"
     signing = oac["OriginAccessControlConfig"]
     assert (signing["SigningBehavior"], signing["SigningProtocol"]) == ("always", "sigv4")
@@ -1045,7 +1134,7 @@ def test_the_function_origin_is_its_url_signed_by_a_lambda_origin_access_control
 @pytest.mark.parametrize("top", [DIRECT, BUFFERED])
 def test_processed_paths_try_the_bucket_first_and_fail_over_to_the_function_on_403_or_404_only(top: str) -> None:
     stack = deploy(top, CDN)
-    _, config = _distribution(stack)
+    _, config = _distribution(_cdn(stack))
     bucket, function = _origins(config)
     assert config["OriginGroups"]["Quantity"] == 1
     (group,) = config["OriginGroups"]["Items"]
@@ -1063,7 +1152,7 @@ def test_processed_paths_try_the_bucket_first_and_fail_over_to_the_function_on_4
     assert association["EventType"] == "viewer-request"
     negotiate_name, attribute = association["FunctionARN"]["Fn::GetAtt"]
     assert attribute == "FunctionARN"
-    cf_function = stack.of_type("AWS::CloudFront::Function")[negotiate_name]
+    cf_function = _cdn(stack).of_type("AWS::CloudFront::Function")[negotiate_name]
     assert cf_function["FunctionConfig"]["Runtime"] == "cloudfront-js-2.0" and cf_function["AutoPublish"] is True
 
 
@@ -1074,15 +1163,15 @@ def test_the_signature_reaches_the_function_but_is_not_in_the_cache_key(top: str
     from image_pipeline.ondemand import signing
 
     stack = deploy(top, CDN)
-    _, config = _distribution(stack)
+    _, config = _distribution(_cdn(stack))
     (behaviour,) = config["CacheBehaviors"]
     assert behaviour["CachePolicyId"] == config["DefaultCacheBehavior"]["CachePolicyId"]
-    key = stack.of_type("AWS::CloudFront::CachePolicy")[_ref(behaviour["CachePolicyId"])]
+    key = _cdn(stack).of_type("AWS::CloudFront::CachePolicy")[_ref(behaviour["CachePolicyId"])]
     key = key["CachePolicyConfig"]["ParametersInCacheKeyAndForwardedToOrigin"]
     assert key["QueryStringsConfig"] == {"QueryStringBehavior": "none"}
     assert key["HeadersConfig"] == {"HeaderBehavior": "none"}, "Accept is not in the key: the URI carries the format"
     assert key["CookiesConfig"] == {"CookieBehavior": "none"}
-    policy = stack.of_type("AWS::CloudFront::OriginRequestPolicy")[_ref(behaviour["OriginRequestPolicyId"])]
+    policy = _cdn(stack).of_type("AWS::CloudFront::OriginRequestPolicy")[_ref(behaviour["OriginRequestPolicyId"])]
     config = policy["OriginRequestPolicyConfig"]
     assert config["QueryStringsConfig"] == {"QueryStringBehavior": "whitelist", "QueryStrings": [signing.PARAM]}
     assert signing.PARAM == "sig"
@@ -1095,7 +1184,7 @@ def test_the_signature_reaches_the_function_but_is_not_in_the_cache_key(top: str
 def test_no_error_a_later_request_could_see_differently_is_cached_at_the_edge(top: str) -> None:
     """A 403 kept for an unsigned request would answer the signed one (`sig` is not in the key); a
     404 kept while an image is being processed would hide it; a 5xx may pass on the next try."""
-    _, config = _distribution(deploy(top, CDN))
+    _, config = _distribution(_cdn(deploy(top, CDN)))
     errors = {e["ErrorCode"]: e for e in config["CustomErrorResponses"]}
     assert sorted(errors) == [403, 404, 500, 502, 503, 504]
     for code, error in errors.items():
@@ -1109,10 +1198,13 @@ def test_the_ondemand_function_runs_the_pipelines_code_and_settings(top: str) ->
     _, function = ondemand_function(stack)
     _, pipeline = function_of(load(top))
     pipeline = stack.render(pipeline)
+    # CodeUri is relative to the template that says it: stacks/cdn.yaml's ../handler/ is handler/
+    code = (ROOT / Path(CDN_STACK).parent / function["CodeUri"]).resolve()
+    assert code == (ROOT / pipeline["CodeUri"]).resolve() == ROOT / "handler", "the pipeline's code"
     module, _, attribute = function["Handler"].rpartition(".")
-    module_file = ROOT / function["CodeUri"] / Path(*module.split(".")).with_suffix(".py")
+    module_file = code / Path(*module.split(".")).with_suffix(".py")
     assert f"def {attribute}(" in module_file.read_text(encoding="utf-8")
-    for same in ("CodeUri", "Runtime", "Architectures", "MemorySize", "Tracing"):
+    for same in ("Runtime", "Architectures", "MemorySize", "Tracing"):
         assert function[same] == pipeline[same], same
     assert function["Timeout"] == 30
     assert "ReservedConcurrentExecutions" not in function  # -1: none, by default
@@ -1138,6 +1230,10 @@ def test_the_ondemand_function_starts_with_the_settings_the_pipeline_has(top: st
     _, function = ondemand_function(stack)
     env = function["Environment"]["Variables"]
     pipeline_env = stack.render(function_of(load(top))[1])["Environment"]["Variables"]
+    # The CDN stack's environment is rendered in its parent's terms (tests/cfn.py), so the service
+    # name is the parent stack's (what the parent passes), never the nested stack's own name.
+    assert load(top)["Resources"]["CdnStack"]["Properties"]["Parameters"]["ServiceName"] == {"Ref": "AWS::StackName"}
+    assert env["POWERTOOLS_SERVICE_NAME"] == pipeline_env["POWERTOOLS_SERVICE_NAME"] == {"Ref": "AWS::StackName"}
     read = set(DEFAULTS) | set(POWERTOOLS) | {"BUCKET_NAME", "ONDEMAND_WIDTHS", "SIGNING_KEY"}
     assert set(env) <= read, f"{sorted(set(env) - read)}: names no code reads"
     assert {
@@ -1218,18 +1314,30 @@ def test_the_ondemand_function_may_touch_only_what_it_makes_outputs_from_and_int
 
 
 def test_ondemand_is_the_same_in_both_templates(direct: dict[str, Any], buffered: dict[str, Any]) -> None:
-    """Everything sizes on demand adds (and the distribution it changes) is written once, twice."""
+    """Everything sizes on demand adds (and the distribution it changes) is written once, in
+    stacks/cdn.yaml, and both templates nest it alike (their own part: the on-demand log group)."""
 
     def added(template: dict[str, Any]) -> set[str]:
         return {n for n, r in template["Resources"].items() if r.get("Condition") == "OnDemandEnabled"}
 
-    names = added(direct) | {"CdnDistribution"}
+    assert added(direct) == {"OnDemandLogGroup"}
+    names = added(direct) | {"CdnStack"}
     assert added(buffered) == added(direct)
     for name in names:
         assert buffered["Resources"][name] == direct["Resources"][name], name
-    for condition in ("CdnEnabled", "OnDemandEnabled", "HasOnDemandReservedConcurrency"):
+    cdn = nested(direct, "CdnStack", CDN_STACK)
+    assert {n for n, r in cdn["Resources"].items() if r.get("Condition") == "OnDemandEnabled"} >= {
+        "OnDemandFunction",
+        "OnDemandOriginAccessControl",
+        "OnDemandOriginRequestPolicy",
+        "OnDemandNegotiate",
+        "OnDemandFunctionUrlPermission",
+        "OnDemandFunctionInvokePermission",
+    }
+    for condition in ("CdnEnabled", "OnDemandEnabled"):
         assert buffered["Conditions"][condition] == direct["Conditions"][condition], condition
-    assert buffered["Outputs"]["OnDemandFunctionName"] == direct["Outputs"]["OnDemandFunctionName"]
+    for output in ("CdnDomain", "CdnDistributionId", "PublicBaseUrl", "OnDemandFunctionName"):
+        assert buffered["Outputs"][output] == direct["Outputs"][output], output
 
 
 @pytest.mark.parametrize("top", [DIRECT, BUFFERED])
@@ -1310,7 +1418,8 @@ def _stored_leaf(leaf: str, accept: str | None) -> str | None:
 
 
 def test_the_cloudfront_function_negotiates_as_the_python_code_does(direct: dict[str, Any]) -> None:
-    (props,) = [r["Properties"] for r in resources_of_type(direct, "AWS::CloudFront::Function").values()]
+    cdn = nested(direct, "CdnStack", CDN_STACK)
+    (props,) = [r["Properties"] for r in resources_of_type(cdn, "AWS::CloudFront::Function").values()]
     cases = [(uri, accept) for uri in URIS for accept in ACCEPTS]
     requests = [(uri, {} if accept is None else {"Accept": accept}) for uri, accept in cases]
     rewritten = viewer_request_uris(props["FunctionCode"], requests)
@@ -1329,12 +1438,44 @@ def test_the_cloudfront_function_negotiates_as_the_python_code_does(direct: dict
     assert chrome[("/processed/photos/cat/w640", "*/*")] == "/processed/photos/cat/w640"
 
 
+@pytest.mark.parametrize("location", [CDN_STACK, OPS_STACK, EVENTS_STACK])
+def test_shared_stacks_never_use_their_own_stack_name(location: str) -> None:
+    """A nested stack's AWS::StackName is "<parent>-CdnStack-<random>", not the `service` the
+    pipeline's metrics and logs carry: the parent passes its own name (ServiceName) instead. Names
+    that must be unique per account come from the stack's id (AWS::StackId)."""
+    import json
+
+    text = json.dumps(load(location)["Resources"])
+    assert "AWS::StackName" not in text
+
+
 # ---------------------------------------------------------------- alarms and dashboard (all three templates)
 
 
 @pytest.fixture(scope="module", params=[DIRECT, BUFFERED, EXISTING])
-def any_template(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return load(request.param)
+def any_template_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def any_template(any_template_name: str) -> dict[str, Any]:
+    return load(any_template_name)
+
+
+@pytest.fixture(scope="module")
+def any_deploy(any_template_name: str) -> Stack:
+    """The template as `sam deploy` with the defaults would create it, nested stacks included."""
+    return deploy(any_template_name, REQUIRED.get(any_template_name, {}))
+
+
+@pytest.fixture(scope="module")
+def ops(any_template: dict[str, Any], any_deploy: Stack) -> Stack:
+    """The alarms and dashboard of each template: stacks/ops.yaml as that template nests it (every
+    parameter it passes rendered in the template's own terms, tests/cfn.py)."""
+    nested(any_template, "OpsStack", OPS_STACK)
+    assert not resources_of_type(any_template, "AWS::CloudWatch::Alarm"), "alarms outside OpsStack"
+    assert not resources_of_type(any_template, "AWS::CloudWatch::Dashboard"), "a dashboard outside OpsStack"
+    return any_deploy.nested["OpsStack"]
 
 
 @pytest.fixture(scope="module")
@@ -1342,12 +1483,12 @@ def existing() -> dict[str, Any]:
     return load(EXISTING)
 
 
-def _alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: res["Properties"] for name, res in resources_of_type(template, "AWS::CloudWatch::Alarm").items()}
+def _alarms(ops: Stack) -> dict[str, dict[str, Any]]:
+    return ops.of_type("AWS::CloudWatch::Alarm")
 
 
-def _alarm_on(template: dict[str, Any], namespace: str, metric: str) -> dict[str, Any]:
-    (alarm,) = [a for a in _alarms(template).values() if (a["Namespace"], a["MetricName"]) == (namespace, metric)]
+def _alarm_on(ops: Stack, namespace: str, metric: str) -> dict[str, Any]:
+    (alarm,) = [a for a in _alarms(ops).values() if (a["Namespace"], a["MetricName"]) == (namespace, metric)]
     return alarm
 
 
@@ -1383,26 +1524,38 @@ def _dead_letter_queues(template: dict[str, Any]) -> set[str]:
     return queues
 
 
-def test_every_alarm_notifies_the_topic_and_email_is_optional(any_template: dict[str, Any]) -> None:
+def test_every_alarm_notifies_the_topic_and_email_is_optional(
+    any_template_name: str, any_template: dict[str, Any], any_deploy: Stack, ops: Stack
+) -> None:
     template = any_template
-    topic, _ = only(resources_of_type(template, "AWS::SNS::Topic"), "AWS::SNS::Topic")
-    alarms = _alarms(template)
+    assert not resources_of_type(template, "AWS::SNS::Topic"), "the topic is OpsStack's"
+    topic, _ = only(ops.of_type("AWS::SNS::Topic"), "AWS::SNS::Topic")
+    alarms = _alarms(ops)
     assert len(alarms) >= 5
     for name, alarm in alarms.items():
         assert alarm["AlarmActions"] == [{"Ref": topic}], name
         assert alarm["TreatMissingData"] == "notBreaching", f"{name}: no data means nothing happened"
-    sub_name, sub = only(resources_of_type(template, "AWS::SNS::Subscription"), "AWS::SNS::Subscription")
-    assert sub["Properties"] == {"TopicArn": {"Ref": topic}, "Protocol": "email", "Endpoint": {"Ref": "AlarmEmail"}}
-    assert template["Conditions"][_conditional(template, sub_name)] == {
+    assert not ops.of_type("AWS::SNS::Subscription"), "AlarmEmail empty (the default): no subscription"
+    mailed = deploy(any_template_name, {**REQUIRED.get(any_template_name, {}), "AlarmEmail": "ops@example.com"})
+    sub_name, sub = only(mailed.nested["OpsStack"].of_type("AWS::SNS::Subscription"), "AWS::SNS::Subscription")
+    assert sub == {"TopicArn": {"Ref": topic}, "Protocol": "email", "Endpoint": "ops@example.com"}
+    ops_template = load(OPS_STACK)
+    assert ops_template["Resources"][sub_name]["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+    assert ops_template["Conditions"][_conditional(ops_template, sub_name)] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]
     }
+    assert template["Resources"]["OpsStack"]["Properties"]["Parameters"]["AlarmEmail"] == {"Ref": "AlarmEmail"}
     assert template["Parameters"]["AlarmEmail"]["Default"] == ""
-    assert template["Outputs"]["AlarmTopicArn"]["Value"] == {"Ref": topic}
+    assert template["Outputs"]["AlarmTopicArn"]["Value"] == {"Fn::GetAtt": ["OpsStack", "Outputs.AlarmTopicArn"]}
+    assert any_deploy.follow(template["Outputs"]["AlarmTopicArn"]["Value"]) == {"Ref": topic}
+    assert any_deploy.follow(template["Outputs"]["DashboardName"]["Value"]) == {
+        "Ref": only(ops.of_type("AWS::CloudWatch::Dashboard"), "dashboard")[0]
+    }
 
 
-def test_alarm_on_messages_in_the_dead_letter_queue(any_template: dict[str, Any]) -> None:
+def test_alarm_on_messages_in_the_dead_letter_queue(any_template: dict[str, Any], ops: Stack) -> None:
     template = any_template
-    alarm = _alarm_on(template, "AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    alarm = _alarm_on(ops, "AWS/SQS", "ApproximateNumberOfMessagesVisible")
     (queue_name, attribute) = _dimensions(alarm)["QueueName"]["Fn::GetAtt"]
     assert attribute == "QueueName"
     assert {queue_name} == _dead_letter_queues(template), "the alarm watches another queue"
@@ -1411,26 +1564,58 @@ def test_alarm_on_messages_in_the_dead_letter_queue(any_template: dict[str, Any]
 
 
 @pytest.mark.parametrize("metric", ["Errors", "Throttles"])
-def test_alarms_on_function_errors_and_throttles(any_template: dict[str, Any], metric: str) -> None:
+def test_alarms_on_function_errors_and_throttles(any_template: dict[str, Any], ops: Stack, metric: str) -> None:
     function_name, _ = function_of(any_template)
-    alarm = _alarm_on(any_template, "AWS/Lambda", metric)
+    alarm = _alarm_on(ops, "AWS/Lambda", metric)
     assert _dimensions(alarm) == {"FunctionName": {"Ref": function_name}}
     assert alarm["Statistic"] == "Sum"
     assert float(alarm["Threshold"]) == 1.0 and alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
 
 
 @pytest.mark.parametrize("metric", ["ImagesFailed", "StoragePermanentFailures"])
-def test_alarms_on_the_pipelines_own_metrics(any_template: dict[str, Any], metric: str) -> None:
+def test_alarms_on_the_pipelines_own_metrics(
+    any_template_name: str, any_template: dict[str, Any], ops: Stack, metric: str
+) -> None:
     """Namespace and `service` dimension are those the handler's Powertools Metrics emit with (its
     environment), so the alarm watches the metric the function writes, not a look-alike."""
     _, props = function_of(any_template)
     env = props["Environment"]["Variables"]
-    alarm = _alarm_on(any_template, env["POWERTOOLS_METRICS_NAMESPACE"], metric)
+    alarm = _alarm_on(ops, env["POWERTOOLS_METRICS_NAMESPACE"], metric)
     assert _dimensions(alarm) == {"service": env["POWERTOOLS_SERVICE_NAME"]}
+    assert any_template["Resources"]["OpsStack"]["Properties"]["Parameters"]["ServiceName"] == {
+        "Ref": "AWS::StackName"
+    }, "the parent's name, the function's POWERTOOLS_SERVICE_NAME (not the nested stack's own)"
     assert alarm["Statistic"] == "Sum" and alarm["EvaluationPeriods"] == 1
     if metric == "ImagesFailed":
-        assert alarm["Threshold"] == {"Ref": "FailedImagesAlarmThreshold"}
+        (written,) = [
+            a["Properties"]
+            for a in load(OPS_STACK)["Resources"].values()
+            if a["Type"] == "AWS::CloudWatch::Alarm" and a["Properties"]["MetricName"] == metric
+        ]
+        assert written["Threshold"] == {"Ref": "FailedImagesAlarmThreshold"}
+        passed = any_template["Resources"]["OpsStack"]["Properties"]["Parameters"]["FailedImagesAlarmThreshold"]
+        assert passed == {"Ref": "FailedImagesAlarmThreshold"}
+        raised = deploy(any_template_name, {**REQUIRED.get(any_template_name, {}), "FailedImagesAlarmThreshold": "7"})
+        assert _alarm_on(raised.nested["OpsStack"], env["POWERTOOLS_METRICS_NAMESPACE"], metric)["Threshold"] == "7"
     _fires_on_first(alarm, any_template)
+
+
+@pytest.mark.parametrize(("top", "backlog"), [(DIRECT, False), (BUFFERED, True), (EXISTING, False)])
+def test_a_queue_backlog_alarm_where_there_is_an_image_queue(top: str, backlog: bool) -> None:
+    """Buffered mode only: the oldest upload in the image queue has waited more than an hour."""
+    ops = deploy(top, REQUIRED.get(top, {})).nested["OpsStack"]
+    found = [a for a in _alarms(ops).values() if a["MetricName"] == "ApproximateAgeOfOldestMessage"]
+    body, _ = _dashboard(ops)
+    lines = [m for w in body["widgets"] if w["type"] == "metric" for m in w["properties"]["metrics"]]
+    image_queue = ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "<ImageQueue.QueueName>"]
+    assert [line[:4] for line in lines].count(image_queue) == int(backlog), "the image queue's depth, buffered only"
+    if not backlog:
+        assert found == []
+        return
+    (alarm,) = found
+    assert _dimensions(alarm) == {"QueueName": {"Fn::GetAtt": ["ImageQueue", "QueueName"]}}
+    assert (alarm["Namespace"], alarm["Statistic"], alarm["Threshold"]) == ("AWS/SQS", "Maximum", 3600)
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["TreatMissingData"] == "notBreaching"
 
 
 def test_metric_names_alarmed_on_are_emitted_by_the_handler() -> None:
@@ -1439,23 +1624,27 @@ def test_metric_names_alarmed_on_are_emitted_by_the_handler() -> None:
         assert name in source, name
 
 
-def _dashboard(template: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _dashboard(ops: Stack) -> tuple[dict[str, Any], list[str]]:
     """The dashboard body as JSON (each ${X} replaced by a placeholder) and the names it substitutes."""
     import json
     import re
 
-    _, dashboard = only(resources_of_type(template, "AWS::CloudWatch::Dashboard"), "AWS::CloudWatch::Dashboard")
-    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    _, dashboard = only(ops.of_type("AWS::CloudWatch::Dashboard"), "AWS::CloudWatch::Dashboard")
+    body = dashboard["DashboardBody"]["Fn::Sub"]
     assert isinstance(body, str)
     names = re.findall(r"\$\{([^}]+)\}", body)
     return json.loads(re.sub(r"\$\{([^}]+)\}", lambda m: "<" + m.group(1) + ">", body)), names
 
 
-def test_dashboard_shows_outcomes_codes_latency_cold_starts_and_dlq_depth(any_template: dict[str, Any]) -> None:
+def test_dashboard_shows_outcomes_codes_latency_cold_starts_and_dlq_depth(
+    any_template: dict[str, Any], ops: Stack
+) -> None:
     template = any_template
-    body, names = _dashboard(template)
-    for name in names:  # every ${...} names a resource (or its attribute) or a pseudo parameter
-        assert name.startswith("AWS::") or name.split(".")[0] in template["Resources"], name
+    body, names = _dashboard(ops)
+    for name in names:  # every ${...} names a resource (or its attribute) or a pseudo parameter:
+        # the alarms' of the ops stack, the function and queues of the template that passes them
+        owner = ops.resources if name.endswith("Alarm.Arn") else template["Resources"]
+        assert name.startswith("AWS::") or name.split(".")[0] in owner, name
     function_name, props = function_of(template)
     env = props["Environment"]["Variables"]
     namespace = env["POWERTOOLS_METRICS_NAMESPACE"]
@@ -1480,7 +1669,7 @@ def test_dashboard_shows_outcomes_codes_latency_cold_starts_and_dlq_depth(any_te
         for s in searches
     ), "rejected images per error code, of this stack only"
     alarm_widget = [w for w in body["widgets"] if w["type"] == "alarm"]
-    assert {f"<{name}.Arn>" for name in _alarms(template)} == set(alarm_widget[0]["properties"]["alarms"])
+    assert {f"<{name}.Arn>" for name in _alarms(ops)} == set(alarm_widget[0]["properties"]["alarms"])
 
 
 def test_alarm_parameters_are_the_same_in_every_template(direct: dict[str, Any], any_template: dict[str, Any]) -> None:
@@ -1623,7 +1812,9 @@ def _api_function(api: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_both_templates_nest_the_api_stack_with_the_pipeline_settings(template: dict[str, Any]) -> None:
-    _, app = only(resources_of_type(template, "AWS::Serverless::Application"), "AWS::Serverless::Application")
+    apps = resources_of_type(template, "AWS::Serverless::Application")
+    _, app = only({n: a for n, a in apps.items() if a["Properties"]["Location"] == API_STACK}, "API stack")
+    assert app is template["Resources"]["ApiStack"]
     props = app["Properties"]
     assert props["Location"] == API_STACK and (ROOT / API_STACK).is_file()
     params = props["Parameters"]
@@ -1692,18 +1883,37 @@ def test_api_s3_permissions_are_least_privilege() -> None:
 
 
 def test_pipeline_may_put_events_on_the_configured_bus_only(
-    template: dict[str, Any], function: tuple[str, dict[str, Any]]
+    template_name: str, template: dict[str, Any], function: tuple[str, dict[str, Any]]
 ) -> None:
+    """The permission lives in stacks/events.yaml, nested as EventsStack only when EventBusName is
+    set, and is attached to the pipeline function's role."""
     name, props = function
     assert props["Environment"]["Variables"]["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
     assert template["Conditions"]["HasEventBus"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "EventBusName"}, ""]}]}
-    events = grants(template, "events")
+    assert grants(template, "events") == [], "events permissions outside EventsStack"
+    events_template = nested(template, "EventsStack", EVENTS_STACK)
+    app = template["Resources"]["EventsStack"]
+    assert app["Condition"] == "HasEventBus"
+    assert app["Properties"]["Parameters"] == {
+        "EventBusName": {"Ref": "EventBusName"},
+        "FunctionRoleName": {"Ref": f"{name}Role"},
+    }
+    events = grants(events_template, "events")
     assert events == [
         ("events:PutEvents", "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}")
     ]
-    (policy,) = [r for r in resources_of_type(template, "AWS::IAM::Policy").values() if "events:" in str(r)]
-    assert policy["Condition"] == "HasEventBus"
-    assert policy["Properties"]["Roles"] == [{"Ref": f"{name}Role"}]
+    (policy,) = [r for r in resources_of_type(events_template, "AWS::IAM::Policy").values() if "events:" in str(r)]
+    assert policy["Properties"]["Roles"] == [{"Ref": "FunctionRoleName"}]
+    # As deployed: nothing without a bus; with one, PutEvents on that bus for the function's role.
+    assert "EventsStack" not in deploy(template_name).nested
+    stack = deploy(template_name, {"EventBusName": "image-events"})
+    ((_, _, deployed),) = [(s, n, p) for s, n, p in stack.everywhere("AWS::IAM::Policy") if "events:" in str(p)]
+    assert deployed["Roles"] == [{"Ref": f"{name}Role"}]
+    (statement,) = deployed["PolicyDocument"]["Statement"]
+    assert (statement["Action"], statement["Resource"]) == (
+        "events:PutEvents",
+        {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/image-events"},
+    )
 
 
 # ---------------------------------------------------------------- who may call what (issue #20)
@@ -1866,11 +2076,11 @@ def test_api_auth_decides_every_routes_authorization(top: str, case: str) -> Non
     stack = deploy(top, overrides)
     found = routes(stack)
     if authorization is None:
-        assert found == [] and "ApiUrl" not in stack.outputs and not stack.nested
+        assert found == [] and "ApiUrl" not in stack.outputs and "ApiStack" not in stack.nested
         return
     assert found and {r["AuthorizationType"] for r in found} == {authorization}
     assert [r["RouteKey"] for r in found] == ["$default"]  # one route: every path goes through it
-    (api,) = stack.nested.values()
+    api = stack.nested["ApiStack"]
     assert stack.outputs["ApiUrl"]["Value"] == {"Fn::GetAtt": ["ApiStack", "Outputs.ApiUrl"]}
     authorizers = api.of_type("AWS::ApiGatewayV2::Authorizer")
     if authorization == "JWT":
