@@ -45,6 +45,7 @@ from ..storage import ListedObject, ObjectNotFound
 from . import pages, subject
 from .auth import Authenticator, Caller, Identity
 from .backends import Backend, StorageBackend, UploadRefused
+from .delivery import signer_for
 from .guards import api_in, authenticated, caller_of
 from .links import api_base, mount_path, object_link, page_base
 from .problems import not_found, problem
@@ -204,6 +205,7 @@ class Api:
             pool=ProcessingPool.of_process(pipeline.process_concurrency, wait_s=pipeline.process_wait_ms / 1000),
         )
         self.ondemand = OnDemand(self.service, settings.ondemand)
+        self.signer = signer_for(settings)  # DELIVERY=private: CDN links signed (api/delivery.py)
 
     def __deepcopy__(self, memo: dict) -> Api:
         """One for the app's life: Litestar deep-copies a router (and its `opt`) as it registers
@@ -329,6 +331,8 @@ class Api:
         prefix = self.service.output_prefix(str(source["key"]))
         if self.settings.public_base_url and prefix:
             template = object_link(self.settings.public_base_url, prefix) + "w{width}.{ext}"
+            if self.signer is not None:  # one signature for every width and format of this image
+                template = self.signer.sign_template(template)
         else:
             template = f"{base}images/{image_id}/w{{width}}.{{ext}}"
         width = int(source.get("width") or 0)
@@ -354,16 +358,24 @@ class Api:
         }
 
     def variant_link(self, image_id: str, variant: dict, base: str) -> str:
-        """The variant's stable URL: PUBLIC_BASE_URL + key (public, cacheable), or the API's redirect."""
+        """The variant's stable URL: PUBLIC_BASE_URL + key (public, cacheable; signed and expiring with
+        DELIVERY=private), or the API's redirect."""
         if self.settings.public_base_url:
-            return object_link(self.settings.public_base_url, variant["key"])
+            return self.cdn_link(variant["key"])
         return f"{base}images/{image_id}/{variant['name']}"
 
     async def variant_src(self, variant: dict, base: str) -> str:
-        """A URL to show the variant now, no token needed (delivery is public by design)."""
+        """A URL to show the variant now, no token needed: the CDN's (signed with DELIVERY=private)
+        or a short-lived presigned GET."""
         if self.settings.public_base_url:
-            return object_link(self.settings.public_base_url, variant["key"])
+            return self.cdn_link(variant["key"])
         return await self.backend.object_url(variant["key"], self.settings.url_expiry_s, base)
+
+    def cdn_link(self, key: str) -> str:
+        """PUBLIC_BASE_URL + key: as it is, or with DELIVERY=private a CloudFront signed URL."""
+        assert self.settings.public_base_url is not None
+        url = object_link(self.settings.public_base_url, key)
+        return url if self.signer is None else self.signer.sign(url)
 
     async def store_upload(self, upload: UploadFile, caller: Caller) -> tuple[str, str]:
         """Check a multipart file (size while reading, type from its bytes), then store it under
