@@ -271,10 +271,12 @@ def _table(headers: list[str], rows: list[tuple[str, ...]]) -> None:
 def _add_sign(commands) -> None:
     sign = commands.add_parser(
         "sign",
-        help="sign an on-demand width URL (widths outside ONDEMAND_WIDTHS need it), or a CloudFront URL (--cloudfront)",
+        help="sign an on-demand width or ratio URL (outside ONDEMAND_WIDTHS or ONDEMAND_RATIOS), "
+        "or a CloudFront URL (--cloudfront)",
         description="Print PATH_OR_URL with its `sig` parameter: HMAC-SHA256 with SIGNING_KEY over the path "
         "without the format extension (one signature serves every format of that width). E.g. "
-        "`image-pipeline sign /images/<id>/w641.webp` or `image-pipeline sign https://<cdn>/processed/<…>/w641`. "
+        "`image-pipeline sign /images/<id>/w641.webp`, `image-pipeline sign /images/<id>/w640-5x4.webp` or "
+        "`image-pipeline sign https://<cdn>/processed/<…>/w641`. "
         "With --cloudfront: print a CloudFront signed URL (canned policy) for an object key (processed/…, under "
         "PUBLIC_BASE_URL) or a CDN URL, for a distribution with Delivery=private; the key from "
         "CLOUDFRONT_KEY_ID and CLOUDFRONT_PRIVATE_KEY or CLOUDFRONT_PRIVATE_KEY_SECRET. Both at once: "

@@ -42,7 +42,7 @@ from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
 from ..storage import ListedObject, ObjectNotFound
-from . import pages
+from . import pages, subject
 from .auth import Authenticator, Caller, Identity
 from .backends import Backend, StorageBackend, UploadRefused
 from .delivery import signer_for
@@ -116,6 +116,21 @@ class WidthUrls:
 
 
 @dataclass
+class RatioUrls:
+    """Aspect ratios on demand: `template` with `{width}`, `{ratio}` (one of `ratios`, e.g. `16x9`)
+    and `{ext}` (avif, webp or `fallback`) gives the largest window of that ratio around the
+    image's subject, that wide. `widths` are the allowlisted ones up to the image's own width; a
+    width above a ratio's window (`windows[ratio]`, its full-size width and height) gives the
+    window's own width (never upscaled)."""
+
+    template: str
+    ratios: list[str]
+    widths: list[int]
+    fallback: str
+    windows: dict[str, list[int]]
+
+
+@dataclass
 class ImageInfo:
     id: str
     status: str  # pending | processed | failed
@@ -127,6 +142,13 @@ class ImageInfo:
     created_at: str
     lazy_variants: list[LazyVariantInfo] | None = None
     width_urls: WidthUrls | None = None
+    # The subject (processed images): faces found ({x, y, w, h, score}, 0–1 from the top-left),
+    # the focal point every `auto` crop keeps ({x, y}) and where it came from: faces, attention
+    # (the saliency centroid) or manual (PUT /images/{id}/focal).
+    faces: list[dict[str, float]] | None = None
+    focal_point: dict[str, float] | None = None
+    focal_source: str | None = None
+    ratio_urls: RatioUrls | None = None
 
 
 @dataclass
@@ -277,6 +299,7 @@ class Api:
                 created,
                 lazy_variants=self.lazy_info(image_id, record, base, stored),
                 width_urls=self.width_urls(image_id, record, base),
+                **self.subject(image_id, record, base),
             )
         if raw is None:
             return None
@@ -315,6 +338,24 @@ class Api:
         width = int(source.get("width") or 0)
         widths = [w for w in self.ondemand.widths if w <= width]
         return WidthUrls(template=template, widths=widths, fallback=fallback_format(source).extension)
+
+    def subject(self, image_id: str, record: dict, base: str) -> dict[str, Any]:
+        """The manifest's subject (faces, focal point and its source) and the ratio URLs' ladder."""
+        width_urls = self.width_urls(image_id, record, base)
+        source = record["source"]
+        size = int(source.get("width") or 0), int(source.get("height") or 0)
+        # each ratio's full-size window: the largest output that ratio's URLs give (wider ones are the same)
+        windows = {str(r): list(r.size(size[0], *size)) for r in self.ondemand.ratios}
+        return {
+            **pages.subject_fields(record),
+            "ratio_urls": RatioUrls(
+                template=width_urls.template.replace("w{width}.{ext}", "w{width}-{ratio}.{ext}"),
+                ratios=list(windows),
+                widths=width_urls.widths,
+                fallback=width_urls.fallback,
+                windows=windows,
+            ),
+        }
 
     def variant_link(self, image_id: str, variant: dict, base: str) -> str:
         """The variant's stable URL: PUBLIC_BASE_URL + key (public, cacheable; signed and expiring with
@@ -841,4 +882,5 @@ ROUTES: list[ControllerRouterHandler] = [
     upload_image_async,
     delete_image,
     delete_nested,
+    *subject.routes,
 ]
