@@ -199,7 +199,7 @@ def _report(s3, refs: list, runtime, out: Path | None) -> None:
     """What the handler wrote for each object, and its tags; the variants copied to `out`."""
     for ref in refs:
         prefix = _prefix_of(ref.key, runtime)
-        rows = []
+        rows: list[tuple[str, ...]] = []
         if prefix:
             listing = s3.list_objects_v2(Bucket=ref.bucket, Prefix=prefix).get("Contents", [])
             for item in listing:

@@ -10,8 +10,9 @@
 
 A bad image (any `ImageRejected`) is tagged `failed` with its code and kept; nothing is written
 under the output prefix. `remove` is the one call for "this upload is gone": it deletes the
-outputs (manifest last) while the manifest still belongs to that raw key. A storage failure propagates as `StorageFailure` so the caller reports it
-for a retry; the raw object is then left exactly as it was.
+outputs (manifest last) while the manifest still belongs to that raw key. A storage failure
+propagates as `StorageFailure` so the caller reports it for a retry; the raw object is then left
+exactly as it was.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class ImageService:
         except ImageRejected:
             return None
 
-    async def state(self, store: ObjectStore, raw_key: str, etag: str) -> str:
+    async def state(self, store: ObjectStore, raw_key: str, etag: str | None) -> str:
         """`missing` (no manifest for this key, or the prefix's manifest is another key's), `stale`
         (the manifest records another ETag or another configuration's fingerprint) or `current`."""
         prefix = self.output_prefix(raw_key)
@@ -204,7 +205,8 @@ class ImageService:
         it can have)."""
         extensions = sorted({f.extension for f in ImageFormat} | {"heif", "tiff", "bmp"})
         everything = specs is None
-        names = [(v.name, v.format) for v in ((*self.processor.variants, *self.lazy) if everything else specs)]
+        chosen = (*self.processor.variants, *self.lazy) if specs is None else specs
+        names = [(v.name, v.format) for v in chosen]
         if everything and self.processor.preserve_original:
             names.append(("original", None))
         return {
@@ -266,8 +268,8 @@ class ImageService:
         ObjectNotFound when the image has no manifest (never processed, rejected, or gone)."""
         manifest_key = keys.manifest_key(prefix)
         stored = await _read_if_any(store, manifest_key)
-        record = manifest.parse(stored.data) if stored else None
-        if record is None:
+        record = manifest.parse(stored.data) if stored is not None else None
+        if stored is None or record is None:
             raise ObjectNotFound(f"{prefix} has no manifest")
         source = record["source"]
         spec = spec_for(source)
@@ -430,8 +432,8 @@ class ImageService:
                 return Outcome("skipped", ref.key, reason="manifest already records this ETag")
             return Outcome("gone", ref.key, reason="raw object no longer exists")
         if isinstance(raw, ImageRejected):  # too large, measured on the object itself
-            owner = ids.owner_of(ref.key, self.raw_prefix, raw.metadata or {})
-            return await self._reject(store, ref, raw, started, etag=raw.etag, owner=owner)
+            rejected_owner = ids.owner_of(ref.key, self.raw_prefix, raw.metadata or {})
+            return await self._reject(store, ref, raw, started, etag=raw.etag, owner=rejected_owner)
         if isinstance(raw, BaseException):
             raise raw
         # The owner the API wrote beside the upload, kept only when the id in the key is the owner's.
@@ -441,7 +443,13 @@ class ImageService:
             return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         # Compare with the object as it is now, not with the event: a late event for an older
         # upload must neither skip nor delete/tag the newer one (which is processed instead).
-        if not redo and owner == ref.key and recorded == raw.etag and previous.fingerprint == self.fingerprint:
+        if (
+            not redo
+            and previous is not None
+            and owner == ref.key
+            and recorded == raw.etag
+            and previous.fingerprint == self.fingerprint
+        ):
             # idempotent: finishes a run that died after the manifest
             dropped = await self._dispose(store, ref.key, raw.etag)
             if dropped is None:
@@ -466,7 +474,7 @@ class ImageService:
             return await self._reject(store, ref, exc, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         except PipelineError:
             raise
-        except Exception as exc:  # a decoder crash on hostile input is still a bad image
+        except Exception as exc:  # noqa: BLE001 - a decoder crash on hostile input is still a bad image
             error = CorruptImage(f"{type(exc).__name__}: {exc}")
             return await self._reject(store, ref, error, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
 

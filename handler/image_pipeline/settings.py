@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from .errors import ConfigError
 from .processor.specs import DEFAULT_QAUTO_TARGET, Fit, Gravity, ImageFormat, Limits, VariantConfig
@@ -179,6 +180,18 @@ def _prefix(value: str, name: str, problems: list[str]) -> str:
     return value if value.endswith("/") else value + "/"
 
 
+class _VariantOptions(TypedDict, total=False):
+    """What a VARIANTS entry may set beyond its name and size (VariantConfig's keywords)."""
+
+    fit: Fit
+    gravity: Gravity
+    format: ImageFormat | None
+    quality: int
+    qauto: float
+    lazy: bool
+    hdr: bool
+
+
 def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
     """Parse `name:WxH[:fit][:gravity][:format][:qNN][:qauto[NN]][:hdr][:lazy]` entries separated by `;`.
 
@@ -200,12 +213,12 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
         width, height = width or "0", height or "0"
         if not (width.isdigit() and height.isdigit()):
             raise ValueError(f"{entry!r}: size {tokens[0]!r} must be WIDTHxHEIGHT in pixels")
-        options: dict[str, object] = {}
+        options: _VariantOptions = {}
         for token in tokens[1:]:
             if token in Fit._value2member_map_:
-                options["fit"] = token
+                options["fit"] = Fit(token)
             elif token.replace("center", "centre") in Gravity._value2member_map_:
-                options["gravity"] = token
+                options["gravity"] = Gravity(token.replace("center", "centre"))
             elif token in ("original", "auto"):
                 options["format"] = None
             elif token == "lazy":

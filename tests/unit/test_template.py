@@ -846,8 +846,12 @@ def test_ci_runs_the_readmes_set_up_and_test_command_verbatim() -> None:
     try_command = _readme_command("## Try it")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_command in ci, ".ci/run must run the README's test command verbatim"
+    # Lint, format check and type check, from the lock's tools, before the tests.
+    steps = test_command.split(" && ")
+    checks = [".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy", ".venv/bin/pytest"]
+    assert steps[-len(checks) :] == checks, steps
     # One set-up, from the lock with plain pip, in both places.
-    set_up = test_command.rsplit(" && ", 1)[0]
+    set_up = " && ".join(steps[: -len(checks)])
     assert try_command.startswith(set_up + " && "), (try_command, set_up)
     assert "--require-hashes -r requirements/dev.txt" in set_up and "--no-deps --no-build-isolation" in set_up
 

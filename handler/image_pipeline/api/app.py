@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -409,6 +409,7 @@ class Api:
         raw, out = await anext(raws, None), await anext(outputs, None)
         while (raw or out) and len(found) <= limit:
             if out is None or (raw is not None and raw[0] < out[0]):
+                assert raw is not None  # the loop's condition: raw or out
                 found.append((raw[0], raw[1], []))
                 raw = await anext(raws, None)
             elif raw is None or out[0] < raw[0]:
@@ -434,7 +435,9 @@ class Api:
         return ImagePage(items=items, next_cursor=found[-1][0] if more and found else None)
 
 
-async def _ids_under(store, base: str, scope: str, after: str | None) -> AsyncIterator[tuple[str, list[ListedObject]]]:
+async def _ids_under(
+    store, base: str, scope: str, after: str | None
+) -> AsyncGenerator[tuple[str, list[ListedObject]], None]:
     """(id, its objects) for every API id under `base` + `scope` (`raw/<tag>-`…), in key order
     (newest first), after the id `after`. Keys that are not an API id's are passed over."""
     start = f"{base}{after}0" if after else None  # "0" sorts after every "<id>/…" key of that id
@@ -502,6 +505,7 @@ async def create_upload(request: Request, data: JSONBody[UploadRequest]) -> Uplo
         raise problem(400, "size must be at least 1 byte", "empty_file")
     image_id = ids.new_id(tag=caller.tag)
     kind = api.settings.image_type(data.content_type)
+    assert kind is not None  # checked above
     key = ids.raw_key(api.settings.pipeline.raw_prefix, image_id, data.filename, EXTENSIONS[kind])
     base = api.base(request)
     expires = api.settings.upload_expiry_s
@@ -631,6 +635,8 @@ async def get_variant(request: Request, image_id: FromPath[str], variant: FromPa
         if lazy is None or not api.ondemand.is_lazy(variant):
             raise problem(404, "no such image or variant")
         wanted = api.ondemand.wanted_lazy(variant, leaf=lazy["key"][len(prefix) :])
+    if wanted is None:  # is_lazy said it was a lazy variant's name
+        raise problem(404, "no such image or variant")
     key = prefix + wanted.leaf
     if key not in stored:
         await _make(api, prefix, wanted)
@@ -723,7 +729,8 @@ async def image_slot(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         left = api.settings.max_bytes + FORM_OVERHEAD
         while left > 0:
             message = await connection.receive()
-            left -= len(message.get("body", b""))
+            body = message.get("body", b"")
+            left -= len(body) if isinstance(body, bytes) else 0
             if not message.get("more_body"):
                 break
         raise

@@ -60,7 +60,7 @@ class OnDemandSettings:
         env = os.environ if environ is None else environ
         problems = []
         raw = env.get("ONDEMAND_WIDTHS", "").strip()
-        widths = DEFAULT_WIDTHS
+        widths: tuple[int, ...] = DEFAULT_WIDTHS
         if raw:
             try:
                 widths = parse_widths(raw)
