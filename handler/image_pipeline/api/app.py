@@ -42,7 +42,7 @@ from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
 from ..storage import ListedObject, ObjectNotFound
-from . import pages, subject
+from . import pages
 from .auth import Authenticator, Caller, Identity
 from .backends import Backend, StorageBackend, UploadRefused
 from .delivery import signer_for
@@ -882,5 +882,4 @@ ROUTES: list[ControllerRouterHandler] = [
     upload_image_async,
     delete_image,
     delete_nested,
-    *subject.routes,
 ]

@@ -20,15 +20,30 @@ import functools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from .settings import ApiSettings
-
 DELIVERY_MODES = ("public", "private")
 SIGNED_PARAMS = ("Expires", "Policy", "Signature", "Key-Pair-Id")  # what CloudFront reads and strips
+
+
+class DeliverySettings(Protocol):
+    """What signing reads of the API's settings (settings.ApiSettings has them; settings.py imports
+    this module, so the type is named by what it holds, not by that class)."""
+
+    @property
+    def delivery(self) -> str: ...
+    @property
+    def public_base_url(self) -> str | None: ...
+    @property
+    def cloudfront_key_id(self) -> str | None: ...
+    @property
+    def cloudfront_private_key(self) -> str | None: ...
+    @property
+    def cloudfront_private_key_secret(self) -> str | None: ...
+    @property
+    def url_expiry_s(self) -> int: ...
 
 
 def load_private_key(pem: str | bytes, where: str) -> Callable[[bytes], bytes]:
@@ -108,7 +123,7 @@ class LinkSigner:
         return self._signer.generate_presigned_url(url, policy=policy)
 
 
-def signer_for(settings: ApiSettings) -> LinkSigner | None:
+def signer_for(settings: DeliverySettings) -> LinkSigner | None:
     """The API's signer (None with DELIVERY=public): the key from the settings or its secret, read
     now (once per app, so once per Lambda container)."""
     if settings.delivery != "private":
