@@ -31,14 +31,15 @@ DEFAULTS: dict[str, str] = {
     "S3_MAX_ATTEMPTS": "5",
     "TIME_RESERVE_MS": "10000",
     "EVENT_BUS_NAME": "",  # empty: no completion events (see notify.py)
+    # which engine finds the faces `auto` crops keep and the manifest records (image_pipeline/faces):
+    # in-process and offline (`local`), Amazon Rekognition, or none
+    "FACE_DETECTION": "local",
 }
 # Where images are processed in a long-running process (the API, `serve`): not in the template,
 # since a Lambda function processes one record at a time and waits for its slot without bound.
 PROCESS_WAIT_MS_DEFAULT = 30_000  # how long an upload waits, unread, for a free slot before 503 busy
-# FACE_DETECTION: which engine finds the faces `auto` crops keep and the manifest records
-# (image_pipeline/faces): in-process and offline (`local`), Amazon Rekognition, or none.
 FACE_ENGINES = ("local", "rekognition", "off")
-FACE_DETECTION_DEFAULT = "local"
+FACE_DETECTION_DEFAULT = DEFAULTS["FACE_DETECTION"]
 DISPOSITIONS = ("tag", "delete")
 _TYPE_ALIASES = {"jpg": "jpeg", "heic": "heif", "tif": "tiff"}
 KNOWN_TYPES = frozenset(Limits().allowed_types)

