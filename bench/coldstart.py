@@ -124,7 +124,7 @@ def import_once(hide: bool) -> tuple[float, list[tuple[str, int, int]]]:
         m = IMPORT_LINE.match(line)
         if not m:
             continue
-        self_us, cum_us, indent, name = int(m[1]), int(m[2]), len(m[3]) - 1, m[4]
+        cum_us, indent, name = int(m[2]), len(m[3]) - 1, m[4]  # m[1] is the module's own (self) time
         rows.append((name, cum_us, indent))
         if indent == 0 and name.startswith(("image_pipeline", "aws_lambda_powertools")):
             total += cum_us / 1000
@@ -210,7 +210,7 @@ def first_event_runs(runs: int, hide: bool) -> list[dict]:
                 text=True,
                 cwd=tempfile.gettempdir(),
             )
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((out for out in proc.stdout.splitlines() if out.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 raise SystemExit(f"first-event child failed:\n{proc.stderr[-3000:]}")
             results.append(json.loads(line.removeprefix("RESULT ")))
@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             "tracing on)\n"
         )
         print(
-            "| import ms | 1st event ms | 2nd event ms | 1st − 2nd (first-invocation extra) ms | import + 1st event ms | S3Connection.open ms (warm imports) |"
+            "| import ms | 1st event ms | 2nd event ms | 1st − 2nd (first-invocation extra) ms "
+            "| import + 1st event ms | S3Connection.open ms (warm imports) |"
         )
         print("|---:|---:|---:|---:|---:|---:|")
         print(f"| {imp:.0f} | {first:.0f} | {second:.0f} | {extra:.0f} | {imp + first:.0f} | {client:.0f} |")

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             total_bytes += len(blob)
             with Image.open(io.BytesIO(blob)) as decoded:
                 scores.append(ssim(viewable(decoded), references[name]))
-        ours = {k: v for k, v in _options(fmt, args.quality).items()}
+        ours = dict(_options(fmt, args.quality))
         is_ours = all(options.get(k, None) == v for k, v in ours.items()) and set(options) <= set(ours)
         rows.append((fmt, label, is_ours, total_s, total_bytes, statistics.fmean(scores), min(scores)))
         print(f"{fmt.value:5} {label:28} {total_s * 1000:8.0f} ms {total_bytes:>10,} B", file=sys.stderr)

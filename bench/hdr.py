@@ -119,7 +119,7 @@ def _as_xmp_only(data: bytes) -> bytes:
     assert found is not None and found.metadata is not None, "libvips wrote no usable gain map"
     primary = data[: data.index(found.jpeg)]
     out, pos = bytearray(primary[:2]), 2
-    for marker, start, payload in segments(primary, 0):
+    for _marker, start, payload in segments(primary, 0):
         ours = payload.startswith((uhdr.MPF, uhdr.ISO_NS, uhdr.XMP_NS))
         if not ours:
             out += primary[start - 4 : start + len(payload)]
@@ -332,7 +332,8 @@ def table(rows: list[dict]) -> str:
         )
     lines += [
         "",
-        "| input | time without → with `hdr` (ms, median) | the gain-map step alone (ms) | peak RSS without → with (MB) |",
+        "| input | time without → with `hdr` (ms, median) | the gain-map step alone (ms) "
+        "| peak RSS without → with (MB) |",
         "|---|---|---|---|",
     ]
     for row in rows[:: len(BOXES)]:

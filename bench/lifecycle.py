@@ -51,7 +51,7 @@ def main() -> None:
 
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
-    upstream = "http://127.0.0.1:%d" % moto._server.server_port
+    upstream = f"http://127.0.0.1:{moto._server.server_port}"
     proxy = FaultProxy(upstream=upstream).start()
     os.environ.update(
         AWS_ENDPOINT_URL_S3=proxy.url,

@@ -92,7 +92,7 @@ def engines(paths: list[str], rounds: int) -> dict:
 
     files = {p: Path(p).read_bytes() for p in paths}
     for data in files.values():  # warm each engine once
-        for width, ext in TARGETS.values():
+        for _width, ext in TARGETS.values():
             ours(data, 64, ext), vips(data, 64, ext)
     times: dict = {}
     cpu: dict = {}  # CPU time (all threads): what a Lambda below one vCPU waits for, steady on a shared machine

@@ -461,16 +461,17 @@ def mixed_table(paths: list[Path], per_image: dict[Path, dict], names: list[str]
         res, sc = row["results"], row["scores"]
         mp = row["mp"]
 
-        def ms(impl: str, key: str = "wall") -> str:
+        # The helpers bind this row's results and scores (default arguments), not the loop's variables.
+        def ms(impl: str, key: str = "wall", res: dict = res) -> str:
             return f"{res[impl][key] * 1000:.0f}" if res.get(impl) else "n/a"
 
-        def rss(impl: str) -> str:
+        def rss(impl: str, res: dict = res) -> str:
             return f"{_mb(res[impl]['rss_kb']):.0f}" if res.get(impl) else "n/a"
 
-        def ssim_min(impl: str) -> str:
+        def ssim_min(impl: str, sc: dict = sc) -> str:
             return f"{min(sc[impl].values()):.4f}" if impl in sc else "n/a"
 
-        def total_bytes(impl: str) -> int:
+        def total_bytes(impl: str, res: dict = res) -> int:
             return sum(o["bytes"] for o in res[impl]["outputs"]) if res.get(impl) else 0
 
         b_ours, b_naive, b_vips = total_bytes("ours"), total_bytes("naive"), total_bytes("vips")
@@ -514,11 +515,13 @@ def mixed_table(paths: list[Path], per_image: dict[Path, dict], names: list[str]
         f"- time ≤ {TARGET_VIPS_OVERALL}× libvips overall: {overall:.2f}× ({totals['ours']:.2f} s vs "
         f"{totals['vips']:.2f} s, inputs libvips reads; {real:.2f}× without the synthetic JPEGs; CPU time "
         f"{overall_cpu:.2f}×) → {verdict(overall <= TARGET_VIPS_OVERALL)}",
-        f"- no input type above {TARGET_VIPS_ANY}× libvips: worst {worst_type} {ratios.get(worst_type, float('nan')):.2f}× "
+        f"- no input type above {TARGET_VIPS_ANY}× libvips: worst {worst_type} "
+        f"{ratios.get(worst_type, float('nan')):.2f}× "
         f"→ {verdict(all(r <= TARGET_VIPS_ANY for r in ratios.values()))}",
         rss_line,
         f"- SSIM ≥ naive − {TARGET_SSIM_DROP}: worst margin {worst_drop:+.4f} → {verdict(worst_drop >= 0)}",
-        f"- bytes ≤ {TARGET_BYTES}× naive: {bytes_ours / bytes_naive:.3f}× → {verdict(bytes_ours / bytes_naive <= TARGET_BYTES)}",
+        f"- bytes ≤ {TARGET_BYTES}× naive: {bytes_ours / bytes_naive:.3f}× "
+        f"→ {verdict(bytes_ours / bytes_naive <= TARGET_BYTES)}",
     ]
     return "\n".join(lines)
 
@@ -529,14 +532,15 @@ def baseline_table(paths: list[Path], per_image: dict[Path, dict], baseline: str
         f"Before ({baseline}) and after (this checkout), same runs",
         "",
         "| input | ms before → after | CPU ms before → after | ours / libvips before → after (CPU) "
-        "| peak RSS MB before → after | bytes after / before | SSIM min before → after | pixels SSIM min before → after |",
+        "| peak RSS MB before → after | bytes after / before | SSIM min before → after "
+        "| pixels SSIM min before → after |",
         "|---|---|---|---|---|---:|---|---|",
     ]
     for path in paths:
         res, sc = per_image[path]["results"], per_image[path]["scores"]
         b, a, v = res.get("before"), res.get("ours"), res.get("vips")
 
-        def pair(key: str, scale: float = 1000, fmt: str = ".0f") -> str:
+        def pair(key: str, scale: float = 1000, fmt: str = ".0f", b: dict = b, a: dict = a) -> str:
             return f"{b[key] * scale:{fmt}} → {a[key] * scale:{fmt}}"
 
         vs = (
@@ -547,7 +551,7 @@ def baseline_table(paths: list[Path], per_image: dict[Path, dict], baseline: str
         )
         nbytes = sum(o["bytes"] for o in a["outputs"]) / sum(o["bytes"] for o in b["outputs"])
 
-        def ssim_pair(impl: str) -> str:
+        def ssim_pair(impl: str, sc: dict = sc) -> str:
             return f"{min(sc[impl].values()):.4f} → {min(sc[impl.replace('before', 'ours')].values()):.4f}"
 
         lines.append(

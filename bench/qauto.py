@@ -97,7 +97,8 @@ def main() -> None:
     base = rows["q85 (default)"]
     print(f"\n{len(files)} images, target SSIM 0.{args.target} (qauto ceiling q85)\n")
     print(
-        "| mode | bytes | vs q85 | mean ms/img | extra ms vs q85 | SSIM min (thumb / medium / large) | SSIM mean (all) |"
+        "| mode | bytes | vs q85 | mean ms/img | extra ms vs q85 | SSIM min (thumb / medium / large) "
+        "| SSIM mean (all) |"
     )
     print("|---|---:|---:|---:|---:|---|---:|")
     for mode, row in rows.items():
@@ -116,7 +117,8 @@ def main() -> None:
         fast = [s for n, _, _, s in chosen if n == name]
         if qs:
             print(
-                f"- {name}: q{min(qs)} / q{int(statistics.median(qs))} / q{max(qs)}, {statistics.mean(trials):.2f} encodes, {min(fast):.4f}"
+                f"- {name}: q{min(qs)} / q{int(statistics.median(qs))} / q{max(qs)}, "
+                f"{statistics.mean(trials):.2f} encodes, {min(fast):.4f}"
             )
     worst_auto = min(s for values in rows[auto]["ssim"].values() for s in values)
     print(f"\nqauto's worst variant SSIM (reference): {worst_auto:.4f}")
@@ -124,7 +126,8 @@ def main() -> None:
         worst = min(s for values in rows[mode]["ssim"].values() for s in values)
         verdict = "≥" if worst >= worst_auto else "<"
         print(
-            f"- {mode}: worst {worst:.4f} ({verdict} qauto's), bytes {rows[mode]['bytes'] / rows[auto]['bytes']:.3f}× qauto's"
+            f"- {mode}: worst {worst:.4f} ({verdict} qauto's), "
+            f"bytes {rows[mode]['bytes'] / rows[auto]['bytes']:.3f}× qauto's"
         )
 
 

@@ -193,7 +193,7 @@ class Worker:
                     )
                 await asyncio.sleep(0.5 * 2**attempt)
                 continue
-            except Exception as exc:  # a bug must not stop the other objects; it is listed like a failure
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the other objects; it is listed as a failure
                 return Result(
                     ref.key,
                     state,
@@ -334,7 +334,7 @@ def run(
                     break
                 finished, _ = wait(inflight, timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    for ref, result in zip(inflight.pop(future), future.result()):
+                    for ref, result in zip(inflight.pop(future), future.result(), strict=True):
                         if process and result.status == "chosen":
                             waiting.append((ref, result.state))
                         else:
@@ -441,7 +441,7 @@ def count_in_background(client: Any, target: Target, progress: Progress, stop: t
                 total += 1
                 if stop.is_set():
                     return
-        except Exception:  # the main listing reports the error
+        except Exception:  # noqa: BLE001 - only a count for the progress bar: the main listing reports the error
             return
         progress.set_total(total)
 
@@ -615,7 +615,7 @@ def command(args: Any) -> int:
     s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
     try:
         s3.head_bucket(Bucket=target.bucket)
-    except Exception as exc:
+    except (BotoCoreError, ClientError) as exc:
         raise BackfillError(f"cannot read s3://{target.bucket}: {exc}") from None
 
     if getattr(args, "moderate", False):
@@ -851,16 +851,20 @@ def _batch_operations(
 
 
 def _account_id(session: Any, region: str) -> str:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         return session.client("sts", region_name=region).get_caller_identity()["Account"]
-    except Exception as exc:
+    except (BotoCoreError, ClientError) as exc:
         raise BackfillError(f"cannot find the AWS account id (pass --account-id): {exc}") from None
 
 
 def _stack_output(session: Any, region: str, stack: str, name: str) -> str:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         stacks = session.client("cloudformation", region_name=region).describe_stacks(StackName=stack)["Stacks"]
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
         return outputs[name]
-    except Exception as exc:
+    except (BotoCoreError, ClientError, IndexError, KeyError) as exc:
         raise BackfillError(f"no --function given and no {name} output in stack {stack!r}: {exc}") from None

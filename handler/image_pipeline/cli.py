@@ -204,7 +204,7 @@ def _report(s3, refs: list, runtime, out: Path | None) -> None:
     """What the handler wrote for each object, and its tags; the variants copied to `out`."""
     for ref in refs:
         prefix = _prefix_of(ref.key, runtime)
-        rows = []
+        rows: list[tuple[str, ...]] = []
         if prefix:
             listing = s3.list_objects_v2(Bucket=ref.bucket, Prefix=prefix).get("Contents", [])
             for item in listing:
@@ -264,10 +264,10 @@ def _prefix_of(key: str, runtime) -> str | None:
 
 def _table(headers: list[str], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)))
     print("  ".join("-" * w for w in widths))
     for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)))
 
 
 # --- sign: width URLs outside the allowlist -------------------------------------------------
@@ -276,13 +276,31 @@ def _table(headers: list[str], rows: list[tuple[str, ...]]) -> None:
 def _add_sign(commands) -> None:
     sign = commands.add_parser(
         "sign",
-        help="sign an on-demand width URL (widths outside ONDEMAND_WIDTHS need it)",
+        help="sign an on-demand width or ratio URL (outside ONDEMAND_WIDTHS or ONDEMAND_RATIOS), "
+        "or a CloudFront URL (--cloudfront)",
         description="Print PATH_OR_URL with its `sig` parameter: HMAC-SHA256 with SIGNING_KEY over the path "
         "without the format extension (one signature serves every format of that width). E.g. "
-        "`image-pipeline sign /images/<id>/w641.webp` or `image-pipeline sign https://<cdn>/processed/<…>/w641`.",
+        "`image-pipeline sign /images/<id>/w641.webp`, `image-pipeline sign /images/<id>/w640-5x4.webp` or "
+        "`image-pipeline sign https://<cdn>/processed/<…>/w641`. "
+        "With --cloudfront: print a CloudFront signed URL (canned policy) for an object key (processed/…, under "
+        "PUBLIC_BASE_URL) or a CDN URL, for a distribution with Delivery=private; the key from "
+        "CLOUDFRONT_KEY_ID and CLOUDFRONT_PRIVATE_KEY or CLOUDFRONT_PRIVATE_KEY_SECRET. Both at once: "
+        '`image-pipeline sign --cloudfront "$(image-pipeline sign https://<cdn>/processed/<…>/w641)"`.',
     )
     sign.add_argument("target", metavar="PATH_OR_URL")
     sign.add_argument("--key", help="the signing key (default: $SIGNING_KEY)")
+    cloudfront = sign.add_argument_group("CloudFront signed URLs (Delivery=private)")
+    cloudfront.add_argument("--cloudfront", action="store_true", help="print a CloudFront signed URL instead")
+    cloudfront.add_argument("--key-id", help="the public key's id (default: $CLOUDFRONT_KEY_ID)")
+    cloudfront.add_argument(
+        "--private-key",
+        type=Path,
+        metavar="PEM_FILE",
+        help="the private key (default: $CLOUDFRONT_PRIVATE_KEY, or the secret $CLOUDFRONT_PRIVATE_KEY_SECRET names)",
+    )
+    cloudfront.add_argument(
+        "--expires-in", type=int, metavar="SECONDS", help="lifetime (default: $URL_EXPIRY_SECONDS, else 900)"
+    )
 
 
 def _sign(args: argparse.Namespace) -> int:
@@ -290,6 +308,8 @@ def _sign(args: argparse.Namespace) -> int:
     from .ondemand import OnDemandSettings
     from .ondemand.signing import sign
 
+    if args.cloudfront:
+        return _sign_cloudfront(args)
     key = args.key if args.key is not None else os.environ.get("SIGNING_KEY", "")
     settings = OnDemandSettings.from_env({"SIGNING_KEY": key})
     if settings.signing_key is None:
@@ -297,6 +317,38 @@ def _sign(args: argparse.Namespace) -> int:
             "no signing key: pass --key or set SIGNING_KEY (the same key the API and the CDN's function use)"
         )
     print(sign(settings.signing_key, args.target))
+    return 0
+
+
+def _sign_cloudfront(args: argparse.Namespace) -> int:
+    """A CloudFront signed URL for an object key or a CDN URL, with the API's own settings rules."""
+    from urllib.parse import urlsplit
+
+    from .api.delivery import signer_for
+    from .api.links import object_link
+    from .api.settings import ApiSettings
+    from .errors import ConfigError
+
+    names = ("PUBLIC_BASE_URL", "CLOUDFRONT_KEY_ID", "CLOUDFRONT_PRIVATE_KEY", "CLOUDFRONT_PRIVATE_KEY_SECRET")
+    env = {name: os.environ[name] for name in (*names, "URL_EXPIRY_SECONDS") if os.environ.get(name)}
+    target = args.target
+    parts = urlsplit(target)
+    if parts.scheme:  # a URL: signed as it is, under its own origin unless PUBLIC_BASE_URL says otherwise
+        env.setdefault("PUBLIC_BASE_URL", f"{parts.scheme}://{parts.netloc}/")
+    if args.key_id:
+        env["CLOUDFRONT_KEY_ID"] = args.key_id
+    if args.private_key:
+        env["CLOUDFRONT_PRIVATE_KEY"] = args.private_key.read_text()
+        env.pop("CLOUDFRONT_PRIVATE_KEY_SECRET", None)
+    if args.expires_in is not None:
+        env["URL_EXPIRY_SECONDS"] = str(args.expires_in)
+    settings = ApiSettings.from_env({**env, "DELIVERY": "private", "API_AUTH": "open"}, need_bucket=False)
+    signer = signer_for(settings)
+    assert signer is not None and settings.public_base_url is not None
+    url = target if parts.scheme else object_link(settings.public_base_url, target.lstrip("/"))
+    if not url.startswith(settings.public_base_url):
+        raise ConfigError(f"sign --cloudfront: {target} is not under PUBLIC_BASE_URL={settings.public_base_url}")
+    print(signer.sign(url))
     return 0
 
 

@@ -28,14 +28,16 @@ class UnknownEvent(ValueError):
     """The event is none of the shapes above."""
 
 
-def is_batch_operation(event: dict) -> bool:
+def is_batch_operation(event: object) -> bool:
     """An S3 Batch Operations task (a backfill job over existing objects)."""
     return isinstance(event, dict) and "invocationSchemaVersion" in event and "tasks" in event
 
 
-def is_sqs(event: dict) -> bool:
+def is_sqs(event: object) -> bool:
     records = event.get("Records") if isinstance(event, dict) else None
-    return bool(records) and isinstance(records[0], dict) and records[0].get("eventSource") == "aws:sqs"
+    if not records:
+        return False
+    return isinstance(records[0], dict) and records[0].get("eventSource") == "aws:sqs"
 
 
 def object_refs(event: dict) -> list[ObjectRef]:

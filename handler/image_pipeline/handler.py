@@ -9,7 +9,8 @@ batch item failure for SQS, or as a `TemporaryFailure` result for S3 Batch Opera
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
@@ -42,7 +43,7 @@ class RetryLater(Exception):
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
-def lambda_handler(event: dict, context: Any) -> dict:
+def lambda_handler(event: dict, context: Any) -> Mapping[str, Any]:
     if events.is_batch_operation(event):
         return _batch_operation(event, context)
     if events.is_sqs(event):
@@ -59,7 +60,12 @@ def lambda_handler(event: dict, context: Any) -> dict:
 
 
 # Outcome → S3 Batch Operations result: a bad image is final, a storage failure is retried.
-_BATCH_RESULT = {"retry": "TemporaryFailure", "failed": "PermanentFailure", "gone": "PermanentFailure"}
+_BatchResult = Literal["Succeeded", "TemporaryFailure", "PermanentFailure"]
+_BATCH_RESULT: dict[str, _BatchResult] = {
+    "retry": "TemporaryFailure",
+    "failed": "PermanentFailure",
+    "gone": "PermanentFailure",
+}
 
 
 def _batch_operation(event: dict, context: Any) -> dict:

@@ -145,6 +145,7 @@ class Recorded:
     etag: str
     fingerprint: str | None  # None: written before fingerprints were recorded (always stale)
     output_keys: tuple[str, ...]  # the variants' keys (the manifest's own key not included)
+    manual_focal: tuple[float, float] | None = None  # a focal point set by hand (PUT /images/{id}/focal)
 
 
 def parse(raw: bytes | None) -> dict | None:
@@ -172,9 +173,20 @@ def recorded(raw: bytes | None) -> Recorded | None:
         fingerprint = producer.get("fingerprint") if isinstance(producer, dict) else None
         outputs = tuple(str(v["key"]) for v in record.get("variants") or () if isinstance(v, dict) and "key" in v)
         bucket, key, etag = str(source.get("bucket", "")), str(source["key"]), str(source["etag"])
-        return Recorded(bucket, key, etag, str(fingerprint) if fingerprint else None, outputs)
+        return Recorded(bucket, key, etag, str(fingerprint) if fingerprint else None, outputs, manual_focal(record))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def manual_focal(record: dict) -> tuple[float, float] | None:
+    """The focal point a person set by hand (`focal_source` "manual"), or None (detected, or none)."""
+    point = record.get("focal_point")
+    if record.get("focal_source") != "manual" or not isinstance(point, dict):
+        return None
+    x, y = point.get("x"), point.get("y")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in (x, y)):
+        return None
+    return float(x), float(y)  # type: ignore[arg-type]
 
 
 def recorded_source(raw: bytes | None) -> tuple[str, str] | None:

@@ -156,7 +156,8 @@ class Notifier:
         if response.get("FailedEntryCount"):
             failed = response["Entries"][0]
             raise PublishFailed(
-                f"PutEvents to {self.bus_name} refused the event: {failed.get('ErrorCode')} {failed.get('ErrorMessage')}"
+                f"PutEvents to {self.bus_name} refused the event: "
+                f"{failed.get('ErrorCode')} {failed.get('ErrorMessage')}"
             )
 
     async def _open(self) -> Any:

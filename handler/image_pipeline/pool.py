@@ -113,7 +113,9 @@ class ProcessingPool:
         if held is not None and held[0] is self._slots:
             return await self._slots.in_thread(held[1], fn, args)
         async with self.reserve():
-            return await self._slots.in_thread(_held.get()[1], fn, args)  # type: ignore[index]
+            held = _held.get()
+            assert held is not None  # set by reserve()
+            return await self._slots.in_thread(held[1], fn, args)
 
     @contextlib.asynccontextmanager
     async def reserve(self, wait_s: float | None = _OWN_WAIT) -> AsyncIterator[None]:

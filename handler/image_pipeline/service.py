@@ -51,6 +51,7 @@ from .processor import Face, ImageFormat, ImageProcessor, ProcessedImage, Varian
 from .processor.blur import blurred, rendition_of
 from .processor.fingerprint import fingerprint
 from .processor.geometry import output_size
+from .processor.specs import Fit, Gravity
 from .storage import ObjectChanged, ObjectNotFound, ObjectStore, RawObject
 from .storage.base import merge_tags
 
@@ -73,6 +74,11 @@ class ObjectRef:
     etag: str | None = None
     size: int | None = None  # a hint only: the object itself is measured again
     kind: str = "created"
+
+
+class NotReady(Exception):
+    """The image has no outputs to place a focal point in now: its upload is being processed
+    again (a newer upload under the same key), or is no longer kept (RAW_DISPOSITION=delete)."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,7 @@ class ImageService:
         except ImageRejected:
             return None
 
-    async def state(self, store: ObjectStore, raw_key: str, etag: str) -> str:
+    async def state(self, store: ObjectStore, raw_key: str, etag: str | None) -> str:
         """`missing` (no manifest for this key, or the prefix's manifest is another key's), `stale`
         (the manifest records another ETag or another configuration's fingerprint) or `current`."""
         prefix = self.output_prefix(raw_key)
@@ -249,7 +255,8 @@ class ImageService:
         it can have)."""
         extensions = sorted({f.extension for f in ImageFormat} | {"heif", "tiff", "bmp"})
         everything = specs is None
-        names = [(v.name, v.format) for v in ((*self.processor.variants, *self.lazy) if everything else specs)]
+        chosen = (*self.processor.variants, *self.lazy) if specs is None else specs
+        names = [(v.name, v.format) for v in chosen]
         if everything and self.processor.preserve_original:
             names.append(("original", None))
         return {
@@ -258,9 +265,10 @@ class ImageService:
             for ext in ([fmt.extension] if fmt is not None else extensions)
         }
 
-    async def _made_on_request(self, store: ObjectStore, prefix: str) -> list[str]:
-        """The width URLs' outputs under `prefix` (`w640.webp`, `w640`): one listing of `prefix + "w"`,
-        keeping the leaves directly under it (another image's prefix can nest below this one)."""
+    async def _made_on_request(self, store: ObjectStore, prefix: str, *, crops_only: bool = False) -> list[str]:
+        """The width and ratio URLs' outputs under `prefix` (`w640.webp`, `w640`, `w640-16x9.webp`):
+        one listing of `prefix + "w"`, keeping the leaves directly under it (another image's prefix
+        can nest below this one). `crops_only`: the ratio outputs alone (cut around the subject)."""
         from .ondemand.paths import BadOutput, parse_width  # the leaf grammar lives with the room that serves it
 
         found, after = [], None
@@ -271,8 +279,10 @@ class ImageService:
                 if "/" in leaf:
                     continue
                 try:
-                    parse_width(leaf)
+                    request = parse_width(leaf)
                 except BadOutput:
+                    continue
+                if crops_only and request.ratio is None:
                     continue
                 found.append(item.key)
             if len(page) < 1000:
@@ -308,8 +318,8 @@ class ImageService:
         ObjectNotFound when the image has no manifest (never processed, rejected, or gone)."""
         manifest_key = keys.manifest_key(prefix)
         stored = await _read_if_any(store, manifest_key)
-        record = manifest.parse(stored.data) if stored else None
-        if record is None:
+        record = manifest.parse(stored.data) if stored is not None else None
+        if stored is None or record is None:
             raise ObjectNotFound(f"{prefix} has no manifest")
         source = record["source"]
         spec = spec_for(source)
@@ -441,6 +451,73 @@ class ImageService:
         work = functools.partial(processor.process_image, focal_point=focal_point, faces=faces)
         return await self.pool.run(work, data)
 
+    async def set_focal(self, store: ObjectStore, raw_key: str, point: tuple[float, float] | None) -> Outcome:
+        """Record a focal point set by hand (`point`, normalised x, y) or go back to the detected
+        subject (None), and make every crop keep it: the image is processed again with it (eager
+        variants written, the manifest last, recording `focal_source` "manual"), then the crops made
+        on request (ratio outputs, lazy `cover` variants with gravity `auto`) are deleted, to be made
+        again on their next request. Width-only outputs are left alone (no crop).
+
+        ObjectNotFound: no manifest of `raw_key` (never processed, failed, or gone). NotReady: the
+        upload is not there to process again (delete mode) or a newer one is being processed."""
+        started = perf_counter()
+        prefix = self.output_prefix(raw_key)
+        if prefix is None:
+            raise ObjectNotFound(f"{raw_key} has no outputs")
+        manifest_key = keys.manifest_key(prefix)
+        stored = await _read_if_any(store, manifest_key)
+        previous = manifest.recorded(stored.data if stored else None)
+        if stored is None or previous is None or previous.key != raw_key:
+            raise ObjectNotFound(f"{raw_key} has no outputs")
+        try:
+            raw = await store.read(raw_key, max_bytes=self.processor.limits.max_bytes)
+        except ObjectNotFound:
+            raise NotReady(
+                "the upload is no longer kept (raw objects are deleted once processed), so its crops "
+                "cannot be made again around a new focal point"
+            ) from None
+        if raw.etag != previous.etag:
+            raise NotReady("a newer upload of this image is being processed; try again once it is done")
+        # The faces the manifest recorded are kept (no detection again); the point replaces the subject's.
+        recorded_faces = manifest.subject(manifest.parse(stored.data) or {}).get("faces")
+        processed = await self._process(self.processor, raw.data, focal_point=point, faces=recorded_faces)
+        uploader = ids.owner_of(raw_key, self.raw_prefix, raw.metadata)
+        ref = ObjectRef(previous.bucket, raw_key)
+        record, winner = await self._write_outputs(
+            store, ref, prefix, raw.etag, processed, started, stored.etag, uploader
+        )
+        if winner is not None:  # pragma: no cover - the key was checked to own the prefix above
+            raise NotReady(f"{winner.key!r} owns these outputs now")
+        now = manifest.recorded(await store.read_optional(manifest_key))
+        if (
+            now is None
+            or now.etag != raw.etag
+            or now.manual_focal != (processed.focal_point if point is not None else None)
+        ):
+            raise NotReady("the image was processed again meanwhile; set the focal point again")
+        written = {v["key"] for v in record["variants"]}
+        crops = tuple(s for s in self.lazy if s.fit is Fit.COVER and s.gravity is Gravity.AUTO)
+        stale = {
+            *(k for k in previous.output_keys if k not in written),
+            *await self._made_on_request(store, prefix, crops_only=True),
+            *self._possible_outputs(prefix, crops),
+        }
+        deleted = sorted(k for k in stale if k.startswith(prefix) and k != manifest_key and k not in written)
+        await asyncio.gather(*(store.delete(k) for k in deleted))
+        return Outcome(
+            "processed",
+            raw_key,
+            reason="focal point set by hand" if point is not None else "focal point back to the detected subject",
+            bytes_in=raw.size,
+            bytes_out=sum(v["bytes"] for v in record["variants"]),
+            processing_ms=processed.processing_ms,
+            total_ms=(perf_counter() - started) * 1000,
+            outputs=record["variants"]
+            + [{"name": "manifest", "key": manifest_key}]
+            + [{"key": k, "deleted": True} for k in deleted],
+            owner=uploader,
+        )
+
     async def handle(self, store: ObjectStore, ref: ObjectRef, *, force: bool = False) -> Outcome:
         """`force`: process even when the manifest is current (a backfill's `--all`)."""
         started = perf_counter()
@@ -496,8 +573,8 @@ class ImageService:
                 return Outcome("skipped", ref.key, reason="manifest already records this ETag")
             return Outcome("gone", ref.key, reason="raw object no longer exists")
         if isinstance(raw, ImageRejected):  # too large, measured on the object itself
-            owner = ids.owner_of(ref.key, self.raw_prefix, raw.metadata or {})
-            return await self._reject(store, ref, raw, started, etag=raw.etag, owner=owner)
+            rejected_owner = ids.owner_of(ref.key, self.raw_prefix, raw.metadata or {})
+            return await self._reject(store, ref, raw, started, etag=raw.etag, owner=rejected_owner)
         if isinstance(raw, BaseException):
             raise raw
         # The owner the API wrote beside the upload, kept only when the id in the key is the owner's.
@@ -507,7 +584,13 @@ class ImageService:
             return await self._reject(store, ref, conflict, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
         # Compare with the object as it is now, not with the event: a late event for an older
         # upload must neither skip nor delete/tag the newer one (which is processed instead).
-        if not redo and owner == ref.key and recorded == raw.etag and previous.fingerprint == self.fingerprint:
+        if (
+            not redo
+            and previous is not None
+            and owner == ref.key
+            and recorded == raw.etag
+            and previous.fingerprint == self.fingerprint
+        ):
             # idempotent: finishes a run that died after the manifest
             dropped = await self._dispose(store, ref.key, raw.etag)
             if dropped is None:

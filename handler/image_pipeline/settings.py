@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from .errors import ConfigError
 from .processor.specs import DEFAULT_QAUTO_TARGET, Fit, Gravity, ImageFormat, Limits, VariantConfig
@@ -31,6 +32,9 @@ DEFAULTS: dict[str, str] = {
     "TIME_RESERVE_MS": "10000",
     "EVENT_BUS_NAME": "",  # empty: no completion events (see notify.py)
     "MODERATION": "off",  # the templates' `Moderation` parameter (docs/moderation.md)
+    # which engine finds the faces `auto` crops keep and the manifest records (image_pipeline/faces):
+    # in-process and offline (`local`), Amazon Rekognition, or none
+    "FACE_DETECTION": "local",
 }
 # A check on the picture before anything is published (moderation/; docs/moderation.md). The
 # templates set MODERATION from their `Moderation` parameter; the others keep these defaults.
@@ -45,10 +49,8 @@ MODERATION_DEFAULTS: dict[str, str] = {
 # Where images are processed in a long-running process (the API, `serve`): not in the template,
 # since a Lambda function processes one record at a time and waits for its slot without bound.
 PROCESS_WAIT_MS_DEFAULT = 30_000  # how long an upload waits, unread, for a free slot before 503 busy
-# FACE_DETECTION: which engine finds the faces `auto` crops keep and the manifest records
-# (image_pipeline/faces): in-process and offline (`local`), Amazon Rekognition, or none.
 FACE_ENGINES = ("local", "rekognition", "off")
-FACE_DETECTION_DEFAULT = "local"
+FACE_DETECTION_DEFAULT = DEFAULTS["FACE_DETECTION"]
 DISPOSITIONS = ("tag", "delete")
 _TYPE_ALIASES = {"jpg": "jpeg", "heic": "heif", "tif": "tiff"}
 KNOWN_TYPES = frozenset(Limits().allowed_types)
@@ -243,6 +245,18 @@ def _prefix(value: str, name: str, problems: list[str]) -> str:
     return value if value.endswith("/") else value + "/"
 
 
+class _VariantOptions(TypedDict, total=False):
+    """What a VARIANTS entry may set beyond its name and size (VariantConfig's keywords)."""
+
+    fit: Fit
+    gravity: Gravity
+    format: ImageFormat | None
+    quality: int
+    qauto: float
+    lazy: bool
+    hdr: bool
+
+
 def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
     """Parse `name:WxH[:fit][:gravity][:format][:qNN][:qauto[NN]][:hdr][:lazy]` entries separated by `;`.
 
@@ -264,12 +278,12 @@ def parse_variants(spec: str) -> tuple[VariantConfig, ...]:
         width, height = width or "0", height or "0"
         if not (width.isdigit() and height.isdigit()):
             raise ValueError(f"{entry!r}: size {tokens[0]!r} must be WIDTHxHEIGHT in pixels")
-        options: dict[str, object] = {}
+        options: _VariantOptions = {}
         for token in tokens[1:]:
             if token in Fit._value2member_map_:
-                options["fit"] = token
+                options["fit"] = Fit(token)
             elif token.replace("center", "centre") in Gravity._value2member_map_:
-                options["gravity"] = token
+                options["gravity"] = Gravity(token.replace("center", "centre"))
             elif token in ("original", "auto"):
                 options["format"] = None
             elif token == "lazy":

@@ -67,8 +67,8 @@ else:
                     "userArn": "arn:aws:sts::123456789012:assumed-role/uploader/build-42", "userId": "AROA:build-42"}}
     out["grant"] = handler(event("POST", "/uploads", {"filename": "a.jpg", "content_type": "image/jpeg", "size": 9},
                                  role), None)
-    out["token_only"] = handler(event("POST", "/uploads", {"filename": "a.jpg", "content_type": "image/jpeg", "size": 9},
-                                      jwt(sub="alice")), None)
+    out["token_only"] = handler(event("POST", "/uploads", {"filename": "a.jpg", "content_type": "image/jpeg",
+                                                           "size": 9}, jwt(sub="alice")), None)
 print(json.dumps(out))
 """
 

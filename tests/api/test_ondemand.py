@@ -201,7 +201,7 @@ def test_eight_first_requests_at_once_make_it_once_and_store_one_object(client):
 def test_deleting_the_image_deletes_what_was_made_on_request(client):
     api = client()
     image = upload(api)
-    for leaf in ("w640.webp", "w256", "xl"):
+    for leaf in ("w640.webp", "w256", "xl", "w640-16x9.webp", "w256-1x1"):
         assert api.get(f"/images/{image['id']}/{leaf}", follow_redirects=False).status_code == 302
     assert api.delete(f"/images/{image['id']}").status_code == 204
     assert outputs(api) == []

@@ -76,7 +76,7 @@ def test_js_decoder_matches_the_algorithm_on_the_encoders_hashes(static_page, co
     hash_ = blurhash(_halves(120, 80), *components)
     js = _js_decode(static_page, hash_, 24, 16)
     reference = _reference_decode(hash_, 24, 16)
-    worst = max(abs(a - b) for p, q in zip(js, reference) for a, b in zip(p, q))
+    worst = max(abs(a - b) for p, q in zip(js, reference, strict=True) for a, b in zip(p, q, strict=True))
     assert worst <= 1, f"JS decode of {hash_} differs by up to {worst} from the algorithm"
 
 
@@ -108,7 +108,8 @@ def test_js_encoder_gives_the_pipelines_hash_for_the_same_pixels(static_page, si
     image.paste((250, 230, 40), (0, 0, size[0] // 3, size[1] // 3))
     pixels = [v for rgb in image.get_flattened_data() for v in (*rgb, 255)]
     js = static_page.evaluate(
-        """async ([pixels, w, h]) => (await import("/static/blurhash.js")).encode(Uint8ClampedArray.from(pixels), w, h)""",
+        """async ([pixels, w, h]) =>
+            (await import("/static/blurhash.js")).encode(Uint8ClampedArray.from(pixels), w, h)""",
         [pixels, *size],
     )
     assert js == blurhash(image)  # ≤ 32 px a side: the Python encoder does not resize it

@@ -139,7 +139,8 @@ def test_alt_text_and_numbers(static_page):
             const c = await import("/static/cards.js");
             return [c.altFromName("IMG_2041-beach.jpg"), c.altFromName(".jpg"), c.formatBytes(71762),
                     c.formatBytes(5664), c.formatBytes(812), c.formatBytes(12345678),
-                    c.saving(5664, 92493), c.saving(120000, 92493), c.saving(92400, 92493), c.saving(246, 199000), c.saving(99, 100000)];
+                    c.saving(5664, 92493), c.saving(120000, 92493), c.saving(92400, 92493), c.saving(246, 199000),
+                    c.saving(99, 100000)];
         }"""
     )
     assert got == [
@@ -163,7 +164,10 @@ def test_with_width_urls_the_snippet_offers_the_whole_ladder_in_avif_webp_and_th
         "width_urls": {"template": "/images/abc/w{width}.{ext}", "widths": [640, 1080, 1200, 1600], "fallback": "png"},
     }
     lines = _snippet(static_page, image).splitlines()
-    ladder = lambda ext: ", ".join(f"http://static.test/images/abc/w{w}.{ext} {w}w" for w in (640, 1080, 1200, 1600))
+
+    def ladder(ext: str) -> str:
+        return ", ".join(f"http://static.test/images/abc/w{w}.{ext} {w}w" for w in (640, 1080, 1200, 1600))
+
     sizes = 'sizes="(max-width: 1600px) 100vw, 1600px"'
     assert lines == [
         "<picture>",
@@ -186,7 +190,8 @@ def test_lazy_variants_are_shown_as_made_on_first_request(static_page):
             const card = createCard("holiday.jpg");
             document.body.append(card.node);
             card.processed(image);
-            return [...card.node.querySelectorAll("table.facts tbody tr")].map((tr) => tr.innerText.replace(/\\s+/g, " ").trim());
+            return [...card.node.querySelectorAll("table.facts tbody tr")]
+                .map((tr) => tr.innerText.replace(/\\s+/g, " ").trim());
         }""",
         image,
     )

@@ -54,7 +54,7 @@ SECOND = encode(two_tone(900, 600, TEAL, ORANGE), "PNG")
 
 
 def near(colour, expected, tolerance: int = 40) -> bool:
-    return all(abs(a - b) <= tolerance for a, b in zip(colour, expected))
+    return all(abs(a - b) <= tolerance for a, b in zip(colour, expected, strict=True))
 
 
 def mean(image: Image.Image) -> tuple[float, ...]:
@@ -90,7 +90,8 @@ def uploaded(context, server):
     page.add_init_script(
         """window.progressSeen = [];
         new MutationObserver((records) => records.forEach((r) => window.progressSeen.push(
-            r.target.getAttribute("aria-valuetext")))).observe(document, {subtree: true, attributeFilter: ["aria-valuetext"]});"""
+            r.target.getAttribute("aria-valuetext"))))
+            .observe(document, {subtree: true, attributeFilter: ["aria-valuetext"]});"""
     )
     page.goto(server.url + "/")
     page.set_input_files(
@@ -135,7 +136,8 @@ def test_blurhash_placeholder_is_painted_at_the_photos_shape(uploaded):
         .evaluate(
             """(canvas) => {
             const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-            const at = (y) => Array.from(data.slice(4 * (y * canvas.width + (canvas.width >> 1)), 4 * (y * canvas.width + (canvas.width >> 1)) + 3));
+            const middle = (y) => 4 * (y * canvas.width + (canvas.width >> 1));
+            const at = (y) => Array.from(data.slice(middle(y), middle(y) + 3));
             return {w: canvas.width, h: canvas.height, top: at(2), bottom: at(canvas.height - 3)};
         }"""
         )
@@ -150,7 +152,7 @@ def test_while_processing_the_card_shows_the_files_own_blurhash(uploaded):
     local, final = photo.get_attribute("data-local-blurhash"), photo.get_attribute("data-blurhash")
     assert local and final and photo.get_attribute("data-placeholder-from") == "manifest"
     a, b = _reference_decode(local, 12, 8), _reference_decode(final, 12, 8)
-    worst = max(abs(x - y) for p, q in zip(a, b) for x, y in zip(p, q))
+    worst = max(abs(x - y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True))
     assert worst < 40, (local, final)
     assert near(a[12 + 6], ORANGE, 60) and near(a[12 * 6 + 6], TEAL, 60)
 
@@ -273,7 +275,8 @@ def test_a_dropped_file_is_uploaded_like_a_picked_one(context, server):
             const data = new DataTransfer();
             data.items.add(file);
             for (const type of ["dragenter", "dragover", "drop"]) {
-                document.getElementById("drop").dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+                document.getElementById("drop")
+                    .dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
             }
         }""",
         list(encode(two_tone(300, 200, TEAL, ORANGE), "PNG")),

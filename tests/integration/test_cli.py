@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.images import decode
-from tests.reliability.conftest import proxy  # noqa: F401  (fixture)
+from tests.reliability import conftest as reliability
+
+proxy = reliability.proxy  # the fault-injecting proxy fixture, shared with tests/reliability
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -260,3 +260,27 @@ def test_a_404_while_the_image_is_being_processed_is_not_remembered(s3, bucket, 
     assert (later.status, later.served_by) == (200, "function")
     malformed = paris.get("/processed/shop/boot/w0640.webp")
     assert malformed.status == 400 and paris.get("/processed/shop/boot/w0640.webp").served_by == "edge"
+
+
+def test_a_ratio_url_goes_the_same_way_negotiated_made_once_and_served_from_the_edge(s3, bucket, cdn, edge):
+    s3.put_object(Bucket=bucket, Key="raw/shop/shoe.jpg", Body=photo(1600, 1000))
+    assert process(cdn(), bucket, "raw/shop/shoe.jpg").status == "processed"
+    paris, tokyo = edge(), edge()
+
+    first = paris.get("/processed/shop/shoe/w640-1x1", accept=CHROME)
+    assert (first.status, first.served_by, first.headers["Content-Type"]) == (200, "function", "image/avif")
+    assert decode(first.body).size == (640, 640)
+    assert s3.get_object(Bucket=bucket, Key="processed/shop/shoe/w640-1x1.avif")["Body"].read() == first.body
+    again, elsewhere = (
+        paris.get("/processed/shop/shoe/w640-1x1", accept=CHROME),
+        tokyo.get("/processed/shop/shoe/w640-1x1", accept=CHROME),
+    )
+    assert (again.served_by, elsewhere.served_by) == ("edge", "bucket") and again.body == first.body
+    assert paris.function.invocations == 1
+    fallback = paris.get("/processed/shop/shoe/w640-9x16", accept="*/*")
+    assert fallback.headers["Content-Type"] == "image/jpeg" and decode(fallback.body).size == (
+        562,
+        999,
+    )  # 9:16 of 1600×1000: never upscaled
+    bad = paris.get("/processed/shop/shoe/w640-32x18", accept=CHROME)
+    assert bad.status == 400 and "use 16x9" in json.loads(bad.body)["detail"]

@@ -44,7 +44,7 @@ def test_every_bad_input_is_tagged_with_its_code_and_the_good_ones_in_the_batch_
 
     assert result == {"batchItemFailures": []}  # bad images are final: nothing to retry
     assert elapsed < 20, f"the corpus took {elapsed:.1f} s"
-    for case, obj in zip(ordered, uploads):
+    for case, obj in zip(ordered, uploads, strict=True):
         prefix = output_prefix(obj.key)
         if case.expected == "processed":
             assert tags(s3, bucket, obj.key) == {STATUS: "processed"}, case.name

@@ -120,7 +120,7 @@ def test_an_overwrite_is_reprocessed_and_replaces_every_variant(s3, bucket, hand
     assert {v["key"] for v in after["variants"]} == {v["key"] for v in before["variants"]}
     large = decode(s3.get_object(Bucket=bucket, Key="processed/over/photo/large.jpg")["Body"].read())
     assert large.size == (500, 900)
-    assert all(v["bytes"] != w["bytes"] for v, w in zip(after["variants"], before["variants"]))
+    assert all(v["bytes"] != w["bytes"] for v, w in zip(after["variants"], before["variants"], strict=True))
 
 
 def test_a_late_event_for_the_previous_upload_does_no_work(s3, bucket, handler, context, proxy, settings_env):

@@ -68,7 +68,7 @@ def test_a_stalled_variant_write_leaves_nothing_that_claims_to_be_done(s3, bucke
     obj = upload(s3, bucket, "raw/stallw/a.jpg", photo(320, 240))
     proxy.add(Fault.delay(12.0), method="PUT", path="/processed/stallw/a/large.jpg$")
 
-    with pytest.raises(handler.RetryLater, match="stallw/a.jpg"):
+    with pytest.raises(handler.RetryLater, match=r"stallw/a\.jpg"):
         handler.lambda_handler(s3_event(bucket, [obj]), ScriptedClock(13_000))
 
     assert "processed/stallw/a/manifest.json" not in all_keys(s3, bucket)

@@ -134,7 +134,7 @@ def test_a_thousand_records_all_accounted_for_with_bounded_memory(s3_process, tm
 
     with ThreadPoolExecutor(8) as pool:
         manifests = list(pool.map(read_manifest, manifest_keys))
-        raw_tags = dict(zip(expected, pool.map(read_tags, expected)))
+        raw_tags = dict(zip(expected, pool.map(read_tags, expected), strict=True))
 
     reconcile_s = time.perf_counter() - clock
     valid = {k for k, v in expected.items() if v == "processed"}

@@ -107,7 +107,7 @@ def test_an_image_still_being_processed_is_cut_off_at_the_time_bound_and_writes_
     obj = upload(s3, bucket, "raw/slow/big.jpg", photo(640, 480))
 
     try:
-        with pytest.raises(handler.RetryLater, match="slow/big.jpg"):
+        with pytest.raises(handler.RetryLater, match=r"slow/big\.jpg"):
             handler.lambda_handler(s3_event(bucket, [obj]), ScriptedClock(3_000))  # 2 s for the record
         assert gated.entered.is_set() and not gated.done.is_set()  # cut off mid-image
     finally:

@@ -26,7 +26,7 @@ from tests.images import (
 
 
 def near(actual, expected, tolerance=6):
-    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected))
+    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected, strict=True))
 
 
 def only(spec: VariantConfig, **kwargs) -> ImageProcessor:
@@ -339,7 +339,7 @@ def test_large_jpeg_is_decoded_with_draft_but_keeps_exact_sizes_and_quality():
     assert [(v.width, v.height) for v in variants] == [(150, 85), (800, 453), (1920, 1088)]
     reference = decode(data).resize((800, 453), Image.Resampling.LANCZOS)
     got = decode(variants[1].data)
-    diff = [abs(a - b) for a, b in zip(reference.getpixel((400, 226)), got.getpixel((400, 226)))]
+    diff = [abs(a - b) for a, b in zip(reference.getpixel((400, 226)), got.getpixel((400, 226)), strict=True)]
     assert max(diff) <= 6
     assert math.isclose(variants[2].width / variants[2].height, 6000 / 3400, rel_tol=0.01)
 

@@ -312,7 +312,7 @@ def _iso_values(payload: bytes) -> dict:
     fractions = [numbers[i] / numbers[i + 1] for i in range(0, 14, 2)]
     names = ("base_headroom", "alternate_headroom", "min", "max", "gamma", "base_offset", "alternate_offset")
     flagged = {"channels": 3 if flags & 0x80 else 1, "base_colour_space": bool(flags & 0x40)}
-    return {**flagged, **dict(zip(names, fractions))}
+    return {**flagged, **dict(zip(names, fractions, strict=True))}
 
 
 def _numbers(values: dict[str, str]) -> dict[str, float | str]:
@@ -349,7 +349,7 @@ def hdr_input() -> bytes:
 
 def test_an_hdr_variant_is_an_ultra_hdr_jpeg_whose_primary_is_todays_variant(hdr_input):
     hdr, plain = ImageProcessor(HDR).process_image(hdr_input), ImageProcessor(PLAIN).process_image(hdr_input)
-    for ours, today in zip(hdr.variants[:2], plain.variants[:2]):
+    for ours, today in zip(hdr.variants[:2], plain.variants[:2], strict=True):
         container = _read(ours.data)
         # The SDR picture is today's variant: the same bytes, three header segments more.
         assert _without_our_segments(container.primary) == today.data
@@ -366,13 +366,13 @@ def test_the_xmp_directory_and_the_gain_map_metadata_are_written_as_libultrahdr_
     variant = ImageProcessor(HDR[:1]).process_image(data).variants[0]
     container = _read(variant.data)
     description = _description(container.primary_xmp)
-    assert description.get("{%s}Version" % NS["hdrgm"]) == "1.0"
+    assert description.get(f"{{{NS['hdrgm']}}}Version") == "1.0"
     items = description.findall("Container:Directory/rdf:Seq/rdf:li/Container:Item", NS)
-    assert [(i.get("{%s}Semantic" % NS["Item"]), i.get("{%s}Mime" % NS["Item"])) for i in items] == [
+    assert [(i.get(f"{{{NS['Item']}}}Semantic"), i.get(f"{{{NS['Item']}}}Mime")) for i in items] == [
         ("Primary", "image/jpeg"),
         ("GainMap", "image/jpeg"),
     ]
-    assert int(items[1].get("{%s}Length" % NS["Item"])) == len(container.gain_map) == container.entries[1]["Size"]
+    assert int(items[1].get(f"{{{NS['Item']}}}Length")) == len(container.gain_map) == container.entries[1]["Size"]
     assert container.entries[0]["Attribute"]["MPType"] == "Baseline MP Primary Image"
     # The gain map's values, as attributes (libultrahdr's parser reads only those), and nothing
     # else of the upload's XMP (its dc:creator is gone).
@@ -474,7 +474,7 @@ def test_the_gain_map_follows_the_exif_orientation(orientation, upright):
     assert (variant.width, variant.height) == ((360, 480) if swapped else (480, 360))
     gain_map = decode(_read(variant.data).gain_map)
     assert gain_map.size == ((90, 120) if swapped else (120, 90))
-    assert all(abs(got - LEVELS[i]) <= 3 for got, i in zip(_quadrant_levels(gain_map), upright)), (
+    assert all(abs(got - LEVELS[i]) <= 3 for got, i in zip(_quadrant_levels(gain_map), upright, strict=True)), (
         _quadrant_levels(gain_map),
         [LEVELS[i] for i in upright],
     )
@@ -492,8 +492,8 @@ def test_a_cover_crop_cuts_the_gain_map_where_it_cuts_the_picture():
     made = {v.name: decode(_read(v.data).gain_map) for v in ImageProcessor(specs).process_image(data).variants}
     assert {gain_map.size for gain_map in made.values()} == {(60, 60)}
     thirds = {name: [gain_map.getpixel((x, 30)) for x in (10, 30, 50)] for name, gain_map in made.items()}
-    assert all(abs(a - b) <= 3 for a, b in zip(thirds["west"], LEVELS[:3])), thirds
-    assert all(abs(a - b) <= 3 for a, b in zip(thirds["east"], LEVELS[1:])), thirds
+    assert all(abs(a - b) <= 3 for a, b in zip(thirds["west"], LEVELS[:3], strict=True)), thirds
+    assert all(abs(a - b) <= 3 for a, b in zip(thirds["east"], LEVELS[1:], strict=True)), thirds
     # centre: from the middle of band 0 (x 20 of 160) to the middle of band 3 (x 140)
     centre = made["centre"]
     assert abs(centre.getpixel((2, 30)) - LEVELS[0]) <= 3 and abs(centre.getpixel((57, 30)) - LEVELS[3]) <= 3
@@ -666,7 +666,7 @@ def test_an_apple_gain_map_becomes_an_ultra_hdr_one_with_the_same_boost(maker33,
     assert (values["GainMapMin"], values["Gamma"], values["OffsetSDR"], values["OffsetHDR"]) == (0, 1, 0, 0)
     assert _iso_values(container.gain_map_iso)["max"] == pytest.approx(stops, abs=1e-6)
     headroom = 2**stops
-    for got, level in zip(_quadrant_levels(decode(container.gain_map)), LEVELS):
+    for got, level in zip(_quadrant_levels(decode(container.gain_map)), LEVELS, strict=True):
         boost = 1 + (headroom - 1) * _rec709_linear(level / 255)  # what Apple's formula gives
         assert 2 ** (stops * got / 255) == pytest.approx(boost, rel=0.03), (level, got)
 

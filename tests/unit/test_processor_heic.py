@@ -58,7 +58,7 @@ def _colour_of(variant) -> tuple[int, int, int]:
 
 
 def _near(colour, expected, tolerance=12) -> bool:
-    return all(abs(a - b) <= tolerance for a, b in zip(colour, expected))
+    return all(abs(a - b) <= tolerance for a, b in zip(colour, expected, strict=True))
 
 
 @pytest.fixture(scope="module")

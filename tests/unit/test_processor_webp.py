@@ -234,11 +234,8 @@ SMALL = [
     VariantConfig("w", 200, 200, format="webp", quality=95),
 ]
 LARGE = {
-    name: data
-    for name, data in {
-        "lossy": encode(_picture(1600, 1200), "WEBP", quality=90),
-        "lossless": encode(_picture(1600, 1200), "WEBP", lossless=True, method=0),
-    }.items()
+    "lossy": encode(_picture(1600, 1200), "WEBP", quality=90),
+    "lossless": encode(_picture(1600, 1200), "WEBP", lossless=True, method=0),
 }
 _rgba = _picture(1600, 1200)
 _rgba.putalpha(_alpha((1600, 1200)))
@@ -357,7 +354,7 @@ def test_without_the_advanced_api_the_still_is_decoded_at_full_size(monkeypatch)
 
 def test_a_refused_configuration_falls_back_to_full_size(monkeypatch):
     """A libwebp whose WebPInitDecoderConfig refuses our ABI version: decoded at full size."""
-    init, decode_, free = webp._advanced()
+    _init, decode_, free = webp._advanced()
     monkeypatch.setattr(webp, "_advanced", lambda: (lambda config, version: 0, decode_, free))
     data = LARGE["lossless"]
     assert webp.decode_still(data, webp.features(data), (800, 600)).size == (1600, 1200)

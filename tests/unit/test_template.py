@@ -434,14 +434,21 @@ def _grants_s3(document: dict[str, Any]) -> bool:
     return any(str(action).startswith("s3:") for st in statements for action in as_list(st["Action"]))
 
 
+# Actions that name no resource (IAM accepts only "*" for them), each granted alone in its statement.
+# Actions with no resource-level permissions (Resource "*" is the only form IAM accepts):
+# FaceDetection=rekognition's DetectFaces, Moderation=rekognition's DetectModerationLabels.
+RESOURCELESS = {"rekognition:DetectFaces", "rekognition:DetectModerationLabels"}
+
+
 def test_own_policies_grant_no_wildcard_resource(template: dict[str, Any]) -> None:
     """Whatever service: the template's own identity policies, and those of the stacks it nests,
-    never say Resource "*" (SAM's managed policies for logs and X-Ray are the only ones that do)."""
+    never say Resource "*" (SAM's managed policies for logs and X-Ray are the only ones that do),
+    except for an action that has no resource (DetectFaces, granted alone)."""
     statements = [st for t in _with_nested(template) for st in iam_statements(t)]
     assert statements
     for st in statements:
-        if st["Action"] == "rekognition:DetectModerationLabels":  # Moderation=rekognition: the action has no
-            continue  # resource-level permissions (Resource "*" is the only form IAM accepts)
+        if as_list(st["Action"]) in ([a] for a in RESOURCELESS):
+            continue
         for resource in as_list(st.get("Resource", [])):
             assert arn_text(resource) != "*", f"{st.get('Sid') or st['Action']} on Resource '*'"
         for action in as_list(st["Action"]):
@@ -852,8 +859,12 @@ def test_ci_runs_the_readmes_set_up_and_test_command_verbatim() -> None:
     try_command = _readme_command("## Try it")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_command in ci, ".ci/run must run the README's test command verbatim"
+    # Lint, format check and type check, from the lock's tools, before the tests.
+    steps = test_command.split(" && ")
+    checks = [".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy", ".venv/bin/pytest"]
+    assert steps[-len(checks) :] == checks, steps
     # One set-up, from the lock with plain pip, in both places.
-    set_up = test_command.rsplit(" && ", 1)[0]
+    set_up = " && ".join(steps[: -len(checks)])
     assert try_command.startswith(set_up + " && "), (try_command, set_up)
     assert "--require-hashes -r requirements/dev.txt" in set_up and "--no-deps --no-build-isolation" in set_up
 
@@ -1880,7 +1891,12 @@ def test_api_s3_permissions_are_least_privilege() -> None:
     for st in statements:
         assert st["Effect"] == "Allow"
         for action in as_list(st["Action"]):
-            assert (action.startswith("s3:") or action == "rekognition:DetectModerationLabels") and "*" not in action
+            if action == "secretsmanager:GetSecretValue":  # Delivery=private: the CloudFront key, that secret only
+                assert st["Resource"] == {"Ref": "CloudFrontPrivateKeySecretArn"}
+                continue
+            if action in RESOURCELESS:  # FaceDetection=rekognition (test_face_detection_reaches_every_function_...)
+                continue
+            assert action.startswith("s3:") and "*" not in action, action
             resource = arn_text(st["Resource"])
             if action == "s3:ListBucket":
                 assert resource == "${BucketArn}"
@@ -1942,7 +1958,8 @@ def test_moderation_is_nested_with_its_permissions_and_layer_only_when_chosen(te
     assert props["Environment"]["Variables"]["MODERATION"] == {"Ref": "Moderation"}
     assert template["Parameters"]["Moderation"]["Default"] == "off"
     assert template["Parameters"]["Moderation"]["AllowedValues"] == ["off", "local", "rekognition"]
-    assert grants(template, "rekognition") == [], "Rekognition permissions outside ModerationStack"
+    moderation_labels = [g for g in grants(template, "rekognition") if g[0] == "rekognition:DetectModerationLabels"]
+    assert moderation_labels == [], "DetectModerationLabels outside ModerationStack"
     assert not any("moderation/" in resource for _, resource in s3_grants(template)), "moderation/ outside it"
     assert not resources_of_type(template, "AWS::Serverless::LayerVersion"), "a layer outside ModerationStack"
     moderation_template = nested(template, "ModerationStack", MODERATION_STACK)
@@ -2314,3 +2331,279 @@ def test_the_evaluator_follows_conditions_no_value_and_split_like_cloudformation
     assert b.of_type("AWS::SNS::Topic")["Always"]["Items"][0] == "x"
     with pytest.raises(ValueError, match="Mode"):
         deploy("inline.yaml", {"Mode": "c"}, _template=template)
+
+
+# ---------------------------------------------------------------- private delivery (issue #26)
+# Delivery=private with Cdn=true: every CloudFront behaviour (stored outputs and on-demand misses)
+# trusts only the stack's key group, whose one key is DeliveryPublicKey; the API function signs
+# with the private key it reads from DeliveryPrivateKeySecretArn (that secret only). Checked over
+# the whole deploy (tests/cfn.py, nested stacks included), by resource type.
+
+DELIVERY_SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:image-pipeline/cloudfront-key-AbCdEf"
+
+
+@functools.cache
+def delivery_public_key() -> str:
+    from tests.cloudfront import key_pair
+
+    return key_pair()[1].decode()
+
+
+def private_delivery(**more: str) -> dict[str, str]:
+    return {
+        "Cdn": "true",
+        "Delivery": "private",
+        "DeliveryPublicKey": delivery_public_key(),
+        "DeliveryPrivateKeySecretArn": DELIVERY_SECRET,
+        **more,
+    }
+
+
+def unsigned_paths_to_outputs(stack: Stack, public_key: str) -> list[str]:
+    """Every way a viewer could read an output without a CloudFront signature by `public_key`:
+    a distribution behaviour that does not trust exactly a key group of this deploy holding that
+    key (or uses legacy TrustedSigners), a bucket policy statement admitting anyone but CloudFront
+    for a named distribution, a bucket without its public access block or with a website, a
+    function URL that is not AWS_IAM."""
+    found: list[str] = []
+    key_groups = {}
+    for s, name, props in stack.everywhere("AWS::CloudFront::KeyGroup"):
+        items = props["KeyGroupConfig"]["Items"]
+        keys = [s.resources[i["Ref"]]["Properties"]["PublicKeyConfig"]["EncodedKey"] for i in items]
+        key_groups[(s.name, name)] = keys
+    for s, name, props in stack.everywhere("AWS::CloudFront::Distribution"):
+        config = props["DistributionConfig"]
+        behaviours = [("default", config["DefaultCacheBehavior"])] + [
+            (b.get("PathPattern", "?"), b) for b in config.get("CacheBehaviors", [])
+        ]
+        for pattern, behaviour in behaviours:
+            trusted = behaviour.get("TrustedKeyGroups")
+            if "TrustedSigners" in behaviour:
+                found.append(f"{s.name}: {name} {pattern}: legacy TrustedSigners")
+            if not isinstance(trusted, list) or not trusted:
+                found.append(f"{s.name}: {name} {pattern}: no trusted key group (public)")
+                continue
+            for group in trusted:
+                keys = key_groups.get((s.name, group.get("Ref") if isinstance(group, dict) else None))
+                if keys != [public_key]:
+                    found.append(f"{s.name}: {name} {pattern}: trusts {group!r}, not a key group of DeliveryPublicKey")
+    for s, name, props in stack.everywhere("AWS::S3::BucketPolicy"):
+        for statement in as_list(props["PolicyDocument"]["Statement"]):
+            if statement["Effect"] != "Allow":
+                continue
+            source = str(statement.get("Condition", {}))
+            if statement.get("Principal") != {"Service": "cloudfront.amazonaws.com"} or "aws:SourceArn" not in source:
+                found.append(f"{s.name}: {name} allows {statement.get('Principal')!r}")
+    for s, name, props in stack.everywhere("AWS::S3::Bucket"):
+        block = props.get("PublicAccessBlockConfiguration", {})
+        if not all(str(block.get(k)).lower() == "true" for k in PUBLIC_ACCESS_BLOCK_KEYS):
+            found.append(f"{s.name}: bucket {name} without its public access block")
+        if "WebsiteConfiguration" in props:
+            found.append(f"{s.name}: bucket {name} is a website")
+    for s, name, props in stack.everywhere("AWS::Lambda::Url"):
+        if props.get("AuthType") != "AWS_IAM":
+            found.append(f"{s.name}: function URL {name} AuthType {props.get('AuthType')}")
+    for s, name, props in stack.everywhere("AWS::Serverless::Function"):
+        url = props.get("FunctionUrlConfig")
+        if url is not None and url.get("AuthType") != "AWS_IAM":
+            found.append(f"{s.name}: {name}'s function URL AuthType {url.get('AuthType')}")
+    return found
+
+
+PUBLIC_ACCESS_BLOCK_KEYS = ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")
+
+
+@pytest.mark.parametrize("more", [{}, {"OnDemand": "false"}, JWT], ids=["cdn+ondemand", "cdn", "cdn+ondemand+api"])
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_a_private_deploy_has_no_unsigned_path_to_an_output(top: str, more: dict[str, str]) -> None:
+    stack = deploy(top, private_delivery(**more))
+    assert unsigned_paths_to_outputs(stack, delivery_public_key()) == []
+    ((_, dist),) = [(n, p) for _, n, p in stack.everywhere("AWS::CloudFront::Distribution")]
+    config = dist["DistributionConfig"]
+    patterns = {b["PathPattern"] for b in config.get("CacheBehaviors", [])}
+    assert patterns == (set() if more.get("OnDemand") == "false" else {"processed/*"})
+    (public_key,) = [p for _, _, p in stack.everywhere("AWS::CloudFront::PublicKey")]
+    assert public_key["PublicKeyConfig"]["EncodedKey"] == delivery_public_key()
+    assert open_entry_points(stack) == []
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_the_check_finds_the_public_paths_of_a_public_cdn(top: str) -> None:
+    """What the check above must catch (so its silence means something): today's public CDN."""
+    public = deploy(top, CDN)
+    found = unsigned_paths_to_outputs(public, delivery_public_key())
+    assert any("default: no trusted key group" in f for f in found)
+    assert any("processed/*: no trusted key group" in f for f in found)
+    assert not [r for _, _, r in public.everywhere("AWS::CloudFront::KeyGroup", "AWS::CloudFront::PublicKey")]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_delivery_is_public_by_default_and_private_needs_its_keys(top: str) -> None:
+    template = load(top)
+    param = template["Parameters"]["Delivery"]
+    assert param["Default"] == "public" and set(param["AllowedValues"]) == {"public", "private"}
+    with pytest.raises(RuleFailed, match="DeliveryPublicKey"):
+        deploy(top, {"Cdn": "true", "Delivery": "private", "DeliveryPrivateKeySecretArn": DELIVERY_SECRET})
+    with pytest.raises(RuleFailed, match="DeliveryPrivateKeySecretArn"):
+        deploy(top, {"Cdn": "true", "Delivery": "private", "DeliveryPublicKey": delivery_public_key()})
+    with pytest.raises(ValueError, match="does not match"):
+        deploy(top, private_delivery(DeliveryPublicKey="not a key"))
+    with pytest.raises(ValueError, match="does not match"):
+        deploy(top, private_delivery(DeliveryPrivateKeySecretArn="image-pipeline/cloudfront-key"))
+    # without the CDN there is nothing to sign: the API's links are presigned GETs already
+    no_cdn = deploy(top, {**private_delivery(Cdn="false"), **JWT})
+    assert not [r for _, _, r in no_cdn.everywhere("AWS::CloudFront::KeyGroup", "AWS::CloudFront::PublicKey")]
+    assert api_function_env(no_cdn)["DELIVERY"] == "public"
+
+
+def api_function(stack: Stack) -> dict[str, Any]:
+    (props,) = [
+        p
+        for _, _, p in stack.everywhere("AWS::Serverless::Function")
+        if p.get("Handler") == "image_pipeline.api.lambda_function.handler"
+    ]
+    return props
+
+
+def api_function_env(stack: Stack) -> dict[str, Any]:
+    return api_function(stack)["Environment"]["Variables"]
+
+
+def secret_statements(props: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        st
+        for policy in props.get("Policies", [])
+        if isinstance(policy, dict)
+        for st in as_list(policy.get("Statement", []))
+        if "secretsmanager" in str(st.get("Action"))
+    ]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED])
+def test_the_api_function_signs_with_the_key_it_may_read_and_no_other_secret(top: str) -> None:
+    stack = deploy(top, {**private_delivery(), **JWT})
+    env = api_function_env(stack)
+    assert env["DELIVERY"] == "private"
+    assert env["CLOUDFRONT_PRIVATE_KEY_SECRET"] == DELIVERY_SECRET
+    assert isinstance(env["CLOUDFRONT_KEY_ID"], dict), "the stack's public key id, known at deploy time"
+    assert env["PUBLIC_BASE_URL"], "the CDN's address (PublicBaseUrl, else the distribution's)"
+    assert "CLOUDFRONT_PRIVATE_KEY" not in env, "never the key itself in the environment"
+    assert secret_statements(api_function(stack)) == [
+        {
+            "Sid": "ReadsTheCloudFrontSigningKey",
+            "Effect": "Allow",
+            "Action": "secretsmanager:GetSecretValue",
+            "Resource": DELIVERY_SECRET,
+        }
+    ]
+    # the settings the function starts with are ones the API accepts (the key id as CloudFront makes them)
+    resolved = {k: v for k, v in env.items() if isinstance(v, str)}
+    ApiSettings.from_env(
+        {
+            **resolved,
+            "CLOUDFRONT_KEY_ID": "K2JCJMDEHXQW5F",
+            "PUBLIC_BASE_URL": "https://d111111abcdef8.cloudfront.net/",
+            "API_AUTH": "open",
+        },
+        need_bucket=False,
+    )
+    given = deploy(top, {**private_delivery(PublicBaseUrl="https://images.example.com/"), **JWT})
+    assert api_function_env(given)["PUBLIC_BASE_URL"] == "https://images.example.com/"
+
+    public = deploy(top, {**CDN, **JWT})
+    env = api_function_env(public)
+    assert env["DELIVERY"] == "public" and not {"CLOUDFRONT_KEY_ID", "CLOUDFRONT_PRIVATE_KEY_SECRET"} & set(env)
+    assert secret_statements(api_function(public)) == []
+
+
+def test_private_delivery_is_the_same_in_both_templates(direct: dict[str, Any], buffered: dict[str, Any]) -> None:
+    for name in ("Delivery", "DeliveryPublicKey", "DeliveryPrivateKeySecretArn"):
+        assert direct["Parameters"][name] == buffered["Parameters"][name]
+    for stack in ("CdnStack", "ApiStack"):  # what they pass to the nested stacks that hold the rest
+        passed = [
+            direct["Resources"][stack]["Properties"]["Parameters"],
+            buffered["Resources"][stack]["Properties"]["Parameters"],
+        ]
+        for name in (
+            "Delivery",
+            "DeliveryPublicKey",
+            "PublicBaseUrl",
+            "CloudFrontKeyId",
+            "CloudFrontPrivateKeySecretArn",
+        ):
+            assert passed[0].get(name) == passed[1].get(name), (stack, name)
+    assert direct["Rules"]["PrivateDeliveryNeedsItsKeys"] == buffered["Rules"]["PrivateDeliveryNeedsItsKeys"]
+
+
+# ---------------------------------------------------------------- face detection (FaceDetection)
+
+IMAGE_HANDLERS = {
+    "image_pipeline.handler.lambda_handler",
+    "image_pipeline.api.lambda_function.handler",
+    "image_pipeline.ondemand.lambda_function.handler",
+}
+
+
+def _image_functions(stack: Stack) -> dict[str, dict[str, Any]]:
+    """Every function of a deploy that processes images (the pipeline's, the API's, the on-demand one)."""
+    found = {n: p for _, n, p in stack.everywhere("AWS::Serverless::Function") if p["Handler"] in IMAGE_HANDLERS}
+    assert found
+    return found
+
+
+def _every_function_on(top: str) -> dict[str, str]:
+    """Parameters that deploy the API and the CDN (with sizes on demand) where the template has them."""
+    declared = load(top)["Parameters"]
+    wanted = {"ApiAuth": "iam", "Cdn": "true", "ExistingBucketName": "my-photos"}
+    return {k: v for k, v in wanted.items() if k in declared}
+
+
+def _detect_faces_statements(props: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        st
+        for policy in as_list(props.get("Policies", []))
+        if isinstance(policy, dict)
+        for st in as_list(policy.get("Statement", []))
+        if "rekognition" in str(st.get("Action"))
+    ]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED, EXISTING])
+@pytest.mark.parametrize("engine", ["local", "rekognition", "off", None])
+def test_face_detection_reaches_every_function_that_processes_images(top: str, engine: str | None) -> None:
+    """FaceDetection sets FACE_DETECTION wherever images are processed, and DetectFaces is granted
+    (on "*", alone: it names no resource) only with rekognition."""
+    parameters = _every_function_on(top)
+    if engine is not None:
+        parameters["FaceDetection"] = engine
+    functions = _image_functions(deploy(top, parameters))
+    assert len(functions) == (1 if top == EXISTING else 3), sorted(functions)
+    for name, props in functions.items():
+        assert props["Environment"]["Variables"]["FACE_DETECTION"] == (engine or "local"), name
+        statements = _detect_faces_statements(props)
+        if engine == "rekognition":
+            assert statements == [
+                {"Sid": "DetectFaces", "Effect": "Allow", "Action": "rekognition:DetectFaces", "Resource": "*"}
+            ], name
+        else:
+            assert statements == [], name
+    assert load(top)["Parameters"]["FaceDetection"]["AllowedValues"] == ["local", "rekognition", "off"]
+
+
+@pytest.mark.parametrize("top", [DIRECT, BUFFERED, EXISTING])
+def test_functions_that_process_images_are_built_with_the_face_model(top: str) -> None:
+    """handler/Makefile builds them: the lock, then the model's lock without its dependencies."""
+    makefile = (ROOT / "handler" / "Makefile").read_text(encoding="utf-8")
+    stack = deploy(top, _every_function_on(top))
+    for s in stack.walk():
+        for name, resource in s.resources.items():
+            if resource["Type"] != "AWS::Serverless::Function":
+                continue
+            assert resource["Properties"]["Handler"] in IMAGE_HANDLERS
+            assert resource.get("Metadata", {}).get("BuildMethod") == "makefile", name
+            assert resource["Metadata"].get("BuildArchitecture") == "arm64", name
+            assert re.search(rf"^build-{name}\b|\sbuild-{name}\b.*:", makefile, re.M), f"no build-{name} target"
+    recipe = makefile.split("\nbuild-", 1)[1]
+    assert "-r requirements.txt" in recipe
+    assert re.search(r"--no-deps -r requirements-model\.txt", recipe)
+    assert "--require-hashes" in makefile and "aarch64" in makefile

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +47,7 @@ from ..storage import ListedObject, ObjectNotFound
 from . import pages, review
 from .auth import Authenticator, Caller, Identity
 from .backends import Backend, StorageBackend, UploadRefused
+from .delivery import signer_for
 from .guards import api_in, authenticated, caller_of
 from .links import api_base, mount_path, object_link, page_base
 from .problems import not_found, problem
@@ -117,6 +118,21 @@ class WidthUrls:
 
 
 @dataclass
+class RatioUrls:
+    """Aspect ratios on demand: `template` with `{width}`, `{ratio}` (one of `ratios`, e.g. `16x9`)
+    and `{ext}` (avif, webp or `fallback`) gives the largest window of that ratio around the
+    image's subject, that wide. `widths` are the allowlisted ones up to the image's own width; a
+    width above a ratio's window (`windows[ratio]`, its full-size width and height) gives the
+    window's own width (never upscaled)."""
+
+    template: str
+    ratios: list[str]
+    widths: list[int]
+    fallback: str
+    windows: dict[str, list[int]]
+
+
+@dataclass
 class ImageInfo:
     id: str
     status: str  # pending | processed | failed | held (MODERATION: waiting for a review, nothing published)
@@ -128,6 +144,13 @@ class ImageInfo:
     created_at: str
     lazy_variants: list[LazyVariantInfo] | None = None
     width_urls: WidthUrls | None = None
+    # The subject (processed images): faces found ({x, y, w, h, score}, 0–1 from the top-left),
+    # the focal point every `auto` crop keeps ({x, y}) and where it came from: faces, attention
+    # (the saliency centroid) or manual (PUT /images/{id}/focal).
+    faces: list[dict[str, float]] | None = None
+    focal_point: dict[str, float] | None = None
+    focal_source: str | None = None
+    ratio_urls: RatioUrls | None = None
 
 
 @dataclass
@@ -186,6 +209,7 @@ class Api:
         )
         self.notifier = Notifier.from_settings(pipeline)  # review decisions' events (EVENT_BUS_NAME)
         self.ondemand = OnDemand(self.service, settings.ondemand)
+        self.signer = signer_for(settings)  # DELIVERY=private: CDN links signed (api/delivery.py)
 
     def __deepcopy__(self, memo: dict) -> Api:
         """One for the app's life: Litestar deep-copies a router (and its `opt`) as it registers
@@ -279,6 +303,7 @@ class Api:
                 created,
                 lazy_variants=self.lazy_info(image_id, record, base, stored),
                 width_urls=self.width_urls(image_id, record, base),
+                **self.subject(image_id, record, base),
             )
         if raw is None:
             return None
@@ -312,23 +337,51 @@ class Api:
         prefix = self.service.output_prefix(str(source["key"]))
         if self.settings.public_base_url and prefix:
             template = object_link(self.settings.public_base_url, prefix) + "w{width}.{ext}"
+            if self.signer is not None:  # one signature for every width and format of this image
+                template = self.signer.sign_template(template)
         else:
             template = f"{base}images/{image_id}/w{{width}}.{{ext}}"
         width = int(source.get("width") or 0)
         widths = [w for w in self.ondemand.widths if w <= width]
         return WidthUrls(template=template, widths=widths, fallback=fallback_format(source).extension)
 
+    def subject(self, image_id: str, record: dict, base: str) -> dict[str, Any]:
+        """The manifest's subject (faces, focal point and its source) and the ratio URLs' ladder."""
+        width_urls = self.width_urls(image_id, record, base)
+        source = record["source"]
+        size = int(source.get("width") or 0), int(source.get("height") or 0)
+        # each ratio's full-size window: the largest output that ratio's URLs give (wider ones are the same)
+        windows = {str(r): list(r.size(size[0], *size)) for r in self.ondemand.ratios}
+        return {
+            **pages.subject_fields(record),
+            "ratio_urls": RatioUrls(
+                template=width_urls.template.replace("w{width}.{ext}", "w{width}-{ratio}.{ext}"),
+                ratios=list(windows),
+                widths=width_urls.widths,
+                fallback=width_urls.fallback,
+                windows=windows,
+            ),
+        }
+
     def variant_link(self, image_id: str, variant: dict, base: str) -> str:
-        """The variant's stable URL: PUBLIC_BASE_URL + key (public, cacheable), or the API's redirect."""
+        """The variant's stable URL: PUBLIC_BASE_URL + key (public, cacheable; signed and expiring with
+        DELIVERY=private), or the API's redirect."""
         if self.settings.public_base_url:
-            return object_link(self.settings.public_base_url, variant["key"])
+            return self.cdn_link(variant["key"])
         return f"{base}images/{image_id}/{variant['name']}"
 
     async def variant_src(self, variant: dict, base: str) -> str:
-        """A URL to show the variant now, no token needed (delivery is public by design)."""
+        """A URL to show the variant now, no token needed: the CDN's (signed with DELIVERY=private)
+        or a short-lived presigned GET."""
         if self.settings.public_base_url:
-            return object_link(self.settings.public_base_url, variant["key"])
+            return self.cdn_link(variant["key"])
         return await self.backend.object_url(variant["key"], self.settings.url_expiry_s, base)
+
+    def cdn_link(self, key: str) -> str:
+        """PUBLIC_BASE_URL + key: as it is, or with DELIVERY=private a CloudFront signed URL."""
+        assert self.settings.public_base_url is not None
+        url = object_link(self.settings.public_base_url, key)
+        return url if self.signer is None else self.signer.sign(url)
 
     async def store_upload(self, upload: UploadFile, caller: Caller) -> tuple[str, str]:
         """Check a multipart file (size while reading, type from its bytes), then store it under
@@ -362,6 +415,7 @@ class Api:
         raw, out = await anext(raws, None), await anext(outputs, None)
         while (raw or out) and len(found) <= limit:
             if out is None or (raw is not None and raw[0] < out[0]):
+                assert raw is not None  # the loop's condition: raw or out
                 found.append((raw[0], raw[1], []))
                 raw = await anext(raws, None)
             elif raw is None or out[0] < raw[0]:
@@ -387,7 +441,9 @@ class Api:
         return ImagePage(items=items, next_cursor=found[-1][0] if more and found else None)
 
 
-async def _ids_under(store, base: str, scope: str, after: str | None) -> AsyncIterator[tuple[str, list[ListedObject]]]:
+async def _ids_under(
+    store, base: str, scope: str, after: str | None
+) -> AsyncGenerator[tuple[str, list[ListedObject]], None]:
     """(id, its objects) for every API id under `base` + `scope` (`raw/<tag>-`…), in key order
     (newest first), after the id `after`. Keys that are not an API id's are passed over."""
     start = f"{base}{after}0" if after else None  # "0" sorts after every "<id>/…" key of that id
@@ -455,6 +511,7 @@ async def create_upload(request: Request, data: JSONBody[UploadRequest]) -> Uplo
         raise problem(400, "size must be at least 1 byte", "empty_file")
     image_id = ids.new_id(tag=caller.tag)
     kind = api.settings.image_type(data.content_type)
+    assert kind is not None  # checked above
     key = ids.raw_key(api.settings.pipeline.raw_prefix, image_id, data.filename, EXTENSIONS[kind])
     base = api.base(request)
     expires = api.settings.upload_expiry_s
@@ -587,6 +644,8 @@ async def get_variant(request: Request, image_id: FromPath[str], variant: FromPa
         if lazy is None or not api.ondemand.is_lazy(variant):
             raise problem(404, "no such image or variant")
         wanted = api.ondemand.wanted_lazy(variant, leaf=lazy["key"][len(prefix) :])
+    if wanted is None:  # is_lazy said it was a lazy variant's name
+        raise problem(404, "no such image or variant")
     key = prefix + wanted.leaf
     if key not in stored:
         await _make(api, prefix, wanted)
@@ -679,7 +738,8 @@ async def image_slot(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         left = api.settings.max_bytes + FORM_OVERHEAD
         while left > 0:
             message = await connection.receive()
-            left -= len(message.get("body", b""))
+            body = message.get("body", b"")
+            left -= len(body) if isinstance(body, bytes) else 0
             if not message.get("more_body"):
                 break
         raise

@@ -123,7 +123,8 @@ class Authenticator:
         mode = self.settings.auth
         if mode == "open":
             return EVERYONE
-        context = (request.scope.get("aws.event") or {}).get("requestContext") or {}
+        event = request.scope.get("aws.event")  # the API Gateway event, from Mangum (on AWS only)
+        context = (event.get("requestContext") if isinstance(event, dict) else None) or {}
         authorizer = context.get("authorizer") or {}
         if mode == "iam":
             arn = (authorizer.get("iam") or {}).get("userArn")
@@ -135,9 +136,10 @@ class Authenticator:
         if self.verifies_tokens:
             claims = await self._verify(_bearer(request))
         else:
-            claims = (authorizer.get("jwt") or {}).get("claims")
-            if not isinstance(claims, dict):
+            verified = (authorizer.get("jwt") or {}).get("claims")
+            if not isinstance(verified, dict):
                 raise _unauthorized("a bearer token verified by the API's JWT authorizer is required")
+            claims = verified
         return self._caller_of(claims)
 
     def _caller_of(self, claims: dict) -> Caller:

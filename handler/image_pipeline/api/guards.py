@@ -67,7 +67,7 @@ def check_host(settings: ApiSettings, connection: ASGIConnection) -> None:
     extra = []
     if settings.public_url:
         extra.append(_split_host(urlsplit(settings.public_url).netloc.lower())[0])
-    event = connection.scope.get("aws.event")  # type: ignore[typeddict-item]
+    event = connection.scope.get("aws.event")
     if isinstance(event, dict):
         domain = (event.get("requestContext") or {}).get("domainName")
         if isinstance(domain, str) and domain:

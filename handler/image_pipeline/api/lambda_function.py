@@ -18,4 +18,6 @@ app = create_app()
 _loop = asyncio.new_event_loop()
 asyncio.set_event_loop(_loop)  # Mangum runs each request with asyncio.get_event_loop(): this one
 _loop.run_until_complete(app.state.api.backend.start(app.state.api.service))
-handler = Mangum(app, lifespan="off")
+# Litestar types the ASGI scope and messages as TypedDicts, Mangum's protocol as MutableMappings:
+# the same ASGI calls, two spellings the type checker cannot match.
+handler = Mangum(app, lifespan="off")  # type: ignore[arg-type]

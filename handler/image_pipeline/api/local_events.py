@@ -67,7 +67,7 @@ class LocalEventSource:
                 try:
                     handler(s3_notification(self.bucket, key, etag, item["Size"]), LocalContext())
                     self._seen[key] = etag
-                except Exception as exc:  # RetryLater: delivered again on a later poll, as Lambda retries
+                except Exception as exc:  # noqa: BLE001 - RetryLater or a bug: delivered again on a later poll, as Lambda retries
                     log.warning("delivery of %s will be retried: %s", key, exc)
                 delivered += 1
         # Deleted objects may come back under the same key with the same bytes: forget them.

@@ -76,6 +76,10 @@ class GalleryItem:
     placeholder: dict[str, Any] | None
     variants: list[GalleryVariant]
     processed_at: str | None
+    # The subject, as `GET /images/{id}` gives it: faces found, the focal point and its source.
+    faces: list[dict[str, float]] | None = None
+    focal_point: dict[str, float] | None = None
+    focal_source: str | None = None
 
 
 @dataclass
@@ -165,6 +169,8 @@ async def _item(api, key: str, body: bytes | None, prefix: str, base: str) -> Ga
     """A manifest as the card shows it; None when it went away or cannot be read."""
     try:
         record = json.loads(body) if body else None
+        if not isinstance(record, dict):
+            return None
         source, variants = record["source"], record["variants"]
     except (ValueError, KeyError, TypeError):
         return None
@@ -187,7 +193,18 @@ async def _item(api, key: str, body: bytes | None, prefix: str, base: str) -> Ga
         placeholder=record.get("placeholder"),
         variants=shown,
         processed_at=record.get("processed_at"),
+        **subject_fields(record),
     )
+
+
+def subject_fields(record: dict) -> dict[str, Any]:
+    """The manifest's subject as the card shows it (manifests before faces: the attention centroid)."""
+    focal = record.get("focal_point")
+    return {
+        "faces": record.get("faces") or [],
+        "focal_point": focal if isinstance(focal, dict) else None,
+        "focal_source": record.get("focal_source") or ("attention" if isinstance(focal, dict) else None),
+    }
 
 
 routes: list = [

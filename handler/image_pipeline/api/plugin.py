@@ -39,7 +39,7 @@ from litestar_storages import BaseStorage
 from ..ondemand import OnDemandSettings
 from ..pool import return_freed_memory
 from ..settings import Settings
-from . import pages
+from . import pages, subject
 from .app import EXCEPTION_HANDLERS, FORM_OVERHEAD, ROUTES, Api
 from .auth import AdminOf, Identity, OwnerIdentity, OwnerOf
 from .backends import Backend, S3Backend, StorageBackend, backend_for
@@ -125,7 +125,8 @@ class ImagePipelinePlugin(InitPluginProtocol):
         return app_config
 
     def router(self, api: Api) -> Router:
-        handlers: list[ControllerRouterHandler] = [*ROUTES, *(pages.routes if self.page else ())]
+        # The focal point's routes (subject.py) build on app.py's, so they join here, not in ROUTES.
+        handlers: list[ControllerRouterHandler] = [*ROUTES, *subject.routes, *(pages.routes if self.page else ())]
         return Router(
             path=self.path,
             route_handlers=handlers,

@@ -24,6 +24,15 @@ ALLOWED_HOSTS     comma-separated Host values accepted besides localhost, 127.0.
 PUBLIC_URL        the API's own external base URL for absolute links (status_url, variant url);
                   unset: links are paths (`/images/<id>`), never built from the request's Host
 
+Private delivery (see api/delivery.py and docs/private-delivery.md):
+DELIVERY          public (the default: PUBLIC_BASE_URL links anyone may read) | private (every link
+                  under PUBLIC_BASE_URL, the CDN's address, is a CloudFront signed URL that expires
+                  after URL_EXPIRY_SECONDS). private needs PUBLIC_BASE_URL, CLOUDFRONT_KEY_ID and one of:
+CLOUDFRONT_KEY_ID the CloudFront public key's id (in the distribution's trusted key group)
+CLOUDFRONT_PRIVATE_KEY         its private key, PEM (`serve`, tests), or
+CLOUDFRONT_PRIVATE_KEY_SECRET  the ARN of a Secrets Manager secret holding that PEM (on AWS; read
+                  once when the app is created, never logged)
+
 Sizes on demand (see ondemand/): ONDEMAND_WIDTHS (widths anyone may ask for), SIGNING_KEY (HMAC
 key for any other width; unset: the allowlist only).
 """
@@ -39,6 +48,7 @@ from urllib.parse import urlsplit
 from ..errors import ConfigError
 from ..ondemand import OnDemandSettings
 from ..settings import Settings
+from .delivery import DELIVERY_MODES, load_private_key
 
 MIME_TYPES = {
     "image/jpeg": "jpeg",
@@ -58,6 +68,8 @@ MIME_TYPES = {
 }
 AUTH_MODES = ("jwt", "iam", "open")
 _HOST = re.compile(r"(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+_KEY_ID = re.compile(r"[A-Z0-9]{1,128}")
+_SECRET_ARN = re.compile(r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+")
 MIN_SECRET_BYTES = 32  # HS256 needs a key of at least the hash's size (RFC 7518 3.2)
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 EXTENSIONS = {
@@ -90,6 +102,10 @@ class ApiSettings:
     allowed_hosts: tuple[str, ...] = DEFAULT_HOSTS
     public_url: str | None = None
     ondemand: OnDemandSettings = field(default_factory=OnDemandSettings)
+    delivery: str = "public"
+    cloudfront_key_id: str | None = None
+    cloudfront_private_key: str | None = field(default=None, repr=False)
+    cloudfront_private_key_secret: str | None = None
 
     @property
     def max_bytes(self) -> int:
@@ -173,6 +189,44 @@ class ApiSettings:
 
         own = base_url("PUBLIC_URL")
 
+        delivery = env.get("DELIVERY", "").strip().lower() or "public"
+        key_id = env.get("CLOUDFRONT_KEY_ID", "").strip() or None
+        private_key = env.get("CLOUDFRONT_PRIVATE_KEY", "").strip() or None
+        key_secret = env.get("CLOUDFRONT_PRIVATE_KEY_SECRET", "").strip() or None
+        if delivery not in DELIVERY_MODES:
+            problems.append(f"DELIVERY={delivery!r} must be public or private")
+        elif delivery == "private":
+            if not public:
+                problems.append(
+                    "DELIVERY=private needs PUBLIC_BASE_URL (the CDN's address, whose links it signs); "
+                    "without a CDN, links are short-lived presigned S3 GETs already: leave DELIVERY=public"
+                )
+            if not key_id:
+                problems.append("DELIVERY=private needs CLOUDFRONT_KEY_ID (the id of the CDN's public key)")
+            elif not _KEY_ID.fullmatch(key_id):
+                problems.append(
+                    f"CLOUDFRONT_KEY_ID={key_id!r} must be a CloudFront public key id (like K2JCJMDEHXQW5F)"
+                )
+            if private_key and key_secret:
+                problems.append("CLOUDFRONT_PRIVATE_KEY and CLOUDFRONT_PRIVATE_KEY_SECRET: set one, not both")
+            elif not private_key and not key_secret:
+                problems.append(
+                    "DELIVERY=private needs the private key to sign with: CLOUDFRONT_PRIVATE_KEY (PEM) or "
+                    "CLOUDFRONT_PRIVATE_KEY_SECRET (a Secrets Manager ARN)"
+                )
+            if private_key:
+                try:
+                    load_private_key(private_key, "CLOUDFRONT_PRIVATE_KEY")
+                except ConfigError as exc:
+                    problems.append(str(exc))
+            if key_secret and not _SECRET_ARN.fullmatch(key_secret):
+                problems.append(f"CLOUDFRONT_PRIVATE_KEY_SECRET={key_secret!r} must be a Secrets Manager secret ARN")
+        elif key_id or private_key or key_secret:
+            problems.append(
+                "CLOUDFRONT_KEY_ID, CLOUDFRONT_PRIVATE_KEY and CLOUDFRONT_PRIVATE_KEY_SECRET apply to "
+                "DELIVERY=private, not public"
+            )
+
         def seconds(name: str, default: int, high: int) -> int:
             raw = env.get(name, str(default)).strip()
             if not raw.isdigit() or not 1 <= int(raw) <= high:
@@ -197,6 +251,10 @@ class ApiSettings:
             allowed_hosts=DEFAULT_HOSTS + tuple(h for h in hosts if h not in DEFAULT_HOSTS),
             public_url=own,
             ondemand=ondemand,
+            delivery=delivery,
+            cloudfront_key_id=key_id,
+            cloudfront_private_key=private_key,
+            cloudfront_private_key_secret=key_secret,
         )
         if problems:
             raise ConfigError("invalid image-pipeline API settings:\n  - " + "\n  - ".join(problems))

@@ -8,7 +8,10 @@ pipeline. What a request may ask for (`paths.py`) and who may create it (`signin
 here before any storage call; `ImageService.make_variant` does the making.
 
     ONDEMAND_WIDTHS  widths anyone may ask for, unsigned (default: paths.DEFAULT_WIDTHS)
-    SIGNING_KEY      HMAC key for any other width (`?sig=`, see signing.py); unset: allowlist only
+    ONDEMAND_RATIOS  aspect ratios anyone may ask for, unsigned, as `w640-16x9` (default:
+                     paths.DEFAULT_RATIOS)
+    SIGNING_KEY      HMAC key for any other width or ratio (`?sig=`, see signing.py); unset:
+                     allowlists only
 """
 
 from __future__ import annotations
@@ -20,13 +23,24 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..processor.sniff import DECODABLE, sniff
-from ..processor.specs import ImageFormat, VariantConfig
+from ..processor.specs import Fit, Gravity, ImageFormat, VariantConfig
 from ..service import ImageService, Made
 from ..storage import ObjectNotFound, ObjectStore
 from . import signing
-from .paths import DEFAULT_WIDTHS, BadOutput, WidthRequest, fallback_format, is_width_leaf, parse_width, parse_widths
+from .paths import (
+    DEFAULT_RATIOS,
+    DEFAULT_WIDTHS,
+    BadOutput,
+    Ratio,
+    WidthRequest,
+    fallback_format,
+    is_width_leaf,
+    parse_ratios,
+    parse_width,
+    parse_widths,
+)
 
-__all__ = ["BadOutput", "Forbidden", "OnDemand", "OnDemandSettings", "Wanted", "is_width_leaf"]
+__all__ = ["BadOutput", "Forbidden", "OnDemand", "OnDemandSettings", "Ratio", "Wanted", "is_width_leaf"]
 
 MIN_KEY_BYTES = 32
 
@@ -39,24 +53,32 @@ class Forbidden(Exception):
 class OnDemandSettings:
     widths: frozenset[int] = frozenset(DEFAULT_WIDTHS)
     signing_key: bytes | None = None
+    ratios: tuple[Ratio, ...] = parse_ratios(",".join(DEFAULT_RATIOS))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OnDemandSettings:
         env = os.environ if environ is None else environ
         problems = []
         raw = env.get("ONDEMAND_WIDTHS", "").strip()
-        widths = DEFAULT_WIDTHS
+        widths: tuple[int, ...] = DEFAULT_WIDTHS
         if raw:
             try:
                 widths = parse_widths(raw)
             except ValueError as exc:
                 problems.append(f"ONDEMAND_WIDTHS: {exc}")
+        raw_ratios = env.get("ONDEMAND_RATIOS")
+        ratios = cls.ratios
+        if raw_ratios is not None and raw_ratios.strip():
+            try:
+                ratios = parse_ratios(raw_ratios)
+            except ValueError as exc:
+                problems.append(f"ONDEMAND_RATIOS: {exc}")
         key = env.get("SIGNING_KEY", "").strip()
         if key and len(key.encode()) < MIN_KEY_BYTES:
             problems.append(f"SIGNING_KEY must be at least {MIN_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)")
         if problems:
             raise ConfigError("invalid on-demand settings:\n  - " + "\n  - ".join(problems))
-        return cls(frozenset(widths), key.encode() if key else None)
+        return cls(frozenset(widths), key.encode() if key else None, ratios)
 
 
 @dataclass(frozen=True)
@@ -82,33 +104,48 @@ class OnDemand:
     def is_lazy(self, name: str) -> bool:
         return name in self._lazy
 
+    @property
+    def ratios(self) -> tuple[Ratio, ...]:
+        return self.settings.ratios
+
     def width(self, leaf: str, path: str, sig: str | None) -> WidthRequest:
-        """A width URL's request, if it may create its output: allowlisted, or signed over `path`.
-        BadOutput (400) or Forbidden (403) otherwise: before any storage call."""
+        """A width (or ratio) URL's request, if it may create its output: width and ratio
+        allowlisted, or signed over `path`. BadOutput (400) or Forbidden (403) otherwise: before
+        any storage call."""
         request = parse_width(leaf)
-        if request.width in self.settings.widths:
+        refused = []
+        if request.width not in self.settings.widths:
+            refused.append(f"width {request.width} is not in the allowlist ({', '.join(map(str, self.widths))})")
+        if request.ratio is not None and request.ratio not in self.settings.ratios:
+            refused.append(f"ratio {request.ratio} is not in the allowlist ({', '.join(map(str, self.ratios))})")
+        if not refused:
             return request
+        what = " and ".join(refused)
         if self.settings.signing_key is None:
-            raise Forbidden(
-                f"width {request.width} is not in the allowlist ({', '.join(map(str, self.widths))}); "
-                "other widths need a signed URL, and signing is off (no SIGNING_KEY)"
-            )
+            raise Forbidden(f"{what}; other sizes need a signed URL, and signing is off (no SIGNING_KEY)")
         if not signing.verify(self.settings.signing_key, path, sig):
             reason = "has no signature" if not sig else "has a signature that does not match"
-            raise Forbidden(
-                f"width {request.width} is not in the allowlist and the URL {reason} (`image-pipeline sign`)"
-            )
+            raise Forbidden(f"{what}, and the URL {reason} (`image-pipeline sign`)")
         return request
 
     def wanted_width(self, request: WidthRequest, negotiated: ImageFormat | None = None) -> Wanted:
         """The output of a width request; `request.format` None is resolved by `negotiated` (from
         `Accept`), and failing that by the fallback rule at making time (JPEG, or PNG for alpha)."""
         fmt = request.format or negotiated
-        name = f"w{request.width}"
-        if fmt is not None:
-            spec = VariantConfig(name, request.width, 0, format=fmt)
-            return Wanted(f"{name}.{fmt.extension}", lambda source: spec)
-        return Wanted(name, lambda source: VariantConfig(name, request.width, 0, format=fallback_format(source)))
+        name = request.unformatted
+        leaf = name if fmt is None else f"{name}.{fmt.extension}"
+        ratio = request.ratio
+
+        def spec_for(source: dict) -> VariantConfig:
+            out_format = fmt or fallback_format(source)
+            if ratio is None:
+                return VariantConfig(name, request.width, 0, format=out_format)
+            # The largest A:B window, around the subject, `width` wide (or the window's own width:
+            # never upscaled); a source without recorded dimensions is refused by the processor.
+            width, height = ratio.size(request.width, int(source.get("width") or 0), int(source.get("height") or 0))
+            return VariantConfig(name, width, height, format=out_format, fit=Fit.COVER, gravity=Gravity.AUTO)
+
+        return Wanted(leaf, spec_for)
 
     def wanted_lazy(self, name: str, leaf: str | None = None) -> Wanted | None:
         """A configured lazy variant by name. Its leaf depends on the source's type when the spec

@@ -4,9 +4,9 @@ output yet.
 With `Cdn=true` the distribution's `processed/*` requests go to an origin group: the bucket first
 (Origin Access Control), and on its 403/404 this function's URL (`AuthType: AWS_IAM`, reached only
 through CloudFront's own Origin Access Control of type `lambda`). A CloudFront Function has already
-mapped a negotiated `…/w640` onto `w640.avif`, `w640.webp` or the fallback `w640` by `Accept`. Here
-the path names the output (`/processed/<image prefix>/<leaf>`), the `sig` query parameter
-authorises widths outside the allowlist, and `OnDemand` makes it, stores it and returns it; every
+mapped a negotiated `…/w640` (`…/w640-16x9`) onto `w640.avif`, `w640.webp` or the fallback `w640`
+by `Accept`. Here the path names the output (`/processed/<image prefix>/<leaf>`), the `sig` query
+parameter authorises widths and ratios outside the allowlists, and `OnDemand` makes it, stores it and returns it; every
 later request is served by CloudFront and S3 without invoking anything.
 
 Responses: 200 with the bytes (base64; at most INLINE_MAX bytes of image, so the encoded body stays

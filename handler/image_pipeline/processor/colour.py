@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from functools import lru_cache
+from typing import cast
 
 from PIL import Image, ImageCms
 
@@ -43,7 +44,7 @@ def normalise_mode(image: Image.Image) -> Image.Image:
         # Scale to 0..255 rather than clip: 16-bit data by 1/256; 32-bit integers and floats by
         # their own range (floats in 0..1 are the common case).
         wide = image if mode in ("I", "F") else image.convert("I")
-        high = wide.getextrema()[1] or 1
+        high = cast(tuple[float, float], wide.getextrema())[1] or 1  # one band: (min, max)
         if mode == "F":
             scale = 255 if high <= 1 else 255 / high
         else:
@@ -66,14 +67,14 @@ def drop_opaque_alpha(image: Image.Image) -> Image.Image:
     """RGBA/LA whose alpha is 255 everywhere → RGB/L: same pixels, and encoders (WebP above all)
     spend a large share of their time compressing an alpha plane that carries nothing.
     (`getextrema` scans every band in place; `getchannel` would copy the plane first.)"""
-    if image.mode in ("RGBA", "LA") and image.getextrema()[-1][0] == 255:
+    if image.mode in ("RGBA", "LA") and cast(tuple[tuple[int, int], ...], image.getextrema())[-1][0] == 255:
         return image.convert(image.mode[:-1])
     return image
 
 
 def is_rgb_profile(icc: bytes | None) -> bool:
     """An ICC profile for RGB data (its header names the colour space at bytes 16-20)."""
-    return bool(icc) and len(icc) >= 20 and icc[16:20] == b"RGB "
+    return icc is not None and len(icc) >= 20 and icc[16:20] == b"RGB "
 
 
 def to_srgb(image: Image.Image, icc: bytes | None, keep_icc: bool) -> Image.Image:
@@ -101,7 +102,9 @@ def convert_profile(image: Image.Image, icc: bytes | None, keep_icc: bool) -> Im
         out_mode = "RGBA" if image.mode == "RGBA" else "RGB"
         transform = _transform(icc, image.mode, out_mode)
         if transform is not None:
-            return ImageCms.applyTransform(image, transform)
+            converted = ImageCms.applyTransform(image, transform)
+            assert converted is not None  # None only in place
+            return converted
     if image.mode == "CMYK":
         return image.convert("RGB")
     return image

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 from PIL import Image, ImageFilter, ImageStat
 
@@ -240,8 +241,9 @@ def focal_point(image: Image.Image) -> tuple[float, float]:
         small.thumbnail((128, 128), Image.Resampling.BOX)
     weight = _attention_map(small).point(lambda v: v * v // 255)
     width, height = weight.size
-    columns = list(weight.resize((width, 1), Image.Resampling.BOX).get_flattened_data())
-    rows = list(weight.resize((1, height), Image.Resampling.BOX).get_flattened_data())
+    # One band ("L"): one number a pixel.
+    columns = cast(list[int], list(weight.resize((width, 1), Image.Resampling.BOX).get_flattened_data()))
+    rows = cast(list[int], list(weight.resize((1, height), Image.Resampling.BOX).get_flattened_data()))
     if not sum(columns) or not sum(rows):
         return (0.5, 0.5)
     x = sum((i + 0.5) * c for i, c in enumerate(columns)) / sum(columns) / width

@@ -31,8 +31,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from time import perf_counter
+from typing import cast
 
-from PIL import Image, ImageSequence
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from ..errors import CorruptImage, EmptyFile, ImageRejected, TooLarge, TooManyFrames, TooManyPixels, UnsupportedType
 from . import gainmap, geometry, plugins, quality, subject, tonemap, uhdr
@@ -73,7 +74,7 @@ _REDUCIBLE = {"L", "LA", "La", "RGB", "RGBX", "RGBa", "CMYK"}  # not P: indexes 
 RENDITION_FRAMES = 4  # an animation's frames looked at by a check on the picture (see `_frames`)
 _PREVIEW = 64  # px, longest side of the full-frame picture the placeholders are computed from
 # Errors Pillow and its plugins raise for files that are not what they claim to be.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, Image.UnidentifiedImageError)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, UnidentifiedImageError)
 # pillow-heif also raises RuntimeError for what libheif refuses while decoding (its security limits among it).
 _HEIF_ERRORS = (*_DECODE_ERRORS, RuntimeError)
 # libheif security limits that are about the picture's size or the memory decoding it takes.
@@ -120,6 +121,16 @@ class Job:
     face_detection: dict | None = None
     dominant_color: str = ""
 
+    def decoded(self) -> Image.Image:
+        """`working`: there from `_decode` until `_resize` has made the stills from it."""
+        assert self.working is not None, "no decoded pixels at this step"
+        return self.working
+
+    def placeholder_source(self) -> Image.Image:
+        """`preview`: there from `_resize` on."""
+        assert self.preview is not None, "no preview before the resize"
+        return self.preview
+
 
 class ImageProcessor:
     """Turn one uploaded image into web variants.
@@ -154,7 +165,8 @@ class ImageProcessor:
             raise ValueError("background_color must be an (r, g, b) tuple of 0..255")
         self.preserve_original = preserve_original
         self.strip_metadata = strip_metadata
-        self.background_color = tuple(background_color)
+        red, green, blue = background_color  # a list is taken too
+        self.background_color = (red, green, blue)
         self.limits = limits or Limits()
         self.keep_icc_profile = keep_icc_profile
         self.rendition = max(0, int(rendition))
@@ -329,7 +341,7 @@ class ImageProcessor:
         found = webp.features(job.data)
         if found is None or found.has_animation or (found.width, found.height) != job.image.size:
             return _load_webp_still(job.image)
-        job.image._decoder = None
+        _drop_decoder(job.image)
         webp.release_freed()
         try:
             pixels = webp.decode_still(job.data, found, job.decode_size)
@@ -351,21 +363,21 @@ class ImageProcessor:
         scale = max(geometry.scale_for(spec, job.width, job.height) for spec in self.variants)
         scale *= stored_width / job.extent[0]
         factor = int(1 / scale / _REDUCING_GAP) if scale > 0 else 1
-        if factor < 2 or job.working.mode not in _REDUCIBLE:
+        if factor < 2 or job.decoded().mode not in _REDUCIBLE:
             return
-        job.working = job.working.reduce(factor)
+        job.working = job.decoded().reduce(factor)
         job.extent = (job.extent[0] / factor, job.extent[1] / factor)  # Pillow keeps a partial last pixel
 
     def _orient(self, job: Job) -> None:
         """Apply the EXIF orientation (only when there is one: exif_transpose copies otherwise)."""
-        if job.orientation != 1:
-            job.working = job.working.transpose(_TRANSPOSE[job.orientation])
-        job.frame = geometry.content_box(job.working.size, job.extent, job.orientation)
+        if (method := _TRANSPOSE[job.orientation]) is not None:  # None: orientation 1, upright already
+            job.working = job.decoded().transpose(method)
+        job.frame = geometry.content_box(job.decoded().size, job.extent, job.orientation)
 
     def _normalise(self, job: Job) -> None:
         """8-bit modes a resize handles; real alpha premultiplied once for the whole cascade
         (Pillow's resize would premultiply and un-premultiply on every call)."""
-        working = drop_opaque_alpha(normalise_mode(job.working))
+        working = drop_opaque_alpha(normalise_mode(job.decoded()))
         job.alpha = working.mode in ("RGBA", "LA")
         if working.mode == "RGBA":
             working = working.convert("RGBa")
@@ -374,7 +386,7 @@ class ImageProcessor:
     def _resize(self, job: Job) -> None:
         """Every variant's still image, largest first; each resize starts from the smallest image
         already made that is still at least as large as what it needs (cascade)."""
-        bases = [(job.working, job.frame)]
+        bases = [(job.decoded(), job.frame)]
         for spec in _largest_first(self.variants, job.width, job.height):
             job.stills[spec.name] = _render(bases, spec, job.width, job.height)
         # The placeholders' picture: the whole frame, from the smallest full-frame image made.
@@ -405,7 +417,7 @@ class ImageProcessor:
             if id(still) not in done:
                 done[id(still)] = _through(still, table)
             job.stills[name] = done[id(still)]
-        job.preview = _through(job.preview, table)
+        job.preview = _through(job.placeholder_source(), table)
         job.renditions = [(i, _through(r, table)) for i, r in job.renditions]
         if job.detect_image is not None:
             job.detect_image = _through(job.detect_image, table)
@@ -417,7 +429,7 @@ class ImageProcessor:
             if id(still) not in done:
                 done[id(still)] = convert_profile(still, job.icc, self.keep_icc_profile)
             job.stills[name] = done[id(still)]
-        job.preview = convert_profile(job.preview, job.icc, self.keep_icc_profile)
+        job.preview = convert_profile(job.placeholder_source(), job.icc, self.keep_icc_profile)
         job.renditions = [(i, convert_profile(r, job.icc, False)) for i, r in job.renditions]
         if job.detect_image is not None:  # the detector sees sRGB, whatever the outputs keep
             job.detect_image = convert_profile(job.detect_image, job.icc, False)
@@ -446,7 +458,7 @@ class ImageProcessor:
         elif job.faces:
             job.focal_point, job.focal_source = geometry.faces_centre(job.faces), "faces"
         else:
-            job.focal_point, job.focal_source = geometry.focal_point(job.preview), "attention"
+            job.focal_point, job.focal_source = geometry.focal_point(job.placeholder_source()), "attention"
 
     def _crop(self, job: Job) -> None:
         """Content-aware `cover` crops, scored on the converted pixels; the window is recorded (a
@@ -534,8 +546,8 @@ class ImageProcessor:
         if source.table is not None:  # Apple's map, as Ultra HDR values
             picture = picture.point(source.table * len(picture.getbands()))
         full = stored[::-1] if swapped else stored  # upright, undrafted
-        if job.orientation != 1:
-            picture = picture.transpose(_TRANSPOSE[job.orientation])
+        if (method := _TRANSPOSE[job.orientation]) is not None:  # None: orientation 1
+            picture = picture.transpose(method)
         box = geometry.content_box(picture.size, extent, job.orientation)
         ratio = (full[0] / job.width, full[1] / job.height)
         outputs = {variant.name: variant for variant in job.outputs}
@@ -562,9 +574,10 @@ class ImageProcessor:
 
     def _placeholder(self, job: Job) -> None:
         """BlurHash, ThumbHash and dominant colour of the whole frame (not of a cropped thumbnail)."""
-        job.blurhash = blurhash(job.preview)
-        job.thumbhash = thumbhash(job.preview)
-        job.dominant_color = dominant_color(job.preview)
+        preview = job.placeholder_source()
+        job.blurhash = blurhash(preview)
+        job.thumbhash = thumbhash(preview)
+        job.dominant_color = dominant_color(preview)
 
     PIPELINE = (
         _prepare,
@@ -619,7 +632,7 @@ class ImageProcessor:
         durations = []
         for frame in ImageSequence.Iterator(image):
             rgba = to_srgb(frame.convert("RGBA"), icc, self.keep_icc_profile)
-            bases = [(rgba, (0.0, 0.0, *rgba.size))]
+            bases: list[tuple[Image.Image, geometry.Box]] = [(rgba, (0.0, 0.0, *rgba.size))]
             for spec in specs:
                 resized = _render(bases, spec, width, height)
                 frames[spec.name].append(_crop(resized, spec, width, height, focus, faces, manual))
@@ -651,7 +664,7 @@ def _open(data: bytes, kind: str, max_pixels: int) -> Image.Image:
         raise TooManyPixels(f"the {kind} image is over the {max_pixels}-pixel limit") from None
     except _DECODE_ERRORS as exc:
         message = str(exc)
-        if kind == "heif" and isinstance(exc, Image.UnidentifiedImageError):
+        if kind == "heif" and isinstance(exc, UnidentifiedImageError):
             message = _heif_refusal(data) or message  # Pillow keeps only "cannot identify image file"
         raise _refusal(kind, message, f"not a readable {kind} file") from None
     finally:
@@ -704,10 +717,10 @@ def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, 
         sx, sy = (box[2] - box[0]) / width, (box[3] - box[1]) / height
         region = (box[0] + x0 * sx, box[1] + y0 * sy, box[0] + x1 * sx, box[1] + y1 * sy)
         out = geometry.output_size(spec, width, height)
-        if region == (0.0, 0.0, *base.size) and base.size == out:
+        if region == (0.0, 0.0, float(base.width), float(base.height)) and base.size == out:
             return base
         return _lanczos(base, out, region)
-    if base.size == full and box == (0.0, 0.0, *full):
+    if base.size == full and box == (0.0, 0.0, float(full[0]), float(full[1])):
         resized = base
     else:
         resized = _lanczos(base, full, box)
@@ -855,6 +868,14 @@ def _normalised_point(point: tuple[float, float]) -> tuple[float, float]:
     return (round(x, 4), round(y, 4))
 
 
+def _drop_decoder(image: Image.Image) -> None:
+    """Release a WebP file's decoder: libwebp's canvases and its copy of the file."""
+    from PIL import WebPImagePlugin
+
+    if isinstance(image, WebPImagePlugin.WebPImageFile):
+        image._decoder = None
+
+
 def _load_webp_still(image: Image.Image) -> Image.Image | None:
     """A still WebP's pixels wrapped without a copy, or None to take Pillow's usual path.
 
@@ -870,8 +891,8 @@ def _load_webp_still(image: Image.Image) -> Image.Image | None:
     if got is None:
         raise CorruptImage("webp could not be decoded: no frame")
     pixels = Image.frombuffer(rawmode, image.size, got[0], "raw", rawmode, 0, 1)
-    image._decoder = None  # frees libwebp's canvases
-    if rawmode == "RGBA" and pixels.getextrema()[3][0] == 255:
+    _drop_decoder(image)  # frees libwebp's canvases
+    if rawmode == "RGBA" and cast(tuple[tuple[int, int], ...], pixels.getextrema())[3][0] == 255:  # a pair a band
         # Lossless WebP always comes as RGBA: an alpha that is opaque everywhere is the padding
         # byte of RGBX, so the same buffer is read as RGBX (no copy, no premultiplied resize).
         pixels = Image.frombuffer("RGBX", image.size, got[0], "raw", "RGBX", 0, 1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import math
+from collections.abc import Iterable
+from typing import cast
 
 from PIL import Image
 
@@ -36,7 +38,8 @@ def blurhash(image: Image.Image, x_components: int = 4, y_components: int = 3) -
     small = image.convert("RGB")
     small.thumbnail((32, 32), Image.Resampling.BILINEAR)
     width, height = small.size
-    pixels = [(_TO_LINEAR[r], _TO_LINEAR[g], _TO_LINEAR[b]) for r, g, b in small.get_flattened_data()]
+    rgb = cast(Iterable[tuple[int, int, int]], small.get_flattened_data())  # an RGB image: (r, g, b) a pixel
+    pixels = [(_TO_LINEAR[r], _TO_LINEAR[g], _TO_LINEAR[b]) for r, g, b in rgb]
     cos_x = [[math.cos(math.pi * i * x / width) for x in range(width)] for i in range(x_components)]
     cos_y = [[math.cos(math.pi * j * y / height) for y in range(height)] for j in range(y_components)]
     factors = []
@@ -74,9 +77,10 @@ def dominant_color(image: Image.Image) -> str:
     small = image.convert("RGB")
     small.thumbnail((64, 64), Image.Resampling.BILINEAR)
     quantised = small.quantize(colors=8, method=Image.Quantize.MEDIANCUT)
-    count, index = max(quantised.getcolors())
-    palette = quantised.getpalette()[index * 3 : index * 3 + 3]
-    return "#{:02x}{:02x}{:02x}".format(*palette)
+    colors, palette = quantised.getcolors(), quantised.getpalette()
+    assert colors is not None and palette is not None  # a "P" image of at most 8 colours
+    _count, index = max(cast(list[tuple[int, int]], colors))  # (count, palette index)
+    return "#{:02x}{:02x}{:02x}".format(*palette[index * 3 : index * 3 + 3])
 
 
 def thumbhash(image: Image.Image, max_side: int = 32) -> str:

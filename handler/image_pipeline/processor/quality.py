@@ -145,6 +145,6 @@ def choose(
             quality = ceiling  # the last trial: the fixed setting, which always stands
         else:
             quality = (low + high) // 2 if best is not None else (low + high + 1) // 2
+    assert last is not None  # MAX_TRIALS ≥ 1
     chosen = best or last
-    assert chosen is not None
     return Choice(chosen.quality, chosen.data, chosen.ssim, last.trials, target)

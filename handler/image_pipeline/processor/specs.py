@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -136,7 +136,7 @@ class VariantConfig:
         object.__setattr__(self, "fit", _enum(Fit, self.fit, "fit"))
         if not (self.max_width and self.max_height):
             object.__setattr__(self, "fit", Fit.CONTAIN)  # one free side: nothing to crop
-        if self.gravity is None:
+        if cast(Gravity | None, self.gravity) is None:  # the default: chosen by the fit
             object.__setattr__(self, "gravity", Gravity.AUTO if self.fit is Fit.COVER else Gravity.CENTRE)
         object.__setattr__(self, "gravity", _enum(Gravity, self.gravity, "gravity"))
         if self.qauto is not None:

@@ -105,8 +105,8 @@ def _profile(xy: tuple[float, ...]) -> bytes:
     ratio = tuple(tuple(cone_d50[r] / cone_white[r] if r == c else 0.0 for c in range(3)) for r in range(3))
     adapt = _multiply(_inverse(_BRADFORD), _multiply(ratio, _BRADFORD))
     adapted = _multiply(adapt, to_xyz)
-    colorant = [tuple(adapted[r][c] for r in range(3)) for c in range(3)]
-    return matrix_profile("HDR10 tone-mapped (s3-image-pipeline)", *colorant, gamma=GAMMA)
+    red_xyz, green_xyz, blue_xyz = (tuple(adapted[r][c] for r in range(3)) for c in range(3))
+    return matrix_profile("HDR10 tone-mapped (s3-image-pipeline)", red_xyz, green_xyz, blue_xyz, gamma=GAMMA)
 
 
 def _xyz(x: float, y: float) -> tuple[float, float, float]:

@@ -330,7 +330,7 @@ def gain_map_xmp(metadata: Metadata) -> bytes:
     attributes = [f'xmlns:hdrgm="{HDRGM}"', f'hdrgm:Version="{metadata.version}"']
     elements = []
     channels = (metadata.gain_map_min, metadata.gain_map_max, metadata.gamma, metadata.offset_sdr, metadata.offset_hdr)
-    for name, values in zip(_FIELDS, channels):
+    for name, values in zip(_FIELDS, channels, strict=True):
         if len(set(values)) == 1:
             attributes.append(f'hdrgm:{name}="{_number(values[0])}"')
         else:

@@ -36,7 +36,9 @@ premultiplied: the pipeline premultiplies once itself.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from functools import lru_cache
+from typing import cast
 
 from PIL import Image
 
@@ -172,7 +174,7 @@ def library() -> ctypes.CDLL | None:
 
 
 @lru_cache(maxsize=1)
-def _advanced() -> tuple | None:
+def _advanced() -> tuple[Callable[..., int], Callable[..., int], Callable[..., None]] | None:
     """The advanced API's three functions (init, decode, free), typed, or None without them."""
     lib = library()
     if lib is None:
@@ -256,24 +258,27 @@ def decode_still(data: bytes, found: _Features, size: tuple[int, int] | None = N
     cannot decode it (a corrupt or truncated bitstream): the caller lets Pillow's decoder give
     its verdict."""
     full = (found.width, found.height)
-    scaled = size is not None and can_scale(found) and worth_scaling(found, size)
-    config = _config(size if scaled else None)
-    width, height = size if scaled and config is not None else full
+    wanted = size if size is not None and can_scale(found) and worth_scaling(found, size) else None
+    config = _config(wanted)
+    width, height = wanted if wanted is not None and config is not None else full
     stride = width * 4
     buffer = bytearray(stride * height)
     target = (ctypes.c_char * len(buffer)).from_buffer(buffer)
+    lib = library()
     try:
         if config is not None:
             done = _decode_advanced(data, config, ctypes.addressof(target), len(buffer), stride)
-        else:
-            done = library().WebPDecodeRGBAInto(data, len(data), ctypes.addressof(target), len(buffer), stride)
+        elif lib is not None:
+            done = lib.WebPDecodeRGBAInto(data, len(data), ctypes.addressof(target), len(buffer), stride)
+        else:  # `found` came from `features`, which needs the library: not reached
+            done = False
     finally:
         del target  # releases the export, so the buffer can be handed over
     if not done:
         raise Refused("libwebp could not decode the bitstream")
     mode = "RGBA" if found.has_alpha else "RGBX"
     pixels = Image.frombuffer(mode, (width, height), buffer, "raw", mode, 0, 1)
-    if mode == "RGBA" and pixels.getextrema()[3][0] == 255:
+    if mode == "RGBA" and cast(tuple[tuple[int, int], ...], pixels.getextrema())[3][0] == 255:  # one pair a band
         # Opaque everywhere: the same buffer read as RGBX (no copy, nothing to premultiply).
         pixels = Image.frombuffer("RGBX", (width, height), buffer, "raw", "RGBX", 0, 1)
     return pixels
@@ -299,7 +304,9 @@ def _config(size: tuple[int, int] | None) -> _Config | None:
 
 def _decode_advanced(data: bytes, config: _Config, address: int, length: int, stride: int) -> bool:
     """`WebPDecode` into our buffer at `address` (`length` bytes, rows `stride` apart)."""
-    _, decode, free = _advanced()
+    functions = _advanced()
+    assert functions is not None, "a configuration comes from the advanced API"
+    _, decode, free = functions
     config.output.u.RGBA.rgba = address
     config.output.u.RGBA.stride = stride
     config.output.u.RGBA.size = length
