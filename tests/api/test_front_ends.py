@@ -130,3 +130,28 @@ def test_srcset_lists_the_images_widths_and_signs_only_the_others(app_client):
         width_url(width_urls, 300)
     with pytest.raises(ValueError, match="not a width URL template"):
         srcset("/media/images/x/medium")
+
+
+def test_srcset_of_a_ratio_gives_its_windows_and_signs_what_the_allowlists_do_not_hold(app_client):
+    client, info = app_client
+    ratio_urls = info["ratio_urls"]
+    assert "{ratio}" in ratio_urls["template"]
+    square = srcset(ratio_urls, [64, 640], "webp", ratio="1x1")
+    (small, small_size), (large, _) = (entry.rsplit(" ", 1) for entry in square.split(", "))
+    assert small_size == "64w" and small == f"/media/images/{info['id']}/w64-1x1.webp"
+    assert "sig=" not in large
+    assert _fetched(client, small)[0].size == (64, 64)
+    assert _fetched(client, large)[0].size == (600, 600)  # the 900×600 picture's largest 1:1 window, not upscaled
+
+    # 5:7 is not in ONDEMAND_RATIOS: signed, and then made
+    tall = width_url(ratio_urls, 100, "jpg", ratio="5x7", signing_key=KEY)
+    assert re.fullmatch(rf"/media/images/{info['id']}/w100-5x7\.jpg\?sig=[\w-]{{43}}", tall)
+    assert _fetched(client, tall)[0].size == (100, 140)
+    with pytest.raises(ValueError, match="ratio 5x7 is outside the allowlist"):
+        width_url(ratio_urls, 640, ratio="5x7")
+    with pytest.raises(ValueError, match="16x9"):
+        width_url(ratio_urls, 100, ratio="32x18")  # one spelling per ratio, named
+    with pytest.raises(ValueError, match="needs ratio="):
+        srcset(ratio_urls)
+    with pytest.raises(ValueError, match=r"has no \{ratio\}"):
+        width_url(info["width_urls"], 100, ratio="1x1")
