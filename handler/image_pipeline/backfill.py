@@ -618,6 +618,9 @@ def command(args: Any) -> int:
     except (BotoCoreError, ClientError) as exc:
         raise BackfillError(f"cannot read s3://{target.bucket}: {exc}") from None
 
+    if getattr(args, "moderate", False):
+        return moderate(settings, s3, target, dry_run=args.dry_run, quiet=args.quiet)
+
     decide_only = args.dry_run or args.batch_operations
     summary = Summary(target.url, mode, workers)
     stop = threading.Event()
@@ -680,6 +683,51 @@ def command(args: Any) -> int:
         print(f"\n{summary.failures} failed; keys and error codes written to {failures.path}", file=sys.stderr)
         return 1
     return 0
+
+
+def moderate(settings: Any, s3: Any, target: Target, *, dry_run: bool, quiet: bool = False) -> int:
+    """`backfill --moderate`: the moderation gate over images published before it was on.
+
+    One process, one image at a time (the engine is the bottleneck: a model or a Rekognition call);
+    for each raw object whose outputs are published without a verdict, the largest variant is
+    classified. `--dry-run` prints what would be held and changes nothing; without it those images
+    are held (outputs removed, raw tagged `held`, the moderation record written: they join the
+    review queue). Images already judged, or not published, are skipped; a rerun resumes."""
+    if settings.moderation == "off":
+        raise BackfillError("--moderate needs MODERATION=local or rekognition in the environment")
+    from .runtime import Runtime
+
+    runtime = Runtime(settings)
+    counts: Counter[str] = Counter()
+    flagged: list[tuple[str, str]] = []
+    failed: list[tuple[str, str]] = []
+
+    async def each() -> None:
+        store = await runtime.store(target.bucket)
+        for ref in list_objects(s3, target):
+            outcome = await runtime.service.moderate_published(store, ref, apply=not dry_run)
+            counts[outcome.status] += 1
+            if outcome.status in ("held", "would_hold"):
+                flagged.append((ref.key, outcome.reason))
+                if not quiet:
+                    print(f"{'would hold' if outcome.status == 'would_hold' else 'held'}: {ref.key}  {outcome.reason}")
+            elif outcome.status == "failed":
+                failed.append((ref.key, outcome.reason))
+
+    try:
+        runtime.run(each)
+    finally:
+        runtime.close()
+    verb = "would hold" if dry_run else "held"
+    print(
+        f"moderate {target.url}: {counts['passed']} passed, {len(flagged)} {verb}, "
+        f"{counts['skipped']} skipped (not published, or judged already), {len(failed)} without a verdict"
+    )
+    for key, reason in failed:
+        print(f"  no verdict: {key}: {reason}", file=sys.stderr)
+    if dry_run and flagged:
+        print("run again without --dry-run to hold them")
+    return 1 if failed else 0
 
 
 def _print_samples(summary: Summary, chosen: frozenset[str]) -> None:

@@ -89,6 +89,11 @@ def _add_backfill(commands: argparse._SubParsersAction) -> None:
     backfill.set_defaults(mode="stale")
     backfill.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     backfill.add_argument("--dry-run", action="store_true", help="print the counts and a sample; change nothing")
+    backfill.add_argument(
+        "--moderate",
+        action="store_true",
+        help="MODERATION on later: classify images already published, hold the flagged ones (--dry-run: list them)",
+    )
     backfill.add_argument("--endpoint-url", help="another S3 endpoint (moto, MinIO, LocalStack)")
     backfill.add_argument(
         "--failed-keys",

@@ -13,6 +13,7 @@ report it so it is retried).
     │   ├── StorageFailure (transient): storage_error
     │   ├── StorageDenied (permanent): storage_denied
     │   └── ObjectNotFound, ObjectChanged (permanent; storage/base.py): answers, not failures
+    ├── ModerationUnavailable (transient): moderation_unavailable
     ├── OutOfTime (transient): out_of_time
     └── Busy (transient): busy — every image slot of the process taken (the API's 503)
 """
@@ -94,6 +95,20 @@ class NameConflict(ImageRejected):
     code = "name_conflict"
 
 
+class Moderated(ImageRejected):
+    """A reviewer rejected the upload after the moderation check held it (moderation/)."""
+
+    code = "moderated"
+
+
+class ModerationUnavailable(PipelineError):
+    """The moderation engine gave no verdict (an error, a timeout, throttled past its retries): the
+    record is retried; after MODERATION_MAX_ATTEMPTS tries the image is held (fail closed)."""
+
+    code = "moderation_unavailable"
+    permanent = False
+
+
 class StoreError(PipelineError):
     """Something the store answered or failed to do; see the subclasses for whether to retry."""
 
@@ -153,6 +168,8 @@ ERROR_CODES = tuple(
         CorruptImage,
         InvalidKey,
         NameConflict,
+        Moderated,
+        ModerationUnavailable,
         StorageFailure,
         OutOfTime,
         StorageDenied,

@@ -30,6 +30,7 @@ def build(
     fingerprint: str,
     lazy: list[dict] | None = None,
     owner: str | None = None,
+    moderation: dict | None = None,
 ) -> dict:
     """`lazy`: the configured lazy variants ({name, key, format, content_type}), made on their first
     request (ondemand/): listed so status and completion events can say they are not made yet."""
@@ -74,6 +75,10 @@ def build(
     }
     if lazy:
         record["lazy_variants"] = lazy
+    if moderation is not None:
+        # MODERATION on: the engine's labels and scores, and what was done (publish, blur: the
+        # variants are strongly blurred, `blurred: true`; approved: held, then approved by a reviewer).
+        record["moderation"] = moderation
     return record
 
 

@@ -5,6 +5,11 @@
                                      key, width, height, bytes, content_type}], lazy_variants:
                                      [{name, key, content_type, made: false}], placeholder}
                  Image Rejected    {id, owner, bucket, raw_key, error_code, reason}
+                                   (error_code `moderated`: a reviewer rejected a held upload)
+                 Image Held        {id, owner, bucket, raw_key, etag, reason, labels, scores,
+                                     engine, moderation_key}: MODERATION flagged it (reason
+                                     `flagged`) or gave no verdict (`moderation_unavailable`); nothing
+                                     is published until a review approves it (then: Image Processed)
 
 `owner` is whom the image belongs to (the uploader's token claim, see the API's OWNER_CLAIM, or
 IAM principal), null for an upload without one.
@@ -30,10 +35,12 @@ from typing import Any
 
 from . import ids, keys
 from .errors import PipelineError
+from .moderation.gate import record_key as moderation_key
 
 SOURCE = "image-pipeline"
 PROCESSED = "Image Processed"
 REJECTED = "Image Rejected"
+HELD = "Image Held"
 
 
 class PublishFailed(PipelineError):
@@ -79,6 +86,19 @@ class Notifier:
         if outcome.status == "failed":
             detail = {**base, "owner": outcome.owner, "error_code": outcome.error_code, "reason": outcome.reason}
             return self._entry(REJECTED, detail, ref)
+        if outcome.status == "held":
+            record = outcome.moderation or {}
+            detail = {
+                **base,
+                "owner": outcome.owner,
+                "etag": record.get("etag"),
+                "reason": record.get("reason"),
+                "labels": record.get("labels") or [],
+                "scores": record.get("scores") or {},
+                "engine": record.get("engine"),
+                "moderation_key": moderation_key(ref.key, self.raw_prefix),
+            }
+            return self._entry(HELD, detail, ref)
         if outcome.status not in ("processed", "skipped"):
             return None
         prefix = keys.output_prefix(ref.key, self.raw_prefix, self.processed_prefix)

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from .errors import OutOfTime
 from .faces import detector_for
+from .moderation import gate_from
 from .notify import Notifier
 from .pool import ProcessingPool
 from .processor import ImageProcessor
@@ -42,6 +43,7 @@ class Runtime:
             disposition=settings.raw_disposition,
             # One record at a time: it waits for its slot (a cut-off record's image) without bound.
             pool=ProcessingPool.of_process(settings.process_concurrency),
+            gate=gate_from(settings),  # MODERATION: judged before anything is published
         )
         # The aioboto3 client is bound to the loop that opened it, so the loop is kept too.
         self._runner = asyncio.Runner()

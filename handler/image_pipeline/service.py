@@ -8,6 +8,12 @@
       replaced it meanwhile, go again with that one: our writes may have interleaved with its
       own invocation's, and the last writer must leave outputs that match the raw object
 
+With a moderation gate (`gate`, MODERATION), the processed image is judged before anything is
+written: publish (as above, the manifest recording the verdict under `moderation`), blur (strongly
+blurred variants are published instead) or hold: nothing is written under the output prefix (a
+previous upload's outputs there are removed), the raw object is tagged `held` and the verdict kept
+in its moderation record (moderation/gate.py) until `review` approves or rejects it.
+
 A bad image (any `ImageRejected`) is tagged `failed` with its code and kept; nothing is written
 under the output prefix. `remove` is the one call for "this upload is gone": it deletes the
 outputs (manifest last) while the manifest still belongs to that raw key. A storage failure
@@ -27,16 +33,22 @@ from time import perf_counter
 
 from . import ids, keys, manifest
 from .errors import (
+    Busy,
     CorruptImage,
     ImageRejected,
+    Moderated,
     NameConflict,
     PipelineError,
     StorageDenied,
     StorageFailure,
     TooManyPixels,
 )
+from .moderation import ModerationUnavailable
+from .moderation import gate as moderation
+from .moderation.gate import Gate, Judgement
 from .pool import ProcessingPool
 from .processor import Face, ImageFormat, ImageProcessor, ProcessedImage, VariantConfig
+from .processor.blur import blurred, rendition_of
 from .processor.fingerprint import fingerprint
 from .processor.geometry import output_size
 from .processor.specs import Fit, Gravity
@@ -45,6 +57,10 @@ from .storage.base import merge_tags
 
 STATUS_TAG = "image-pipeline-status"
 ERROR_TAG = "image-pipeline-error"
+RENDITION = 320  # px, longest side of what the moderation gate looks at (see ImageProcessor.rendition)
+# A stored verdict for the same upload is used again (a replay, a reprocess, an approval) instead of
+# asking the engine again; the state → the action.
+_DECIDED = {"held": "hold", "approved": "publish", "passed": "publish", "blurred": "blur"}
 MAX_ROUNDS = 3  # passes over one object when it keeps being replaced while being processed
 
 
@@ -81,7 +97,7 @@ class Made:
 class Outcome:
     """What happened to one object; the handler logs and counts it."""
 
-    status: str  # processed | skipped | failed | ignored | gone | removed
+    status: str  # processed | skipped | failed | ignored | gone | removed | held
     key: str
     reason: str = ""
     error_code: str | None = None
@@ -92,6 +108,20 @@ class Outcome:
     outputs: list[dict] = field(default_factory=list)
     tags_dropped: list[str] = field(default_factory=list)  # ours, no room beside the uploader's 10
     owner: str | None = None  # whom the upload belongs to (its metadata, checked against its id)
+    moderation: dict | None = None  # held: the moderation record (labels, scores, reason)
+
+
+class ReviewConflict(Exception):
+    """A review decision that cannot be taken: never held, or already decided the other way."""
+
+
+@dataclass
+class Reviewed:
+    """A review decision taken (or taken before: `repeated`): the record and what it did."""
+
+    record: dict
+    outcome: Outcome
+    repeated: bool = False
 
 
 class ImageService:
@@ -103,15 +133,20 @@ class ImageService:
         processed_prefix: str = "processed/",
         disposition: str = "tag",
         pool: ProcessingPool | None = None,
+        gate: Gate | None = None,
     ) -> None:
         """`pool`: where image work runs (a worker thread, the process's bounded slots; see
-        pool.py). Default: the process's slots, one per CPU, waiting as long as it takes."""
+        pool.py). Default: the process's slots, one per CPU, waiting as long as it takes.
+        `gate`: the moderation check between processed and published (None: every image is published)."""
         if disposition not in ("tag", "delete"):
             raise ValueError("disposition must be 'tag' or 'delete'")
         # Lazy variants are made on their first request (make_variant), not on upload; they are
         # part of the configuration all the same (the fingerprint, removals, the manifest's list).
         self.fingerprint = fingerprint(processor)
         self.lazy = tuple(v for v in processor.variants if v.lazy)
+        self.gate = gate
+        if gate is not None and not processor.rendition:
+            processor = _with_variants(processor, list(processor.variants), rendition=RENDITION)
         if self.lazy:
             processor = _with_variants(processor, [v for v in processor.variants if not v.lazy])
         self.processor = processor
@@ -166,6 +201,8 @@ class ImageService:
             return Outcome("ignored", raw_key, reason=f"no outputs: outside {self.raw_prefix!r} or an invalid key")
         if delete_raw:
             await store.delete(raw_key)
+            if self.gate is not None:
+                await self.forget(store, raw_key)
         elif self.disposition == "delete":
             return Outcome(
                 "ignored", raw_key, reason="delete mode: raw objects are removed once processed; outputs stay"
@@ -181,13 +218,7 @@ class ImageService:
         if record is None or record.key != raw_key:
             reason = "no manifest" if record is None else f"the outputs belong to {record.key!r}"
             return Outcome("ignored", raw_key, reason=reason)
-        made_on_request = await self._made_on_request(store, prefix)
-        targets = {
-            k for k in (*record.output_keys, *self._possible_outputs(prefix), *made_on_request) if k.startswith(prefix)
-        }
-        targets.discard(manifest_key)
-        await asyncio.gather(*(store.delete(k) for k in sorted(targets)))
-        await store.delete(manifest_key)
+        targets = await self._unpublish(store, prefix, record)
         if not delete_raw and await store.etag(raw_key) is not None:
             # Re-uploaded while we deleted: its own run may have ended before our deletes.
             return await self.handle(store, ObjectRef(record.bucket, raw_key))
@@ -198,6 +229,25 @@ class ImageService:
             total_ms=(perf_counter() - started) * 1000,
             outputs=[{"key": k} for k in sorted(targets)] + [{"name": "manifest", "key": manifest_key}],
         )
+
+    async def _unpublish(self, store: ObjectStore, prefix: str, record: manifest.Recorded) -> list[str]:
+        """Delete every output `record` lists, every key a configured variant can have under
+        `prefix` and what was made there on request; the manifest last. The keys deleted (without it)."""
+        manifest_key = keys.manifest_key(prefix)
+        made_on_request = await self._made_on_request(store, prefix)
+        targets = {
+            k for k in (*record.output_keys, *self._possible_outputs(prefix), *made_on_request) if k.startswith(prefix)
+        }
+        targets.discard(manifest_key)
+        await asyncio.gather(*(store.delete(k) for k in sorted(targets)))
+        await store.delete(manifest_key)
+        return sorted(targets)
+
+    async def forget(self, store: ObjectStore, raw_key: str) -> None:
+        """Delete the upload's moderation record and its place in the review queue (the upload is
+        gone for good)."""
+        await store.delete(moderation.held_key(raw_key, self.raw_prefix))
+        await store.delete(moderation.record_key(raw_key, self.raw_prefix))
 
     def _possible_outputs(self, prefix: str, specs: tuple[VariantConfig, ...] | None = None) -> set[str]:
         """Every key a configured variant (of `specs`; default all, lazy ones included) can have
@@ -280,7 +330,11 @@ class ImageService:
         raw = await store.read(str(source["key"]), max_bytes=self.processor.limits.max_bytes)
         # The subject the manifest recorded (its faces, a focal point set by hand): a crop made on
         # request keeps what the eager ones keep, and the detector is not run again.
-        processed = await self._process(_with_variants(self.processor, [spec]), raw.data, **manifest.subject(record))
+        processed = await self._process(
+            _with_variants(self.processor, [spec], rendition=0), raw.data, **manifest.subject(record)
+        )
+        if (record.get("moderation") or {}).get("blurred"):  # MODERATION_ACTION=blur flagged it: so is this
+            processed = await self.pool.run(blurred, processed, self.processor.background_color)
         (variant,) = processed.variants
         meta = {
             "width": str(variant.width),
@@ -296,6 +350,93 @@ class ImageService:
             with contextlib.suppress(ObjectNotFound, ObjectChanged):
                 await store.delete(key, etag=hashlib.md5(variant.data, usedforsecurity=False).hexdigest())
         return Made(key, variant.data, variant.content_type, made=True)
+
+    async def moderate_published(self, store: ObjectStore, ref: ObjectRef, *, apply: bool) -> Outcome:
+        """Moderation turned on later, for an image already published (`backfill --moderate`).
+
+        The largest variant the manifest lists is classified (never the upload again); an image
+        the gate flags is held when `apply` ("would_hold" without it): its outputs are removed, the
+        raw object is tagged `held` and the record written, as if it had been held on arrival.
+        Outcome status: held | would_hold | passed | skipped (not published, or already judged)."""
+        if self.gate is None:
+            raise ValueError("moderation is off (MODERATION=off)")
+        started = perf_counter()
+        prefix = self.output_prefix(ref.key)
+        if prefix is None:
+            return Outcome("skipped", ref.key, reason="outside the raw prefix")
+        stored = await _read_if_any(store, keys.manifest_key(prefix))
+        record = manifest.parse(stored.data if stored else None)
+        recorded = manifest.recorded(stored.data if stored else None)
+        if record is None or recorded is None or recorded.key != ref.key:
+            return Outcome("skipped", ref.key, reason="not published (no manifest of its own)")
+        if record.get("moderation"):
+            return Outcome("skipped", ref.key, reason="already judged when it was published")
+        largest = max(record.get("variants") or [], key=lambda v: int(v.get("width", 0)) * int(v.get("height", 0)))
+        data = (await store.read(str(largest["key"]))).data
+        rendition = await self.pool.run(rendition_of, data, RENDITION)
+        try:
+            outcome = await self.pool.run(self.gate.classify, ((0, rendition),))
+        except ModerationUnavailable as exc:
+            return Outcome("failed", ref.key, reason=exc.message, error_code=exc.code)
+        owner = record.get("owner")
+        judged = self.gate.judge(None, ref.key, recorded.etag, owner, outcome)
+        flagged = judged.action != "publish"
+        if flagged and apply and await store.etag(ref.key) != recorded.etag:
+            reason = "flagged, but the upload it was made from is gone (RAW_DISPOSITION=delete?): nothing to hold"
+            return Outcome("would_hold", ref.key, reason=reason, owner=owner, moderation=judged.record)
+        if not flagged or not apply:
+            status = "would_hold" if flagged else "passed"
+            labels = ", ".join(judged.record.get("labels") or ())
+            return Outcome(status, ref.key, reason=labels, owner=owner, moderation=judged.record)
+        held = Judgement("hold", {**judged.record, "state": "held", "held_at": moderation.now()})
+        await store.write(
+            moderation.record_key(ref.key, self.raw_prefix), moderation.dumps(held.record), "application/json", {}
+        )
+        raw = RawObject(b"", recorded.etag, 0)
+        outcome_ = await self._hold(store, ref, prefix, raw, held, recorded, started, owner)
+        return outcome_ or Outcome("skipped", ref.key, reason="replaced by a new upload meanwhile")
+
+    async def review(self, store: ObjectStore, bucket: str, raw_key: str, decision: str, by: str | None) -> Reviewed:
+        """A reviewer's decision on a held upload: `approve` publishes it as if it had passed
+        (outputs, manifest with `moderation.action: approved`); `reject` deletes the upload and
+        any output (the moderation record stays, saying `rejected`, so the same decision sent
+        again answers the same; a later upload under the key has another ETag and starts over).
+
+        The same decision again: the same answer (an approval whose publishing failed midway is
+        finished now). The other decision, or an upload never held: `ReviewConflict`."""
+        if decision not in ("approve", "reject"):
+            raise ValueError("decision must be approve or reject")
+        record_key = moderation.record_key(raw_key, self.raw_prefix)
+        record = moderation.parse(await store.read_optional(record_key))
+        state = (record or {}).get("state")
+        wanted = "approved" if decision == "approve" else "rejected"
+        if record is None or state not in ("held", "approved", "rejected"):
+            raise ReviewConflict("this image was never held for review")
+        if state not in ("held", wanted):
+            raise ReviewConflict(f"this image was already {state}")
+        if state == "held":
+            if await store.etag(raw_key) != record["etag"]:
+                raise ReviewConflict("the upload held is no longer there (deleted or replaced)")
+            record = {**record, "state": wanted, "decided_at": moderation.now(), "decided_by": by}
+            await store.write(record_key, moderation.dumps(record), "application/json", {})
+            await store.delete(moderation.held_key(raw_key, self.raw_prefix))
+        ref = ObjectRef(bucket, raw_key)
+        if decision == "approve":
+            outcome = await self.handle(store, ref)
+            return Reviewed(record, outcome, repeated=state == wanted)
+        if await store.etag(raw_key) == record["etag"]:
+            with contextlib.suppress(ObjectNotFound, ObjectChanged):
+                await store.delete(raw_key, etag=record["etag"])
+        await self.remove(store, raw_key)
+        outcome = Outcome(
+            "failed",
+            raw_key,
+            reason="rejected by a reviewer",
+            error_code=Moderated.code,
+            owner=record.get("owner"),
+            moderation=record,
+        )
+        return Reviewed(record, outcome, repeated=state == wanted)
 
     async def _process(
         self,
@@ -478,6 +619,118 @@ class ImageService:
             error = CorruptImage(f"{type(exc).__name__}: {exc}")
             return await self._reject(store, ref, error, started, etag=raw.etag, bytes_in=raw.size, owner=uploader)
 
+        return await self._release(store, ref, prefix, raw, processed, stored_manifest, previous, started, uploader)
+
+    async def _release(
+        self,
+        store: ObjectStore,
+        ref: ObjectRef,
+        prefix: str,
+        raw: RawObject,
+        processed: ProcessedImage,
+        stored_manifest: RawObject | None,
+        previous: manifest.Recorded | None,
+        started: float,
+        uploader: str | None,
+    ) -> Outcome | None:
+        """The gate between processed and published: publish, publish blurred, or hold."""
+        judged = await self._judge(store, ref, raw, processed, uploader)
+        if judged is None or judged.action == "publish":
+            return await self._publish(
+                store, ref, prefix, raw, processed, stored_manifest, previous, started, uploader, judged
+            )
+        if judged.action == "blur":
+            processed = await self.pool.run(blurred, processed, self.processor.background_color)
+            return await self._publish(
+                store, ref, prefix, raw, processed, stored_manifest, previous, started, uploader, judged
+            )
+        return await self._hold(store, ref, prefix, raw, judged, previous, started, uploader)
+
+    async def _judge(
+        self, store: ObjectStore, ref: ObjectRef, raw: RawObject, processed: ProcessedImage, owner: str | None
+    ) -> Judgement | None:
+        """The gate's judgement (None without a gate). A verdict already stored for this upload is
+        used again; otherwise the engine classifies the processor's renditions (in an image slot).
+        No verdict: `ModerationUnavailable` is raised (the record is retried) while tries are left,
+        counted in the moderation record; then the image is held (fail closed)."""
+        if self.gate is None:
+            return None
+        record_key = moderation.record_key(ref.key, self.raw_prefix)
+        previous = moderation.parse(await store.read_optional(record_key))
+        if previous is not None and previous.get("etag") == raw.etag and previous.get("state") in _DECIDED:
+            return Judgement(_DECIDED[previous["state"]], previous)
+        outcome: tuple | Exception
+        try:
+            outcome = await self.pool.run(self.gate.classify, processed.renditions)
+        except Busy:
+            raise
+        except ModerationUnavailable as exc:
+            outcome = exc
+        except Exception as exc:  # noqa: BLE001 - an engine's crash is no verdict either: fail closed
+            outcome = ModerationUnavailable(f"{type(exc).__name__}: {exc}")
+        try:
+            judged = self.gate.judge(previous, ref.key, raw.etag, owner, outcome)
+        except moderation.Retry as retry:
+            await store.write(record_key, moderation.dumps(retry.record), "application/json", {})
+            raise
+        await store.write(record_key, moderation.dumps(judged.record), "application/json", {})
+        return judged
+
+    async def _hold(
+        self,
+        store: ObjectStore,
+        ref: ObjectRef,
+        prefix: str,
+        raw: RawObject,
+        judged: Judgement,
+        previous: manifest.Recorded | None,
+        started: float,
+        uploader: str | None,
+    ) -> Outcome | None:
+        """Nothing under the output prefix (an earlier upload's outputs there are removed), the raw
+        object tagged `held` (kept whatever RAW_DISPOSITION says: a reviewer needs it), the verdict
+        in the moderation record (`_judge` wrote it). None when a newer upload replaced it meanwhile."""
+        if previous is not None and previous.key == ref.key:
+            await self._unpublish(store, prefix, previous)
+        held_key = moderation.held_key(ref.key, self.raw_prefix)
+        await store.write(held_key, moderation.dumps(judged.record), "application/json", {})
+        unavailable = judged.record.get("reason") == moderation.UNAVAILABLE
+        tags = {STATUS_TAG: "held", **({ERROR_TAG: moderation.UNAVAILABLE} if unavailable else {})}
+        try:
+            dropped = await self._tag(store, ref.key, tags, etag=raw.etag, remove=() if unavailable else (ERROR_TAG,))
+        except ObjectNotFound:
+            dropped = []
+        except ObjectChanged:
+            return None
+        labels = ", ".join(judged.record.get("labels") or ()) or "no verdict"
+        return Outcome(
+            "held",
+            ref.key,
+            reason=f"held for review: {labels}",
+            error_code=moderation.UNAVAILABLE if unavailable else None,
+            bytes_in=raw.size,
+            total_ms=(perf_counter() - started) * 1000,
+            tags_dropped=dropped,
+            owner=uploader,
+            moderation=judged.record,
+        )
+
+    async def _publish(
+        self,
+        store: ObjectStore,
+        ref: ObjectRef,
+        prefix: str,
+        raw: RawObject,
+        processed: ProcessedImage,
+        stored_manifest: RawObject | None,
+        previous: manifest.Recorded | None,
+        started: float,
+        uploader: str | None,
+        judged: Judgement | None = None,
+    ) -> Outcome | None:
+        """Write the outputs and the manifest, remove what the previous one had that this one has
+        not, and mark the raw object (see the module's docstring)."""
+        manifest_key = keys.manifest_key(prefix)
         record, winner = await self._write_outputs(
             store,
             ref,
@@ -487,6 +740,7 @@ class ImageService:
             started,
             stored_manifest.etag if stored_manifest else None,
             uploader,
+            judged.manifest_entry() if judged is not None else None,
         )
         if winner is not None:  # another name took the prefix while we wrote: see `_write_outputs`
             await self._repair(store, winner, prefix)
@@ -529,6 +783,7 @@ class ImageService:
         started: float,
         manifest_etag: str | None,
         owner: str | None = None,
+        moderated: dict | None = None,
     ) -> tuple[dict, manifest.Recorded | None]:
         """Every variant at once, then the manifest: its presence means all of them are there.
 
@@ -558,6 +813,7 @@ class ImageService:
             fingerprint=self.fingerprint,
             lazy=[self._lazy_entry(prefix, spec, processed.source.type) for spec in self.lazy],
             owner=owner,
+            moderation=moderated,
         )
         data, manifest_key = manifest.dumps(record), keys.manifest_key(prefix)
         for _ in range(MAX_ROUNDS):
@@ -657,13 +913,17 @@ async def _read_if_any(store: ObjectStore, key: str) -> RawObject | None:
         return None
 
 
-def _with_variants(processor: ImageProcessor, variants: list[VariantConfig]) -> ImageProcessor:
-    """A processor with `processor`'s settings (limits, colour, metadata, background) and other specs."""
+def _with_variants(
+    processor: ImageProcessor, variants: list[VariantConfig], *, rendition: int | None = None
+) -> ImageProcessor:
+    """A processor with `processor`'s settings (limits, colour, metadata, background, rendition)
+    and other specs."""
     return ImageProcessor(
         variants,
         strip_metadata=processor.strip_metadata,
         background_color=processor.background_color,
         limits=processor.limits,
         keep_icc_profile=processor.keep_icc_profile,
+        rendition=processor.rendition if rendition is None else rendition,
         face_detector=processor.face_detector,
     )

@@ -31,9 +31,20 @@ DEFAULTS: dict[str, str] = {
     "S3_MAX_ATTEMPTS": "5",
     "TIME_RESERVE_MS": "10000",
     "EVENT_BUS_NAME": "",  # empty: no completion events (see notify.py)
+    "MODERATION": "off",  # the templates' `Moderation` parameter (docs/moderation.md)
     # which engine finds the faces `auto` crops keep and the manifest records (image_pipeline/faces):
     # in-process and offline (`local`), Amazon Rekognition, or none
     "FACE_DETECTION": "local",
+}
+# A check on the picture before anything is published (moderation/; docs/moderation.md). The
+# templates set MODERATION from their `Moderation` parameter; the others keep these defaults.
+MODERATION_DEFAULTS: dict[str, str] = {
+    "MODERATION": DEFAULTS["MODERATION"],
+    "MODERATION_THRESHOLD": "0.8",
+    "MODERATION_LABELS": "Explicit Nudity,Explicit,Violence,Hate Symbols",
+    "MODERATION_MIN_CONFIDENCE": "80",
+    "MODERATION_ACTION": "hold",
+    "MODERATION_MAX_ATTEMPTS": "3",
 }
 # Where images are processed in a long-running process (the API, `serve`): not in the template,
 # since a Lambda function processes one record at a time and waits for its slot without bound.
@@ -60,6 +71,13 @@ class Settings:
     event_bus_name: str | None = None
     process_concurrency: int | None = None  # images processed at once (PROCESS_CONCURRENCY); None: the CPUs
     process_wait_ms: int = PROCESS_WAIT_MS_DEFAULT  # the API's wait for a slot before 503 busy (PROCESS_WAIT_MS)
+    moderation: str = "off"  # off | local | rekognition
+    moderation_threshold: float = 0.8  # local: a score at or above it flags the image
+    moderation_labels: tuple[str, ...] = ("Explicit Nudity", "Explicit", "Violence", "Hate Symbols")
+    moderation_min_confidence: float = 80.0  # rekognition: percent
+    moderation_action: str = "hold"  # hold | blur
+    moderation_max_attempts: int = 3  # tries of an engine that gives no verdict, then held (fail closed)
+    rekognition_endpoint_url: str | None = None
     face_detection: str = FACE_DETECTION_DEFAULT  # FACE_DETECTION: local, rekognition or off
 
     @classmethod
@@ -131,6 +149,7 @@ class Settings:
         if not cache_control or not all(32 <= ord(c) < 127 for c in cache_control):
             problems.append(f"CACHE_CONTROL={cache_control!r} must be a non-empty printable ASCII header value")
 
+        moderation = _moderation(env, problems)
         face_detection = env.get("FACE_DETECTION", FACE_DETECTION_DEFAULT).strip().lower() or FACE_DETECTION_DEFAULT
         if face_detection not in FACE_ENGINES:
             problems.append(f"FACE_DETECTION={face_detection!r} must be one of {', '.join(FACE_ENGINES)}")
@@ -153,11 +172,56 @@ class Settings:
                 integer("PROCESS_CONCURRENCY", default="1") if env.get("PROCESS_CONCURRENCY", "").strip() else None
             ),
             process_wait_ms=integer("PROCESS_WAIT_MS", low=0, default=str(PROCESS_WAIT_MS_DEFAULT)),
+            moderation_max_attempts=integer(
+                "MODERATION_MAX_ATTEMPTS", default=MODERATION_DEFAULTS["MODERATION_MAX_ATTEMPTS"]
+            ),
+            **moderation,
             face_detection=face_detection,
         )
         if problems:
             raise ConfigError("invalid image-pipeline settings:\n  - " + "\n  - ".join(problems))
         return settings
+
+
+def _moderation(env: Mapping[str, str], problems: list[str]) -> dict:
+    """MODERATION and the settings of its engines and action (docs/moderation.md)."""
+
+    def get(name: str) -> str:
+        return env.get(name, MODERATION_DEFAULTS[name]).strip()
+
+    engine = get("MODERATION").lower()
+    if engine not in ("off", "local", "rekognition"):
+        problems.append(f"MODERATION={engine!r} must be one of off, local, rekognition")
+        engine = "off"
+
+    def number(name: str, low: float, high: float) -> float:
+        raw = get(name)
+        try:
+            value = float(raw)
+        except ValueError:
+            problems.append(f"{name}={raw!r} is not a number")
+            return float(MODERATION_DEFAULTS[name])
+        if not low <= value <= high:
+            problems.append(f"{name}={raw} must be between {low:g} and {high:g}")
+        return value
+
+    labels = tuple(dict.fromkeys(label.strip() for label in get("MODERATION_LABELS").split(",") if label.strip()))
+    if not labels:
+        problems.append("MODERATION_LABELS must name at least one Rekognition top-level category (e.g. Violence)")
+    elif bad := [label for label in labels if not re.fullmatch(r"[A-Za-z0-9 &'/-]{1,100}", label)]:
+        problems.append(f"MODERATION_LABELS has names that are not Rekognition categories: {bad}")
+    action = get("MODERATION_ACTION").lower()
+    if action not in ("hold", "blur"):
+        problems.append(f"MODERATION_ACTION={action!r} must be hold or blur")
+        action = "hold"
+    return {
+        "moderation": engine,
+        "moderation_threshold": number("MODERATION_THRESHOLD", 0.0, 1.0),
+        "moderation_labels": labels,
+        "moderation_min_confidence": number("MODERATION_MIN_CONFIDENCE", 0.0, 100.0),
+        "moderation_action": action,
+        "rekognition_endpoint_url": env.get("AWS_ENDPOINT_URL_REKOGNITION") or None,
+    }
 
 
 def _event_bus(value: str, problems: list[str]) -> str | None:

@@ -36,6 +36,7 @@ DIRECT = "template.yaml"  # S3 notification -> Lambda (async), on-failure destin
 CDN_STACK = "stacks/cdn.yaml"  # nested as CdnStack (Cdn=true): CloudFront, sizes on demand
 OPS_STACK = "stacks/ops.yaml"  # nested as OpsStack: alarm topic, alarms, dashboard
 EVENTS_STACK = "stacks/events.yaml"  # nested as EventsStack (EventBusName set): events:PutEvents
+MODERATION_STACK = "stacks/moderation.yaml"  # nested as ModerationStack (Moderation != off)
 BUFFERED = "template-buffered.yaml"  # S3 notification -> SQS -> Lambda event source mapping
 POWERTOOLS = {
     # the metrics' `service` dimension: the stack's name, so two stacks in one account (staging and
@@ -46,12 +47,13 @@ POWERTOOLS = {
 }
 S3_OBJECT_ACTIONS_ALLOWED = {
     # action -> the only key prefixes it may be granted on
-    "s3:GetObject": {"raw/", "processed/"},
+    "s3:GetObject": {"raw/", "processed/", "moderation/"},
     "s3:GetObjectTagging": {"raw/"},
     "s3:PutObjectTagging": {"raw/"},
     "s3:DeleteObject": {"raw/", "processed/"},
-    "s3:PutObject": {"processed/"},
+    "s3:PutObject": {"processed/", "moderation/"},
 }
+MODERATION = {"moderation/"}  # the moderation records (Moderation != off): never served
 
 
 # ---------------------------------------------------------------- helpers
@@ -377,7 +379,7 @@ def test_object_actions_are_confined_to_their_prefix(
     for action, prefixes in granted.items():
         assert prefixes <= S3_OBJECT_ACTIONS_ALLOWED[action], f"{action} granted on {prefixes}"
     # And what the handler needs is actually there.
-    assert granted.get("s3:PutObject") == {"processed/"}
+    assert granted.get("s3:PutObject", set()) - MODERATION == {"processed/"}
     assert granted.get("s3:DeleteObject") == {"raw/", "processed/"}
     assert {"raw/", "processed/"} <= granted.get("s3:GetObject", set())
     assert granted.get("s3:GetObjectTagging") == {"raw/"}
@@ -433,7 +435,9 @@ def _grants_s3(document: dict[str, Any]) -> bool:
 
 
 # Actions that name no resource (IAM accepts only "*" for them), each granted alone in its statement.
-RESOURCELESS = {"rekognition:DetectFaces"}
+# Actions with no resource-level permissions (Resource "*" is the only form IAM accepts):
+# FaceDetection=rekognition's DetectFaces, Moderation=rekognition's DetectModerationLabels.
+RESOURCELESS = {"rekognition:DetectFaces", "rekognition:DetectModerationLabels"}
 
 
 def test_own_policies_grant_no_wildcard_resource(template: dict[str, Any]) -> None:
@@ -724,6 +728,7 @@ LOCK_FILES = {
     "stacks/api-layer/requirements.txt": "layer",  # the API function's layer
     "requirements/dev.txt": "dev",  # README set-up and .ci/run
     "bench/requirements.txt": "bench",
+    "stacks/moderation-layer/requirements.txt": "moderation",  # MODERATION=local's layer
 }
 
 
@@ -785,6 +790,7 @@ def declared(which: str) -> dict[str, Requirement]:
         "runtime": runtime,
         "layer": [r for r in extras["api"] if canonicalize_name(Requirement(r).name) != "uvicorn"],
         "bench": extras["bench"],
+        "moderation": extras["moderation"],
         "dev": [*runtime, *project["build-system"]["requires"]],
     }[which]
     if which == "dev":  # the dev extra, with the project's own extras it names expanded
@@ -1768,8 +1774,8 @@ def test_existing_bucket_iam_is_scoped_to_that_buckets_prefixes(existing: dict[s
         granted.setdefault(action, set()).add(prefix.removesuffix("*"))
     for action, prefixes in granted.items():
         assert prefixes <= allowed.get(action, set()), f"{action} granted on {prefixes}"
-    assert granted["s3:PutObject"] == {"processed/"}
-    assert granted["s3:GetObject"] == {"raw/", "processed/"}
+    assert granted["s3:PutObject"] - MODERATION == {"processed/"}
+    assert granted["s3:GetObject"] - MODERATION == {"raw/", "processed/"}
     assert granted["s3:PutObjectTagging"] == {"raw/"}
     # DeleteObject on raw/ only in delete mode; KMS only for a named key, only through S3.
     raw_delete = kms = 0
@@ -1853,7 +1859,10 @@ def test_api_function_runs_the_same_code_with_litestar_from_its_own_layer() -> N
     assert props["CodeUri"].rstrip("/") == "../handler"  # the same code as the pipeline function
     assert props["Handler"] == "image_pipeline.api.lambda_function.handler"
     assert (ROOT / "handler/image_pipeline/api/lambda_function.py").is_file()
-    (layer_ref,) = props["Layers"]
+    # Moderation=local adds the moderation layer its parent passes ([ApiLayer, ModerationLayerArn]);
+    # otherwise the API's alone.
+    condition, with_moderation, (layer_ref,) = props["Layers"]["Fn::If"]
+    assert condition == "ModerationLocal" and with_moderation == [layer_ref, {"Ref": "ModerationLayerArn"}]
     layer = api["Resources"][layer_ref["Ref"]]
     assert layer["Type"] == "AWS::Serverless::LayerVersion"
     layer_lock = (Path("stacks") / layer["Properties"]["ContentUri"] / "requirements.txt").as_posix()
@@ -1877,6 +1886,7 @@ def test_api_s3_permissions_are_least_privilege() -> None:
         "s3:PutObjectTagging": {"raw/"},
         "s3:DeleteObject": {"raw/", "processed/"},
     }
+    moderation = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}  # Moderation != off: moderation/*
     granted: dict[str, set[str]] = {}
     for st in statements:
         assert st["Effect"] == "Allow"
@@ -1890,12 +1900,17 @@ def test_api_s3_permissions_are_least_privilege() -> None:
             resource = arn_text(st["Resource"])
             if action == "s3:ListBucket":
                 assert resource == "${BucketArn}"
-                assert st["Condition"] == {"StringLikeIfExists": {"s3:prefix": ["raw/*", "processed/*"]}}
+                assert st["Condition"] in (
+                    {"StringLikeIfExists": {"s3:prefix": ["raw/*", "processed/*"]}},
+                    {"StringLikeIfExists": {"s3:prefix": ["moderation/*"]}},  # the review queue
+                )
+                continue
+            if action == "rekognition:DetectModerationLabels":
                 continue
             prefix = resource.removeprefix("${BucketArn}/")
             assert prefix != resource and prefix.endswith("/*"), resource
             granted.setdefault(action, set()).add(prefix.removesuffix("*"))
-    assert granted == allowed
+    assert granted == {a: p | ({"moderation/"} if a in moderation else set()) for a, p in allowed.items()}
 
 
 def test_pipeline_may_put_events_on_the_configured_bus_only(
@@ -1930,6 +1945,70 @@ def test_pipeline_may_put_events_on_the_configured_bus_only(
         "events:PutEvents",
         {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/image-events"},
     )
+
+
+@pytest.mark.parametrize("template_name", [DIRECT, BUFFERED, EXISTING])
+def test_moderation_is_nested_with_its_permissions_and_layer_only_when_chosen(template_name: str) -> None:
+    """Moderation=off: no ModerationStack, no layer, no moderation/* or Rekognition permission.
+    local: the pipeline function may read and write moderation/* and carries the moderation layer
+    (stacks/moderation.yaml's, the only one), as does the API's function; rekognition: the same
+    records plus rekognition:DetectModerationLabels, and no layer."""
+    template = load(template_name)
+    name, props = function_of(template)
+    assert props["Environment"]["Variables"]["MODERATION"] == {"Ref": "Moderation"}
+    assert template["Parameters"]["Moderation"]["Default"] == "off"
+    assert template["Parameters"]["Moderation"]["AllowedValues"] == ["off", "local", "rekognition"]
+    moderation_labels = [g for g in grants(template, "rekognition") if g[0] == "rekognition:DetectModerationLabels"]
+    assert moderation_labels == [], "DetectModerationLabels outside ModerationStack"
+    assert not any("moderation/" in resource for _, resource in s3_grants(template)), "moderation/ outside it"
+    assert not resources_of_type(template, "AWS::Serverless::LayerVersion"), "a layer outside ModerationStack"
+    moderation_template = nested(template, "ModerationStack", MODERATION_STACK)
+    assert template["Resources"]["ModerationStack"]["Condition"] == "ModerationOn"
+    (policy,) = resources_of_type(moderation_template, "AWS::IAM::Policy").values()
+    assert policy["Properties"]["Roles"] == [{"Ref": "FunctionRoleName"}]
+    required = REQUIRED.get(template_name, {})
+    api = {} if template_name == EXISTING else {"ApiAuth": "iam"}
+
+    def deployed(moderation: str) -> Stack:
+        return deploy(template_name, {**required, **api, "Moderation": moderation})
+
+    def pipeline_grants(stack: Stack) -> set[tuple[str, str]]:
+        found = set()
+        for owner, _, p in stack.everywhere("AWS::IAM::Policy"):
+            if owner.name == MODERATION_STACK:
+                assert p["Roles"] == [{"Ref": f"{name}Role"}]
+                for st in as_list(p["PolicyDocument"]["Statement"]):
+                    for action in as_list(st["Action"]):
+                        found.add((action, arn_text(st["Resource"])))
+        return found
+
+    off = deployed("off")
+    assert "ModerationStack" not in off.nested
+    assert "Layers" not in off.resources[name]["Properties"]
+    # The bucket as the parent names it: its own bucket's ARN, or the existing bucket's.
+    arn = "arn:${AWS::Partition}:s3:::my-photos" if template_name == EXISTING else "${ImageBucket.Arn}"
+    records = {("s3:GetObject", f"{arn}/moderation/*"), ("s3:PutObject", f"{arn}/moderation/*")}
+    for moderation, extra in (("local", set()), ("rekognition", {("rekognition:DetectModerationLabels", "*")})):
+        stack = deployed(moderation)
+        child = stack.nested["ModerationStack"]
+        assert child.parameters["Moderation"] == moderation
+        assert pipeline_grants(stack) == records | extra
+        layers = stack.resources[name]["Properties"].get("Layers")
+        if moderation == "local":
+            (layer,) = layers
+            assert stack.follow(layer) == {"Ref": "ModerationLayer"}
+            content = child.resources["ModerationLayer"]["Properties"]["ContentUri"]
+            assert (ROOT / "stacks" / content / "Makefile").is_file()
+        else:
+            assert layers is None and "ModerationLayer" not in child.resources
+        if "ApiStack" in stack.nested:
+            api_props = stack.nested["ApiStack"].resources["ApiFunction"]["Properties"]
+            assert api_props["Environment"]["Variables"]["MODERATION"] == moderation
+            passed = stack.resources["ApiStack"]["Properties"]["Parameters"]["ModerationLayerArn"]
+            if moderation == "local":
+                assert len(api_props["Layers"]) == 2 and stack.follow(passed) == {"Ref": "ModerationLayer"}
+            else:
+                assert len(api_props["Layers"]) == 1 and passed == ""
 
 
 # ---------------------------------------------------------------- who may call what (issue #20)

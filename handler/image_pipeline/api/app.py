@@ -35,6 +35,8 @@ from litestar.types import ASGIApp, ControllerRouterHandler, ExceptionHandlersMa
 from .. import ids, keys
 from ..errors import Busy, ImageRejected, OutOfTime, PipelineError, StorageFailure
 from ..faces import detector_for
+from ..moderation import gate_from
+from ..notify import Notifier
 from ..ondemand import BadOutput, Forbidden, OnDemand, Wanted, is_width_leaf
 from ..ondemand.paths import fallback_format, negotiate
 from ..pool import ProcessingPool
@@ -42,7 +44,7 @@ from ..processor import ImageProcessor
 from ..processor.sniff import DECODABLE, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
 from ..storage import ListedObject, ObjectNotFound
-from . import pages
+from . import pages, review
 from .auth import Authenticator, Caller, Identity
 from .backends import Backend, StorageBackend, UploadRefused
 from .delivery import signer_for
@@ -133,7 +135,7 @@ class RatioUrls:
 @dataclass
 class ImageInfo:
     id: str
-    status: str  # pending | processed | failed
+    status: str  # pending | processed | failed | held (MODERATION: waiting for a review, nothing published)
     name: str  # the uploaded file's (sanitised) name
     error_code: str | None
     source: dict[str, Any] | None
@@ -203,7 +205,9 @@ class Api:
             # The process's image slots (uploads, the local worker, the local event source's
             # handler): at most PROCESS_CONCURRENCY at once; beyond it, 503 busy after PROCESS_WAIT_MS.
             pool=ProcessingPool.of_process(pipeline.process_concurrency, wait_s=pipeline.process_wait_ms / 1000),
+            gate=gate_from(pipeline),  # MODERATION: the same gate as on Lambda (review.py: the review routes)
         )
+        self.notifier = Notifier.from_settings(pipeline)  # review decisions' events (EVENT_BUS_NAME)
         self.ondemand = OnDemand(self.service, settings.ondemand)
         self.signer = signer_for(settings)  # DELIVERY=private: CDN links signed (api/delivery.py)
 
@@ -309,6 +313,8 @@ class Api:
             return ImageInfo(
                 image_id, "failed", _leaf(raw.key), tags.get(ERROR_TAG, "unknown"), source, None, [], created
             )
+        if tags.get(STATUS_TAG) == "held":  # error_code: moderation_unavailable when no engine answered
+            return ImageInfo(image_id, "held", _leaf(raw.key), tags.get(ERROR_TAG), source, None, [], created)
         return ImageInfo(image_id, "pending", _leaf(raw.key), None, source, None, [], created)
 
     def lazy_info(self, image_id: str, record: dict, base: str, stored: set[str] | None) -> list[LazyVariantInfo]:
@@ -558,11 +564,14 @@ async def list_images(
     request: Request,
     cursor: str | None = Parameter(default=None, description="next_cursor of the previous page"),
     limit: int = Parameter(default=24, ge=1, le=MAX_PAGE),
-) -> ImagePage:
+    status: str | None = Parameter(default=None, description="held: the review queue (images:admin scope)"),
+) -> ImagePage | review.HeldPage:
     """Pending, processed and failed images the caller owns (an admin: every image made through
-    the API). Each item is the `GET /images/{id}` body."""
+    the API). Each item is the `GET /images/{id}` body. `?status=held`: see review.py."""
     api = api_of(request)
     caller = caller_of(request)
+    if status is not None:
+        return await review.held_page(request, status, cursor, limit)  # the review queue (MODERATION)
     if api.is_open and not api.gallery_enabled:
         raise problem(
             404,
@@ -882,4 +891,5 @@ ROUTES: list[ControllerRouterHandler] = [
     upload_image_async,
     delete_image,
     delete_nested,
+    *review.routes,  # MODERATION: the review queue's decisions and previews
 ]

@@ -22,6 +22,7 @@ from typing import Any
 
 from litestar_storages import BaseStorage
 
+from ..errors import ModerationUnavailable
 from ..service import STATUS_TAG, ImageService, ObjectRef
 from ..storage import LitestarStore, ObjectStore
 from ..storage.s3 import S3Connection
@@ -199,6 +200,9 @@ class StorageBackend:
                 async with self._service.pool.reserve(wait_s=None):
                     outcome = await self._service.handle(self.store, ObjectRef(self.bucket, key))
                 log.info("local worker: %s %s %s", key, outcome.status, outcome.error_code or "")
+            except ModerationUnavailable as exc:  # no verdict yet: again shortly (tries counted, then held)
+                log.warning("local worker: %s: %s; trying again", key, exc)
+                asyncio.get_running_loop().call_later(1.0, self._queue.put_nowait, key)
             except Exception:  # a storage failure: logged; the upload stays unmarked for the next start
                 log.exception("local worker could not process %s", key)
             finally:

@@ -1,5 +1,6 @@
 """The web page: `/` (upload and look at the results), `/gallery` (a contact sheet of the caller's
 processed images, newest first; an admin's or an open API's: everything under `processed/`),
+`/review` (MODERATION: the held uploads, for the images:admin scope; its routes are review.py's),
 their static files, and the gallery's JSON (`/api/gallery`).
 
 The page is plain HTML, JS and CSS from `static/` (package data; no build step). It uses only the
@@ -108,6 +109,13 @@ async def gallery_page(request: Request) -> Response[bytes]:
     return _html(request, "gallery.html")
 
 
+@get("/review", include_in_schema=False, cache_control=_REVALIDATE)
+async def review_page(request: Request) -> Response[bytes]:
+    """The review page (MODERATION, review.py): held cards, preview, Approve / Reject. The queue it
+    loads answers 403 without the admin scope, and the page says so."""
+    return _html(request, "review.html")
+
+
 async def _manifest_keys(store, prefix: str, after: str | None, wanted: int) -> list[str]:
     """Up to `wanted` manifest keys under `prefix` after `after`, in key order (newest first for
     API uploads, whose ids sort that way)."""
@@ -202,6 +210,7 @@ def subject_fields(record: dict) -> dict[str, Any]:
 routes: list = [
     upload_page,
     gallery_page,
+    review_page,
     gallery,
     create_static_files_router(path="/static", directories=[STATIC], cache_control=_REVALIDATE),
 ]

@@ -117,6 +117,8 @@ class ImagePipelinePlugin(InitPluginProtocol):
 
         async def stop(app: Litestar) -> None:
             await backend.close()
+            if api.notifier is not None:  # review decisions' events (MODERATION)
+                await api.notifier.close()
 
         app_config.on_startup.append(start)
         app_config.on_shutdown.append(stop)

@@ -71,6 +71,7 @@ _TRANSPOSE = {
 }
 _REDUCING_GAP = 3.0  # box-reduce while ≥ 3× is left for Lanczos (as resize(reducing_gap=3) does)
 _REDUCIBLE = {"L", "LA", "La", "RGB", "RGBX", "RGBa", "CMYK"}  # not P: indexes cannot be averaged
+RENDITION_FRAMES = 4  # an animation's frames looked at by a check on the picture (see `_frames`)
 _PREVIEW = 64  # px, longest side of the full-frame picture the placeholders are computed from
 # Errors Pillow and its plugins raise for files that are not what they claim to be.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, UnidentifiedImageError)
@@ -105,6 +106,7 @@ class Job:
     crops: dict[str, tuple[geometry.Box, tuple[int, int]]] = field(default_factory=dict)  # content-aware
     # cover variant → (the window kept, the full-frame size it was cut from)
     preview: Image.Image | None = None  # ≤ 64 px, whole frame: what the placeholders describe
+    renditions: list[tuple[int, Image.Image]] = field(default_factory=list)  # (frame, ≤ `rendition` px)
     keep_exif: bytes | None = None
     keep_icc: bytes | None = None
     outputs: list[ImageVariant] = field(default_factory=list)
@@ -147,8 +149,12 @@ class ImageProcessor:
         *,
         limits: Limits | None = None,
         keep_icc_profile: bool = False,
+        rendition: int = 0,
         face_detector: subject.FaceDetector | None = None,
     ) -> None:
+        """`rendition`: also hand back the whole frame at ≤ this many px (longest side), in sRGB, from
+        pixels already decoded (an animation: its first frame and a few evenly spaced ones), for a
+        check on the picture before anything is published (moderation). 0: none."""
         self.variants = tuple(variants) if variants is not None else DEFAULT_VARIANTS
         if not self.variants or not all(isinstance(v, VariantConfig) for v in self.variants):
             raise ValueError("variants must be a non-empty list of VariantConfig")
@@ -163,6 +169,7 @@ class ImageProcessor:
         self.background_color = (red, green, blue)
         self.limits = limits or Limits()
         self.keep_icc_profile = keep_icc_profile
+        self.rendition = max(0, int(rendition))
         # Finds the faces `auto` crops keep and the manifest records; None: no detection.
         self.face_detector = face_detector
 
@@ -247,6 +254,7 @@ class ImageProcessor:
             processing_ms=round((perf_counter() - started) * 1000, 1),
             thumbhash=job.thumbhash,
             focal_point=job.focal_point,
+            renditions=tuple(job.renditions),
             faces=job.faces,
             focal_source=job.focal_source,
             face_detection=job.face_detection,
@@ -386,6 +394,8 @@ class ImageProcessor:
         scale = min(1.0, _PREVIEW / max(box[2] - box[0], box[3] - box[1]))
         size = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
         job.preview = base.resize(size, Image.Resampling.BOX, box=box, reducing_gap=2.0)
+        if self.rendition:
+            job.renditions = [(0, _rendition(bases, self.rendition))]
         if self.face_detector is not None and job.given_faces is None:
             # The detector's picture: ≤ 640 px of the whole frame, from the smallest full-frame
             # image made that still has that many pixels (no second decode).
@@ -408,6 +418,7 @@ class ImageProcessor:
                 done[id(still)] = _through(still, table)
             job.stills[name] = done[id(still)]
         job.preview = _through(job.placeholder_source(), table)
+        job.renditions = [(i, _through(r, table)) for i, r in job.renditions]
         if job.detect_image is not None:
             job.detect_image = _through(job.detect_image, table)
 
@@ -419,6 +430,7 @@ class ImageProcessor:
                 done[id(still)] = convert_profile(still, job.icc, self.keep_icc_profile)
             job.stills[name] = done[id(still)]
         job.preview = convert_profile(job.placeholder_source(), job.icc, self.keep_icc_profile)
+        job.renditions = [(i, convert_profile(r, job.icc, False)) for i, r in job.renditions]
         if job.detect_image is not None:  # the detector sees sRGB, whatever the outputs keep
             job.detect_image = convert_profile(job.detect_image, job.icc, False)
         if self.keep_icc_profile and is_rgb_profile(job.icc):
@@ -582,7 +594,25 @@ class ImageProcessor:
         _focus,
         _crop,
     )
-    FINALIZE = (_encode, _attach_gain_map, _placeholder)
+
+    def _frames(self, job: Job) -> None:
+        """An animation's rendition: beside the first frame, up to `RENDITION_FRAMES - 1` more,
+        evenly spaced (for 12 frames: 0, 3, 6, 9), from the file already open."""
+        if not self.rendition or not job.animated or job.frames < 2:
+            return
+        image = job.image
+        wanted = sorted({round(i * job.frames / RENDITION_FRAMES) for i in range(1, RENDITION_FRAMES)} - {0})
+        try:
+            for index in wanted:
+                if index >= job.frames:
+                    break
+                image.seek(index)
+                frame = to_srgb(image.convert("RGBA"), job.icc, False)
+                job.renditions.append((index, _rendition([(frame, (0.0, 0.0, *frame.size))], self.rendition)))
+        finally:
+            image.seek(0)
+
+    FINALIZE = (_encode, _attach_gain_map, _placeholder, _frames)
 
     def _animations(
         self,
@@ -696,6 +726,23 @@ def _render(bases: list[tuple[Image.Image, geometry.Box]], spec: VariantConfig, 
         resized = _lanczos(base, full, box)
         bases.append((resized, (0.0, 0.0, *resized.size)))
     return resized  # content-aware cover crops come after the colour conversion (`_crop`)
+
+
+def _rendition(bases: list[tuple[Image.Image, geometry.Box]], longest: int) -> Image.Image:
+    """The whole frame at ≤ `longest` px (longest side), from the smallest base that has enough
+    pixels (else the largest), in RGB or RGBA."""
+
+    def side(b: tuple[Image.Image, geometry.Box]) -> float:
+        return max(b[1][2] - b[1][0], b[1][3] - b[1][1])
+
+    enough = [b for b in bases if side(b) >= longest]
+    base, box = min(enough, key=side) if enough else max(bases, key=side)
+    scale = min(1.0, longest / side((base, box)))
+    size = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
+    out = base.resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=2.0)
+    if out.mode == "RGBa":
+        out = out.convert("RGBA")
+    return out if out.mode in ("RGB", "RGBA") else out.convert("RGBA" if "A" in out.mode else "RGB")
 
 
 _BAND_PIXELS = 1_000_000  # outputs at least this large are resized as two bands of rows

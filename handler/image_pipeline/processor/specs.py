@@ -9,7 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import cast
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class ImageFormat(str, Enum):
@@ -247,6 +250,9 @@ class ProcessedImage:
     processing_ms: float
     thumbhash: str = ""  # base64, https://evanw.github.io/thumbhash/ (keeps aspect ratio and alpha)
     focal_point: tuple[float, float] = (0.5, 0.5)  # normalised (x, y) of the subject, 0..1 from top-left
+    # (frame index, the whole frame at ≤ ImageProcessor.rendition px, RGB/RGBA sRGB): what a check
+    # on the picture (moderation) looks at; empty unless the processor was asked for them.
+    renditions: tuple[tuple[int, Image.Image], ...] = ()
     faces: tuple[Face, ...] = ()  # detected in the upright frame, largest first
     focal_source: str = "attention"  # what the focal point is: "faces", "attention" or "manual"
     face_detection: dict | None = None  # {"engine": …, "ms": …} and "error" when detection failed

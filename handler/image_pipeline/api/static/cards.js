@@ -20,6 +20,8 @@ export const ERROR_WORDS = {
   out_of_time: "ran out of time; try again",
   publish_error: "processed, but the completion event was not sent yet",
   busy: "the server is busy with other images; try again in a moment",
+  moderated: "removed by a moderator",
+  moderation_unavailable: "the content check could not run; held for a moderator",
 };
 
 const FORMAT_NAMES = { "image/avif": "AVIF", "image/webp": "WebP", "image/jpeg": "JPEG", "image/png": "PNG", "image/gif": "GIF" };
@@ -303,6 +305,13 @@ export function createCard(name, { headingLevel = "h2" } = {}) {
       progress.hidden = true;
       frame.classList.add("failed");
       setState("error", message);
+    },
+    /** Held by the content check (MODERATION): nothing is published until a moderator approves it. */
+    held(code) {
+      progress.hidden = true;
+      frame.classList.add("held");
+      node.dataset.error = code || "";
+      setState("held", code ? `Held for review: ${errorWords(code)}` : "Held for review: a moderator looks at it before it is published");
     },
   };
   return card;

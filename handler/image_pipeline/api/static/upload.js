@@ -102,6 +102,7 @@ async function poll(statusUrl, card) {
     }
     if (image.status === "processed") return card.processed(image);
     if (image.status === "failed") return card.rejected(image.error_code);
+    if (image.status === "held") return card.held(image.error_code);
     if (Date.now() - started > 60000) card.slow();
   }
 }
