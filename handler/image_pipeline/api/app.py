@@ -41,14 +41,14 @@ from ..ondemand import BadOutput, Forbidden, OnDemand, Wanted, is_width_leaf
 from ..ondemand.paths import fallback_format, negotiate
 from ..pool import ProcessingPool
 from ..processor import ImageProcessor
-from ..processor.sniff import DECODABLE, sniff
+from ..processor.sniff import DECODABLE, content_type, sniff
 from ..service import ERROR_TAG, STATUS_TAG, ImageService, ObjectRef
 from ..storage import ListedObject, ObjectNotFound
 from . import pages, review
 from .auth import Authenticator, Caller, Identity
 from .backends import Backend, StorageBackend, UploadRefused
 from .delivery import signer_for
-from .guards import api_in, authenticated, caller_of
+from .guards import api_in, authenticated, caller_of, own_id
 from .links import api_base, mount_path, object_link, page_base
 from .problems import not_found, problem
 from .settings import EXTENSIONS, ApiSettings
@@ -482,12 +482,6 @@ def api_of(connection: ASGIConnection) -> Api:
     return api
 
 
-def own_id(request: Request, image_id: str) -> str:
-    """The id, if it is well formed and the caller may act on it; otherwise 404 (the same body
-    as an id that does not exist) before any storage call."""
-    return caller_of(request).resolve(image_id)
-
-
 AUTHENTICATED = [authenticated]
 
 
@@ -694,9 +688,7 @@ async def get_file(request: Request, key: FromPath[str]) -> Response[bytes]:
     data = await api.store.read_optional(key)
     if data is None:
         raise NotFoundException()
-    kind = sniff(data)
-    media = DECODABLE[kind][1] if kind in DECODABLE else "application/octet-stream"
-    return Response(data, media_type=media, headers={"Cache-Control": api.settings.pipeline.cache_control})
+    return Response(data, media_type=content_type(data), headers={"Cache-Control": api.settings.pipeline.cache_control})
 
 
 async def _multipart_file(data: dict[str, Any]) -> UploadFile:

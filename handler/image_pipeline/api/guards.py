@@ -128,5 +128,11 @@ async def authenticated(connection: ASGIConnection, handler: BaseRouteHandler) -
     connection.state.caller = await api_in(handler).auth.caller(connection)
 
 
+def own_id(connection: ASGIConnection, image_id: str) -> str:
+    """The id, if it is well formed and the caller may act on it; otherwise 404 (the same body
+    as an id that does not exist) before any storage call."""
+    return caller_of(connection).resolve(image_id)
+
+
 def caller_of(connection: ASGIConnection) -> Caller:
     return connection.state.caller

@@ -36,26 +36,16 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from .. import ids
 from ..errors import PipelineError
 from ..moderation import gate as moderation
-from ..processor.sniff import DECODABLE, sniff
+from ..processor.sniff import content_type
 from ..service import ObjectRef, ReviewConflict
 from ..storage import ObjectNotFound
 from .backends import StorageBackend
-from .guards import api_in, authenticated, caller_of
+from .guards import api_of, authenticated, caller_of, own_id
 from .problems import not_found, problem
 
 # app.py imports this module (its route list, list_images' `?status=held`), so the helpers it
 # shares are taken from where app.py takes them (guards: the caller and the route's Api).
 AUTHENTICATED = [authenticated]
-
-
-def api_of(request: Request) -> Any:
-    """The `app.Api` of the plugin whose router holds the request's route."""
-    return api_in(request.route_handler)
-
-
-def own_id(request: Request, image_id: str) -> str:
-    """The id if the caller may act on it; otherwise 404 before any storage call (as app.own_id)."""
-    return caller_of(request).resolve(image_id)
 
 
 PREVIEW_EXPIRY_S = 300  # a preview link's life (at most URL_EXPIRY_SECONDS)
@@ -190,9 +180,7 @@ async def review_preview(
     data = await api.store.read_optional(key)
     if data is None:
         raise NotFoundException()
-    kind = sniff(data)
-    media = DECODABLE[kind][1] if kind in DECODABLE else "application/octet-stream"
-    return Response(data, media_type=media, headers={"Cache-Control": "private, no-store"})
+    return Response(data, media_type=content_type(data), headers={"Cache-Control": "private, no-store"})
 
 
 @post(

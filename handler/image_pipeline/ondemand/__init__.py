@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..processor.sniff import DECODABLE, sniff
+from ..processor.sniff import content_type
 from ..processor.specs import Fit, Gravity, ImageFormat, VariantConfig
 from ..service import ImageService, Made
 from ..storage import ObjectNotFound, ObjectStore
@@ -181,10 +181,7 @@ class OnDemand:
             except ObjectNotFound:
                 pass
             else:
-                kind = sniff(stored.data)
-                return Made(
-                    key, stored.data, DECODABLE[kind][1] if kind in DECODABLE else "application/octet-stream", False
-                )
+                return Made(key, stored.data, content_type(stored.data), False)
         flight = (id(store), key)
         pending = self._flights.get(flight)
         if pending is not None:

@@ -22,6 +22,13 @@ _AVIF_BRANDS = {b"avif", b"avis"}
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 
 
+def content_type(data: bytes) -> str:
+    """The Content-Type to serve stored bytes with: the sniffed image type's, or
+    `application/octet-stream` for anything else."""
+    kind = sniff(data)
+    return DECODABLE[kind][1] if kind in DECODABLE else "application/octet-stream"
+
+
 def sniff(data: bytes) -> str | None:
     """The file's type from its magic bytes, or None when it is nothing we recognise."""
     head = data[:64]
